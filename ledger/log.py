@@ -1,0 +1,395 @@
+"""The log: sequencing, group commit, signed checkpoints, receipts and proofs over a store.
+
+Appends from many threads are queued and committed in batches by one writer thread: one
+transaction, one fsync and one signed checkpoint per batch. A caller gets its receipt only
+after its batch has committed. All tree state is read inside the write transaction, so
+several processes may append to one database safely (the store's lock serialises them).
+"""
+
+from __future__ import annotations
+
+import base64
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from . import merkle, store
+from .checkpoint import format_checkpoint, parse_checkpoint
+from .entry import Entry, format_time, parse_entry
+from .errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
+from .note import Signer, open_note, sign
+from .receipt import Receipt, format_receipt
+
+Clock = Callable[[], datetime]
+RowWriter = Callable[[Connection, Entry], None]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a caller asks the log to append.
+
+    `dedupe_keys` make a retry safe: when any key was seen before with the same `digest`,
+    the original entry is answered and nothing is appended; with another digest the append
+    fails with DuplicateConflict naming the key. `write` stores the caller's own rows in the
+    same transaction as the entry, so neither exists without the other.
+    """
+
+    kind: str
+    sender: str
+    commit: bytes
+    media: str = "application/fhir+json"
+    subject: bytes | None = None
+    dedupe_keys: tuple[str, ...] = ()
+    digest: bytes = b""
+    write: RowWriter | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Appended:
+    entry: Entry
+    entry_bytes: bytes
+    receipt: str  # c2sp.org/tlog-proof@v1 against the checkpoint of the entry's batch
+    checkpoint: str
+    duplicate: bool  # True when a dedupe key matched: nothing was appended
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    entry: Entry
+    data: bytes
+
+
+def _system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class Log:
+    """A signed, append-only RFC 6962 log over a SQLAlchemy store."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        signer: Signer,
+        *,
+        origin: str | None = None,
+        clock: Clock = _system_clock,
+        max_batch: int = 1024,
+    ) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.origin = origin or signer.name
+        self.clock = clock
+        self.max_batch = max_batch
+        self._queue: queue.Queue[tuple[Submission, Future[Appended]] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        store.create_schema(engine)
+        self._init_head()
+
+    # --- set-up --------------------------------------------------------------------------
+
+    def _init_head(self) -> None:
+        with store.write_transaction(self.engine) as conn:
+            head = store.lock_head(conn)
+            if head is None:
+                note = self._sign_checkpoint(0, merkle.empty_root())
+                conn.execute(
+                    insert(store.head_table).values(
+                        id=1, origin=self.origin, size=0, checkpoint=note
+                    )
+                )
+                conn.execute(insert(store.checkpoints_table).values(size=0, note=note))
+                return
+        origin, size, note = head
+        if origin != self.origin:
+            raise LogStateError(
+                f"this database holds the log {origin!r}, not {self.origin!r}; "
+                "open it with its own origin or use another database"
+            )
+        cp = parse_checkpoint(open_note(note, [self.signer.verifier]).text)
+        if cp.size != size:
+            raise LogStateError(f"head size {size} differs from its checkpoint size {cp.size}")
+
+    def _sign_checkpoint(self, size: int, root: bytes) -> str:
+        return sign(format_checkpoint(self.origin, size, root), [self.signer])
+
+    # --- appending -----------------------------------------------------------------------
+
+    def append(self, sub: Submission) -> Appended:
+        """Appends one submission; blocks until its batch has committed."""
+        return self.submit(sub).result()
+
+    def submit(self, sub: Submission) -> Future[Appended]:
+        """Queues one submission for the next batch; the future resolves after commit."""
+        fut: Future[Appended] = Future()
+        self._ensure_writer()
+        self._queue.put((sub, fut))
+        return fut
+
+    def _ensure_writer(self) -> None:
+        if self._writer is not None:
+            return
+        with self._writer_lock:
+            if self._writer is None:
+                t = threading.Thread(target=self._run_writer, name="ledger-writer", daemon=True)
+                t.start()
+                self._writer = t
+
+    def close(self) -> None:
+        """Stops the writer after the queued batches are committed."""
+        with self._writer_lock:
+            if self._writer is not None:
+                self._queue.put(None)
+                self._writer.join()
+                self._writer = None
+
+    def _run_writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            subs = [s for s, _ in batch]
+            try:
+                results = self.append_batch(subs)
+            except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
+                for _, fut in batch:
+                    fut.set_exception(e)
+            else:
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if isinstance(res, BaseException):
+                        fut.set_exception(res)
+                    else:
+                        fut.set_result(res)
+            if stop:
+                return
+
+    def append_batch(self, subs: Sequence[Submission]) -> list[Appended | LedgerError]:
+        """Appends submissions in one transaction under one signed checkpoint.
+
+        A submission that fails on its own (a dedupe conflict, a failing row writer) gets
+        its error in the returned list without affecting the others. Errors of the store
+        itself raise LedgerUnavailable and append nothing.
+        """
+        try:
+            with store.write_transaction(self.engine) as conn:
+                return self._append_locked(conn, subs)
+        except (DBAPIError, LookupError) as e:
+            raise LedgerUnavailable(f"the ledger store cannot be written: {e}") from e
+
+    def _append_locked(
+        self, conn: Connection, subs: Sequence[Submission]
+    ) -> list[Appended | LedgerError]:
+        head = store.lock_head(conn)
+        if head is None:
+            raise LogStateError("the log has no head row; open it with Log() first")
+        _, size0, _ = head
+        frontier = store.read_hashes(conn, merkle.frontier_indexes(size0))
+        prev = frontier_last_leaf(conn, size0)
+        all_keys = [k for s in subs for k in s.dedupe_keys]
+        seen = store.read_dedupe(conn, all_keys)
+        now = format_time(self.clock())
+
+        size = size0
+        new_hashes: dict[int, bytes] = {}
+        entry_rows: list[dict[str, object]] = []
+        outcome: list[_Fresh | int | LedgerError] = []
+        for sub in subs:
+            dup = self._match_dedupe(sub, seen)
+            if dup is not None:
+                outcome.append(dup)  # the earlier index, or the conflict
+                continue
+            entry = Entry(size, prev, now, sub.kind, sub.sender, sub.commit, sub.media, sub.subject)
+            try:
+                data = entry.to_bytes()
+            except ValueError as e:
+                outcome.append(LedgerError(f"invalid entry: {e}"))
+                continue
+            if sub.write is not None or sub.dedupe_keys:
+                err = self._write_side_rows(conn, sub, entry)
+                if err is not None:
+                    outcome.append(err)
+                    continue
+            for k in sub.dedupe_keys:
+                seen[k] = (size, sub.digest)
+            leaf = merkle.leaf_hash(data)
+            stored, frontier = merkle.append_leaf(frontier, size, leaf)
+            new_hashes.update(stored)
+            entry_rows.append({"idx": size, "prev": prev, "data": data})
+            outcome.append(_Fresh(entry, data))
+            prev = leaf
+            size += 1
+
+        if entry_rows:
+            conn.execute(insert(store.entries_table), entry_rows)
+            conn.execute(
+                insert(store.hashes_table), [{"idx": i, "hash": h} for i, h in new_hashes.items()]
+            )
+        if size == size0:
+            note = head[2]
+        else:
+            note = self._sign_checkpoint(size, merkle.fold_frontier(frontier))
+            conn.execute(insert(store.checkpoints_table).values(size=size, note=note))
+            conn.execute(
+                update(store.head_table)
+                .where(store.head_table.c.id == 1)
+                .values(size=size, checkpoint=note)
+            )
+        return self._receipts(conn, outcome, size, note, new_hashes)
+
+    def _match_dedupe(
+        self, sub: Submission, seen: dict[str, tuple[int, bytes]]
+    ) -> int | LedgerError | None:
+        for k in sub.dedupe_keys:
+            hit = seen.get(k)
+            if hit is None:
+                continue
+            idx, digest = hit
+            if digest != sub.digest:
+                return DuplicateConflict(k, idx)
+            return idx
+        return None
+
+    def _write_side_rows(
+        self, conn: Connection, sub: Submission, entry: Entry
+    ) -> LedgerError | None:
+        # A savepoint per submission: one failing caller must not abort the others' batch.
+        sp = conn.begin_nested()
+        try:
+            if sub.dedupe_keys:
+                conn.execute(
+                    insert(store.dedupe_table),
+                    [{"key": k, "idx": entry.index, "digest": sub.digest} for k in sub.dedupe_keys],
+                )
+            if sub.write is not None:
+                sub.write(conn, entry)
+        except IntegrityError as e:
+            sp.rollback()
+            return LedgerError(f"the submission conflicts with stored data: {e.orig}")
+        except LedgerError as e:
+            sp.rollback()
+            return e
+        sp.commit()
+        return None
+
+    def _receipts(
+        self,
+        conn: Connection,
+        outcome: Sequence[_Fresh | int | LedgerError],
+        size: int,
+        note: str,
+        fresh: dict[int, bytes],
+    ) -> list[Appended | LedgerError]:
+        # One read for every proof of the batch: most hashes are fresh, the rest are shared.
+        wanted: set[int] = set()
+        for item in outcome:
+            if isinstance(item, _Fresh):
+                wanted.update(merkle.inclusion_proof_indexes(item.entry.index, size))
+        old = sorted(wanted - fresh.keys())
+        known = {**fresh, **dict(zip(old, store.read_hashes(conn, old), strict=True))}
+        results: list[Appended | LedgerError] = []
+        for item in outcome:
+            if isinstance(item, LedgerError):
+                results.append(item)
+            elif isinstance(item, int):
+                results.append(self._original(conn, item))
+            else:
+                proof = merkle.inclusion_proof(
+                    item.entry.index, size, lambda ix: [known[i] for i in ix]
+                )
+                receipt = format_receipt(Receipt(item.entry.index, tuple(proof), note, item.data))
+                results.append(Appended(item.entry, item.data, receipt, note, False))
+        return results
+
+    def _original(self, conn: Connection, index: int) -> Appended:
+        """The receipt an earlier append of `index` was answered with, rebuilt exactly."""
+        data = store.read_entries(conn, index, index + 1)[0]
+        size, note = store.read_checkpoint_covering(conn, index) or (0, "")
+        proof = merkle.inclusion_proof(index, size, lambda ix: store.read_hashes(conn, ix))
+        receipt = format_receipt(Receipt(index, tuple(proof), note, data))
+        return Appended(parse_entry(data), data, receipt, note, True)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint."""
+        with self.engine.connect() as conn:
+            head = store.read_head(conn)
+        if head is None:
+            raise LogStateError("the log is not initialised")
+        return head[2]
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            head = store.read_head(conn)
+        return 0 if head is None else head[1]
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        with self.engine.connect() as conn:
+            return store.read_entries(conn, start, end)
+
+    def root(self, size: int) -> bytes:
+        with self.engine.connect() as conn:
+            return merkle.tree_hash(size, lambda ix: store.read_hashes(conn, ix))
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        self._check_size(size)
+        with self.engine.connect() as conn:
+            return merkle.inclusion_proof(index, size, lambda ix: store.read_hashes(conn, ix))
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        self._check_size(size2)
+        with self.engine.connect() as conn:
+            return merkle.consistency_proof(size1, size2, lambda ix: store.read_hashes(conn, ix))
+
+    def _check_size(self, size: int) -> None:
+        if size > self.size():
+            raise merkle.ProofError(f"the log has fewer than {size} entries")
+
+    def receipt(self, index: int) -> str:
+        """A receipt for entry `index` against the latest checkpoint."""
+        with self.engine.connect() as conn:
+            head = store.read_head(conn)
+            if head is None or index >= head[1] or index < 0:
+                raise merkle.ProofError(f"no entry {index} in the log")
+            size, note = head[1], head[2]
+            data = store.read_entries(conn, index, index + 1)[0]
+            proof = merkle.inclusion_proof(index, size, lambda ix: store.read_hashes(conn, ix))
+        return format_receipt(Receipt(index, tuple(proof), note, data))
+
+    def original_receipt(self, index: int) -> Appended:
+        """The receipt entry `index` was first answered with."""
+        with self.engine.connect() as conn:
+            return self._original(conn, index)
+
+    def checkpoints(self, start_size: int = 0) -> list[tuple[int, str]]:
+        """Every checkpoint the log signed from `start_size` on, oldest first."""
+        with self.engine.connect() as conn:
+            return store.read_checkpoints(conn, start_size)
+
+
+def frontier_last_leaf(conn: Connection, size: int) -> bytes:
+    """The leaf hash of entry size-1 (the next entry's prev), b"" for the empty log."""
+    if size == 0:
+        return b""
+    return store.read_hashes(conn, [merkle.stored_hash_index(0, size - 1)])[0]
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()

@@ -1,0 +1,232 @@
+"""SQLAlchemy storage of the log: entries, stored hashes, checkpoints, dedupe keys, one head row.
+
+SQLite (the embedded default) runs in WAL mode with synchronous=FULL, and writers take the
+database lock up front with BEGIN IMMEDIATE. PostgreSQL writers lock the head row
+(SELECT ... FOR UPDATE). Either way one writer at a time extends the tree, and readers never
+block. Indexes are assigned from the head row, never from a SEQUENCE, so a rolled-back
+transaction leaves no gap. Ledger tables reject UPDATE and DELETE by trigger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.exc import OperationalError
+
+from .errors import LedgerUnavailable
+
+metadata = MetaData()
+
+head_table = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("origin", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("checkpoint", Text, nullable=False),
+)
+
+entries_table = Table(
+    "ledger_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("prev", LargeBinary, nullable=False, unique=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+hashes_table = Table(
+    "ledger_hashes",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+checkpoints_table = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+)
+
+dedupe_table = Table(
+    "ledger_dedupe",
+    metadata,
+    Column("key", String(512), primary_key=True),
+    Column("idx", BigInteger, nullable=False),
+    Column("digest", LargeBinary, nullable=False),
+)
+
+APPEND_ONLY_TABLES = ("ledger_entries", "ledger_hashes", "ledger_checkpoints", "ledger_dedupe")
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'medledger.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the durability settings of the design (WAL + FULL on SQLite)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("ledger_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_schema(engine: Engine) -> None:
+    """Creates the ledger tables and their append-only triggers (idempotent)."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(ledger_write=True)
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                # Concurrent first starts must not race on CREATE.
+                conn.execute(text("SELECT pg_advisory_xact_lock(6962)"))
+            metadata.create_all(conn)
+            for table in APPEND_ONLY_TABLES:
+                _create_append_only_trigger(conn, table)
+
+
+def _create_append_only_trigger(conn: Connection, table: str) -> None:
+    if conn.dialect.name == "sqlite":
+        for op in ("UPDATE", "DELETE"):
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            )
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION medledger_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION '%% is append-only', TG_TABLE_NAME; END $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION medledger_append_only()"
+        )
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION medledger_append_only()"
+        )
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction holding the log's write lock; commits on success."""
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(ledger_write=True)
+            with conn.begin():
+                yield conn
+    except OperationalError as e:
+        raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
+
+
+def lock_head(conn: Connection) -> tuple[str, int, str] | None:
+    """(origin, size, signed checkpoint) of the log, locked for this transaction."""
+    q = select(head_table.c.origin, head_table.c.size, head_table.c.checkpoint).where(
+        head_table.c.id == 1
+    )
+    if conn.dialect.name != "sqlite":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    return None if row is None else (row[0], int(row[1]), row[2])
+
+
+def read_head(conn: Connection) -> tuple[str, int, str] | None:
+    row = conn.execute(
+        select(head_table.c.origin, head_table.c.size, head_table.c.checkpoint).where(
+            head_table.c.id == 1
+        )
+    ).first()
+    return None if row is None else (row[0], int(row[1]), row[2])
+
+
+def read_hashes(conn: Connection, indexes: Sequence[int]) -> list[bytes]:
+    """The stored hashes at `indexes`, in order, in one query."""
+    if not indexes:
+        return []
+    wanted = sorted(set(indexes))
+    rows = conn.execute(
+        select(hashes_table.c.idx, hashes_table.c.hash).where(hashes_table.c.idx.in_(wanted))
+    ).all()
+    found = {int(i): bytes(h) for i, h in rows}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise LookupError(f"stored hashes missing at {missing[:5]}")
+    return [found[i] for i in indexes]
+
+
+def read_entries(conn: Connection, start: int, end: int) -> list[bytes]:
+    rows = conn.execute(
+        select(entries_table.c.data)
+        .where(entries_table.c.idx >= start, entries_table.c.idx < end)
+        .order_by(entries_table.c.idx)
+    ).all()
+    return [bytes(r[0]) for r in rows]
+
+
+def read_checkpoint_covering(conn: Connection, index: int) -> tuple[int, str] | None:
+    """The first signed checkpoint whose tree contains entry `index`: its batch's checkpoint."""
+    row = conn.execute(
+        select(checkpoints_table.c.size, checkpoints_table.c.note)
+        .where(checkpoints_table.c.size > index)
+        .order_by(checkpoints_table.c.size)
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), row[1])
+
+
+def read_checkpoints(conn: Connection, start_size: int = 0) -> list[tuple[int, str]]:
+    rows = conn.execute(
+        select(checkpoints_table.c.size, checkpoints_table.c.note)
+        .where(checkpoints_table.c.size >= start_size)
+        .order_by(checkpoints_table.c.size)
+    ).all()
+    return [(int(s), n) for s, n in rows]
+
+
+def read_dedupe(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+    if not keys:
+        return {}
+    rows = conn.execute(
+        select(dedupe_table.c.key, dedupe_table.c.idx, dedupe_table.c.digest).where(
+            dedupe_table.c.key.in_(list(keys))
+        )
+    ).all()
+    return {k: (int(i), bytes(d)) for k, i, d in rows}

@@ -1,0 +1,163 @@
+"""Offline verification: checkpoints, receipts, submissions, and whole-log audits.
+
+Trust comes only from the verifier keys given. Rules taken from the anchors' failures:
+always bind (index, size, root) together; refuse index >= size and size-0 consistency
+proofs; never trust metadata carried inside a proof; unknown signers are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from . import merkle
+from .checkpoint import Checkpoint, CheckpointError, parse_checkpoint
+from .entry import Entry, EntryError, commitment, parse_entry
+from .note import NoteError, Verifier, open_note
+from .receipt import ReceiptError, parse_receipt
+
+
+class VerificationError(Exception):
+    """Verification failed. `index` names the first bad entry when there is one."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message if index is None else f"entry {index}: {message}")
+        self.index = index
+        self.reason = message
+
+
+class MalformedInput(VerificationError):
+    """The input could not be parsed at all (as opposed to parsed and found false)."""
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    entry: Entry
+    entry_bytes: bytes
+    checkpoint: Checkpoint
+    note: str
+
+
+def verify_checkpoint(
+    note: str, verifiers: Iterable[Verifier], origin: str | None = None
+) -> Checkpoint:
+    """Opens a signed checkpoint; the origin must be the expected one (or the key's name)."""
+    verifiers = list(verifiers)
+    try:
+        opened = open_note(note, verifiers)
+        cp = parse_checkpoint(opened.text)
+    except (NoteError, CheckpointError) as e:
+        raise VerificationError(f"checkpoint: {e}") from e
+    want = origin if origin is not None else verifiers[0].name if len(verifiers) == 1 else None
+    if want is not None and cp.origin != want:
+        raise VerificationError(f"checkpoint is for log {cp.origin!r}, expected {want!r}")
+    return cp
+
+
+def verify_receipt(
+    text: str, verifiers: Iterable[Verifier], origin: str | None = None
+) -> VerifiedReceipt:
+    """Checks a tlog-proof receipt: signature, entry format, inclusion at (index, size, root)."""
+    try:
+        r = parse_receipt(text)
+    except ReceiptError as e:
+        raise MalformedInput(f"receipt: {e}") from e
+    if r.extra is None:
+        raise MalformedInput("receipt carries no entry (extra line)")
+    cp = verify_checkpoint(r.checkpoint, verifiers, origin)
+    try:
+        entry = parse_entry(r.extra)
+    except EntryError as e:
+        raise VerificationError(f"receipt entry: {e}", r.index) from e
+    if entry.index != r.index:
+        raise VerificationError(f"receipt says index {r.index}, its entry says {entry.index}")
+    try:
+        merkle.verify_inclusion(r.index, cp.size, merkle.leaf_hash(r.extra), r.proof, cp.root)
+    except merkle.ProofError as e:
+        raise VerificationError(f"inclusion: {e}", r.index) from e
+    return VerifiedReceipt(entry, r.extra, cp, r.checkpoint)
+
+
+def verify_submission(entry: Entry, data: bytes, salt: bytes) -> None:
+    """Checks that the entry commits to exactly `data` under `salt`."""
+    try:
+        c = commitment(salt, data)
+    except EntryError as e:
+        raise MalformedInput(str(e)) from e
+    if not hmac.compare_digest(c, entry.commit):
+        raise VerificationError(
+            "the entry does not commit to these bytes with this salt", entry.index
+        )
+
+
+def verify_consistency(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes]) -> None:
+    """Checks that `new` extends `old` (RFC 9162 section 2.1.4.2)."""
+    if old.origin != new.origin:
+        raise VerificationError(f"checkpoints of different logs: {old.origin!r}, {new.origin!r}")
+    if old.size == 0:
+        return  # every tree extends the empty one; there is nothing to prove
+    try:
+        merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
+    except merkle.ProofError as e:
+        raise VerificationError(f"consistency {old.size} -> {new.size}: {e}") from e
+
+
+class ChainAuditor:
+    """Streams entries in order and re-derives every leaf, the hash chain and the tree.
+
+    Memory is O(log n): the tree is kept as its frontier of complete subtrees.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.prev = b""
+        self.frontier: list[bytes] = []
+
+    @classmethod
+    def resume(cls, size: int, frontier: Sequence[bytes], prev: bytes) -> ChainAuditor:
+        """Continues from a state saved by an earlier audit (`size`, its frontier, last leaf)."""
+        a = cls()
+        if len(frontier) != bin(size).count("1"):
+            raise MalformedInput(f"a frontier of {len(frontier)} hashes cannot have size {size}")
+        a.size, a.frontier, a.prev = size, list(frontier), prev
+        return a
+
+    def add(self, data: bytes) -> Entry:
+        """Checks the next entry; raises VerificationError naming its index."""
+        index = self.size
+        try:
+            entry = parse_entry(data)
+        except EntryError as e:
+            raise VerificationError(f"malformed entry: {e}", index) from e
+        if entry.index != index:
+            raise VerificationError(f"entry says index {entry.index}", index)
+        if entry.prev != self.prev:
+            raise VerificationError(
+                "hash chain broken: prev is "
+                f"{_b64(entry.prev) or 'empty'}, the previous leaf hash is {_b64(self.prev)}",
+                index,
+            )
+        leaf = merkle.leaf_hash(data)
+        _, self.frontier = merkle.append_leaf(self.frontier, index, leaf)
+        self.prev = leaf
+        self.size += 1
+        return entry
+
+    def root(self) -> bytes:
+        return merkle.fold_frontier(self.frontier)
+
+    def check(self, cp: Checkpoint) -> None:
+        """The tree so far must be the one the checkpoint signed."""
+        if cp.size != self.size:
+            raise VerificationError(f"checkpoint size {cp.size} but {self.size} entries audited")
+        if cp.root != self.root():
+            raise VerificationError(
+                f"root of the {self.size} entries differs from the signed checkpoint's root",
+                max(self.size - 1, 0),
+            )
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()

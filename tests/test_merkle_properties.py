@@ -1,0 +1,183 @@
+"""Stored-tree proofs equal the RFC 6962 reference and verify; every mutation is rejected."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger import merkle
+
+MAX_N = 1024
+LEAVES = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(MAX_N)]
+
+
+def _build() -> dict[int, bytes]:
+    hashes: dict[int, bytes] = {}
+    frontier: list[bytes] = []
+    for i, leaf in enumerate(LEAVES):
+        new, frontier = merkle.append_leaf(frontier, i, leaf)
+        hashes.update(new)
+    return hashes
+
+
+STORED = _build()
+
+
+def read(indexes):
+    return [STORED[i] for i in indexes]
+
+
+# --- the reference: RFC 6962 section 2.1, written as the RFC states it ---------------------
+
+
+def mth(d: list[bytes]) -> bytes:
+    if not d:
+        return hashlib.sha256(b"").digest()
+    if len(d) == 1:
+        return d[0]
+    k = 1
+    while k * 2 < len(d):
+        k *= 2
+    return merkle.node_hash(mth(d[:k]), mth(d[k:]))
+
+
+def path(m: int, d: list[bytes]) -> list[bytes]:
+    if len(d) == 1:
+        return []
+    k = 1
+    while k * 2 < len(d):
+        k *= 2
+    if m < k:
+        return path(m, d[:k]) + [mth(d[k:])]
+    return path(m - k, d[k:]) + [mth(d[:k])]
+
+
+def subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
+    n = len(d)
+    if m == n:
+        return [] if b else [mth(d)]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if m <= k:
+        return subproof(m, d[:k], b) + [mth(d[k:])]
+    return subproof(m - k, d[k:], False) + [mth(d[:k])]
+
+
+def test_stored_hash_count_matches_layout() -> None:
+    for n in range(1, 300):
+        assert merkle.stored_hash_count(n) == len(
+            {i for i in STORED if i < merkle.stored_hash_count(n)}
+        )
+
+
+@st.composite
+def index_and_size(draw):
+    n = draw(st.integers(1, MAX_N))
+    return draw(st.integers(0, n - 1)), n
+
+
+@st.composite
+def two_sizes(draw):
+    n = draw(st.integers(1, MAX_N))
+    return draw(st.integers(1, n)), n
+
+
+@settings(max_examples=300, deadline=None)
+@given(index_and_size())
+def test_inclusion_equals_reference_and_verifies(args) -> None:
+    m, n = args
+    root = merkle.tree_hash(n, read)
+    assert root == mth(LEAVES[:n])
+    proof = merkle.inclusion_proof(m, n, read)
+    assert proof == path(m, LEAVES[:n])
+    merkle.verify_inclusion(m, n, LEAVES[m], proof, root)
+
+
+@settings(max_examples=300, deadline=None)
+@given(two_sizes())
+def test_consistency_equals_reference_and_verifies(args) -> None:
+    m, n = args
+    proof = merkle.consistency_proof(m, n, read)
+    assert proof == (subproof(m, LEAVES[:n], True) if m < n else [])
+    merkle.verify_consistency(m, n, mth(LEAVES[:m]), mth(LEAVES[:n]), proof)
+
+
+def _flip(h: bytes, bit: int) -> bytes:
+    b = bytearray(h)
+    b[bit // 8 % len(b)] ^= 1 << (bit % 8)
+    return bytes(b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(index_and_size(), st.integers(0, 255), st.data())
+def test_inclusion_mutations_rejected(args, bit, data) -> None:
+    m, n = args
+    root = merkle.tree_hash(n, read)
+    proof = merkle.inclusion_proof(m, n, read)
+    leaf = LEAVES[m]
+    bad: list[tuple[int, int, bytes, list[bytes], bytes]] = [
+        (m, n, leaf, proof, _flip(root, bit)),
+        (m, n, _flip(leaf, bit), proof, root),
+        (m, n, leaf, proof + [LEAVES[0]], root),
+        (m, 0, leaf, proof, root),
+        (m + 1, n, leaf, proof, root),
+    ]
+    # A size is only meaningful with the root signed for it (a checkpoint binds the two), so
+    # a changed size is checked against that size's root. Against the old root, sizes whose
+    # trees share a proof shape cannot be told apart by any RFC 9162 verifier.
+    if n < MAX_N:
+        bad.append((m, n + 1, leaf, proof, mth(LEAVES[: n + 1])))
+    if n - 1 > m:
+        bad.append((m, n - 1, leaf, proof, mth(LEAVES[: n - 1])))
+    if m > 0:
+        bad.append((m - 1, n, leaf, proof, root))
+    if proof:
+        i = data.draw(st.integers(0, len(proof) - 1))
+        bad.append((m, n, leaf, proof[:i] + [_flip(proof[i], bit)] + proof[i + 1 :], root))
+        bad.append((m, n, leaf, proof[:-1], root))
+    for case in bad:
+        with pytest.raises(merkle.ProofError):
+            merkle.verify_inclusion(*case)
+
+
+@settings(max_examples=200, deadline=None)
+@given(two_sizes(), st.integers(0, 255), st.data())
+def test_consistency_mutations_rejected(args, bit, data) -> None:
+    m, n = args
+    r1, r2 = mth(LEAVES[:m]), mth(LEAVES[:n])
+    proof = merkle.consistency_proof(m, n, read)
+    bad = [
+        (m, n, _flip(r1, bit), r2, proof),
+        (m, n, r1, _flip(r2, bit), proof),
+        (0, n, r1, r2, proof),
+        (m, n, r1, r2, proof + [LEAVES[1]]),
+    ]
+    # As for inclusion: a changed size is checked against the root of that size.
+    if m < n:
+        bad += [(m + 1, n, mth(LEAVES[: m + 1]), r2, proof)]
+        if n < MAX_N:
+            bad += [(m, n + 1, r1, mth(LEAVES[: n + 1]), proof)]
+        if n - 1 > m:
+            bad += [(m, n - 1, r1, mth(LEAVES[: n - 1]), proof)]
+    if m > 1:
+        bad.append((m - 1, n, mth(LEAVES[: m - 1]), r2, proof))
+    if proof:
+        i = data.draw(st.integers(0, len(proof) - 1))
+        bad.append((m, n, r1, r2, proof[:i] + [_flip(proof[i], bit)] + proof[i + 1 :]))
+        bad.append((m, n, r1, r2, proof[:-1]))
+    for s1, s2, a, b, p in bad:
+        with pytest.raises(merkle.ProofError):
+            merkle.verify_consistency(s1, s2, a, b, p)
+
+
+def test_generation_refuses_impossible_requests() -> None:
+    for m, n in [(0, 0), (5, 5), (-1, 3)]:
+        with pytest.raises(merkle.ProofError):
+            merkle.inclusion_proof(m, n, read)
+    for m, n in [(0, 5), (6, 5)]:
+        with pytest.raises(merkle.ProofError):
+            merkle.consistency_proof(m, n, read)
