@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -23,8 +24,11 @@ from . import merkle, store
 from .checkpoint import format_checkpoint, parse_checkpoint
 from .entry import Entry, format_time, parse_entry
 from .errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
-from .note import Signer, open_note, sign
+from .faults import fault_point
+from .note import NoteError, Signer, open_note, sign
+from .note import split as split_note
 from .receipt import Receipt, format_receipt
+from .witness import read_witness, write_witness
 
 Clock = Callable[[], datetime]
 RowWriter = Callable[[Connection, Entry], None]
@@ -80,7 +84,14 @@ class Log:
         origin: str | None = None,
         clock: Clock = _system_clock,
         max_batch: int = 1024,
+        witness: Path | None = None,
     ) -> None:
+        """Opens the log, creating its tables and first (empty) checkpoint if needed.
+
+        `witness` is a file outside the database where every signed checkpoint is also
+        kept; when the store is behind it or contradicts it, the log opens read-only and
+        `read_only_reason` says why.
+        """
         self.engine = engine
         self.signer = signer
         self.origin = origin or signer.name
@@ -89,8 +100,14 @@ class Log:
         self._queue: queue.Queue[tuple[Submission, Future[Appended]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self.witness = witness
+        self._witness_lock = threading.Lock()
+        self._witness_size = -1
+        self.read_only_reason: str | None = None
         store.create_schema(engine)
         self._init_head()
+        if witness is not None:
+            self.read_only_reason = self._check_witness(witness)
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -117,7 +134,41 @@ class Log:
             raise LogStateError(f"head size {size} differs from its checkpoint size {cp.size}")
 
     def _sign_checkpoint(self, size: int, root: bytes) -> str:
+        fault_point("during-sign")
         return sign(format_checkpoint(self.origin, size, root), [self.signer])
+
+    def _advance_witness(self, note: str) -> None:
+        # Batches may finish out of order across threads: never move the witness back.
+        size = parse_checkpoint(split_note(note)[0]).size
+        with self._witness_lock:
+            if size > self._witness_size and self.witness is not None:
+                write_witness(self.witness, note)
+                self._witness_size = size
+
+    def _check_witness(self, path: Path) -> str | None:
+        """Why the store cannot be trusted to extend what was already signed, or None."""
+        note = read_witness(path)
+        if note is None:
+            write_witness(path, self.checkpoint())
+            return None
+        try:
+            cp = parse_checkpoint(open_note(note, [self.signer.verifier]).text)
+        except (NoteError, ValueError) as e:
+            return f"the checkpoint file {path} cannot be read ({e}); restore it or remove it"
+        size = self.size()
+        if cp.size > size:
+            return (
+                f"the store holds {size} entries but this log already signed a checkpoint of "
+                f"size {cp.size} (kept in {path}): the database was restored from an older copy "
+                "or rolled back. Restore the missing entries; appending now would fork the log"
+            )
+        if cp.size and self.root(cp.size) != cp.root:
+            return (
+                f"the store's first {cp.size} entries do not have the root of the checkpoint "
+                f"this log signed (kept in {path}): the database was altered or replaced. "
+                "Restore the original database; appending now would fork the log"
+            )
+        return None
 
     # --- appending -----------------------------------------------------------------------
 
@@ -187,11 +238,20 @@ class Log:
         its error in the returned list without affecting the others. Errors of the store
         itself raise LedgerUnavailable and append nothing.
         """
+        if self.read_only_reason is not None:
+            raise LogStateError(f"the log is read-only: {self.read_only_reason}")
         try:
             with store.write_transaction(self.engine) as conn:
-                return self._append_locked(conn, subs)
+                results = self._append_locked(conn, subs)
         except (DBAPIError, LookupError) as e:
             raise LedgerUnavailable(f"the ledger store cannot be written: {e}") from e
+        if self.witness is not None and any(
+            isinstance(r, Appended) and not r.duplicate for r in results
+        ):
+            note = next(r.checkpoint for r in results if isinstance(r, Appended))
+            self._advance_witness(note)
+        fault_point("after-commit")
+        return results
 
     def _append_locked(
         self, conn: Connection, subs: Sequence[Submission]
@@ -199,6 +259,7 @@ class Log:
         head = store.lock_head(conn)
         if head is None:
             raise LogStateError("the log has no head row; open it with Log() first")
+        fault_point("after-lock")
         _, size0, _ = head
         frontier = store.read_hashes(conn, merkle.frontier_indexes(size0))
         prev = frontier_last_leaf(conn, size0)
@@ -241,6 +302,7 @@ class Log:
             conn.execute(
                 insert(store.hashes_table), [{"idx": i, "hash": h} for i, h in new_hashes.items()]
             )
+        fault_point("after-insert")
         if size == size0:
             note = head[2]
         else:

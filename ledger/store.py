@@ -230,3 +230,22 @@ def read_dedupe(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, b
         )
     ).all()
     return {k: (int(i), bytes(d)) for k, i, d in rows}
+
+
+def durability_problems(engine: Engine) -> list[str]:
+    """Settings under which a committed entry could be lost in a crash; empty when sound."""
+    problems = []
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            if str(mode).lower() != "wal":
+                problems.append(f"SQLite journal_mode is {mode}, expected wal")
+            if sync != 2:
+                problems.append(f"SQLite synchronous is {sync}, expected 2 (FULL)")
+        elif engine.dialect.name == "postgresql":
+            for name in ("fsync", "synchronous_commit", "full_page_writes"):
+                value = conn.exec_driver_sql(f"SHOW {name}").scalar()
+                if str(value).lower() not in ("on", "remote_write", "remote_apply"):
+                    problems.append(f"PostgreSQL {name} is {value}, expected on")
+    return problems

@@ -2,6 +2,7 @@
 
 Run by test_crash.py, which kills this process with SIGKILL at random moments.
 Usage: python -m tests.crash_child DB_URL KEY_FILE ORIGIN
+MEDLEDGER_FAULT may arm a named crash point (ledger/faults.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from ledger.store import make_engine
 
 def main() -> None:
     url, key_file, origin = sys.argv[1:4]
-    log = Log(make_engine(url), load_or_create_signer(Path(key_file), origin), origin=origin)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    signer = load_or_create_signer(Path(key_file), origin)
+    witness = Path(key_file).with_name("checkpoint")
+    log = Log(make_engine(url), signer, origin=origin, witness=witness)
     out_lock = threading.Lock()
 
     def worker() -> None:
@@ -35,8 +40,6 @@ def main() -> None:
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
     for t in threads:
         t.join()
 

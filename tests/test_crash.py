@@ -12,7 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from ledger.keys import load_signer
+import pytest
+
+from ledger.faults import POINTS
+from ledger.keys import load_or_create_signer, load_signer
 from ledger.log import Log
 from ledger.store import make_engine
 from ledger.verify import ChainAuditor, verify_checkpoint, verify_consistency, verify_receipt
@@ -22,13 +25,13 @@ ORIGIN = "crash.example/log"
 KILLS = 24
 
 
-def _run_and_kill(url: str, key: Path, rng: random.Random) -> list[str]:
+def _run_and_kill(url: str, key: Path, rng: random.Random, fault: str = "") -> list[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.crash_child", url, str(key), ORIGIN],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MEDLEDGER_FAULT": fault},
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
@@ -45,7 +48,8 @@ def _run_and_kill(url: str, key: Path, rng: random.Random) -> list[str]:
 
 def _check(url: str, key: Path, receipts: list[str]) -> None:
     signer = load_signer(key, ORIGIN)
-    log = Log(make_engine(url), signer, origin=ORIGIN)
+    log = Log(make_engine(url), signer, origin=ORIGIN, witness=key.with_name("checkpoint"))
+    assert log.read_only_reason is None
     size = log.size()
     entries = log.entries(0, size)
     assert len(entries) == size
@@ -84,3 +88,37 @@ def test_sigkill_on_postgresql(pg_url: str, tmp_path: Path) -> None:
         acknowledged += _run_and_kill(pg_url, key, rng)
     assert len(acknowledged) > KILLS
     _check(pg_url, key, acknowledged)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_crash_at_each_fault_point(tmp_path: Path, point: str) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    key = tmp_path / "log.key"
+    rng = random.Random(point)
+    acknowledged: list[str] = []
+    for _ in range(5):
+        # Armed with a probability, so some batches commit before the one that dies.
+        acknowledged += _run_and_kill(url, key, rng, fault=f"{point}:0.05")
+    _check(url, key, acknowledged)
+
+
+@pytest.mark.parametrize(
+    ("point", "committed"),
+    [("after-lock", False), ("after-insert", False), ("during-sign", False),
+     ("after-commit", True)],
+)
+def test_armed_point_kills_before_any_reply(tmp_path: Path, point: str, committed: bool) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    key = tmp_path / "log.key"
+    # Create the log first, so the point fires on an append, not while signing size 0.
+    Log(make_engine(url), load_or_create_signer(key, ORIGIN), origin=ORIGIN).engine.dispose()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.crash_child", url, str(key), ORIGIN],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MEDLEDGER_FAULT": point},
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert proc.stdout == "ready\n", "no receipt may be given out before the crash"
+    log = Log(make_engine(url), load_signer(key, ORIGIN), origin=ORIGIN)
+    assert (log.size() > 0) == committed
+    _check(url, key, [])
