@@ -1,0 +1,1076 @@
+"""FHIR validation of a parsed submission: a Bundle of R4 resources, checked against R4B models.
+
+Three layers, each reporting FHIRPath expressions rooted at ``Bundle``:
+
+1. A shape walk driven by the ``fhir.resources.R4B`` model metadata. It runs before any model
+   and checks what the pydantic v1 models coerce or skip: unknown elements, the JSON type of
+   every primitive (the models turn ``5`` into ``"5"``, ``"yes"`` into ``true``, ``1.5`` into
+   the integer ``1``, and parse a string where an object belongs as JSON), 32-bit integer
+   ranges, empty strings, arrays and objects (ele-1), nulls, resource types, nested contained
+   resources (dom-2), string length, required elements and ``value[x]`` choices (all at once,
+   where the models report one kind per round), and the codes of every required binding the
+   models list (``enum_values``), completed where the models truncate the value set with
+   ``"+"``. Its work stack is explicit, so no input depth reaches Python's recursion limit.
+2. The R4B models themselves (``Model.parse_obj``), for each entry's resource and for the
+   Bundle without its resources, unless the shape walk found a value of the wrong JSON type
+   or an unknown resource type (the models would coerce it or fail on it): they add the
+   lexical checks (dates, ids, uris, the primitives' regexes).
+3. The Bundle invariants of FHIR R4 (bdl-1..bdl-5, bdl-7..bdl-12), the transaction rule that
+   no resource is touched twice, and intake policy: which Bundle types a client may submit and
+   how many entries a Bundle may hold.
+
+Expressions use the JSON element names below the choice level: ``valueQuantity`` where
+FHIRPath proper would say ``value.ofType(Quantity)``; ``_birthDate`` reads ``birthDate``.
+Issues are collected up to ``IntakeLimits.max_issues``, so one round fixes them all.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import fhirtypes, get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+from pydantic.v1 import ValidationError
+
+from .outcome import IntakeError, Issue
+from .strict_json import DEFAULT_LIMITS, IntakeLimits
+
+BUNDLE_TYPES = frozenset(
+    {
+        "document",
+        "message",
+        "transaction",
+        "transaction-response",
+        "batch",
+        "batch-response",
+        "history",
+        "searchset",
+        "collection",
+    }
+)
+# What a client may submit; the other types are produced by servers (responses, searches,
+# histories) and carry no clinical submission of their own.
+SUBMITTABLE_BUNDLE_TYPES = frozenset({"document", "message", "transaction", "batch", "collection"})
+# Methods whose request carries the resource in the entry (FHIR http.html#transaction).
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+# Required value sets the R4B models truncate with "+": the complete FHIR R4 (4.0.1) codes.
+_OBSERVATION_STATUS = (
+    "registered preliminary final amended corrected cancelled entered-in-error unknown"
+)
+_ENCOUNTER_STATUS = (
+    "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
+)
+COMPLETED_VALUE_SETS: dict[tuple[str, str], frozenset[str]] = {
+    (model, element): frozenset(codes.split())
+    for model, element, codes in [
+        ("Observation", "status", _OBSERVATION_STATUS),
+        ("DetectedIssue", "status", _OBSERVATION_STATUS),
+        ("RiskAssessment", "status", _OBSERVATION_STATUS),
+        ("Encounter", "status", _ENCOUNTER_STATUS),
+        ("EncounterStatusHistory", "status", _ENCOUNTER_STATUS),
+        (
+            "DiagnosticReport",
+            "status",
+            "registered partial preliminary final amended corrected appended cancelled "
+            "entered-in-error unknown",
+        ),
+        (
+            "DeviceUseStatement",
+            "status",
+            "active completed entered-in-error intended stopped on-hold",
+        ),
+        ("DeviceUdiCarrier", "entryType", "barcode rfid manual card self-reported unknown"),
+        (
+            "QuestionnaireItem",
+            "type",
+            "group display boolean decimal integer date dateTime time string text url choice "
+            "open-choice attachment reference quantity",
+        ),
+        (
+            "StructureMapGroupRuleTarget",
+            "transform",
+            "create copy truncate escape cast append translate reference dateOp uuid pointer "
+            "evaluate cc c qty id cp",
+        ),
+        (
+            "SupplyRequest",
+            "status",
+            "draft active suspended cancelled completed entered-in-error unknown",
+        ),
+        (
+            "Task",
+            "status",
+            "draft requested received accepted rejected ready cancelled in-progress on-hold "
+            "failed completed entered-in-error",
+        ),
+    ]
+}
+
+_INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "integer": (-(2**31), 2**31 - 1),
+    "unsignedInt": (0, 2**31 - 1),
+    "positiveInt": (1, 2**31 - 1),
+}
+_PRIMITIVE_KINDS = frozenset({"boolean", "integer", "decimal", "string"})
+_EXTENSION_OF_PRIMITIVE = "FHIRPrimitiveExtension"
+# Shape issue codes that leave every value of the JSON type the model expects.
+_MODEL_SAFE_CODES = frozenset({"code-invalid", "value", "too-long", "invalid"})
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What one JSON property may hold: ``kind`` and FHIR type of a single value."""
+
+    kind: str  # "boolean" | "integer" | "decimal" | "string" | "element" | "resource" | "any"
+    fhir_type: str
+    is_list: bool = False
+    codes: frozenset[str] | None = None
+    required: bool = False
+
+
+_RESOURCE_SPEC = _Spec("resource", "Resource")
+_PRIMITIVE_EXTENSION_SPEC = _Spec("element", _EXTENSION_OF_PRIMITIVE)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The class inside ``Optional[X]`` (primitive arrays may hold nulls)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 else annotation
+
+
+def _spec_of(model_name: str, field: Any) -> _Spec:
+    spec = _type_spec(model_name, field)
+    if field.required or field.field_info.extra.get("element_required"):
+        return replace(spec, required=True)
+    return spec
+
+
+def _type_spec(model_name: str, field: Any) -> _Spec:
+    cls = _unwrap(field.type_)
+    is_list = field.shape != 1
+    enum = field.field_info.extra.get("enum_values")
+    codes = COMPLETED_VALUE_SETS.get((model_name, field.alias))
+    if codes is None and enum and "+" not in enum:
+        codes = frozenset(enum)
+    if not isinstance(cls, type):
+        return _Spec("any", "Element", is_list)
+    if cls is bool:
+        return _Spec("boolean", "boolean", is_list)
+    if issubclass(cls, fhirtypes.Primitive) and cls.fhir_type_name() in _INTEGER_RANGES:
+        return _Spec("integer", cls.fhir_type_name() or "integer", is_list)
+    if issubclass(cls, fhirtypes.Decimal):
+        return _Spec("decimal", "decimal", is_list)
+    if issubclass(cls, fhirtypes.Primitive) or cls is str:
+        name = cls.fhir_type_name() if issubclass(cls, fhirtypes.Primitive) else "string"
+        return _Spec("string", name or "string", is_list, codes)
+    if issubclass(cls, fhirtypes.ResourceType):
+        return _Spec("resource", "Resource", is_list)
+    if issubclass(cls, (fhirtypes.AbstractType, fhirtypes.AbstractBaseType)):
+        return _Spec("element", cls.__resource_type__, is_list)
+    return _Spec("any", "Element", is_list)
+
+
+@cache
+def element_specs(model_name: str) -> dict[str, _Spec]:
+    """JSON property name -> spec, for the FHIR elements of an R4B model.
+
+    Leaves out the models' own bookkeeping fields (``resource_type``, ``fhir_comments``) and
+    the ``_x`` primitive-extension fields, which the walk derives from ``x``.
+    """
+    model = get_fhir_model_class(model_name)
+    return {
+        field.alias: _spec_of(model_name, field)
+        for field in model.__fields__.values()
+        if field.field_info.extra.get("element_property")
+    }
+
+
+@cache
+def choice_groups(model_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """``value[x]`` groups of a model: name -> (JSON names of the choices, required)."""
+    groups: dict[str, tuple[tuple[str, ...], bool]] = {}
+    model = get_fhir_model_class(model_name)
+    for field in model.__fields__.values():
+        group = field.field_info.extra.get("one_of_many")
+        if not group:
+            continue
+        names, required = groups.get(group, ((), False))
+        required = required or bool(field.field_info.extra.get("one_of_many_required"))
+        groups[group] = ((*names, field.alias), required)
+    return groups
+
+
+@cache
+def resource_names() -> frozenset[str]:
+    """The concrete resource types of FHIR R4B."""
+    from fhir.resources.R4B.fhirtypesvalidators import MODEL_CLASSES
+
+    return frozenset(
+        name
+        for name in MODEL_CLASSES
+        if name not in ("Resource", "DomainResource")
+        and issubclass(get_fhir_model_class(name), Resource)
+    )
+
+
+def is_resource_type(name: Any) -> bool:
+    """True when ``name`` is a concrete R4B resource type."""
+    return isinstance(name, str) and name in resource_names()
+
+
+class _Issues:
+    """Issues in order of discovery, without repeats, capped at ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.items: list[Issue] = []
+        self._seen: set[tuple[str | None, str]] = set()
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.limit
+
+    def add(self, code: str, diagnostics: str, expression: str | None) -> None:
+        key = (expression, code)
+        if key in self._seen or self.full:
+            return
+        self._seen.add(key)
+        self.items.append(Issue("error", code, diagnostics, expression))
+
+    def extend(self, issues: Iterable[Issue]) -> None:
+        for issue in issues:
+            self.add(issue.code, issue.diagnostics, issue.expression)
+
+    def outcome(self) -> list[Issue]:
+        """The issues, and a warning when the cap stopped the search for more."""
+        if not self.full:
+            return list(self.items)
+        note = Issue(
+            "warning",
+            "too-costly",
+            f"validation stopped after {self.limit} issues; there may be more: fix these and "
+            "resubmit",
+            None,
+        )
+        return [*self.items, note]
+
+
+def validate_bundle(doc: Any, limits: IntakeLimits = DEFAULT_LIMITS) -> None:
+    """Accept ``doc`` as a submittable FHIR R4 Bundle or raise :class:`IntakeError`.
+
+    Status 400 when ``doc`` is not a JSON value or nests deeper than ``limits.max_depth``;
+    422 for everything else, with one issue per problem (FHIRPath in ``expression``).
+    """
+    _check_json_value(doc, limits)
+    if not isinstance(doc, dict):
+        raise IntakeError.one(
+            422, "structure", "the submission must be a JSON object: a FHIR Bundle", None
+        )
+    _check_resource_type(doc)
+    _check_entry_count(doc, limits)
+
+    issues = _Issues(limits.max_issues)
+    bundle_type = _check_bundle_type(doc, issues)
+    entries = doc.get("entry") if isinstance(doc.get("entry"), list) else []
+    _check_bundle_level(doc, entries, limits, issues)
+    _check_invariants(doc, bundle_type, entries, issues)
+    for index, entry in enumerate(entries):
+        if issues.full:
+            break
+        if isinstance(entry, dict) and "resource" in entry:
+            _check_entry_resource(entry["resource"], index, limits, issues)
+    if issues.items:
+        raise IntakeError(422, issues.outcome())
+
+
+# --- JSON value, resourceType, size -------------------------------------------------------
+
+
+def _check_json_value(doc: Any, limits: IntakeLimits) -> None:
+    """Refuse (400) non-JSON values and nesting beyond ``limits.max_depth``, iteratively."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > limits.max_depth:
+                raise _too_deep(limits)
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise IntakeError.one(400, "structure", "JSON object keys must be strings")
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            if depth > limits.max_depth:
+                raise _too_deep(limits)
+            stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, (float, Decimal)) and not _finite(node):
+            raise IntakeError.one(400, "value", "NaN and infinities are not JSON numbers")
+        elif node is not None and not isinstance(node, (str, bool, int, float, Decimal)):
+            raise IntakeError.one(400, "structure", f"a {type(node).__name__} is not a JSON value")
+
+
+def _too_deep(limits: IntakeLimits) -> IntakeError:
+    return IntakeError.one(
+        400,
+        "structure",
+        f"JSON nesting deeper than {limits.max_depth} levels: flatten the document",
+    )
+
+
+def _finite(number: float | Decimal) -> bool:
+    return number.is_finite() if isinstance(number, Decimal) else math.isfinite(number)
+
+
+def _check_resource_type(doc: dict[str, Any]) -> None:
+    kind = doc.get("resourceType")
+    if kind == "Bundle":
+        return
+    if kind is None:
+        raise IntakeError.one(
+            422,
+            "required",
+            'the JSON object has no resourceType: submit a FHIR Bundle ("resourceType": "Bundle")',
+            "Bundle.resourceType",
+        )
+    if is_resource_type(kind):
+        raise IntakeError.one(
+            422,
+            "invalid",
+            f"the body is a {kind}, not a Bundle: wrap it as the resource of an entry of a "
+            'Bundle ("type": "collection")',
+            "Bundle.resourceType",
+        )
+    raise IntakeError.one(
+        422,
+        "invalid",
+        f"resourceType {_show(kind)} is not a FHIR resource type: submit a FHIR Bundle",
+        "Bundle.resourceType",
+    )
+
+
+def _check_entry_count(doc: dict[str, Any], limits: IntakeLimits) -> None:
+    """Refuse over-long Bundles before any per-entry work (422, code too-long)."""
+    entries = doc.get("entry")
+    if isinstance(entries, list) and len(entries) > limits.max_entries:
+        raise IntakeError.one(
+            422,
+            "too-long",
+            f"the Bundle has {len(entries)} entries; at most {limits.max_entries} are "
+            "accepted: split it into several Bundles",
+            "Bundle.entry",
+        )
+
+
+def _check_bundle_type(doc: dict[str, Any], issues: _Issues) -> str | None:
+    """Bundle.type: required (1..1), from the R4 bundle-type codes, and submittable."""
+    bundle_type = doc.get("type")
+    if bundle_type is None:
+        issues.add(
+            "required",
+            "Bundle.type is required: one of " + ", ".join(sorted(SUBMITTABLE_BUNDLE_TYPES)),
+            "Bundle.type",
+        )
+        return None
+    if not isinstance(bundle_type, str) or bundle_type not in BUNDLE_TYPES:
+        return None  # the shape walk reports the wrong type or code
+    if bundle_type not in SUBMITTABLE_BUNDLE_TYPES:
+        issues.add(
+            "not-supported",
+            f"Bundle.type {bundle_type!r} is produced by servers (a response, search result "
+            "or history) and is not accepted as a submission: send one of "
+            + ", ".join(sorted(SUBMITTABLE_BUNDLE_TYPES)),
+            "Bundle.type",
+        )
+    return bundle_type
+
+
+# --- shape walk and models ----------------------------------------------------------------
+
+
+def _check_bundle_level(
+    doc: dict[str, Any], entries: list[Any], limits: IntakeLimits, issues: _Issues
+) -> None:
+    """The Bundle's own elements (entries without their resources): shape, then R4B model.
+
+    Entry resources are checked one by one afterwards, so the walk skips them here and the
+    model sees the Bundle with them removed.
+    """
+    resources = [entry.get("resource") for entry in entries if isinstance(entry, dict)]
+    skip = frozenset(id(resource) for resource in resources if isinstance(resource, dict))
+    stripped = dict(doc)
+    if "entry" in doc and isinstance(doc["entry"], list):
+        stripped["entry"] = [
+            {k: v for k, v in entry.items() if k != "resource"}
+            if isinstance(entry, dict)
+            else entry
+            for entry in entries
+        ]
+    _shape_then_model(doc, "Bundle", limits, issues, skip=skip, model_input=stripped)
+
+
+def _check_entry_resource(resource: Any, index: int, limits: IntakeLimits, issues: _Issues) -> None:
+    _shape_then_model(resource, f"Bundle.entry[{index}].resource", limits, issues)
+
+
+def _shape_then_model(
+    resource: Any,
+    path: str,
+    limits: IntakeLimits,
+    issues: _Issues,
+    skip: frozenset[int] = frozenset(),
+    model_input: dict[str, Any] | None = None,
+) -> None:
+    """Shape walk, then the R4B model when the JSON shapes are sound.
+
+    The models coerce and re-parse wrongly typed values and raise arbitrary errors on unknown
+    resource types, so they only see a resource whose shape issues are all about values
+    (codes, ranges, lengths, empty elements); their findings at an already reported
+    expression are dropped.
+    """
+    found = shape_issues(resource, _RESOURCE_SPEC, path, limits, skip)
+    issues.extend(found)
+    if any(issue.code not in _MODEL_SAFE_CODES for issue in found):
+        return
+    reported = {issue.expression for issue in found}
+    model_name = resource["resourceType"]
+    issues.extend(
+        issue
+        for issue in model_issues(
+            model_name, resource if model_input is None else model_input, path
+        )
+        if issue.expression not in reported
+    )
+
+
+def shape_issues(
+    value: Any, spec: _Spec, path: str, limits: IntakeLimits, skip: frozenset[int] = frozenset()
+) -> list[Issue]:
+    """Check a JSON value against a spec, walking nested elements with an explicit stack.
+
+    Nested resources (``contained``, ``Parameters.parameter.resource``, a Bundle in a Bundle)
+    are walked too, except the objects whose ``id()`` is in ``skip``.
+    """
+    out: list[Issue] = []
+    stack: list[tuple[Any, _Spec, str, bool]] = [(value, spec, path, False)]
+    while stack and len(out) < limits.max_issues:
+        node, node_spec, node_path, contained = stack.pop()
+        if skip and id(node) in skip:
+            continue
+        children: list[tuple[Any, _Spec, str, bool]] = []
+        _check_node(node, node_spec, node_path, contained, limits, out, children)
+        stack.extend(reversed(children))
+    return out
+
+
+def _check_node(
+    node: Any,
+    spec: _Spec,
+    path: str,
+    contained: bool,
+    limits: IntakeLimits,
+    out: list[Issue],
+    children: list[tuple[Any, _Spec, str, bool]],
+) -> None:
+    if spec.kind in _PRIMITIVE_KINDS:
+        problem = _primitive_problem(node, spec, limits)
+        if problem is not None:
+            out.append(Issue("error", problem[0], f"{path}: {problem[1]}", path))
+        return
+    if spec.kind == "any":
+        return
+    if not isinstance(node, dict):
+        out.append(
+            Issue(
+                "error",
+                "structure",
+                f"{path}: a {_json_type(node)} where a {spec.fhir_type} (JSON object) belongs",
+                path,
+            )
+        )
+        return
+    if not node:
+        out.append(
+            Issue(
+                "error",
+                "invalid",
+                f"{path}: an empty object; FHIR elements must have a value or children "
+                "(ele-1): leave it out",
+                path,
+            )
+        )
+        return
+    model_name = spec.fhir_type
+    is_resource = spec.kind == "resource"
+    if is_resource:
+        model_name_or_none = _resource_model_name(node, path, out)
+        if model_name_or_none is None:
+            return
+        model_name = model_name_or_none
+    specs = element_specs(model_name)
+    for key, value in node.items():
+        if is_resource and key == "resourceType":
+            continue
+        if key == "contained" and contained:
+            out.append(
+                Issue(
+                    "error",
+                    "invalid",
+                    f"{path}.contained: a contained resource must not contain resources "
+                    "(dom-2): move them into the containing resource",
+                    f"{path}.contained",
+                )
+            )
+            continue
+        if key.startswith("_"):
+            _check_primitive_extension(node, key, value, specs, model_name, path, out, children)
+            continue
+        field = specs.get(key)
+        if field is None:
+            out.append(_unknown_element(key, model_name, path))
+            continue
+        child_contained = contained or (key == "contained")
+        _check_property(node, key, value, field, f"{path}.{key}", child_contained, out, children)
+    _check_cardinality(node, model_name, specs, path, out)
+
+
+def _check_cardinality(
+    node: dict[str, Any], model_name: str, specs: dict[str, _Spec], path: str, out: list[Issue]
+) -> None:
+    """Required elements (min 1) and choice elements (``value[x]``: at most one, or exactly one
+    when required), which the R4B models report one kind per round."""
+    for key, spec in specs.items():
+        if spec.required and key not in node and f"_{key}" not in node:
+            out.append(
+                Issue(
+                    "error",
+                    "required",
+                    f"{path}.{key} is required in {model_name} but missing: add it",
+                    f"{path}.{key}",
+                )
+            )
+    for group, (names, required) in choice_groups(model_name).items():
+        present = [name for name in names if name in node or f"_{name}" in node]
+        if len(present) > 1:
+            out.append(
+                Issue(
+                    "error",
+                    "invalid",
+                    f"{path}.{group}[x] is given {len(present)} times ({', '.join(present)}): "
+                    "keep exactly one",
+                    f"{path}.{group}",
+                )
+            )
+        elif required and not present:
+            out.append(
+                Issue(
+                    "error",
+                    "required",
+                    f"{path}.{group}[x] is required in {model_name} but missing: add one of "
+                    + ", ".join(names),
+                    f"{path}.{group}",
+                )
+            )
+
+
+def _resource_model_name(node: dict[str, Any], path: str, out: list[Issue]) -> str | None:
+    kind = node.get("resourceType")
+    if kind is None:
+        out.append(
+            Issue(
+                "error",
+                "required",
+                f"{path}.resourceType is missing: every resource names its type",
+                f"{path}.resourceType",
+            )
+        )
+        return None
+    if not is_resource_type(kind):
+        out.append(
+            Issue(
+                "error",
+                "not-supported",
+                f"{path}.resourceType {_show(kind)} is not a FHIR R4 resource type known to "
+                "this service (fhir.resources R4B models)",
+                f"{path}.resourceType",
+            )
+        )
+        return None
+    return str(kind)
+
+
+def _check_property(
+    node: dict[str, Any],
+    key: str,
+    value: Any,
+    field: _Spec,
+    path: str,
+    contained: bool,
+    out: list[Issue],
+    children: list[tuple[Any, _Spec, str, bool]],
+) -> None:
+    if value is None:
+        out.append(_null_issue(path))
+        return
+    if not field.is_list:
+        if isinstance(value, list):
+            out.append(
+                Issue(
+                    "error",
+                    "structure",
+                    f"{path}: an array where a single {field.fhir_type} belongs (max "
+                    "cardinality 1)",
+                    path,
+                )
+            )
+            return
+        children.append((value, field, path, contained))
+        return
+    if not isinstance(value, list):
+        out.append(
+            Issue(
+                "error",
+                "structure",
+                f"{path}: a {_json_type(value)} where an array of {field.fhir_type} belongs: "
+                "wrap the value in [ ]",
+                path,
+            )
+        )
+        return
+    if not value:
+        out.append(_empty_array_issue(path))
+        return
+    extensions = node.get("_" + key)
+    for index, item in enumerate(value):
+        item_path = f"{path}[{index}]"
+        if item is None:
+            if not _null_has_extension(field, extensions, index):
+                out.append(_null_issue(item_path))
+            continue
+        children.append((item, field, item_path, contained))
+
+
+def _null_has_extension(field: _Spec, extensions: Any, index: int) -> bool:
+    """A null in a primitive array is allowed when ``_name[index]`` carries its extensions."""
+    return (
+        field.kind in _PRIMITIVE_KINDS
+        and isinstance(extensions, list)
+        and index < len(extensions)
+        and extensions[index] is not None
+    )
+
+
+def _check_primitive_extension(
+    node: dict[str, Any],
+    key: str,
+    value: Any,
+    specs: dict[str, _Spec],
+    model_name: str,
+    path: str,
+    out: list[Issue],
+    children: list[tuple[Any, _Spec, str, bool]],
+) -> None:
+    """``_name`` holds the id and extensions of primitive ``name`` (json.html#primitive)."""
+    base = key[1:]
+    field = specs.get(base)
+    if field is None or field.kind not in _PRIMITIVE_KINDS:
+        out.append(_unknown_element(key, model_name, path))
+        return
+    ext_path = f"{path}.{base}"
+    if value is None:
+        out.append(_null_issue(ext_path))
+        return
+    if not field.is_list:
+        children.append((value, _PRIMITIVE_EXTENSION_SPEC, ext_path, False))
+        return
+    if not isinstance(value, list):
+        out.append(
+            Issue(
+                "error",
+                "structure",
+                f"{ext_path}: {key} must be an array matching {base}",
+                ext_path,
+            )
+        )
+        return
+    values = node.get(base)
+    if not value or (isinstance(values, list) and len(values) != len(value)):
+        out.append(
+            Issue(
+                "error",
+                "structure",
+                f"{ext_path}: {key} must have one item (or null) per item of {base}",
+                ext_path,
+            )
+        )
+        return
+    for index, item in enumerate(value):
+        if item is not None:
+            children.append((item, _PRIMITIVE_EXTENSION_SPEC, f"{ext_path}[{index}]", False))
+
+
+def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[str, str] | None:
+    """(issue code, message) when ``value`` is not a valid JSON form of the primitive."""
+    kind = spec.kind
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            return "structure", f"a {_json_type(value)} where a boolean (true/false) belongs"
+        return None
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return (
+                "structure",
+                f"a {_json_type(value)} ({_show(value)}) where a JSON integer "
+                f"({spec.fhir_type}) belongs",
+            )
+        low, high = _INTEGER_RANGES[spec.fhir_type]
+        if not low <= value <= high:
+            return "value", f"{value} is outside the {spec.fhir_type} range {low}..{high}"
+        return None
+    if kind == "decimal":
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            return "structure", f"a {_json_type(value)} where a JSON number (decimal) belongs"
+        return None
+    if not isinstance(value, str):
+        return (
+            "structure",
+            f"a {_json_type(value)} ({_show(value)}) where a JSON string ({spec.fhir_type}) "
+            "belongs",
+        )
+    if not value:
+        return "value", "an empty string; FHIR primitives must not be empty: leave it out"
+    if len(value) > limits.max_string_chars:
+        return (
+            "too-long",
+            f"a string of {len(value)} characters; at most {limits.max_string_chars} are "
+            "accepted (FHIR strings are limited to 1 MiB characters)",
+        )
+    if spec.codes is not None and value not in spec.codes:
+        return (
+            "code-invalid",
+            f"{_show(value)} is not a code of the required value set: use one of "
+            + ", ".join(sorted(spec.codes)),
+        )
+    return None
+
+
+def _unknown_element(key: str, model_name: str, path: str) -> Issue:
+    return Issue(
+        "error",
+        "structure",
+        f"{path}: {key!r} is not an element of {model_name} in FHIR R4: check its spelling "
+        "or carry the data in an extension",
+        f"{path}.{key[1:] if key.startswith('_') else key}",
+    )
+
+
+def _null_issue(path: str) -> Issue:
+    return Issue(
+        "error",
+        "structure",
+        f"{path}: null is not a FHIR value (nulls only pad primitive arrays that have "
+        "extensions): leave the element out",
+        path,
+    )
+
+
+def _empty_array_issue(path: str) -> Issue:
+    return Issue(
+        "error",
+        "structure",
+        f"{path}: an empty array; FHIR JSON never has empty arrays: leave the element out",
+        path,
+    )
+
+
+def model_issues(model_name: str, data: dict[str, Any], path: str) -> list[Issue]:
+    """Validate ``data`` with the R4B model; translate its errors to FHIRPath issues."""
+    try:
+        get_fhir_model_class(model_name).parse_obj(data)
+    except ValidationError as exc:
+        return [_translate(error, path) for error in exc.errors() if not _walk_covers(error)]
+    except Exception as exc:  # noqa: BLE001 - the models raise LookupError, TypeError, ...
+        return [
+            Issue(
+                "error",
+                "invalid",
+                f"{path}: the {model_name} could not be validated ({type(exc).__name__}: "
+                f"{str(exc)[:200]})",
+                path,
+            )
+        ]
+    return []
+
+
+def _walk_covers(error: dict[str, Any]) -> bool:
+    """Model errors the shape walk reports itself: missing elements and value[x] counts."""
+    return error.get("type") == "value_error.missing" or "Any of one field value" in str(
+        error.get("msg", "")
+    )
+
+
+def loc_to_fhirpath(path: str, loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as FHIRPath below ``path``.
+
+    ``("identifier", 0, "system")`` -> ``path.identifier[0].system``; pydantic's ``__root__``
+    steps vanish and ``_name``/``name__ext`` (a primitive's extensions) read ``name``.
+    """
+    out = path
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        name = str(part)
+        if name == "__root__":
+            continue
+        if name.startswith("_"):
+            name = name[1:]
+        if name.endswith("__ext"):
+            name = name[: -len("__ext")]
+        out += f".{name}"
+    return out
+
+
+def _translate(error: dict[str, Any], path: str) -> Issue:
+    expression = loc_to_fhirpath(path, tuple(error.get("loc", ())))
+    kind = str(error.get("type", ""))
+    message = str(error.get("msg", "invalid"))
+    if kind == "value_error.missing":
+        return Issue(
+            "error", "required", f"{expression} is required but missing: add it", expression
+        )
+    if kind == "value_error.extra":
+        return Issue("error", "structure", f"{expression} is not an element of FHIR R4", expression)
+    if kind.startswith("type_error"):
+        code = "structure"
+    elif kind.startswith("value_error"):
+        code = "value"
+    else:
+        code = "invalid"
+    return Issue("error", code, f"{expression}: {message}", expression)
+
+
+# --- Bundle invariants --------------------------------------------------------------------
+
+
+def _check_invariants(
+    doc: dict[str, Any], bundle_type: str | None, entries: list[Any], issues: _Issues
+) -> None:
+    """FHIR R4 Bundle invariants bdl-1..bdl-5 and bdl-7..bdl-12 (bdl-6 is gone from R4)."""
+    if bundle_type is None:
+        return
+    _bdl_1(doc, bundle_type, issues)
+    _bdl_9_10(doc, bundle_type, issues)
+    _bdl_11_12(bundle_type, entries, issues)
+    _bdl_7(bundle_type, entries, issues)
+    if bundle_type == "transaction":
+        _transaction_identities(entries, issues)
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            _entry_invariants(entry, index, bundle_type, issues)
+
+
+def _bdl_1(doc: dict[str, Any], bundle_type: str, issues: _Issues) -> None:
+    """bdl-1: total only when a search or history."""
+    if "total" in doc and bundle_type not in ("searchset", "history"):
+        issues.add(
+            "invalid",
+            "Bundle.total is only for searchset and history Bundles (bdl-1): remove it",
+            "Bundle.total",
+        )
+
+
+def _bdl_9_10(doc: dict[str, Any], bundle_type: str, issues: _Issues) -> None:
+    """bdl-9: a document has identifier.system and .value; bdl-10: it has a timestamp."""
+    if bundle_type != "document":
+        return
+    identifier = doc.get("identifier")
+    if not isinstance(identifier, dict) or not (
+        identifier.get("system") and identifier.get("value")
+    ):
+        issues.add(
+            "required",
+            "a document Bundle must have an identifier with a system and a value (bdl-9): "
+            "add Bundle.identifier",
+            "Bundle.identifier",
+        )
+    if not doc.get("timestamp"):
+        issues.add(
+            "required",
+            "a document Bundle must have a timestamp (bdl-10): add Bundle.timestamp",
+            "Bundle.timestamp",
+        )
+
+
+def _first_resource_type(entries: list[Any]) -> Any:
+    first = entries[0] if entries else None
+    resource = first.get("resource") if isinstance(first, dict) else None
+    return resource.get("resourceType") if isinstance(resource, dict) else None
+
+
+def _bdl_11_12(bundle_type: str, entries: list[Any], issues: _Issues) -> None:
+    """bdl-11: a document starts with a Composition; bdl-12: a message with a MessageHeader."""
+    wanted = {"document": ("Composition", "bdl-11"), "message": ("MessageHeader", "bdl-12")}
+    if bundle_type not in wanted:
+        return
+    resource_type, invariant = wanted[bundle_type]
+    found = _first_resource_type(entries)
+    if found != resource_type:
+        where = "Bundle.entry[0].resource" if entries else "Bundle.entry"
+        got = f"starts with {_show(found)}" if entries else "has no entries"
+        issues.add(
+            "invalid",
+            f"a {bundle_type} Bundle must have a {resource_type} as its first resource "
+            f"({invariant}); this one {got}",
+            where,
+        )
+
+
+def _bdl_7(bundle_type: str, entries: list[Any], issues: _Issues) -> None:
+    """bdl-7: fullUrl unique, unless the entries differ in meta.versionId (history exempt)."""
+    if bundle_type == "history":
+        return
+    seen: dict[tuple[str, Any], int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl"), str):
+            continue
+        key = (entry["fullUrl"], _version_id(entry.get("resource")))
+        if key in seen:
+            issues.add(
+                "duplicate",
+                f"Bundle.entry[{index}].fullUrl {entry['fullUrl']!r} repeats the fullUrl of "
+                f"Bundle.entry[{seen[key]}] (bdl-7: fullUrl must be unique unless "
+                "meta.versionId differs): give each entry its own fullUrl",
+                f"Bundle.entry[{index}].fullUrl",
+            )
+        else:
+            seen[key] = index
+
+
+def _transaction_identities(entries: list[Any], issues: _Issues) -> None:
+    """A transaction must not touch one resource twice (FHIR R4 http.html#trules).
+
+    Only literal targets (``Type/id`` of PUT, PATCH and DELETE) are compared: conditional
+    targets resolve on the server that processes the transaction.
+    """
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict) or request.get("method") not in ("PUT", "PATCH", "DELETE"):
+            continue
+        url = request.get("url")
+        if not isinstance(url, str) or "?" in url:
+            continue
+        target = url.strip("/")
+        if target in seen:
+            issues.add(
+                "business-rule",
+                f"Bundle.entry[{index}].request.url {url!r} targets the resource that "
+                f"Bundle.entry[{seen[target]}] already changes; a transaction must not touch "
+                "one resource twice: merge the two entries",
+                f"Bundle.entry[{index}].request.url",
+            )
+        else:
+            seen[target] = index
+
+
+def _version_id(resource: Any) -> Any:
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def _entry_invariants(entry: dict[str, Any], index: int, bundle_type: str, issues: _Issues) -> None:
+    """bdl-2, bdl-3, bdl-4, bdl-5, bdl-8, and a resource for POST/PUT/PATCH requests."""
+    path = f"Bundle.entry[{index}]"
+    full_url = entry.get("fullUrl")
+    if isinstance(full_url, str) and "/_history/" in full_url:
+        issues.add(
+            "invalid",
+            f"{path}.fullUrl {full_url!r} is version specific (bdl-8): drop the /_history/ part",
+            f"{path}.fullUrl",
+        )
+    if "search" in entry and bundle_type != "searchset":
+        issues.add(
+            "invalid",
+            f"{path}.search is only for searchset Bundles (bdl-2): remove it",
+            f"{path}.search",
+        )
+    wants_request = bundle_type in ("batch", "transaction", "history")
+    if wants_request and "request" not in entry:
+        issues.add(
+            "required",
+            f"{path}.request is required in a {bundle_type} Bundle (bdl-3): add request with "
+            "method and url",
+            f"{path}.request",
+        )
+    elif not wants_request and "request" in entry:
+        issues.add(
+            "invalid",
+            f"{path}.request is only for batch, transaction and history Bundles (bdl-3): remove it",
+            f"{path}.request",
+        )
+    wants_response = bundle_type in ("batch-response", "transaction-response", "history")
+    if wants_response and "response" not in entry:
+        issues.add(
+            "required",
+            f"{path}.response is required in a {bundle_type} Bundle (bdl-4)",
+            f"{path}.response",
+        )
+    elif not wants_response and "response" in entry:
+        issues.add(
+            "invalid",
+            f"{path}.response is only for batch-response, transaction-response and history "
+            "Bundles (bdl-4): remove it",
+            f"{path}.response",
+        )
+    _entry_resource_presence(entry, path, bundle_type, issues)
+
+
+def _entry_resource_presence(
+    entry: dict[str, Any], path: str, bundle_type: str, issues: _Issues
+) -> None:
+    if "resource" in entry:
+        return
+    request = entry.get("request")
+    method = request.get("method") if isinstance(request, dict) else None
+    if bundle_type in ("batch", "transaction"):
+        if method in _METHODS_WITH_BODY:
+            issues.add(
+                "required",
+                f"{path}.resource is required: a {method} request carries the resource",
+                f"{path}.resource",
+            )
+        return
+    if "request" in entry or "response" in entry:
+        return
+    issues.add(
+        "required",
+        f"{path}.resource is required: an entry must hold a resource unless it has a "
+        "request or response (bdl-5)",
+        f"{path}.resource",
+    )
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "JSON object"
+    if isinstance(value, list):
+        return "JSON array"
+    if isinstance(value, str):
+        return "JSON string"
+    if isinstance(value, bool):
+        return "JSON boolean"
+    if value is None:
+        return "JSON null"
+    return "JSON number"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, Decimal) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
