@@ -1,0 +1,336 @@
+"""HTTP ingest of FHIR Bundles end to end, beside the floor: fhir.resources validation alone.
+
+    .venv/bin/python benchmarks/bench_intake.py                 # 3,000 Bundles of ~8 KB
+    .venv/bin/python benchmarks/bench_intake.py --n 10000 --concurrency 64
+
+Builds Bundles of about 8 KB (Synthea resources from ../shared/vectors when present, else
+generated ones), each with its own Bundle.identifier, and a Bundle of about 1 MB. Then:
+
+- floor: fhir.resources R4B `Bundle.parse_raw` over the same Bundles, in this process, one
+  core (what any R4B-validating intake must spend); also with one process per CPU;
+- intake: exchange.intake.check_bundle (strict JSON gate + R4B validation) likewise;
+- end-to-end: `medledger serve` (uvicorn, SQLite with synchronous=FULL, intake workers) in
+  another process, fed by `--concurrency` keep-alive connections of a minimal HTTP/1.1
+  client: every request is validated, stored, committed (group commit) and answered with its
+  receipt. Latencies p50/p95 are per request; the 1 MB Bundle is posted `--big` times.
+
+Peak RSS is read from /proc (VmHWM) for the server and each of its processes. The last line
+reads `end-to-end <N> bundles/s = <R> of validation-only`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+VECTORS = ROOT.parent / "shared" / "vectors" / "fhir" / "synthea-10"
+
+from fhir.resources.R4B.bundle import Bundle  # noqa: E402
+
+from exchange.intake import IntakeLimits, check_bundle  # noqa: E402
+
+FHIR_JSON = "application/fhir+json"
+
+
+# --- Bundles ------------------------------------------------------------------------------
+
+
+def _synthea_pools() -> tuple[list[bytes], list[bytes]] | None:
+    if not VECTORS.is_dir():
+        return None
+    lines = {
+        p.name.split(".")[0]: [x for x in p.read_bytes().splitlines() if x.strip()]
+        for p in VECTORS.glob("*.ndjson")
+    }
+    kinds = ("Encounter", "Condition", "Procedure", "Immunization", "MedicationRequest")
+    others = [x for k in kinds for x in lines.get(k, [])]
+    if not lines.get("Patient") or not others:
+        return None
+    return lines["Patient"], others
+
+
+def _generated_pools() -> tuple[list[bytes], list[bytes]]:
+    patients = [
+        json.dumps(
+            {
+                "resourceType": "Patient",
+                "identifier": [{"system": "urn:example:mrn", "value": f"MRN-{i:06d}"}],
+                "name": [{"family": f"Family{i}", "given": ["Given"]}],
+                "gender": "female",
+                "birthDate": "1980-01-01",
+            }
+        ).encode()
+        for i in range(50)
+    ]
+    observations = [
+        (
+            '{"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": '
+            f'"http://loinc.org", "code": "8310-5", "display": "Body temperature"}}]}}, '
+            f'"effectiveDateTime": "2026-03-02T08:{i % 60:02d}:00.000Z", "valueQuantity": '
+            f'{{"value": 37.{i % 10}0, "unit": "Cel", "system": "http://unitsofmeasure.org", '
+            '"code": "Cel"}, "note": [{"text": "' + "measured at the bedside " * 20 + '"}]}'
+        ).encode()
+        for i in range(500)
+    ]
+    return patients, observations
+
+
+def bundles(n: int, target: int) -> list[bytes]:
+    """n collection Bundles of about `target` bytes, each with a fresh Bundle.identifier."""
+    patients, others = _synthea_pools() or _generated_pools()
+    cycle = itertools.cycle(others)
+    out = []
+    for i in range(n):
+        resources = [patients[i % len(patients)]]
+        size = len(resources[0])
+        while size < target:
+            r = next(cycle)
+            resources.append(r)
+            size += len(r) + 60
+        entries = b",".join(
+            b'{"fullUrl":"urn:uuid:' + str(uuid.uuid4()).encode() + b'","resource":' + r + b"}"
+            for r in resources
+        )
+        out.append(
+            b'{"resourceType":"Bundle","identifier":{"system":"urn:ietf:rfc:3986","value":'
+            b'"urn:uuid:' + str(uuid.uuid4()).encode() + b'"},"type":"collection","entry":['
+            + entries
+            + b"]}"
+        )
+    return out
+
+
+# --- the floor ----------------------------------------------------------------------------
+
+
+def rate(fn: Callable[[bytes], object], items: list[bytes]) -> float:
+    for b in items[:20]:
+        fn(b)  # models load lazily, per resource type
+    t = time.perf_counter()
+    for b in items:
+        fn(b)
+    return len(items) / (time.perf_counter() - t)
+
+
+def _validate_chunk(chunk: list[bytes]) -> int:
+    for b in chunk:
+        Bundle.parse_raw(b)
+    return len(chunk)
+
+
+def rate_all_cores(items: list[bytes]) -> float:
+    """The same floor with one process per CPU: the most any server here could validate."""
+    workers = os.cpu_count() or 1
+    chunks = [items[i::workers * 4] for i in range(workers * 4)]
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        list(pool.map(_validate_chunk, chunks))  # warm every worker's models
+        t = time.perf_counter()
+        done = sum(pool.map(_validate_chunk, chunks))
+        return done / (time.perf_counter() - t)
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(data: Path, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange.cli", *args, "--data", str(data)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return out.stdout
+
+
+def start_server(data: Path, port: int, workers: int | None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "exchange.cli", "serve", "--data", str(data), "--port", str(port)]
+    if workers is not None:
+        cmd += ["--intake-workers", str(workers)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                pids.append(k)
+                frontier.append(k)
+    return pids
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+# --- a minimal HTTP/1.1 client ------------------------------------------------------------
+
+
+class Conn:
+    """One keep-alive connection; the client's own cost stays far below the server's."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        self.writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request_head(token: str) -> bytes:
+    return (
+        b"POST /fhir/Bundle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/fhir+json"
+        b"\r\nAuthorization: Bearer " + token.encode() + b"\r\n"
+    )
+
+
+async def load(port: int, token: str, items: list[bytes], concurrency: int) -> list[float]:
+    head = request_head(token)
+    queue: Iterator[bytes] = iter(items)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        conn = await Conn.open(port)
+        try:
+            for body in queue:
+                t = time.perf_counter()
+                status, answer = await conn.post(head, body)
+                latencies.append(time.perf_counter() - t)
+                if status != 201:
+                    raise SystemExit(f"status {status}: {answer[:300]!r}")
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) > 1 else values[0]
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3000, help="8 KB Bundles to post (%(default)s)")
+    ap.add_argument("--size", type=int, default=8000, help="target Bundle size in bytes")
+    ap.add_argument("--concurrency", type=int, default=32, help="connections (%(default)s)")
+    ap.add_argument("--big", type=int, default=5, help="1 MB Bundles to post (%(default)s)")
+    ap.add_argument("--intake-workers", type=int, default=None, help="the server's (default)")
+    args = ap.parse_args()
+
+    small = bundles(args.n, args.size)
+    warm = bundles(50, args.size)
+    big = bundles(args.big, 1_000_000)
+    mean = sum(map(len, small)) / len(small)
+    print(f"Bundles: {len(small)} of {mean / 1000:.1f} KB mean; {len(big)} of "
+          f"{len(big[0]) / 1e6:.2f} MB; {os.cpu_count()} CPUs")
+    sample = small[: min(len(small), 1000)]
+    floor = rate(Bundle.parse_raw, sample)
+    intake = rate(lambda b: check_bundle(b, FHIR_JSON, IntakeLimits()), sample)
+    floor_all = rate_all_cores(sample)
+    t = time.perf_counter()
+    Bundle.parse_raw(big[0])
+    floor_big = time.perf_counter() - t
+    print(f"validation-only (fhir.resources R4B Bundle.parse_raw, 1 core): {floor:.0f} bundles/s;"
+          f" 1 MB: {floor_big * 1000:.0f} ms")
+    print(f"validation-only on all {os.cpu_count()} CPUs (one process each): "
+          f"{floor_all:.0f} bundles/s")
+    print(f"intake only (check_bundle: strict JSON + R4B, 1 core): {intake:.0f} bundles/s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        token = json.loads(
+            cli(data, "clients", "add", "--name", "bench", "--role", "hospital",
+                "--org", "bench-hospital", "--json")
+        )["token"]
+        port = free_port()
+        server = start_server(data, port, args.intake_workers)
+        try:
+            asyncio.run(load(port, token, warm, min(args.concurrency, len(warm))))
+            t = time.perf_counter()
+            lat = asyncio.run(load(port, token, small, args.concurrency))
+            elapsed = time.perf_counter() - t
+            big_lat = asyncio.run(load(port, token, big, 1))
+            pids = process_tree(server.pid)
+            rss = [(pid, peak_rss_mb(pid)) for pid in pids]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    e2e = len(small) / elapsed
+    print(f"end-to-end HTTP, {args.concurrency} connections: {e2e:.0f} bundles/s, "
+          f"p50 {pct(lat, 50) * 1000:.1f} ms, p95 {pct(lat, 95) * 1000:.1f} ms "
+          f"({len(small)} Bundles in {elapsed:.1f} s)")
+    print(f"end-to-end HTTP, 1 MB Bundle: mean {statistics.mean(big_lat) * 1000:.0f} ms, "
+          f"max {max(big_lat) * 1000:.0f} ms ({len(big[0]) / 1e6 / statistics.mean(big_lat):.1f}"
+          f" MB/s; validation-only {floor_big * 1000:.0f} ms)")
+    main_rss = rss[0][1]
+    others = sum(r for _, r in rss[1:])
+    client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: server {main_rss:.0f} MB; its {len(rss) - 1} helper processes (intake "
+          f"workers, fork server) {others:.0f} MB together; this client {client_rss:.0f} MB")
+    print(f"end-to-end = {e2e / floor_all:.0%} of validation-only on all {os.cpu_count()} CPUs")
+    print(f"end-to-end {e2e:.0f} bundles/s = {e2e / floor:.0%} of validation-only")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The FastAPI application: `create_app(settings)` wires services, routers and error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from exchange.intake import IntakeLimits
+from exchange.outcome import document_outcomes, install_handlers
+from exchange.routers import bundles, log, metadata
+from exchange.routers.metadata import SOFTWARE_VERSION
+from exchange.services import Services, open_services
+from exchange.settings import Settings
+
+DESCRIPTION = (
+    "Cross-border medical record exchange. Hospitals POST FHIR R4 Bundles; each is validated, "
+    "stored byte for byte, committed to a signed RFC 6962 log, and answered with a receipt "
+    "anyone can verify offline with the log's key (GET /v1/log/key). Every error is a FHIR "
+    "OperationOutcome."
+)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    limits: IntakeLimits | None = None,
+    intake_workers: int = 0,
+    max_in_flight: int = 128,
+) -> FastAPI:
+    """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
+
+    `intake_workers` > 0 validates submissions in that many processes, started with the app;
+    `max_in_flight` caps concurrent submissions (429 beyond it).
+    """
+    if services is None:
+        services = open_services(
+            settings, limits=limits, intake_workers=intake_workers, max_in_flight=max_in_flight
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services.intake.start()
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(
+        title="medledger",
+        version=SOFTWARE_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_handlers(app)
+    document_outcomes(app)
+    app.include_router(bundles.router)
+    app.include_router(metadata.router)
+    app.include_router(log.router)
+    return app

@@ -1,0 +1,183 @@
+"""API clients, their roles, and bearer credentials.
+
+A credential is 32 random bytes (base64url, prefixed `mlt_`), shown once when the client is
+registered; the database keeps only its SHA-256, so a copy of the database lets no one call
+the API. Roles: `hospital` (submits Bundles as its org, reads what its org submitted),
+`insurer` (settlement pull under consent), `auditor` (log reads and access-event metadata),
+`admin` (reads everything).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPBearer
+from sqlalchemy import Engine, insert, select
+
+from exchange.db import clients_table
+from exchange.outcome import ApiError
+from ledger import store
+from ledger.entry import format_time
+
+ROLES = ("hospital", "insurer", "auditor", "admin")
+# Roles that act for an organisation must name it: it becomes the ledger entry's sender.
+ORG_ROLES = frozenset({"hospital", "insurer"})
+TOKEN_PREFIX = "mlt_"
+# The same rule as a ledger entry's sender (a FHIR id), since a hospital's org becomes one.
+_ORG = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_MAX_TOKEN_CHARS = 256
+
+
+class ClientError(ValueError):
+    """The client cannot be registered as asked (unknown role, missing or malformed org)."""
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    role: str
+    org: str | None
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_client(name: str, role: str, org: str | None) -> None:
+    if not name.strip():
+        raise ClientError("the client needs a name")
+    if role not in ROLES:
+        raise ClientError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if role in ORG_ROLES and not org:
+        raise ClientError(f"a {role} client needs --org: the id of the organisation it acts for")
+    if org is not None and not _ORG.fullmatch(org):
+        raise ClientError(
+            f"org {org!r} is not an organisation id (1-64 of A-Z a-z 0-9 - .), "
+            "as in Organization/<id>"
+        )
+
+
+def register_client(engine: Engine, name: str, role: str, org: str | None) -> tuple[Client, str]:
+    """Stores a new client and returns it with its credential, which is not kept anywhere."""
+    check_client(name, role, org)
+    client = Client("cl-" + secrets.token_hex(8), name.strip(), role, org)
+    token = new_token()
+    with store.write_transaction(engine) as conn:
+        conn.execute(
+            insert(clients_table).values(
+                client_id=client.client_id,
+                name=client.name,
+                role=role,
+                org=org,
+                token_hash=hash_token(token),
+                created=format_time(datetime.now(UTC)),
+            )
+        )
+    return client, token
+
+
+def list_clients(engine: Engine) -> list[Client]:
+    c = clients_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(c.client_id, c.name, c.role, c.org).order_by(c.created)).all()
+    return [Client(*row) for row in rows]
+
+
+def find_client(engine: Engine, token_hash: bytes) -> Client | None:
+    c = clients_table.c
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(c.client_id, c.name, c.role, c.org).where(c.token_hash == token_hash)
+        ).first()
+    return None if row is None else Client(*row)
+
+
+class ClientCache:
+    """Known credentials, kept briefly so a busy client costs no database read per request.
+
+    Only hits are kept (random guesses cannot fill it); a removed client stops working within
+    `ttl` seconds.
+    """
+
+    def __init__(self, engine: Engine, ttl: float = 10.0, max_size: int = 10_000) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self.max_size = max_size
+        self._hits: dict[bytes, tuple[Client, float]] = {}
+
+    async def lookup(self, token: str) -> Client | None:
+        if len(token) > _MAX_TOKEN_CHARS:
+            return None
+        key = hash_token(token)
+        now = time.monotonic()
+        hit = self._hits.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        client = await run_in_threadpool(find_client, self.engine, key)
+        if client is not None:
+            if len(self._hits) >= self.max_size:
+                self._hits.clear()
+            self._hits[key] = (client, now + self.ttl)
+        return client
+
+
+# --- FastAPI dependencies ----------------------------------------------------------------
+
+
+def _unauthorized(diagnostics: str, error: str | None = None) -> ApiError:
+    challenge = 'Bearer realm="medledger"' + (f', error="{error}"' if error else "")
+    return ApiError(401, "login", diagnostics, headers={"WWW-Authenticate": challenge})
+
+
+class RoleGuard(HTTPBearer):
+    """A dependency admitting clients of the given roles: 401 without a valid bearer
+    credential, 403 for other roles.
+
+    One dependency, not a chain of them: it runs on every request, and each level of
+    FastAPI dependency costs more than the lookup itself. Being an HTTPBearer, it still
+    declares the bearer scheme in the OpenAPI document.
+    """
+
+    def __init__(self, *roles: str) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="bearer",
+            description="a credential from `medledger clients add`",
+        )
+        self.roles = roles
+
+    async def __call__(self, request: Request) -> Client:  # type: ignore[override]
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorized(
+                "send Authorization: Bearer <credential from medledger clients add>"
+            )
+        cache: ClientCache = request.app.state.services.clients
+        client = await cache.lookup(token)
+        if client is None:
+            raise _unauthorized("the bearer credential is not valid", "invalid_token")
+        if client.role not in self.roles:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"a {client.role} client may not do this; it needs the role "
+                + " or ".join(self.roles),
+            )
+        return client
+
+
+def require_role(*roles: str) -> RoleGuard:
+    return RoleGuard(*roles)

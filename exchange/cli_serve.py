@@ -1,0 +1,201 @@
+"""`medledger serve` and `medledger clients add|list`.
+
+Exit codes: 0 ok; 1 usage; 2 database or port unavailable; 3 local state unusable (key file,
+a database of another log, a rolled-back database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from exchange import db
+from exchange.auth import ROLES, ClientError, list_clients, register_client
+from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.outcome import ApiError
+from exchange.settings import Settings, add_state_options, settings_from_args
+from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.store import durability_problems, make_engine
+
+SERVE_EPILOG = """\
+examples:
+  medledger serve --demo                       # SQLite under ./medledger-data, sample data
+  medledger serve --data /var/lib/medledger --host 0.0.0.0 --port 8443
+  medledger serve --db postgresql+psycopg://medledger@db/medledger --key-file /etc/medledger/log.key
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the exchange service (FHIR API and log reads)",
+        description="Runs the HTTP service: POST /fhir/Bundle, GET /fhir/Bundle/{id}, "
+        "GET /fhir/metadata and the log's public reads under /v1/log.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_state_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="register a sample hospital, insurer and auditor, submit sample Bundles of each "
+        "kind, and print credentials and commands to try",
+    )
+    p.add_argument(
+        "--intake-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that validate submissions (default: one per CPU when there are "
+        "several; 0 validates in the server process)",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request line (off by default: search URLs may carry identifiers)",
+    )
+    p.set_defaults(func=run_serve)
+
+    clients = sub.add_parser("clients", help="API clients and their bearer credentials")
+    csub = clients.add_subparsers(dest="clients_command", required=True)
+    add = csub.add_parser(
+        "add",
+        help="register a client and print its credential (once)",
+        description="Registers an API client. Its credential is printed once; the database "
+        "keeps only its SHA-256.",
+        epilog="example: medledger clients add --name 'Boao HIS' --role hospital "
+        "--org boao-lecheng-intl --json",
+    )
+    add_state_options(add)
+    add.add_argument("--name", required=True, help="a label for people reading the list")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument(
+        "--org",
+        help="the organisation the client acts for (required for hospital and insurer): a "
+        "FHIR id, as in Organization/<org>",
+    )
+    add.add_argument("--json", action="store_true", help="print JSON")
+    add.set_defaults(func=run_clients_add)
+
+    ls = csub.add_parser("list", help="list registered clients (never their credentials)")
+    add_state_options(ls)
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=run_clients_list)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"medledger: {message}", file=sys.stderr)
+    return code
+
+
+def _default_workers() -> int:
+    cpus = os.cpu_count() or 1
+    return cpus if cpus > 1 else 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from exchange.app import create_app
+    from exchange.demo import instructions, seed
+    from exchange.services import open_services
+
+    settings = settings_from_args(args)
+    workers = _default_workers() if args.intake_workers is None else max(0, args.intake_workers)
+    try:
+        services = open_services(settings, intake_workers=workers)
+    except LedgerUnavailable as e:
+        return _fail(str(e), EXIT_UNAVAILABLE)
+    except LedgerError as e:
+        return _fail(str(e), EXIT_MALFORMED)
+    except SQLAlchemyError as e:
+        return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
+    for problem in durability_problems(services.engine):
+        print(f"medledger: warning: {problem}: a crash could lose entries", file=sys.stderr)
+    if services.log.read_only_reason:
+        print(f"medledger: warning: serving reads only: {services.log.read_only_reason}",
+              file=sys.stderr)
+    app = create_app(settings, services=services)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    base_url = f"http://{shown_host}:{args.port}"
+    vkey = services.log.signer.verifier.vkey()
+    if args.demo:
+        try:
+            demo = seed(services, _demo_dir(settings))
+        except (ApiError, LedgerError) as e:
+            services.close()
+            return _fail(f"cannot seed the demo: {e}", EXIT_MALFORMED)
+        print(instructions(demo, base_url, vkey), flush=True)
+    print(f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
+          flush=True)
+    print(f"medledger: serving {base_url}/fhir (Ctrl-C to stop)", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log)
+    )
+    try:
+        server.run()
+    except SystemExit:
+        pass  # uvicorn exits when it cannot bind; reported below
+    if not server.started:
+        return _fail(f"could not serve on {args.host}:{args.port}", EXIT_UNAVAILABLE)
+    return EXIT_OK
+
+
+def _demo_dir(settings: Settings) -> Path:
+    return settings.data_dir / "demo"
+
+
+def _open_tables(settings: Settings) -> Engine:
+    if settings.db_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    db.create_schema(engine)
+    return engine
+
+
+def run_clients_add(args: argparse.Namespace) -> int:
+    try:
+        engine = _open_tables(settings_from_args(args))
+        client, token = register_client(engine, args.name, args.role, args.org)
+    except ClientError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except (LedgerUnavailable, SQLAlchemyError) as e:
+        return _fail(f"the database cannot be written: {e}", EXIT_UNAVAILABLE)
+    info = {
+        "client_id": client.client_id,
+        "token": token,
+        "name": client.name,
+        "role": client.role,
+        "org": client.org,
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v if v is not None else '-'}")
+        print("The token is shown only now: store it. The server keeps only its hash.")
+    engine.dispose()
+    return EXIT_OK
+
+
+def run_clients_list(args: argparse.Namespace) -> int:
+    try:
+        engine = _open_tables(settings_from_args(args))
+        clients = list_clients(engine)
+    except (LedgerUnavailable, SQLAlchemyError) as e:
+        return _fail(f"the database cannot be read: {e}", EXIT_UNAVAILABLE)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in clients]))
+    else:
+        for c in clients:
+            print(f"{c.client_id}  {c.role:<8}  {c.org or '-':<24}  {c.name}")
+    engine.dispose()
+    return EXIT_OK

@@ -1,0 +1,175 @@
+"""The exchange's tables, beside the ledger's in the same database.
+
+`exchange_bundles` holds each submitted Bundle version byte for byte, with the salt of its
+ledger commitment; a row is written in the same transaction as its ledger entry
+(ledger.log.Submission.write), so neither exists without the other. Bundle rows are
+append-only, like the ledger's. `exchange_clients` holds API clients with the SHA-256 of their
+bearer token, never the token. `exchange_secrets` holds per-log keys (the pseudonym key).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+
+from ledger import store
+
+metadata = MetaData()
+
+bundles_table = Table(
+    "exchange_bundles",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, nullable=False, unique=True),  # the ledger entry
+    Column("sender", String(64), nullable=False),
+    Column("client_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("media", String(64), nullable=False),
+    Column("salt", LargeBinary, nullable=False),
+    Column("digest", LargeBinary, nullable=False),  # SHA-256 of data
+    Column("data", LargeBinary, nullable=False),
+    Column("subject", LargeBinary),  # the patient's pseudonym, as in the entry
+    # Bundle.identifier is indexed through a hash: its text is unbounded, index keys are not.
+    Column("ident_hash", LargeBinary),
+    Column("ident_system", Text),
+    Column("ident_value", Text),
+    Column("idempotency_key", String(256)),
+    Column("received", String(32), nullable=False),
+    Index("ix_exchange_bundles_ident", "sender", "ident_hash", "version", unique=True),
+    Index("ix_exchange_bundles_subject", "sender", "subject"),
+)
+
+clients_table = Table(
+    "exchange_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("org", String(64)),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("created", String(32), nullable=False),
+)
+
+secrets_table = Table(
+    "exchange_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+APPEND_ONLY_TABLES = ("exchange_bundles",)
+PSEUDONYM_KEY = "pseudonym-key"
+
+
+def create_schema(engine: Engine) -> None:
+    """Creates the exchange tables and their append-only triggers (idempotent)."""
+    # The ledger's schema first: on PostgreSQL it defines the trigger function used here.
+    store.create_schema(engine)
+    with store.write_transaction(engine) as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(6963)"))
+        metadata.create_all(conn)
+        for table in APPEND_ONLY_TABLES:
+            store._create_append_only_trigger(conn, table)
+
+
+def secret(engine: Engine, name: str, size: int = 32) -> bytes:
+    """The named per-log secret, created at random on first use by whichever process is first."""
+    with engine.connect() as conn:
+        found = conn.execute(select(secrets_table.c.value).where(secrets_table.c.name == name))
+        value = found.scalar()
+    if value is not None:
+        return bytes(value)
+    try:
+        with store.write_transaction(engine) as conn:
+            conn.execute(insert(secrets_table).values(name=name, value=os.urandom(size)))
+    except IntegrityError:
+        pass  # another process created it first
+    return secret(engine, name, size)
+
+
+@dataclass(frozen=True)
+class BundleRow:
+    id: str
+    version: int
+    index: int
+    sender: str
+    kind: str
+    media: str
+    salt: bytes
+    data: bytes
+
+
+_ROW_COLUMNS = (
+    bundles_table.c.id,
+    bundles_table.c.version,
+    bundles_table.c.idx,
+    bundles_table.c.sender,
+    bundles_table.c.kind,
+    bundles_table.c.media,
+    bundles_table.c.salt,
+)
+
+
+def bundle_by_id(engine: Engine, bundle_id: str, version: int | None = None) -> BundleRow | None:
+    """A stored Bundle: the given version, or the latest one."""
+    q = select(*_ROW_COLUMNS, bundles_table.c.data).where(bundles_table.c.id == bundle_id)
+    if version is None:
+        q = q.order_by(bundles_table.c.version.desc()).limit(1)
+    else:
+        q = q.where(bundles_table.c.version == version)
+    with engine.connect() as conn:
+        row = conn.execute(q).first()
+    return None if row is None else _bundle_row(row)
+
+
+def bundle_by_index(conn: Connection, index: int, *, with_data: bool = False) -> BundleRow | None:
+    cols = (*_ROW_COLUMNS, bundles_table.c.data) if with_data else _ROW_COLUMNS
+    row = conn.execute(select(*cols).where(bundles_table.c.idx == index)).first()
+    return None if row is None else _bundle_row(row)
+
+
+def bundle_id_of_version(
+    conn: Connection, sender: str, ident_hash: bytes, version: int
+) -> str | None:
+    """The logical id of version `version` of the sender's Bundle with this identifier."""
+    return conn.execute(
+        select(bundles_table.c.id).where(
+            bundles_table.c.sender == sender,
+            bundles_table.c.ident_hash == ident_hash,
+            bundles_table.c.version == version,
+        )
+    ).scalar()
+
+
+def _bundle_row(row: object) -> BundleRow:
+    m = row._mapping  # type: ignore[attr-defined]
+    return BundleRow(
+        id=m["id"],
+        version=int(m["version"]),
+        index=int(m["idx"]),
+        sender=m["sender"],
+        kind=m["kind"],
+        media=m["media"],
+        salt=bytes(m["salt"]),
+        data=bytes(m["data"]) if "data" in m else b"",
+    )

@@ -1,0 +1,250 @@
+"""/fhir/Bundle: submit a Bundle (one ledger entry), read it back byte for byte.
+
+Retries are safe: the same sender with the same Idempotency-Key, or with the same
+Bundle.identifier and the same bytes, is answered 200 with the original submission. A new
+version of a Bundle (same identifier, other content) is asked for with
+`If-Match: W/"<latest version>"`, the ETag the latest version was answered with.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from pydantic import BaseModel, Field
+
+from exchange.auth import Client, require_role
+from exchange.db import BundleRow, bundle_by_id
+from exchange.intake import IntakeError, Issue, check_media_type
+from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
+from exchange.services import Services, Stored, SubmitRequest, get_services, submit
+
+router = APIRouter(prefix="/fhir", tags=["Bundle"])
+
+FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+_WEAK_ETAG = re.compile(r'(?:W/)?"([1-9][0-9]{0,8})"')
+
+
+class SubmissionResult(BaseModel):
+    """The answer to a submission: where the Bundle is kept and the log's receipt for it."""
+
+    id: str = Field(description="the Bundle's id on this server (Location: /fhir/Bundle/{id})")
+    index: int = Field(description="the ledger entry's index")
+    kind: Literal["record", "consent", "rwd", "settlement"]
+    receipt: str = Field(description="c2sp.org/tlog-proof@v1 text, verifiable offline")
+    salt: str = Field(description="base64 of the 32-byte salt: commit = SHA-256(salt || bytes)")
+
+
+_BUNDLE_BODY = {
+    "required": True,
+    "description": "a FHIR R4 Bundle (JSON, UTF-8 without BOM); stored byte for byte",
+    "content": {
+        FHIR_JSON: {"schema": {"type": "object", "description": "FHIR R4 Bundle"}},
+        "application/json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}},
+    },
+}
+_SUBMIT_HEADERS = {
+    "Location": {"description": "/fhir/Bundle/{id}", "schema": {"type": "string"}},
+    "ETag": {"description": 'W/"<version>"', "schema": {"type": "string"}},
+    "X-Ledger-Index": {"description": "the ledger entry's index", "schema": {"type": "integer"}},
+    "X-Ledger-Salt": {"description": "base64 of the salt", "schema": {"type": "string"}},
+}
+_READ_HEADERS = {k: _SUBMIT_HEADERS[k] for k in ("ETag", "X-Ledger-Index")}
+_BUNDLE_CONTENT = {FHIR_JSON: {"schema": {"type": "object", "description": "FHIR R4 Bundle"}}}
+
+
+@router.post(
+    "/Bundle",
+    summary="Submit a Bundle",
+    status_code=201,
+    response_model=SubmissionResult,
+    response_class=FhirJSONResponse,
+    responses={
+        201: {"headers": _SUBMIT_HEADERS},
+        200: {
+            "model": SubmissionResult,
+            "description": "a retry: the original submission",
+            "headers": _SUBMIT_HEADERS,
+        },
+        **error_responses(400, 401, 403, 409, 412, 413, 415, 422, 429, 503),
+    },
+    openapi_extra={"requestBody": _BUNDLE_BODY},
+)
+async def create_bundle(
+    request: Request,
+    client: Annotated[Client, Depends(require_role("hospital"))],
+    services: Annotated[Services, Depends(get_services)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=256,
+            description="retrying with the same key and bytes returns the original (200)",
+        ),
+    ] = None,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            description='W/"<version>": submit a new version of the Bundle with this '
+            "Bundle.identifier, replacing that (latest) version",
+        ),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            description="return=minimal | return=representation | return=OperationOutcome",
+        ),
+    ] = None,
+) -> Response:
+    """Validates a Bundle, stores its bytes, and commits them to the log with a fresh salt.
+
+    201 with Location, ETag (`W/"<version>"`), X-Ledger-Index, X-Ledger-Salt and the receipt; 200
+    with the same for a retry of an earlier submission.
+    """
+    content_type = request.headers.get("content-type")
+    check_media_type(content_type)
+    base_version = _parse_if_match(if_match)
+    with services.admission.enter():
+        body = await _read_body(request, services.limits.max_bytes)
+        checked = await services.intake.check(body, content_type)
+        req = SubmitRequest(client, body, checked, idempotency_key, base_version)
+        stored = await submit(services, req)
+    return _answer(stored, body, checked.media, _preference(prefer))
+
+
+@router.get(
+    "/Bundle/{bundle_id}",
+    summary="Read a Bundle (latest version), exactly as submitted",
+    response_class=Response,
+    responses={
+        200: {
+            "content": _BUNDLE_CONTENT,
+            "description": "the submitted bytes",
+            "headers": _READ_HEADERS,
+        },
+        **error_responses(400, 401, 403, 404),
+    },
+)
+def read_bundle(
+    bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
+    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    services: Annotated[Services, Depends(get_services)],
+) -> Response:
+    return _stored_bytes(_visible(bundle_by_id(services.engine, bundle_id), client, bundle_id))
+
+
+@router.get(
+    "/Bundle/{bundle_id}/_history/{version}",
+    summary="Read one version of a Bundle, exactly as submitted",
+    response_class=Response,
+    responses={
+        200: {
+            "content": _BUNDLE_CONTENT,
+            "description": "the submitted bytes",
+            "headers": _READ_HEADERS,
+        },
+        **error_responses(400, 401, 403, 404),
+    },
+)
+def read_bundle_version(
+    bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
+    version: Annotated[int, Path(ge=1, le=999_999_999)],
+    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    services: Annotated[Services, Depends(get_services)],
+) -> Response:
+    row = bundle_by_id(services.engine, bundle_id, version)
+    return _stored_bytes(_visible(row, client, f"{bundle_id}/_history/{version}"))
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    m = _WEAK_ETAG.fullmatch(value.strip())
+    if m is None:
+        raise ApiError(
+            400,
+            "invalid",
+            f'If-Match {value!r} is not a version ETag: send W/"<n>", the ETag of the latest '
+            "version of the Bundle this one replaces",
+        )
+    return int(m.group(1))
+
+
+def _too_large(limit: int) -> IntakeError:
+    return IntakeError.one(
+        413, "too-long", f"the body is larger than {limit} bytes: split the Bundle"
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it exceeds `limit`, before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _preference(prefer: str | None) -> str:
+    for part in (prefer or "").replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return":
+            return value.strip().strip('"')
+    return ""
+
+
+def _answer(stored: Stored, body: bytes, media: str, preference: str) -> Response:
+    status = 201 if stored.created else 200
+    headers = {
+        "Location": f"/fhir/Bundle/{stored.id}",
+        "ETag": f'W/"{stored.version}"',
+        "X-Ledger-Index": str(stored.index),
+        "X-Ledger-Salt": base64.b64encode(stored.salt).decode(),
+    }
+    if preference == "minimal":
+        return Response(status_code=status, headers=headers)
+    if preference == "representation":
+        # The retry matched on the same bytes, so the request body is the stored Bundle.
+        return Response(body, status, headers, media_type=f"{media}; charset=utf-8")
+    if preference == "OperationOutcome":
+        what = "stored" if stored.created else "already stored"
+        note = Issue("information", "informational", f"{what} as ledger entry {stored.index}")
+        return FhirJSONResponse(outcome_body([note]), status, headers)
+    result = SubmissionResult(
+        id=stored.id,
+        index=stored.index,
+        kind=stored.kind,  # type: ignore[arg-type]
+        receipt=stored.receipt,
+        salt=base64.b64encode(stored.salt).decode(),
+    )
+    return FhirJSONResponse(result.model_dump(), status, headers)
+
+
+def _visible(row: BundleRow | None, client: Client, what: str) -> BundleRow:
+    # Another org's Bundle is answered as absent: its existence is not the reader's to learn.
+    if row is None or (client.role != "admin" and row.sender != client.org):
+        raise ApiError(404, "not-found", f"no Bundle {what} visible to this client")
+    return row
+
+
+def _stored_bytes(row: BundleRow) -> Response:
+    return Response(
+        row.data,
+        200,
+        {"ETag": f'W/"{row.version}"', "X-Ledger-Index": str(row.index)},
+        media_type=f"{row.media}; charset=utf-8",
+    )

@@ -1,0 +1,461 @@
+"""What the HTTP layer stands on: the open log, intake, clients, and the submission of a Bundle.
+
+One process holds the log and sequences every append (group commit, one writer thread).
+Intake (strict JSON + R4B validation) is CPU-bound pure Python, so a server can run it in a
+pool of worker processes; they hand back only the few facts the ledger needs, never the
+parsed document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import multiprocessing
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Connection, Engine, insert
+
+from exchange import db
+from exchange.auth import Client, ClientCache
+from exchange.intake import IntakeError, IntakeLimits, Issue, check_bundle
+from exchange.outcome import ApiError
+from exchange.settings import Settings
+from ledger.entry import SALT_SIZE, Entry, commitment
+from ledger.errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
+from ledger.keys import load_or_create_signer, load_signer
+from ledger.log import Appended, Log, Submission
+from ledger.store import make_engine
+
+log = logging.getLogger("medledger.exchange")
+
+# Without intake workers, bodies up to this size are validated on the event loop: under the GIL
+# a thread would not run them faster. Larger ones go to a thread so the loop keeps answering.
+INLINE_INTAKE_BYTES = 64 * 1024
+
+
+# --- intake -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What intake found in an accepted Bundle, as far as the ledger and the tables need it."""
+
+    kind: str
+    media: str
+    identifier: tuple[str, str] | None
+    patient: tuple[str, str] | None  # the first Patient.identifier (system, value)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    # IntakeError does not survive pickling (its __init__ takes the issues), so workers
+    # send back its parts.
+    status: int
+    issues: tuple[Issue, ...]
+
+
+def check(body: bytes, content_type: str | None, limits: IntakeLimits) -> Checked:
+    """The intake pipeline; raises IntakeError."""
+    intake = check_bundle(body, content_type, limits)
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return Checked(
+        kind=intake.kind,
+        media=media,
+        identifier=intake.identifier,
+        patient=intake.patients[0] if intake.patients else None,
+    )
+
+
+def _check_in_worker(
+    body: bytes, content_type: str | None, limits: IntakeLimits
+) -> Checked | _Refusal:
+    try:
+        return check(body, content_type, limits)
+    except IntakeError as e:
+        return _Refusal(e.status, tuple(e.issues))
+
+
+def _warm_worker() -> None:
+    # The R4B models load lazily, per resource type: pay for the common ones before traffic.
+    from exchange.demo import sample_bundles
+
+    for body in sample_bundles():
+        check(body, "application/fhir+json", IntakeLimits())
+
+
+class IntakeRunner:
+    """Runs intake inline, or in `workers` processes when started with workers > 0."""
+
+    def __init__(self, limits: IntakeLimits, workers: int = 0) -> None:
+        self.limits = limits
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        if self.workers > 0 and self._pool is None:
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # A fork server: the workers never inherit the server's threads or open database.
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("forkserver")
+            # Not the default ["__main__"]: a script without a main guard would run again.
+            ctx.set_forkserver_preload(["exchange.intake"])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_warm_worker)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def check(self, body: bytes, content_type: str | None) -> Checked:
+        pool = self._pool
+        if pool is None:
+            if len(body) <= INLINE_INTAKE_BYTES:
+                return check(body, content_type, self.limits)
+            return await run_in_threadpool(check, body, content_type, self.limits)
+        try:
+            result = await asyncio.wrap_future(
+                pool.submit(_check_in_worker, body, content_type, self.limits)
+            )
+        except BrokenProcessPool as e:
+            log.error("an intake worker died; restarting the pool")
+            if self._pool is pool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            raise ApiError(503, "transient", "intake was interrupted: retry the request") from e
+        if isinstance(result, _Refusal):
+            raise IntakeError(result.status, result.issues)
+        return result
+
+
+# --- admission ----------------------------------------------------------------------------
+
+
+class Admission:
+    """A cap on submissions in flight, so a burst is told to retry (429) instead of queueing
+    unbounded request bodies in memory. Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+
+    @contextmanager
+    def enter(self) -> Iterator[None]:
+        if self.busy >= self.limit:
+            raise ApiError(
+                429,
+                "throttled",
+                f"{self.limit} submissions are in flight: retry after a second",
+                headers={"Retry-After": "1"},
+            )
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+
+# --- the services -------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    settings: Settings
+    log: Log
+    limits: IntakeLimits
+    intake: IntakeRunner
+    clients: ClientCache
+    pseudonym_key: bytes
+    admission: Admission
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def engine(self) -> Engine:
+        return self.log.engine
+
+    def close(self) -> None:
+        self.intake.close()
+        self.log.close()
+        self.engine.dispose()
+
+
+def open_log(settings: Settings) -> Log:
+    """The log of these settings, with its last checkpoint also kept beside its key.
+
+    That file (ledger.witness) makes the log refuse to append after the database was rolled
+    back or replaced.
+    """
+    if settings.db_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.key_file is not None:
+        signer = load_signer(settings.key_file, settings.origin)
+    else:
+        signer = load_or_create_signer(settings.signing_key_path, settings.origin)
+    witness = settings.signing_key_path.parent / "checkpoint"
+    return Log(
+        make_engine(settings.database_url), signer, origin=settings.origin, witness=witness
+    )
+
+
+def open_services(
+    settings: Settings,
+    *,
+    limits: IntakeLimits | None = None,
+    intake_workers: int = 0,
+    max_in_flight: int = 128,
+) -> Services:
+    ledger_log = open_log(settings)
+    db.create_schema(ledger_log.engine)
+    limits = limits or IntakeLimits()
+    return Services(
+        settings=settings,
+        log=ledger_log,
+        limits=limits,
+        intake=IntakeRunner(limits, intake_workers),
+        clients=ClientCache(ledger_log.engine),
+        pseudonym_key=db.secret(ledger_log.engine, db.PSEUDONYM_KEY),
+        admission=Admission(max_in_flight),
+    )
+
+
+async def get_services(request: Request) -> Services:
+    """FastAPI dependency: the app's services (async: a plain def would cost a thread hop)."""
+    return request.app.state.services
+
+
+# --- submitting ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    client: Client
+    body: bytes
+    checked: Checked
+    idempotency_key: str | None = None
+    base_version: int | None = None  # from If-Match: the version this one replaces
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored Bundle version, as its sender is answered."""
+
+    id: str
+    version: int
+    index: int
+    kind: str
+    salt: bytes
+    receipt: str
+    created: bool  # False: a retry matched an earlier submission; nothing was appended
+
+
+class VersionNotFound(LedgerError):
+    def __init__(self, version: int) -> None:
+        super().__init__(f"there is no version {version} of a Bundle with this identifier")
+        self.version = version
+
+
+class _Pending:
+    """The row a submission will write, filled in inside the ledger's transaction."""
+
+    __slots__ = ("id", "salt")
+
+    def __init__(self, bundle_id: str, salt: bytes) -> None:
+        self.id = bundle_id
+        self.salt = salt
+
+
+def ident_hash(identifier: tuple[str, str]) -> bytes:
+    system, value = identifier
+    return hashlib.sha256(f"{system}\x00{value}".encode()).digest()
+
+
+def _key(prefix: str, *parts: bytes) -> str:
+    digest = hashlib.sha256(b"\x00".join(parts)).digest()
+    return prefix + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def idempotency_dedupe_key(sender: str, key: str) -> str:
+    return _key("idem:", sender.encode(), key.encode())
+
+
+def identifier_dedupe_key(sender: str, identifier: tuple[str, str], version: int) -> str:
+    return _key("ident:", sender.encode(), ident_hash(identifier), str(version).encode())
+
+
+def pseudonym(key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
+    """The patient's keyed pseudonym: the same patient of the same org always gets the same."""
+    system, value = patient
+    return hmac.new(key, f"{sender}\x00{system}|{value}".encode(), hashlib.sha256).digest()
+
+
+# Built once: it runs inside the ledger's write lock, once per entry.
+_INSERT_BUNDLE = insert(db.bundles_table)
+
+
+def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pending]:
+    """The ledger submission of a request, and the row it writes."""
+    sender = req.client.org
+    if req.client.role != "hospital" or sender is None:
+        raise ApiError(403, "forbidden", "only hospital clients with an org submit Bundles")
+    checked = req.checked
+    version = 1 if req.base_version is None else req.base_version + 1
+    if req.base_version is not None and checked.identifier is None:
+        raise ApiError(
+            422,
+            "required",
+            "If-Match names the version this Bundle replaces, which is found by "
+            "Bundle.identifier: give the Bundle its identifier (system and value)",
+            "Bundle.identifier",
+        )
+    salt = os.urandom(SALT_SIZE)
+    digest = hashlib.sha256(req.body).digest()
+    pending = _Pending(str(uuid.uuid4()), salt)
+    keys: list[str] = []
+    if req.idempotency_key is not None:
+        keys.append(idempotency_dedupe_key(sender, req.idempotency_key))
+    ih = None
+    if checked.identifier is not None:
+        ih = ident_hash(checked.identifier)
+        keys.append(identifier_dedupe_key(sender, checked.identifier, version))
+    subject = (
+        pseudonym(services.pseudonym_key, sender, checked.patient) if checked.patient else None
+    )
+
+    def write(conn: Connection, entry: Entry) -> None:
+        if version > 1:
+            assert ih is not None
+            found = db.bundle_id_of_version(conn, sender, ih, version - 1)
+            if found is None:
+                raise VersionNotFound(version - 1)
+            pending.id = found
+        conn.execute(
+            _INSERT_BUNDLE,
+            {
+                "id": pending.id,
+                "version": version,
+                "idx": entry.index,
+                "sender": sender,
+                "client_id": req.client.client_id,
+                "kind": checked.kind,
+                "media": checked.media,
+                "salt": salt,
+                "digest": digest,
+                "data": req.body,
+                "subject": subject,
+                "ident_hash": ih,
+                "ident_system": checked.identifier[0] if checked.identifier else None,
+                "ident_value": checked.identifier[1] if checked.identifier else None,
+                "idempotency_key": req.idempotency_key,
+                "received": entry.time,
+            },
+        )
+
+    sub = Submission(
+        kind=checked.kind,
+        sender=sender,
+        commit=commitment(salt, req.body),
+        media=checked.media,
+        subject=subject,
+        dedupe_keys=tuple(keys),
+        digest=digest,
+        write=write,
+    )
+    return sub, pending
+
+
+def conclude(services: Services, appended: Appended, pending: _Pending, version: int) -> Stored:
+    """The answer to a submission the log accepted (reads the original row for a retry)."""
+    if not appended.duplicate:
+        return Stored(
+            pending.id, version, appended.entry.index, appended.entry.kind,
+            pending.salt, appended.receipt, True,
+        )
+    with services.engine.connect() as conn:
+        row = db.bundle_by_index(conn, appended.entry.index)
+    if row is None:
+        raise LedgerError(f"entry {appended.entry.index} has no stored Bundle")
+    return Stored(row.id, row.version, row.index, row.kind, row.salt, appended.receipt, False)
+
+
+def refusal(err: BaseException, req: SubmitRequest) -> BaseException:
+    """The HTTP answer to a submission the log refused."""
+    if isinstance(err, DuplicateConflict):
+        if err.key.startswith("idem:"):
+            return ApiError(
+                422,
+                "duplicate",
+                f"Idempotency-Key {req.idempotency_key!r} was already used for entry "
+                f"{err.index} with other content: use a new key for a new submission",
+            )
+        if req.base_version is not None:
+            return ApiError(
+                412,
+                "conflict",
+                f"version {req.base_version} is not the latest: version "
+                f"{req.base_version + 1} was already submitted (entry {err.index}) with other "
+                "content. Read the latest version and send If-Match with its ETag",
+                "Bundle.identifier",
+            )
+        return ApiError(
+            409,
+            "conflict",
+            f"this Bundle.identifier was already submitted (entry {err.index}) with other "
+            'content. To submit a new version, send If-Match: W/"<latest version>" (the ETag '
+            "of the latest version)",
+            "Bundle.identifier",
+        )
+    if isinstance(err, VersionNotFound):
+        return ApiError(
+            412,
+            "not-found",
+            f"If-Match names version {err.version}, but {err}",
+            "Bundle.identifier",
+        )
+    if isinstance(err, LogStateError):
+        return ApiError(503, "transient", str(err))
+    if isinstance(err, LedgerUnavailable):
+        return ApiError(503, "transient", str(err), headers={"Retry-After": "1"})
+    if isinstance(err, LedgerError):
+        return ApiError(409, "conflict", str(err))
+    return err
+
+
+def _version(req: SubmitRequest) -> int:
+    return 1 if req.base_version is None else req.base_version + 1
+
+
+async def submit(services: Services, req: SubmitRequest) -> Stored:
+    """Appends a checked Bundle to the log with its row; answers retries with the original."""
+    sub, pending = prepare(services, req)
+    try:
+        appended = await asyncio.wrap_future(services.log.submit(sub))
+    except LedgerError as e:
+        raise refusal(e, req) from e
+    if not appended.duplicate:
+        return conclude(services, appended, pending, _version(req))
+    return await run_in_threadpool(conclude, services, appended, pending, _version(req))
+
+
+def submit_blocking(services: Services, req: SubmitRequest) -> Stored:
+    """The same as :func:`submit`, for callers outside the event loop (seeding the demo)."""
+    sub, pending = prepare(services, req)
+    try:
+        appended = services.log.append(sub)
+    except LedgerError as e:
+        raise refusal(e, req) from e
+    return conclude(services, appended, pending, _version(req))

@@ -1,0 +1,129 @@
+"""The exchange API under test: an app on a fresh data directory, clients, and checks."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from exchange.app import create_app
+from exchange.auth import register_client
+from exchange.db import bundles_table
+from exchange.services import Services
+from exchange.settings import Settings
+from ledger.entry import Entry, parse_entry
+from ledger.note import Verifier
+from ledger.verify import verify_receipt, verify_submission
+
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+FHIR_JSON = "application/fhir+json"
+HOSPITAL_ORG = "hospital-a"
+
+
+@dataclass
+class Api:
+    client: TestClient
+    services: Services
+
+    def credential(self, role: str = "hospital", org: str | None = HOSPITAL_ORG) -> dict[str, str]:
+        """Authorization headers of a newly registered client."""
+        if role in ("auditor", "admin") and org == HOSPITAL_ORG:
+            org = None
+        _, token = register_client(self.services.engine, f"test {role}", role, org)
+        return {"Authorization": f"Bearer {token}"}
+
+    def post(
+        self,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str | None = FHIR_JSON,
+    ) -> Any:
+        h = dict(headers or {})
+        if content_type is not None:
+            h["Content-Type"] = content_type
+        return self.client.post("/fhir/Bundle", content=body, headers=h)
+
+    def verifier(self) -> Verifier:
+        return Verifier.from_vkey(self.client.get("/v1/log/key").text)
+
+    def log_size(self) -> int:
+        return self.services.log.size()
+
+    def bundle_rows(self) -> int:
+        with self.services.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(bundles_table)).scalar())
+
+    def check_receipt(self, answer: dict[str, Any], body: bytes) -> Entry:
+        """The receipt verifies offline with the log's key and commits to exactly `body`."""
+        verified = verify_receipt(answer["receipt"], [self.verifier()])
+        verify_submission(verified.entry, body, base64.b64decode(answer["salt"]))
+        assert verified.entry.index == answer["index"]
+        return verified.entry
+
+    def entry(self, index: int) -> Entry:
+        return parse_entry(self.services.log.entries(index, index + 1)[0])
+
+
+@contextmanager
+def open_api(data: Path, db_url: str | None = None, **app_options: Any) -> Iterator[Api]:
+    app = create_app(Settings(data_dir=data, db_url=db_url), **app_options)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client, app.state.services)
+
+
+def wrap(raws: list[bytes], identifier: str | None = None) -> bytes:
+    """A collection Bundle around raw resource bytes, so their lexemes (120.00) survive."""
+    entries = b",".join(
+        b'{"fullUrl":"urn:uuid:' + str(uuid.UUID(int=i + 1)).encode() + b'","resource":'
+        + raw + b"}"
+        for i, raw in enumerate(raws)
+    )
+    ident = b""
+    if identifier is not None:
+        ident = b'"identifier":{"system":"urn:ietf:rfc:3986","value":"' + identifier.encode()
+        ident += b'"},'
+    return b'{"resourceType":"Bundle",' + ident + b'"type":"collection","entry":[' + entries + b"]}"
+
+
+def observation_bundle(value: str = "120.00", identifier: str | None = None) -> bytes:
+    """A small record Bundle whose decimal and time lexemes must survive byte for byte."""
+    obs = (
+        '{"resourceType":"Observation","status":"final","code":{"coding":[{"system":'
+        '"http://loinc.org","code":"8480-6"}]},"effectiveDateTime":"2026-03-02T08:20:00.000Z",'
+        f'"valueQuantity":{{"value":{value},"unit":"mm[Hg]","system":'
+        '"http://unitsofmeasure.org","code":"mm[Hg]"}}'
+    ).encode()
+    return wrap([obs], identifier)
+
+
+def patient_bundle(mrn: str, identifier: str | None = None, name: str = "Kim") -> bytes:
+    patient = (
+        '{"resourceType":"Patient","identifier":[{"system":"urn:example:mrn","value":"'
+        + mrn + '"}],"name":[{"family":"' + name + '"}]}'
+    ).encode()
+    return wrap([patient], identifier)
+
+
+def is_outcome(response: Any) -> dict[str, Any]:
+    """The response is a FHIR OperationOutcome with at least one issue; returns it."""
+    assert response.headers["content-type"].startswith(FHIR_JSON), response.headers
+    doc = response.json()
+    assert doc["resourceType"] == "OperationOutcome"
+    assert doc["issue"] and all(i["severity"] and i["code"] for i in doc["issue"])
+    return doc
+
+
+def vector_params(folder: str, pattern: str = "*.json") -> list[Any]:
+    root = VECTORS / folder
+    if not root.is_dir():
+        reason = f"public test vectors not present at {VECTORS}"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="absent")]
+    return [pytest.param(p, id=p.name) for p in sorted(root.glob(pattern))]
