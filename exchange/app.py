@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from exchange.intake import IntakeLimits
 from exchange.outcome import document_outcomes, install_handlers
-from exchange.routers import bundles, log, metadata
+from exchange.routers import bundles, continuity, log, metadata, trace
 from exchange.routers.metadata import SOFTWARE_VERSION
 from exchange.services import Services, open_services
 from exchange.settings import Settings
@@ -60,4 +60,6 @@ def create_app(
     app.include_router(bundles.router)
     app.include_router(metadata.router)
     app.include_router(log.router)
+    app.include_router(trace.router)
+    app.include_router(continuity.router)
     return app

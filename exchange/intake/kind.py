@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.rwd_identity import check_rwd_bundle
+
+from .genomic import check_genomic_approval
+from .outcome import IntakeError, Issue
 from .strict_json import DEFAULT_LIMITS, IntakeLimits, check_media_type, parse_strict
 from .validate import validate_bundle
 
@@ -55,14 +59,31 @@ def check_bundle(
     check_media_type(content_type)
     doc = parse_strict(body, limits)
     validate_bundle(doc, limits)
+    check_genomic_approval(doc)
+    kind = derive_kind(doc)
+    if kind == "rwd":
+        check_pack_identities(doc)
     return Intake(
         doc=doc,
-        kind=derive_kind(doc),
+        kind=kind,
         bundle_type=str(doc["type"]),
         identifier=bundle_identifier(doc),
         patients=patient_identifiers(doc),
         resource_types=entry_resource_types(doc),
     )
+
+
+def check_pack_identities(doc: dict[str, Any]) -> None:
+    """Refuse an RWD Bundle whose packs are not traceable (adapters.rwd_identity's errors).
+
+    Lecheng real-world data is only worth keeping when each pack can be followed back to its
+    foreign manufacturer and lot for a recall; warnings (weaker traceability) do not refuse.
+    """
+    errors = [i for i in check_rwd_bundle(doc) if i.severity in ("error", "fatal")]
+    if errors:
+        raise IntakeError(
+            422, [Issue(i.severity, i.code, i.diagnostics, i.expression) for i in errors]
+        )
 
 
 def derive_kind(doc: dict[str, Any]) -> str:
