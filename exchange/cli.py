@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "exchange.cli_serve",
     "exchange.cli_audit",
     "exchange.cli_adapt",
+    "exchange.cli_recipients",
 )
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exchange.cli import main
 from exchange.crossborder import (
     GateConfig,
     LegalBasis,
@@ -159,3 +162,51 @@ def test_recipients_are_recorded_and_checked(gate: TransferLedger) -> None:
         set_recipient(engine, Recipient("insurer-x", "KOR", CONTRACT))
     with pytest.raises(ValueError, match="number"):
         set_recipient(engine, Recipient("insurer-x", "DE", LegalBasis("standard-contract")))
+
+
+def test_recipients_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data", str(tmp_path)]
+    assert main(["recipients", "show", "--org", "insurer-kr", *data]) == 3
+    assert "recipients set" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "recipients",
+                "set",
+                "--org",
+                "insurer-kr",
+                "--country",
+                "KR",
+                "--basis",
+                "standard-contract",
+                "--reference",
+                "琼网信备2026-0042",
+                *data,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "recipients",
+                "set",
+                "--org",
+                "x",
+                "--country",
+                "KR",
+                "--basis",
+                "certification",
+                *data,
+            ]
+        )
+        == 1
+    )
+    capsys.readouterr()
+    assert main(["recipients", "show", "--org", "insurer-kr", "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "org": "insurer-kr",
+        "country": "KR",
+        "basis": "standard-contract",
+        "reference": "琼网信备2026-0042",
+    }
