@@ -14,7 +14,7 @@ import sys
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange import db
+from exchange import crossborder, db
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.crossborder import BASIS_KINDS, LegalBasis, Recipient, recipient_of, set_recipient
 from exchange.settings import add_state_options, settings_from_args
@@ -58,6 +58,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     db.create_schema(engine)
+    crossborder.create_schema(engine)
     return engine
 
 

@@ -144,6 +144,12 @@ recipients_table = Table(
 )
 
 
+def create_schema(engine: Engine) -> None:
+    """The gate's tables (idempotent)."""
+    with store.write_transaction(engine) as conn:
+        metadata.create_all(conn)
+
+
 @dataclass(frozen=True)
 class Recipient:
     org: str
@@ -164,7 +170,6 @@ def set_recipient(engine: Engine, recipient: Recipient) -> None:
     }
     t = recipients_table
     with store.write_transaction(engine) as conn:
-        metadata.create_all(conn)
         if conn.execute(select(t.c.org).where(t.c.org == recipient.org)).first() is None:
             conn.execute(insert(t).values(org=recipient.org, **values))
         else:
@@ -189,8 +194,7 @@ class TransferLedger:
     def __init__(self, engine: Engine, config: GateConfig | None = None) -> None:
         self.engine = engine
         self.config = config or GateConfig()
-        with store.write_transaction(engine) as conn:
-            metadata.create_all(conn)
+        create_schema(engine)
 
     def distinct_patients(self, year: int) -> int:
         with self.engine.connect() as conn:

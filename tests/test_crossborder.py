@@ -150,7 +150,7 @@ def test_rule_against_a_model(transfers: list[tuple[int, int]], threshold: int) 
 
 
 def test_recipients_are_recorded_and_checked(gate: TransferLedger) -> None:
-    engine = gate.engine
+    engine = gate.engine  # the gate made the tables
     assert recipient_of(engine, "insurer-kr") is None
     set_recipient(engine, Recipient("insurer-kr", "kr", CONTRACT))
     assert recipient_of(engine, "insurer-kr") == Recipient("insurer-kr", "KR", CONTRACT)
