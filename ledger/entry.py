@@ -43,7 +43,23 @@ class Entry:
     subject: bytes | None = None  # HMAC pseudonym of the patient
 
     def to_bytes(self) -> bytes:
-        """The canonical (RFC 8785) UTF-8 bytes that are hashed as the leaf."""
+        """The canonical (RFC 8785) UTF-8 bytes that are hashed as the leaf.
+
+        Built directly: once _check_fields has passed, every string is printable ASCII
+        without `"` or `\\` (base64, the token patterns), so RFC 8785 section 3.2.2.2 needs
+        no escaping, and the members are written in its section 3.2.3 order (sorted by
+        UTF-16 code units). `canonical_bytes` is the general reference it must equal.
+        """
+        _check_fields(self)
+        subject = "" if self.subject is None else f',"subject":"{_b64(self.subject)}"'
+        return (
+            f'{{"commit":"{_b64(self.commit)}","index":{self.index},"kind":"{self.kind}",'
+            f'"media":"{self.media}","prev":"{_b64(self.prev)}","sender":"{self.sender}"'
+            f'{subject},"time":"{self.time}","v":{FORMAT_VERSION}}}'
+        ).encode("ascii")
+
+    def canonical_bytes(self) -> bytes:
+        """The same bytes through the general RFC 8785 canonicaliser (the reference form)."""
         obj: dict[str, object] = {
             "v": FORMAT_VERSION,
             "index": self.index,

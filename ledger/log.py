@@ -12,7 +12,7 @@ import base64
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,7 +149,9 @@ class Log:
         """Why the store cannot be trusted to extend what was already signed, or None."""
         note = read_witness(path)
         if note is None:
-            write_witness(path, self.checkpoint())
+            current = self.checkpoint()
+            write_witness(path, current)
+            self._witness_size = parse_checkpoint(split_note(current)[0]).size
             return None
         try:
             cp = parse_checkpoint(open_note(note, [self.signer.verifier]).text)
@@ -168,6 +170,8 @@ class Log:
                 f"this log signed (kept in {path}): the database was altered or replaced. "
                 "Restore the original database; appending now would fork the log"
             )
+        # What the file holds is the floor: a later batch must not write an older checkpoint.
+        self._witness_size = cp.size
         return None
 
     # --- appending -----------------------------------------------------------------------
@@ -184,10 +188,13 @@ class Log:
         return fut
 
     def _ensure_writer(self) -> None:
-        if self._writer is not None:
+        # A writer that died (an unexpected error outside a batch) is replaced, so one
+        # failure never leaves every later submission waiting forever.
+        w = self._writer
+        if w is not None and w.is_alive():
             return
         with self._writer_lock:
-            if self._writer is None:
+            if self._writer is None or not self._writer.is_alive():
                 t = threading.Thread(target=self._run_writer, name="ledger-writer", daemon=True)
                 t.start()
                 self._writer = t
@@ -216,53 +223,67 @@ class Log:
                     stop = True
                     break
                 batch.append(nxt)
-            subs = [s for s, _ in batch]
-            try:
-                results = self.append_batch(subs)
-            except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
-                for _, fut in batch:
-                    fut.set_exception(e)
-            else:
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if isinstance(res, BaseException):
-                        fut.set_exception(res)
-                    else:
-                        fut.set_result(res)
+            # A caller that cancelled before its batch started is not appended at all;
+            # afterwards its future can no longer be cancelled, so setting it cannot fail.
+            live = [(s, f) for s, f in batch if f.set_running_or_notify_cancel()]
+            if live:
+                self._settle(live)
             if stop:
                 return
 
-    def append_batch(self, subs: Sequence[Submission]) -> list[Appended | LedgerError]:
+    @staticmethod
+    def _deliver(fut: Future[Appended], res: Appended | BaseException) -> None:
+        try:
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+        except InvalidStateError:
+            pass  # already settled: the writer must live on for the other callers
+
+    def _settle(self, batch: list[tuple[Submission, Future[Appended]]]) -> None:
+        try:
+            results: Sequence[Appended | BaseException] = self.append_batch([s for s, _ in batch])
+        except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
+            results = [e] * len(batch)
+        for (_, fut), res in zip(batch, results, strict=True):
+            self._deliver(fut, res)
+
+    def append_batch(
+        self, subs: Sequence[Submission], *, receipts: bool = True
+    ) -> list[Appended | LedgerError]:
         """Appends submissions in one transaction under one signed checkpoint.
 
         A submission that fails on its own (a dedupe conflict, a failing row writer) gets
         its error in the returned list without affecting the others. Errors of the store
-        itself raise LedgerUnavailable and append nothing.
+        itself raise LedgerUnavailable and append nothing. With `receipts=False` (bulk
+        loads) fresh entries are answered with an empty `receipt`: the entries, hashes and
+        checkpoint are stored exactly as otherwise, and `receipt(index)` builds one later.
         """
         if self.read_only_reason is not None:
             raise LogStateError(f"the log is read-only: {self.read_only_reason}")
         try:
             with store.write_transaction(self.engine) as conn:
-                results = self._append_locked(conn, subs)
+                results = self._append_locked(conn, subs, receipts)
         except (DBAPIError, LookupError) as e:
             raise LedgerUnavailable(f"the ledger store cannot be written: {e}") from e
-        if self.witness is not None and any(
-            isinstance(r, Appended) and not r.duplicate for r in results
-        ):
-            note = next(r.checkpoint for r in results if isinstance(r, Appended))
-            self._advance_witness(note)
+        # Only a fresh entry carries this batch's checkpoint; a duplicate carries the older
+        # checkpoint it was first answered with, which must never replace a newer witness.
+        fresh = next((r for r in results if isinstance(r, Appended) and not r.duplicate), None)
+        if self.witness is not None and fresh is not None:
+            self._advance_witness(fresh.checkpoint)
         fault_point("after-commit")
         return results
 
     def _append_locked(
-        self, conn: Connection, subs: Sequence[Submission]
+        self, conn: Connection, subs: Sequence[Submission], receipts: bool = True
     ) -> list[Appended | LedgerError]:
         head = store.lock_head(conn)
         if head is None:
             raise LogStateError("the log has no head row; open it with Log() first")
         fault_point("after-lock")
         _, size0, _ = head
-        frontier = store.read_hashes(conn, merkle.frontier_indexes(size0))
-        prev = frontier_last_leaf(conn, size0)
+        frontier, prev = read_frontier_and_last_leaf(conn, size0)
         all_keys = [k for s in subs for k in s.dedupe_keys]
         seen = store.read_dedupe(conn, all_keys)
         now = format_time(self.clock())
@@ -313,7 +334,7 @@ class Log:
                 .where(store.head_table.c.id == 1)
                 .values(size=size, checkpoint=note)
             )
-        return self._receipts(conn, outcome, size, note, new_hashes)
+        return self._receipts(conn, outcome, size, note, new_hashes, receipts)
 
     def _match_dedupe(
         self, sub: Submission, seen: dict[str, tuple[int, bytes]]
@@ -357,12 +378,17 @@ class Log:
         size: int,
         note: str,
         fresh: dict[int, bytes],
+        build: bool = True,
     ) -> list[Appended | LedgerError]:
         # One read for every proof of the batch: most hashes are fresh, the rest are shared.
-        wanted: set[int] = set()
-        for item in outcome:
-            if isinstance(item, _Fresh):
-                wanted.update(merkle.inclusion_proof_indexes(item.entry.index, size))
+        # Each entry's proof indexes are computed once and reused to assemble its path.
+        paths: dict[int, list[int]] = {}
+        if build:
+            for item in outcome:
+                if isinstance(item, _Fresh):
+                    i = item.entry.index
+                    paths[i] = merkle.inclusion_proof_indexes(i, size)
+        wanted = {i for ix in paths.values() for i in ix}
         old = sorted(wanted - fresh.keys())
         known = {**fresh, **dict(zip(old, store.read_hashes(conn, old), strict=True))}
         results: list[Appended | LedgerError] = []
@@ -371,11 +397,12 @@ class Log:
                 results.append(item)
             elif isinstance(item, int):
                 results.append(self._original(conn, item))
+            elif not build:
+                results.append(Appended(item.entry, item.data, "", note, False))
             else:
-                proof = merkle.inclusion_proof(
-                    item.entry.index, size, lambda ix: [known[i] for i in ix]
-                )
-                receipt = format_receipt(Receipt(item.entry.index, tuple(proof), note, item.data))
+                i = item.entry.index
+                proof = merkle.inclusion_proof_from(i, size, [known[j] for j in paths[i]])
+                receipt = format_receipt(Receipt(i, tuple(proof), note, item.data))
                 results.append(Appended(item.entry, item.data, receipt, note, False))
         return results
 
@@ -411,18 +438,16 @@ class Log:
             return merkle.tree_hash(size, lambda ix: store.read_hashes(conn, ix))
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        self._check_size(size)
-        with self.engine.connect() as conn:
+        # Size check and hashes in one read transaction: one connection checkout, and the
+        # hashes read are those of the tree whose size was checked.
+        with self.engine.connect() as conn, conn.begin():
+            _check_size(conn, size)
             return merkle.inclusion_proof(index, size, lambda ix: store.read_hashes(conn, ix))
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        self._check_size(size2)
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, conn.begin():
+            _check_size(conn, size2)
             return merkle.consistency_proof(size1, size2, lambda ix: store.read_hashes(conn, ix))
-
-    def _check_size(self, size: int) -> None:
-        if size > self.size():
-            raise merkle.ProofError(f"the log has fewer than {size} entries")
 
     def receipt(self, index: int) -> str:
         """A receipt for entry `index` against the latest checkpoint."""
@@ -446,11 +471,19 @@ class Log:
             return store.read_checkpoints(conn, start_size)
 
 
-def frontier_last_leaf(conn: Connection, size: int) -> bytes:
-    """The leaf hash of entry size-1 (the next entry's prev), b"" for the empty log."""
+def _check_size(conn: Connection, size: int) -> None:
+    head = store.read_head(conn)
+    if size > (0 if head is None else head[1]):
+        raise merkle.ProofError(f"the log has fewer than {size} entries")
+
+
+def read_frontier_and_last_leaf(conn: Connection, size: int) -> tuple[list[bytes], bytes]:
+    """The frontier of a tree of `size` leaves and its last leaf hash, in one query."""
+    front = merkle.frontier_indexes(size)
     if size == 0:
-        return b""
-    return store.read_hashes(conn, [merkle.stored_hash_index(0, size - 1)])[0]
+        return store.read_hashes(conn, front), b""
+    hashes = store.read_hashes(conn, [*front, merkle.stored_hash_index(0, size - 1)])
+    return hashes[:-1], hashes[-1]
 
 
 def b64(b: bytes) -> str:

@@ -55,14 +55,11 @@ def stored_hash_index(level: int, n: int) -> int:
 
     Level L's n-th hash is written right after level L+1's (2n+1)-th hash; level 0's n-th
     hash sits at n + n/2 + n/4 + ... plus the hashes of higher levels completed before it.
+    That sum is m + m/2 + m/4 + ... = 2m - popcount(m) for m = (n+1)*2^level - 1, the closed
+    form of the Go checksum database's tlog StoredHashIndex.
     """
-    for _ in range(level):
-        n = 2 * n + 1
-    i = 0
-    while n > 0:
-        i += n
-        n >>= 1
-    return i + level
+    m = ((n + 1) << level) - 1
+    return 2 * m - m.bit_count() + level
 
 
 def stored_hash_count(n: int) -> int:
@@ -207,6 +204,14 @@ def inclusion_proof(index: int, size: int, read: HashReader) -> list[Hash]:
     """RFC 6962 section 2.1.1 PATH(index, D[0:size]): leaf's sibling first, root's child last."""
     hashes = list(read(inclusion_proof_indexes(index, size)))
     return _inclusion_build(0, size, index, hashes)
+
+
+def inclusion_proof_from(index: int, size: int, hashes: Sequence[Hash]) -> list[Hash]:
+    """PATH(index, D[0:size]) from the hashes at inclusion_proof_indexes(index, size), in order.
+
+    For callers that computed the indexes already (one read for a whole batch's receipts).
+    """
+    return _inclusion_build(0, size, index, list(hashes))
 
 
 def _consistency_indexes(lo: int, hi: int, m: int, need: list[int]) -> None:

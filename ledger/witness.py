@@ -9,6 +9,7 @@ to append when the store's tree is smaller than, or not consistent with, that ch
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -21,7 +22,9 @@ def read_witness(path: Path) -> str | None:
 
 def write_witness(path: Path, note: str) -> None:
     """Replaces the file atomically and durably: temp file, fsync, rename, fsync directory."""
-    tmp = path.with_name(path.name + ".tmp")
+    # Unique per process and thread: two writers sharing a directory must not clobber one
+    # another's half-written temp file before the atomic rename.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, note.encode("utf-8"))

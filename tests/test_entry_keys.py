@@ -90,3 +90,27 @@ def test_key_file_refused_when_readable_or_wrong(tmp_path: Path) -> None:
         load_signer(other, "example.org/log")
     with pytest.raises(KeyFileError, match="cannot read"):
         load_signer(tmp_path / "missing.key", "example.org/log")
+
+
+@given(
+    index=st.integers(0, 2**53 - 1),
+    kind=st.from_regex(r"[a-z][a-z0-9-]{0,31}", fullmatch=True),
+    sender=st.from_regex(r"[A-Za-z0-9\-.]{1,64}", fullmatch=True),
+    media=st.from_regex(r"[a-z]+/[a-z0-9.+\-]{1,64}", fullmatch=True),
+    subject=st.one_of(st.none(), st.binary(min_size=32, max_size=32)),
+    commit=st.binary(min_size=32, max_size=32),
+    prev=st.binary(min_size=32, max_size=32),
+    millis=st.integers(0, 2**47),
+)
+def test_direct_bytes_equal_rfc8785_reference(
+    index, kind, sender, media, subject, commit, prev, millis
+) -> None:
+    # RFC 8785 through the general canonicaliser is the reference the fast path must equal.
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.entry import format_time
+
+    t = format_time(datetime(2000, 1, 1, tzinfo=UTC) + timedelta(milliseconds=millis))
+    e = _entry(index=index, prev=prev if index else b"", time=t, kind=kind, sender=sender,
+               media=media, subject=subject, commit=commit)
+    assert e.to_bytes() == e.canonical_bytes()

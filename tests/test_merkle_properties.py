@@ -67,6 +67,22 @@ def subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
     return subproof(m - k, d[k:], False) + [mth(d[:k])]
 
 
+def _stored_hash_index_by_loop(level: int, n: int) -> int:
+    """The layout written out step by step: the reference for the closed form."""
+    for _ in range(level):
+        n = 2 * n + 1
+    i = 0
+    while n > 0:
+        i += n
+        n >>= 1
+    return i + level
+
+
+@given(st.integers(0, 40), st.integers(0, 2**40))
+def test_stored_hash_index_closed_form_equals_loop(level, n) -> None:
+    assert merkle.stored_hash_index(level, n) == _stored_hash_index_by_loop(level, n)
+
+
 def test_stored_hash_count_matches_layout() -> None:
     for n in range(1, 300):
         assert merkle.stored_hash_count(n) == len(
