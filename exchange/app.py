@@ -9,7 +9,11 @@ from fastapi import FastAPI
 
 from exchange.intake import IntakeLimits
 from exchange.outcome import document_outcomes, install_handlers
+from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.routers import bundles, continuity, log, metadata, trace
+from exchange.routers import disclosures as disclosures_router
+from exchange.routers import organization as organization_router
+from exchange.routers import smart as smart_router
 from exchange.routers.metadata import SOFTWARE_VERSION
 from exchange.services import Services, open_services
 from exchange.settings import Settings
@@ -29,11 +33,13 @@ def create_app(
     limits: IntakeLimits | None = None,
     intake_workers: int = 0,
     max_in_flight: int = 128,
+    rate_limit: RateLimit | None = None,
 ) -> FastAPI:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
     `intake_workers` > 0 validates submissions in that many processes, started with the app;
     `max_in_flight` caps concurrent submissions (429 beyond it).
+    `rate_limit` gives each client a token bucket (429 + Retry-After when it is empty).
     """
     if services is None:
         services = open_services(
@@ -55,6 +61,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    if rate_limit is not None:
+        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit))
     install_handlers(app)
     document_outcomes(app)
     app.include_router(bundles.router)
@@ -62,4 +70,7 @@ def create_app(
     app.include_router(log.router)
     app.include_router(trace.router)
     app.include_router(continuity.router)
+    app.include_router(smart_router.router)
+    app.include_router(organization_router.router)
+    app.include_router(disclosures_router.router)
     return app

@@ -21,7 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, insert, select
 
-from exchange.db import clients_table
+from exchange import smart
+from exchange.db import clients_table, smart_jwks_table
 from exchange.outcome import ApiError
 from ledger import store
 from ledger.entry import format_time
@@ -45,6 +46,11 @@ class Client:
     name: str
     role: str
     org: str | None
+    # SMART v2 scopes of an access token (exchange.smart); None for an `mlt_` credential,
+    # which may do everything its role may.
+    scopes: frozenset[str] | None = None
+    # The v3-ActReason code the client assertion bound into the token (purpose_of_use).
+    purpose: str | None = None
 
 
 def hash_token(token: str) -> bytes:
@@ -69,9 +75,16 @@ def check_client(name: str, role: str, org: str | None) -> None:
         )
 
 
-def register_client(engine: Engine, name: str, role: str, org: str | None) -> tuple[Client, str]:
-    """Stores a new client and returns it with its credential, which is not kept anywhere."""
+def register_client(
+    engine: Engine, name: str, role: str, org: str | None, jwks: str | None = None
+) -> tuple[Client, str]:
+    """Stores a new client and returns it with its credential, which is not kept anywhere.
+
+    `jwks` (JSON text) registers the client's public keys for SMART Backend Services; it is
+    validated first (smart.JwksError) and stored in the same transaction as the client.
+    """
     check_client(name, role, org)
+    jwks_json = smart.validated_jwks(jwks) if jwks is not None else None
     client = Client("cl-" + secrets.token_hex(8), name.strip(), role, org)
     token = new_token()
     with store.write_transaction(engine) as conn:
@@ -85,6 +98,14 @@ def register_client(engine: Engine, name: str, role: str, org: str | None) -> tu
                 created=format_time(datetime.now(UTC)),
             )
         )
+        if jwks_json is not None:
+            conn.execute(
+                insert(smart_jwks_table).values(
+                    client_id=client.client_id,
+                    jwks=jwks_json,
+                    created=format_time(datetime.now(UTC)),
+                )
+            )
     return client, token
 
 
@@ -165,8 +186,7 @@ class RoleGuard(HTTPBearer):
             raise _unauthorized(
                 "send Authorization: Bearer <credential from medledger clients add>"
             )
-        cache: ClientCache = request.app.state.services.clients
-        client = await cache.lookup(token)
+        client = await _authenticate(request, token)
         if client is None:
             raise _unauthorized("the bearer credential is not valid", "invalid_token")
         if client.role not in self.roles:
@@ -181,3 +201,32 @@ class RoleGuard(HTTPBearer):
 
 def require_role(*roles: str) -> RoleGuard:
     return RoleGuard(*roles)
+
+
+async def _authenticate(request: Request, token: str) -> Client | None:
+    """The client behind an `mlt_` credential or a live SMART access token."""
+    if token.startswith(TOKEN_PREFIX):
+        cache: ClientCache = request.app.state.services.clients
+        return await cache.lookup(token)
+    engine = request.app.state.services.engine
+    grant = await run_in_threadpool(smart.lookup_token, engine, token)
+    if grant is None:
+        return None
+    return Client(grant.client_id, grant.name, grant.role, grant.org, grant.scopes, grant.purpose)
+
+
+def require_scope(client: Client, resource_type: str, interaction: str) -> None:
+    """Refuses (403) a SMART access token without a scope for this interaction.
+
+    `interaction` is create, read, update, delete or search (or its SMART v2 letter). An
+    `mlt_` credential (scopes None) passes: its role check is the whole rule.
+    """
+    if client.scopes is None or smart.scope_permits(client.scopes, resource_type, interaction):
+        return
+    raise ApiError(
+        403,
+        "forbidden",
+        f"the access token lacks the scope {smart.needed_scope(resource_type, interaction)} "
+        f"(granted: {' '.join(sorted(client.scopes)) or 'none'}); request it at the token "
+        "endpoint",
+    )

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "exchange.cli_audit",
     "exchange.cli_adapt",
     "exchange.cli_recipients",
+    "exchange.cli_institutions",
 )
 
 

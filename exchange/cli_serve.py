@@ -19,7 +19,9 @@ from exchange import db
 from exchange.auth import ROLES, ClientError, list_clients, register_client
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.outcome import ApiError
+from exchange.ratelimit import RateLimit
 from exchange.settings import Settings, add_state_options, settings_from_args
+from exchange.smart import JwksError
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.store import durability_problems, make_engine
 
@@ -58,6 +60,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "several; 0 validates in the server process)",
     )
     p.add_argument(
+        "--production",
+        action="store_true",
+        default=os.environ.get("MEDLEDGER_PRODUCTION", "") not in ("", "0"),
+        help="refuse to start when the database could lose committed entries in a crash "
+        "(PostgreSQL fsync, synchronous_commit, full_page_writes; SQLite WAL + synchronous=FULL) "
+        "instead of warning; also MEDLEDGER_PRODUCTION=1",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(os.environ.get("MEDLEDGER_RATE_LIMIT", "50")),
+        metavar="PER_S",
+        help="requests per second each client may sustain (%(default)s; 0 disables)",
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=int(os.environ.get("MEDLEDGER_RATE_BURST", "100")),
+        help="requests each client may send at once above its rate (%(default)s)",
+    )
+    p.add_argument(
         "--access-log",
         action="store_true",
         help="log every request line (off by default: search URLs may carry identifiers)",
@@ -81,6 +104,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--org",
         help="the organisation the client acts for (required for hospital and insurer): a "
         "FHIR id, as in Organization/<org>",
+    )
+    add.add_argument(
+        "--jwks",
+        type=Path,
+        metavar="FILE",
+        help="a JWKS file of the client's public keys (EC P-384, RSA, Ed25519; each with a "
+        "unique kid), for SMART Backend Services tokens at POST /auth/token",
     )
     add.add_argument("--json", action="store_true", help="print JSON")
     add.set_defaults(func=run_clients_add)
@@ -118,12 +148,26 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_MALFORMED)
     except SQLAlchemyError as e:
         return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
-    for problem in durability_problems(services.engine):
+    problems = durability_problems(services.engine)
+    if problems and args.production:
+        services.close()
+        return _fail(
+            "refusing to start in production mode: "
+            + "; ".join(problems)
+            + ": a crash could lose acknowledged entries",
+            EXIT_MALFORMED,
+        )
+    for problem in problems:
         print(f"medledger: warning: {problem}: a crash could lose entries", file=sys.stderr)
     if services.log.read_only_reason:
         print(f"medledger: warning: serving reads only: {services.log.read_only_reason}",
               file=sys.stderr)
-    app = create_app(settings, services=services)
+    try:
+        rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
+    except ValueError as e:
+        services.close()
+        return _fail(str(e), EXIT_USAGE)
+    app = create_app(settings, services=services, rate_limit=rate_limit)
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base_url = f"http://{shown_host}:{args.port}"
     vkey = services.log.signer.verifier.vkey()
@@ -162,10 +206,16 @@ def _open_tables(settings: Settings) -> Engine:
 
 
 def run_clients_add(args: argparse.Namespace) -> int:
+    jwks = None
+    if args.jwks is not None:
+        try:
+            jwks = args.jwks.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            return _fail(f"cannot read the JWKS file {args.jwks}: {e}", EXIT_USAGE)
     try:
         engine = _open_tables(settings_from_args(args))
-        client, token = register_client(engine, args.name, args.role, args.org)
-    except ClientError as e:
+        client, token = register_client(engine, args.name, args.role, args.org, jwks)
+    except (ClientError, JwksError) as e:
         return _fail(str(e), EXIT_USAGE)
     except (LedgerUnavailable, SQLAlchemyError) as e:
         return _fail(f"the database cannot be written: {e}", EXIT_UNAVAILABLE)

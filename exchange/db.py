@@ -69,6 +69,35 @@ clients_table = Table(
     Column("created", String(32), nullable=False),
 )
 
+# SMART Backend Services (exchange.smart): each client's registered public JWKS, the `jti` of
+# every accepted client assertion until it expires (replay refusal), and issued access tokens,
+# kept as SHA-256 only, like the `mlt_` credentials.
+smart_jwks_table = Table(
+    "exchange_smart_jwks",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jwks", Text, nullable=False),
+    Column("created", String(32), nullable=False),
+)
+
+smart_jti_table = Table(
+    "exchange_smart_jti",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires", BigInteger, nullable=False),  # unix seconds
+)
+
+smart_tokens_table = Table(
+    "exchange_smart_tokens",
+    metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("scopes", Text, nullable=False),  # space-separated, as granted
+    Column("purpose", String(64)),
+    Column("expires", BigInteger, nullable=False),  # unix seconds
+)
+
 secrets_table = Table(
     "exchange_secrets",
     metadata,
@@ -76,12 +105,14 @@ secrets_table = Table(
     Column("value", LargeBinary, nullable=False),
 )
 
-APPEND_ONLY_TABLES = ("exchange_bundles",)
+APPEND_ONLY_TABLES = ("exchange_bundles", "access_events")
 PSEUDONYM_KEY = "pseudonym-key"
 
 
 def create_schema(engine: Engine) -> None:
     """Creates the exchange tables and their append-only triggers (idempotent)."""
+    from exchange import access  # noqa: F401  (defines its tables on this metadata)
+
     # The ledger's schema first: on PostgreSQL it defines the trigger function used here.
     store.create_schema(engine)
     with store.write_transaction(engine) as conn:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
+from exchange import institutions
 from exchange.auth import Client, register_client
 from exchange.services import Services, Stored, SubmitRequest, check, submit_blocking
 
@@ -243,6 +245,8 @@ def seed(services: Services, files: Path) -> Demo:
         register_client(engine, "demo insurer", "insurer", INSURER_ORG),
         register_client(engine, "demo auditor", "auditor", None),
     ]
+    # The registry must know the hospital before it submits (strict deployments refuse others).
+    institutions.register_demo_institution(services.log, HOSPITAL_ORG, date.today())
     hospital = clients[0][0]
     stored = []
     files.mkdir(parents=True, exist_ok=True)

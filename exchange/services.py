@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, insert
 
-from exchange import db
+from exchange import db, institutions
 from exchange.auth import Client, ClientCache
 from exchange.intake import IntakeError, IntakeLimits, Issue, check_bundle
 from exchange.outcome import ApiError
@@ -221,6 +221,7 @@ def open_services(
 ) -> Services:
     ledger_log = open_log(settings)
     db.create_schema(ledger_log.engine)
+    institutions.create_tables(ledger_log.engine)
     limits = limits or IntakeLimits()
     return Services(
         settings=settings,

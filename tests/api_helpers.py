@@ -6,6 +6,7 @@ import base64
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from ledger.verify import verify_receipt, verify_submission
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 FHIR_JSON = "application/fhir+json"
 HOSPITAL_ORG = "hospital-a"
+# The database open_api uses when not given one (set per test by conftest.api_backend).
+API_DB_URL: ContextVar[str | None] = ContextVar("API_DB_URL", default=None)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Api:
 
 @contextmanager
 def open_api(data: Path, db_url: str | None = None, **app_options: Any) -> Iterator[Api]:
+    db_url = db_url if db_url is not None else API_DB_URL.get()
     app = create_app(Settings(data_dir=data, db_url=db_url), **app_options)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, app.state.services)

@@ -52,3 +52,26 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'medledger.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# API test modules that also run on PostgreSQL when MEDLEDGER_TEST_PG is set: their `api`
+# fixture calls api_helpers.open_api, which takes the database of the `api_backend` parameter.
+API_PG_MODULES = frozenset({"test_api_bundles", "test_api_log", "test_api_bad_input"})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in API_PG_MODULES and _pg_base() is not None:
+        metafunc.parametrize("api_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def api_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The database open_api uses when not given one: SQLite in the data dir, or PostgreSQL."""
+    from tests import api_helpers
+
+    backend = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    token = api_helpers.API_DB_URL.set(url)
+    yield backend
+    api_helpers.API_DB_URL.reset(token)

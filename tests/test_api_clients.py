@@ -82,10 +82,10 @@ def test_demo_seeds_each_kind_once(tmp_path: Path) -> None:
         assert sorted(s.kind for s in demo.stored) == sorted(
             ["record", "consent", "rwd", "settlement"] * 2
         )
-        assert all(s.created for s in demo.stored) and api.log_size() == 8
+        assert all(s.created for s in demo.stored) and api.log_size() == 9
         again = seed(api.services, tmp_path / "demo")  # a second start: retries, not new entries
         assert [s.index for s in again.stored] == [s.index for s in demo.stored]
-        assert not any(s.created for s in again.stored) and api.log_size() == 8
+        assert not any(s.created for s in again.stored) and api.log_size() == 9
 
         text = instructions(demo, "http://127.0.0.1:8000", api.verifier().vkey())
         (_, token), _, _ = demo.clients

@@ -8,6 +8,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle as R4BBundle
 
 from adapters.hl7v2_read import read_message
+from exchange.access import access_count, disclosures_of
 from tests.api_helpers import is_outcome, open_api
 from tests.test_adapt_ips import ips_problems, section
 
@@ -100,3 +101,31 @@ def test_hl7v2_refusals(api) -> None:  # type: ignore[no-untyped-def]
     assert api.client.get(url, headers=other).status_code == 404
     assert api.client.get("/fhir/Bundle/nope/$hl7v2", headers=hospital).status_code == 404
     assert api.client.get(url).status_code == 401
+
+
+def test_each_export_is_one_access_entry_about_the_patient(api) -> None:  # type: ignore[no-untyped-def]
+    hospital, ids = submit_kr(api)
+    bundle_subject = api.entry(api.log_size() - 1).subject
+    assert bundle_subject is not None
+    before = api.log_size()
+    r = api.client.get("/fhir/Patient/$summary", params={"identifier": MRN}, headers=hospital)
+    assert r.status_code == 200
+    r = api.client.get(f"/fhir/Bundle/{ids[0]}/$hl7v2", headers=hospital)
+    assert r.status_code == 200
+    assert access_count(api.services.engine) == 2
+    assert api.log_size() == before + 2
+    for index in (before, before + 1):
+        entry = api.entry(index)
+        assert (entry.kind, entry.sender, entry.subject) == (
+            "access",
+            "boao-lecheng",
+            bundle_subject,
+        )
+    rows = disclosures_of(api.services.engine, bundle_subject)
+    assert [(row.action, row.purpose, row.outcome) for row in rows] == [
+        ("transform", "TREAT", "0")
+    ] * 2
+    # A refusal discloses nothing and is not an export.
+    other = api.credential("hospital", "pujiang-intl")
+    api.client.get("/fhir/Patient/$summary", params={"identifier": MRN}, headers=other)
+    assert api.log_size() == before + 2

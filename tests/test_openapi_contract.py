@@ -33,7 +33,13 @@ def test_every_error_answer_is_an_operation_outcome() -> None:
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             for status, answer in operation["responses"].items():
-                if int(status) >= 400:
+                if int(status) >= 400 and path.startswith("/auth/"):
+                    # OAuth endpoints answer as RFC 6749 §5.2 says, since OAuth clients parse it.
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/OAuthError"}, (
+                        f"{method.upper()} {path} {status}"
+                    )
+                elif int(status) >= 400:
                     schema = answer["content"]["application/fhir+json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/OperationOutcome"}, (
                         f"{method.upper()} {path} {status}"

@@ -107,5 +107,5 @@ def test_serve_demo_prints_credentials_that_work(tmp_path: Path) -> None:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
         try_me = (data / "demo" / "try-me.json").read_bytes()
         r = httpx.post(f"{base}/fhir/Bundle", content=try_me, headers=headers, timeout=30)
-        assert r.status_code == 201 and r.json()["index"] == 8
+        assert r.status_code == 201 and r.json()["index"] == 9
         assert "curl" in text and "medledger verify" in text

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from exchange.auth import Client, require_role
+from exchange import institutions
+from exchange.auth import Client, require_role, require_scope
 from exchange.db import BundleRow, bundle_by_id
 from exchange.intake import IntakeError, Issue, check_media_type
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
@@ -106,15 +109,24 @@ async def create_bundle(
     201 with Location, ETag (`W/"<version>"`), X-Ledger-Index, X-Ledger-Salt and the receipt; 200
     with the same for a retry of an earlier submission.
     """
+    # A new version of an existing Bundle (If-Match) is a FHIR update, not a create.
+    require_scope(client, "Bundle", "create" if if_match is None else "update")
     content_type = request.headers.get("content-type")
     check_media_type(content_type)
     base_version = _parse_if_match(if_match)
+    # The registry may bar this sender (expired licence, blacklist) before anything is stored.
+    flags = await run_in_threadpool(
+        institutions.admit_sender, services.engine, client.org, datetime.now(UTC).date()
+    )
     with services.admission.enter():
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
         req = SubmitRequest(client, body, checked, idempotency_key, base_version)
         stored = await submit(services, req)
-    return _answer(stored, body, checked.media, _preference(prefer))
+    answer = _answer(stored, body, checked.media, _preference(prefer))
+    if flags:
+        answer.headers[institutions.FLAGS_HEADER] = ",".join(flags)
+    return answer
 
 
 @router.get(
@@ -135,6 +147,7 @@ def read_bundle(
     client: Annotated[Client, Depends(require_role("hospital", "admin"))],
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
+    require_scope(client, "Bundle", "read")
     return _stored_bytes(_visible(bundle_by_id(services.engine, bundle_id), client, bundle_id))
 
 
@@ -157,6 +170,7 @@ def read_bundle_version(
     client: Annotated[Client, Depends(require_role("hospital", "admin"))],
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
+    require_scope(client, "Bundle", "read")
     row = bundle_by_id(services.engine, bundle_id, version)
     return _stored_bytes(_visible(row, client, f"{bundle_id}/_history/{version}"))
 

@@ -5,7 +5,8 @@ For the hospital that treated the patient, to hand to the patient's home-country
 level, FHIR IPS IG 1.1 "Patient/$summary") builds one IPS document from the hospital's clinical
 and RWD Bundles of that patient; `GET /fhir/Bundle/{id}/$hl7v2?message=ORU_R01` renders one
 stored Bundle as an HL7 v2.5.1 message (ER7). The adapters are pure; this layer chooses the
-Bundles, the clock and the ids.
+Bundles, the clock and the ids, and records each export as an access entry on the ledger
+(:mod:`exchange.access`), like every other disclosure of a patient's data.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
 
 from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
 from adapters.ips import build_ips
 from adapters.ips_json import dumps
+from exchange.access import record_access
 from exchange.auth import Client, require_role
-from exchange.db import bundle_by_id
+from exchange.db import bundle_by_id, bundles_table
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
 from exchange.patients import bundles_about, patient_index
@@ -36,6 +39,22 @@ ER7 = "x-application/hl7-v2+er7"
 # What a summary is built from: clinical records and medication use, not bills or consents.
 SUMMARY_KINDS = ("record", "rwd")
 Message = Literal["ADT_A08", "ORU_R01", "MDM_T02", "RDS_O13"]
+# A hospital handing a patient's record on does so for their treatment unless it says otherwise.
+DEFAULT_PURPOSE = "TREAT"
+PurposeHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Purpose-Of-Use",
+        max_length=32,
+        pattern=r"^[A-Z]{2,16}$",
+        description="v3-ActReason code recorded on the access entry (default TREAT)",
+    ),
+]
+
+
+def purpose(client: Client, header: str | None) -> str:
+    """The purpose of use recorded for this export: the token's, the header's, or TREAT."""
+    return client.purpose or header or DEFAULT_PURPOSE
 
 
 def parse_token(value: str, name: str) -> tuple[str, str]:
@@ -54,12 +73,23 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
 
 def patient_bundles(
     services: Services, indexes: Indexes, sender: str, patient: tuple[str, str]
-) -> list[bytes]:
-    """The latest version of each of the sender's summary Bundles about the patient."""
+) -> tuple[list[bytes], bytes | None]:
+    """The latest version of each of the sender's summary Bundles about the patient, and the
+    patient's subject as the ledger entries of those Bundles carry it."""
     indexes.fresh(patient_index(services.pseudonym_key))
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
     found = [bundle_by_id(services.engine, bundle_id) for bundle_id in ids]
-    return [row.data for row in found if row is not None and row.kind in SUMMARY_KINDS]
+    rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
+    subject = subject_of(services, rows[0].index) if rows else None
+    return [row.data for row in rows], subject
+
+
+def subject_of(services: Services, index: int) -> bytes | None:
+    """The patient pseudonym the ledger entry of a stored Bundle carries."""
+    t = bundles_table
+    with services.engine.connect() as conn:
+        found = conn.execute(select(t.c.subject).where(t.c.idx == index)).scalar()
+    return None if found is None else bytes(found)
 
 
 def _unprocessable(e: AdaptError) -> ApiError:
@@ -85,10 +115,13 @@ async def patient_summary(
     language: Annotated[
         str | None, Query(max_length=16, description="the translation to add, e.g. en, ko")
     ] = None,
+    purpose_of_use: PurposeHeader = None,
 ) -> Response:
     assert client.org is not None  # a hospital client always has its org
     patient = parse_token(identifier, "identifier")
-    bundles = await run_in_threadpool(patient_bundles, services, indexes, client.org, patient)
+    bundles, subject = await run_in_threadpool(
+        patient_bundles, services, indexes, client.org, patient
+    )
     if not bundles:
         raise ApiError(
             404, "not-found", "this hospital submitted no clinical Bundle about that patient"
@@ -102,7 +135,18 @@ async def patient_summary(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
-    return Response(dumps(ips), 200, media_type=f"{FHIR_JSON}; charset=utf-8")
+    body = dumps(ips)
+    await record_access(
+        services,
+        client,
+        action="transform",
+        resource_type="Bundle",
+        patient_subject=subject,
+        purpose=purpose(client, purpose_of_use),
+        outcome="0",
+        detail="IPS $summary",
+    )
+    return Response(body, 200, media_type=f"{FHIR_JSON}; charset=utf-8")
 
 
 @router.get(
@@ -119,6 +163,7 @@ async def bundle_hl7v2(
     client: Annotated[Client, Depends(require_role("hospital", "admin"))],
     services: Annotated[Services, Depends(get_services)],
     message: Annotated[Message, Query(description="the message to build")] = "ORU_R01",
+    purpose_of_use: PurposeHeader = None,
 ) -> Response:
     row = await run_in_threadpool(bundle_by_id, services.engine, bundle_id)
     if row is None or (client.role != "admin" and row.sender != client.org):
@@ -132,4 +177,15 @@ async def bundle_hl7v2(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
+    subject = await run_in_threadpool(subject_of, services, row.index)
+    await record_access(
+        services,
+        client,
+        action="transform",
+        resource_type="Bundle",
+        patient_subject=subject,
+        purpose=purpose(client, purpose_of_use),
+        outcome="0",
+        detail=f"HL7 v2.5.1 {message}",
+    )
     return Response((text + "\r").encode(), 200, media_type=f"{ER7}; charset=utf-8")

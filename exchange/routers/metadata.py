@@ -67,9 +67,26 @@ def capability_statement(services: Services) -> dict[str, Any]:
                 ),
                 "security": {
                     "cors": False,
-                    "description": "Authorization: Bearer <credential>, issued per client by "
-                    "`medledger clients add`. Roles: hospital (submits as its organisation, "
-                    "reads what its organisation submitted), admin (reads all).",
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/"
+                                    "restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Authorization: Bearer <credential>: either a credential "
+                    "issued per client by `medledger clients add`, which may do all its role "
+                    "may, or a SMART Backend Services access token (client_credentials grant "
+                    "with a private_key_jwt assertion signed ES384, RS384 or EdDSA, at POST "
+                    "/auth/token; discovery at /.well-known/smart-configuration), limited to "
+                    "its granted system/ scopes (Bundle create needs system/Bundle.c, read "
+                    "system/Bundle.r) and valid for at most 300 s. Roles: hospital (submits as "
+                    "its organisation, reads what its organisation submitted), admin (reads "
+                    "all).",
                 },
                 "extension": [_limits_extension(limits)],
                 "resource": [

@@ -1,0 +1,261 @@
+"""Steady-rate submission load on loopback: receipt latency p50/p99, errors, peak RSS.
+
+Starts its own `medledger serve` on a fresh data directory (or takes --url and --token), then
+several clients each submit ~8 KB FHIR Bundles at a fixed rate for a bounded time and count.
+`--noisy` first measures the quiet clients alone, then again while one extra client sends ten
+times its rate-limit quota, and compares the quiet clients' p99.
+
+    .venv/bin/python benchmarks/load.py --clients 4 --rate 5 --seconds 10
+    .venv/bin/python benchmarks/load.py --noisy --rate-limit 20 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_REQUESTS = 100_000
+MAX_SECONDS = 600.0
+
+
+def bundle_8k(n: int) -> bytes:
+    """A collection Bundle of Observations, about 8 KB, with a fresh identifier."""
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:{uuid.UUID(int=i + 1)}",
+            "resource": {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 100 + i, "unit": "mm[Hg]"},
+                "note": [{"text": f"load {n} entry {i} " + "x" * 120}],
+            },
+        }
+        for i in range(24)
+    ]
+    doc = {
+        "resourceType": "Bundle",
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"},
+        "type": "collection",
+        "entry": entries,
+    }
+    return json.dumps(doc).encode()
+
+
+@dataclass
+class Stats:
+    latencies: list[float] = field(default_factory=list)
+    status: dict[str, int] = field(default_factory=dict)
+
+    def percentile(self, q: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
+
+
+def client_loop(url: str, token: str, rate: float, until: float, count: int, st: Stats) -> None:
+    """Submits at `rate` per second (open loop: a slow answer does not lower the rate)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    period, nxt = 1.0 / rate, time.monotonic()
+    with httpx.Client(timeout=30) as http:
+        for n in range(count):
+            if time.monotonic() >= until:
+                return
+            time.sleep(max(0.0, nxt - time.monotonic()))
+            nxt += period
+            t0 = time.perf_counter()
+            try:
+                r = http.post(url + "/fhir/Bundle", content=bundle_8k(n), headers=headers)
+                key = str(r.status_code)
+                if r.status_code == 201:
+                    st.latencies.append(time.perf_counter() - t0)
+            except httpx.HTTPError as e:
+                key = type(e).__name__
+            st.status[key] = st.status.get(key, 0) + 1
+
+
+def run_clients(url: str, tokens: list[str], rates: list[float], seconds: float, count: int):
+    stats = [Stats() for _ in tokens]
+    until = time.monotonic() + seconds
+    threads = [
+        threading.Thread(target=client_loop, args=(url, t, r, until, count, s))
+        for t, r, s in zip(tokens, rates, stats, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return stats
+
+
+def warm_up(url: str, tokens: list[str]) -> None:
+    """One submission per client first, so start-up costs (intake workers) stay out of p99."""
+    for t in tokens:
+        h = {"Authorization": f"Bearer {t}", "Content-Type": "application/fhir+json"}
+        httpx.post(url + "/fhir/Bundle", content=bundle_8k(0), headers=h, timeout=60)
+    time.sleep(1.0)  # let the buckets refill
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    """VmHWM of the server process (Linux /proc), the peak resident set size."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def start_server(data: Path, rate_limit: float, burst: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--rate-limit",
+            str(rate_limit),
+            "--burst",
+            str(burst),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/v1/log/key", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def new_token(data: Path, name: str) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli",
+            "clients",
+            "add",
+            "--data",
+            str(data),
+            "--name",
+            name,
+            "--role",
+            "hospital",
+            "--org",
+            "hospital-a",
+            "--json",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return str(json.loads(out.stdout)["token"])
+
+
+def report(label: str, stats: list[Stats]) -> dict[str, object]:
+    merged = Stats([x for s in stats for x in s.latencies])
+    for s in stats:
+        for k, v in s.status.items():
+            merged.status[k] = merged.status.get(k, 0) + v
+    out = {
+        "run": label,
+        "receipts": len(merged.latencies),
+        "p50_ms": round(merged.percentile(0.50), 1),
+        "p99_ms": round(merged.percentile(0.99), 1),
+        "answers": merged.status,
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--url", help="a running server (loopback only); default: start one")
+    ap.add_argument("--token", action="append", help="hospital credentials, one per client")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=5.0, help="submissions/s per client")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--count", type=int, default=1000, help="at most this many per client")
+    ap.add_argument("--rate-limit", type=float, default=20.0, help="server per-client limit")
+    ap.add_argument("--burst", type=int, default=20)
+    ap.add_argument("--noisy", action="store_true", help="add one client at 10x the limit")
+    a = ap.parse_args(argv)
+    seconds = min(a.seconds, MAX_SECONDS)
+    count = min(a.count, MAX_REQUESTS // max(1, a.clients))
+    proc = None
+    with tempfile.TemporaryDirectory(prefix="medledger-load-") as tmp:
+        if a.url:
+            host = httpx.URL(a.url).host
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise SystemExit("load is only sent to a loopback server")
+            url, tokens = a.url.rstrip("/"), list(a.token or [])
+            if len(tokens) < a.clients + a.noisy:
+                raise SystemExit(f"--url needs {a.clients + a.noisy} --token values")
+        else:
+            data = Path(tmp) / "data"
+            tokens = [new_token(data, f"load {i}") for i in range(a.clients + a.noisy)]
+            proc, url = start_server(data, a.rate_limit, a.burst)
+        try:
+            warm_up(url, tokens)
+            quiet = tokens[: a.clients]
+            base = report("steady", run_clients(url, quiet, [a.rate] * a.clients, seconds, count))
+            if a.noisy:
+                noisy_rate = 10 * a.rate_limit
+                stats = run_clients(
+                    url,
+                    [*quiet, tokens[a.clients]],
+                    [a.rate] * a.clients + [noisy_rate],
+                    seconds,
+                    count,
+                )
+                loaded = report("quiet clients beside a noisy one", stats[:-1])
+                report("the noisy client", stats[-1:])
+                print(
+                    json.dumps(
+                        {
+                            "quiet_p99_ms_alone": base["p99_ms"],
+                            "quiet_p99_ms_beside_noisy": loaded["p99_ms"],
+                        }
+                    )
+                )
+        finally:
+            if proc is not None:
+                rss = peak_rss_kb(proc.pid)
+                proc.terminate()
+                proc.wait(timeout=60)
+                print(json.dumps({"server_peak_rss_kb": rss}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
