@@ -165,7 +165,9 @@ def cli(data: Path, *args: str) -> str:
 
 
 def start_server(data: Path, port: int, workers: int | None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "exchange.cli", "serve", "--data", str(data), "--port", str(port)]
+    # No per-client rate limit: one client here stands for every engine of a hospital group.
+    cmd = [sys.executable, "-m", "exchange.cli", "serve", "--data", str(data), "--port", str(port),
+           "--rate-limit", "0"]
     if workers is not None:
         cmd += ["--intake-workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
