@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from exchange.intake import IntakeLimits
 from exchange.outcome import document_outcomes, install_handlers
+from exchange.query_params import refuse_unknown_query
 from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.routers import bundles, continuity, log, metadata, trace
 from exchange.routers import disclosures as disclosures_router
@@ -59,6 +60,7 @@ def create_app(
         version=SOFTWARE_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.services = services
     if rate_limit is not None:

@@ -149,3 +149,15 @@ def test_recall_over_10000_entries_matches_a_scan_within_100_ms(
         assert [h.index for h in hits] == expected
         assert expected, "every probe comes from a stored pack"
     assert slowest < 0.1, f"a recall took {slowest * 1000:.1f} ms"
+
+
+def test_an_unknown_query_parameter_is_refused_not_ignored(tmp_path: Path) -> None:
+    with open_api(tmp_path) as api:
+        hospital = api.credential()
+        # A misspelt `lot` would otherwise widen the recall to every lot of the product.
+        r = api.client.get("/v1/trace", params={"gtin": GTIN, "lott": "X"}, headers=hospital)
+        assert r.status_code == 400
+        issue = is_outcome(r)["issue"][0]
+        assert issue["expression"] == ["lott"] and "gtin, lot, serial" in issue["diagnostics"]
+        r = api.client.get("/v1/trace", params={"gtin": GTIN, "_format": "json"}, headers=hospital)
+        assert r.status_code == 200
