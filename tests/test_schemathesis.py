@@ -74,7 +74,14 @@ def test_generated_requests_conform(
             case=operation.as_strategy(schemathesis.GenerationMode.POSITIVE)
             | operation.as_strategy(schemathesis.GenerationMode.NEGATIVE)
         )
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+        # CI replays the same cases every run (a red build means a change broke something);
+        # the soak explores new ones.
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=not SOAK,
+        )
         def run(case: Any) -> None:
             nonlocal sent
             sent += 1
