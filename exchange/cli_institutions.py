@@ -20,7 +20,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exchange import db, institutions
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.services import open_log
 from exchange.settings import add_state_options, settings_from_args
 from ledger.errors import LedgerUnavailable
 from ledger.log import Log
@@ -48,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _log(args: argparse.Namespace) -> Log:
-    log = open_log(settings_from_args(args))
+    log = settings_from_args(args).open_log()
     db.create_schema(log.engine)
     institutions.create_tables(log.engine)
     return log

@@ -35,6 +35,8 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 async def refuse_unknown_query(request: Request) -> None:
     """App-wide dependency: 400 naming the unknown parameters and the ones the operation takes."""
+    if not request.query_params:
+        return  # most requests: nothing to look up
     unknown = sorted(set(request.query_params) - declared(request) - GENERAL)
     if unknown:
         known = ", ".join(sorted(declared(request))) or "none"

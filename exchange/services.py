@@ -34,9 +34,7 @@ from exchange.outcome import ApiError
 from exchange.settings import Settings
 from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
-from ledger.keys import load_or_create_signer, load_signer
 from ledger.log import Appended, Log, Submission
-from ledger.store import make_engine
 
 log = logging.getLogger("medledger.exchange")
 
@@ -194,24 +192,6 @@ class Services:
         self.engine.dispose()
 
 
-def open_log(settings: Settings) -> Log:
-    """The log of these settings, with its last checkpoint also kept beside its key.
-
-    That file (ledger.witness) makes the log refuse to append after the database was rolled
-    back or replaced.
-    """
-    if settings.db_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.key_file is not None:
-        signer = load_signer(settings.key_file, settings.origin)
-    else:
-        signer = load_or_create_signer(settings.signing_key_path, settings.origin)
-    witness = settings.signing_key_path.parent / "checkpoint"
-    return Log(
-        make_engine(settings.database_url), signer, origin=settings.origin, witness=witness
-    )
-
-
 def open_services(
     settings: Settings,
     *,
@@ -219,7 +199,7 @@ def open_services(
     intake_workers: int = 0,
     max_in_flight: int = 128,
 ) -> Services:
-    ledger_log = open_log(settings)
+    ledger_log = settings.open_log()
     db.create_schema(ledger_log.engine)
     institutions.create_tables(ledger_log.engine)
     limits = limits or IntakeLimits()

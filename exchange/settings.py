@@ -37,15 +37,23 @@ class Settings:
     def signing_key_path(self) -> Path:
         return self.key_file or self.data_dir / "log.key"
 
+    @property
+    def witness_path(self) -> Path:
+        """The log's last checkpoint, also kept beside its key (ledger.witness)."""
+        return self.signing_key_path.parent / "checkpoint"
+
     def open_log(self) -> Log:
-        """Opens (creating on first use) the log with its signing key."""
+        """Opens (creating on first use) the log with its signing key and its witness file,
+        which makes the log refuse to append after the database was rolled back or replaced."""
         if self.db_url is None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.key_file is not None:
             signer = load_signer(self.key_file, self.origin)
         else:
             signer = load_or_create_signer(self.signing_key_path, self.origin)
-        return Log(make_engine(self.database_url), signer, origin=self.origin)
+        return Log(
+            make_engine(self.database_url), signer, origin=self.origin, witness=self.witness_path
+        )
 
 
 def add_state_options(parser: argparse.ArgumentParser) -> None:
