@@ -23,10 +23,11 @@ resource.getrusage(RUSAGE_SELF).ru_maxrss, is its own; the parent imports only t
   (size1, size2) consistency queries, the same queries on both sides, through the public
   API (Log.inclusion_proof / Log.consistency_proof; SqliteTree.prove_inclusion(index + 1,
   size) / prove_consistency(size1, size2), pymerkle counting leaves from 1). Each kind runs
-  in its own fresh process, four times over the same queries: pass 1 starts with
-  pymerkle's subroot cache empty; passes 2-4 find every subroot they need cached
-  (pymerkle's best case) and are reported as "pass 2", the median of each statistic.
-  medledger has no such cache; it reads O(log n) stored hashes per proof.
+  in its own fresh process, four times over the same queries: pass 1 starts with both
+  caches empty (pymerkle's subroots, medledger's stored hashes, ledger/hash_cache.py);
+  passes 2-4 find every hash they need cached (each one's best case) and are reported as
+  "pass 2", the median of each statistic. A medledger proof is O(log n) stored hashes, read
+  in one query when any is not cached.
 - Agreement, untimed: both roots of all n leaves (and of 20 random prefixes) compared with
   each other and with medledger's signed checkpoint; 200 inclusion proofs compared hash by
   hash (pymerkle's path is the leaf hash followed by the RFC 6962 audit path); 200

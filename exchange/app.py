@@ -11,10 +11,14 @@ from exchange.intake import IntakeLimits
 from exchange.outcome import document_outcomes, install_handlers
 from exchange.query_params import refuse_unknown_query
 from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
+from exchange.routers import bulk_export as bulk_export_router
 from exchange.routers import bundles, continuity, log, metadata, trace
 from exchange.routers import disclosures as disclosures_router
 from exchange.routers import organization as organization_router
+from exchange.routers import quality as quality_router
+from exchange.routers import settlement as settlement_router
 from exchange.routers import smart as smart_router
+from exchange.routers import verification as verification_router
 from exchange.routers.metadata import SOFTWARE_VERSION
 from exchange.services import Services, open_services
 from exchange.settings import Settings
@@ -74,5 +78,9 @@ def create_app(
     app.include_router(continuity.router)
     app.include_router(smart_router.router)
     app.include_router(organization_router.router)
+    app.include_router(quality_router.router)
+    app.include_router(verification_router.router)
     app.include_router(disclosures_router.router)
+    app.include_router(settlement_router.router)
+    app.include_router(bulk_export_router.router)
     return app

@@ -25,6 +25,9 @@ COMMAND_MODULES = (
     "exchange.cli_adapt",
     "exchange.cli_recipients",
     "exchange.cli_institutions",
+    "exchange.cli_keys",
+    "exchange.cli_erase",
+    "exchange.cli_report",
 )
 
 

@@ -40,6 +40,7 @@ from ledger.audit import (
 )
 from ledger.audit_state import StateError, atomic_write, load_state, save_state
 from ledger.checkpoint import CheckpointError, parse_checkpoint
+from ledger.keyset import KeyRuleError, KeySet
 from ledger.merkle import leaf_hash
 from ledger.note import NoteError, Verifier
 from ledger.note import split as split_note
@@ -106,7 +107,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     p.add_argument("receipt", metavar="RECEIPT", help="a .tlog-proof file, or - for stdin")
-    _add_key(p)
+    _add_key(p, required=False)
+    p.add_argument(
+        "--keys",
+        type=Path,
+        metavar="FILE",
+        help="the log's keys with their lifetimes (JSON of GET /v1/log/keys): all are trusted "
+        "and a key retired before the checkpoint's size is rejected",
+    )
     p.add_argument("--bundle", type=Path, metavar="FILE", help="the submitted bytes")
     p.add_argument("--salt", metavar="B64", help="the salt returned with the receipt (base64)")
     p.add_argument("--explain", action="store_true", help="show the hash steps of the proof")
@@ -164,11 +172,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_verify_evidence)
 
 
-def _add_key(p: argparse.ArgumentParser) -> None:
+def _add_key(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--key",
         action="append",
-        required=True,
+        required=required,
         metavar="VKEY",
         help="the log's verifier key, as text or a file; repeat during a key rotation",
     )
@@ -243,6 +251,18 @@ def load_keys(values: list[str]) -> list[Verifier]:
     return keys
 
 
+def _load_keyset(path: Path) -> KeySet:
+    """A key set with lifetimes, as GET /v1/log/keys publishes it."""
+    try:
+        return KeySet.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _Failure(
+            EXIT_MALFORMED,
+            f"--keys {path}: {e}",
+            "save the log's key list with: curl -s $URL/v1/log/keys > keys.json",
+        ) from e
+
+
 def _read_input(name: str, what: str) -> bytes:
     try:
         return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
@@ -275,7 +295,12 @@ def _verify(args: argparse.Namespace) -> int:
             "--bundle and --salt go together",
             "pass both the submitted bytes (--bundle FILE) and the salt returned with them",
         )
-    keys = load_keys(args.key)
+    if not args.key and args.keys is None:
+        raise _Failure(EXIT_USAGE, "pass --key VKEY or --keys FILE", KEY_HINT)
+    keys = load_keys(args.key or [])
+    keyset = _load_keyset(args.keys) if args.keys is not None else None
+    if keyset is not None:
+        keys += keyset.verifiers()
     raw = _read_input(args.receipt, "receipt")
     try:
         text = raw.decode("utf-8")
@@ -298,7 +323,7 @@ def _verify(args: argparse.Namespace) -> int:
             index=r.index,
         )
     try:
-        v = verify_receipt(text, mine, cp.origin)
+        v = verify_receipt(text, mine, cp.origin, keyset)
     except MalformedInput as e:
         raise _Failure(
             EXIT_MALFORMED, str(e), "the receipt is incomplete: ask the log for a fresh one"
@@ -446,13 +471,17 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     keys = load_keys(args.key)
+    source = _open_source(args)
+    keyset = _log_keyset(source, keys)
+    if keyset is not None:
+        keys += [v for v in keyset.verifiers() if v not in keys]
     state = None
     if args.state is not None:
         try:
             state = load_state(args.state, keys)
         except StateError as e:
+            source.close()
             raise _Failure(EXIT_MALFORMED, str(e), e.hint) from e
-    source = _open_source(args)
     bar = sys.stderr.isatty() and not args.json and not args.quiet
     try:
         with _progress(bar) as progress:
@@ -463,6 +492,7 @@ def _audit(args: argparse.Namespace) -> int:
                 from_index=args.from_index,
                 check_stored=not args.no_stored_hashes,
                 progress=progress,
+                keyset=keyset,
             )
     except SourceUnavailable as e:
         raise _Failure(EXIT_UNAVAILABLE, str(e), e.hint) from e
@@ -504,6 +534,26 @@ def _audit(args: argparse.Namespace) -> int:
     else:
         _print_audit(result, out, args)
     return code
+
+
+def _log_keyset(source: Any, keys: list[Verifier]) -> KeySet | None:
+    """The key set of the log's own key entries (None if it never rotated), anchored in
+    --key: each key document is checked against its entry and its authorising keys."""
+    from exchange.keys_store import source_keyset
+
+    try:
+        return source_keyset(source, keys)
+    except SourceUnavailable as e:
+        source.close()
+        raise _Failure(EXIT_UNAVAILABLE, str(e), e.hint) from e
+    except KeyRuleError as e:
+        source.close()
+        raise _Failure(
+            EXIT_VERIFY_FAILED,
+            f"the log's key entries do not verify: {e}",
+            "check that --key is one of the log's keys (GET /v1/log/keys); if it is, report "
+            "the log's key entries to its operator",
+        ) from e
 
 
 def _audit_json(r: AuditResult) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from exchange.outcome import ApiError
 from exchange.ratelimit import RateLimit
 from exchange.settings import Settings, add_state_options, settings_from_args
 from exchange.smart import JwksError
+from exchange.vault import VaultError
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.store import durability_problems, make_engine
 
@@ -148,6 +149,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_MALFORMED)
     except SQLAlchemyError as e:
         return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
+    except VaultError as e:
+        return _fail(str(e), EXIT_MALFORMED)
     problems = durability_problems(services.engine)
     if problems and args.production:
         services.close()
@@ -181,6 +184,8 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
           flush=True)
     print(f"medledger: serving {base_url}/fhir (Ctrl-C to stop)", flush=True)
+    print(f"medledger: vault master key {services.vault.master.id}: keep a backup apart from "
+          "the database; without it no stored Bundle can be read", flush=True)  # fmt: skip
     server = uvicorn.Server(
         uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log)
     )

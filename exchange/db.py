@@ -1,7 +1,8 @@
 """The exchange's tables, beside the ledger's in the same database.
 
 `exchange_bundles` holds each submitted Bundle version byte for byte, with the salt of its
-ledger commitment; a row is written in the same transaction as its ledger entry
+ledger commitment, both sealed by the vault (exchange.vault: read them through bundle_by_id /
+bundle_by_index, which decrypt); a row is written in the same transaction as its ledger entry
 (ledger.log.Submission.write), so neither exists without the other. Bundle rows are
 append-only, like the ledger's. `exchange_clients` holds API clients with the SHA-256 of their
 bearer token, never the token. `exchange_secrets` holds per-log keys (the pseudonym key).
@@ -111,7 +112,7 @@ PSEUDONYM_KEY = "pseudonym-key"
 
 def create_schema(engine: Engine) -> None:
     """Creates the exchange tables and their append-only triggers (idempotent)."""
-    from exchange import access  # noqa: F401  (defines its tables on this metadata)
+    from exchange import access, vault  # noqa: F401  (define their tables on this metadata)
 
     # The ledger's schema first: on PostgreSQL it defines the trigger function used here.
     store.create_schema(engine)
@@ -170,13 +171,14 @@ def bundle_by_id(engine: Engine, bundle_id: str, version: int | None = None) -> 
         q = q.where(bundles_table.c.version == version)
     with engine.connect() as conn:
         row = conn.execute(q).first()
-    return None if row is None else _bundle_row(row)
+        return None if row is None else _bundle_row(conn, row)
 
 
 def bundle_by_index(conn: Connection, index: int, *, with_data: bool = False) -> BundleRow | None:
+    """A stored Bundle by its ledger index (decrypted; raises vault.Erased when erased)."""
     cols = (*_ROW_COLUMNS, bundles_table.c.data) if with_data else _ROW_COLUMNS
     row = conn.execute(select(*cols).where(bundles_table.c.idx == index)).first()
-    return None if row is None else _bundle_row(row)
+    return None if row is None else _bundle_row(conn, row)
 
 
 def bundle_id_of_version(
@@ -192,8 +194,19 @@ def bundle_id_of_version(
     ).scalar()
 
 
-def _bundle_row(row: object) -> BundleRow:
+def _bundle_row(conn: Connection, row: object) -> BundleRow:
+    # Salt and bytes are sealed in the vault (exchange.vault); this is where they are opened.
+    from exchange import vault
+
     m = row._mapping  # type: ignore[attr-defined]
+    opened = vault.of(conn.engine)
+    where = (m["id"], int(m["version"]), int(m["idx"]))
+    try:
+        salt = opened.open_part(conn, bytes(m["salt"]), "salt", *where)
+        data = opened.open_part(conn, bytes(m["data"]), "data", *where) if "data" in m else b""
+    except vault.Erased as e:
+        e.sender = m["sender"]  # so a reader can answer another org's as absent, not erased
+        raise
     return BundleRow(
         id=m["id"],
         version=int(m["version"]),
@@ -201,6 +214,6 @@ def _bundle_row(row: object) -> BundleRow:
         sender=m["sender"],
         kind=m["kind"],
         media=m["media"],
-        salt=bytes(m["salt"]),
-        data=bytes(m["data"]) if "data" in m else b"",
+        salt=salt,
+        data=data,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from exchange import institutions
+from exchange import crossborder, institutions
 from exchange.auth import Client, register_client
 from exchange.services import Services, Stored, SubmitRequest, check, submit_blocking
 
@@ -256,6 +256,9 @@ def seed(services: Services, files: Path) -> Demo:
         stored.append(submit_blocking(services, SubmitRequest(hospital, body, checked)))
         (files / f"{kind}-{n % 2 + 1}.json").write_bytes(body)
     (files / "try-me.json").write_bytes(try_me_bundle())
+    # The insurer is a domestic recipient: settlement pull needs its country on record.
+    crossborder.create_schema(engine)
+    crossborder.set_recipient(engine, crossborder.Recipient(INSURER_ORG, "CN", None))
     return Demo(clients, stored, files)
 
 
@@ -295,5 +298,9 @@ def instructions(demo: Demo, base_url: str, vkey: str) -> str:
         f"  curl -s {base_url}/v1/log/entries/{first.index}/receipt > entry.tlog-proof",
         "  medledger verify entry.tlog-proof --key log.vkey",
         f"  medledger audit --url {base_url} --key log.vkey",
+        "  # the insurer's settlement pull, under the patient's consent",
+        f"  curl -s -G {base_url}/fhir/Claim --data-urlencode "
+        f"'patient.identifier=https://boao-lecheng-intl.example/mrn|{_KIM['mrn']}' "
+        "-H \"Authorization: Bearer $INSURER_TOKEN\" -H 'X-Purpose-Of-Use: HPAYMT'",
     ]
     return "\n".join(lines) + "\n"

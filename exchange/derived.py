@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 
+from exchange import vault
 from exchange.db import bundles_table
 from ledger import store
 
@@ -37,6 +38,14 @@ state_table = Table(
     metadata,
     Column("name", String(32), primary_key=True),
     Column("last_index", BigInteger, nullable=False),  # -1: nothing read yet
+)
+
+# Every index's table, by name: an erasure (exchange.erasure) deletes the rows derived from
+# the erased Bundles from each, by their `idx` column.
+tables_table = Table(
+    "exchange_derived_tables",
+    metadata,
+    Column("name", String(64), primary_key=True),
 )
 
 CATCH_UP_BATCH = 500
@@ -52,7 +61,8 @@ class StoredBundle:
 
 @dataclass(frozen=True)
 class DerivedIndex:
-    """An index over the Bundles of some kinds: `rows_of` gives one Bundle's rows of `table`."""
+    """An index over the Bundles of some kinds: `rows_of` gives one Bundle's rows of `table`,
+    which has an `idx` column (the ledger index of the Bundle each row comes from)."""
 
     name: str
     kinds: tuple[str, ...]
@@ -68,6 +78,10 @@ def create_schema(engine: Engine, index: DerivedIndex) -> None:
         found = conn.execute(select(state_table.c.name).where(state_table.c.name == index.name))
         if found.first() is None:
             conn.execute(insert(state_table).values(name=index.name, last_index=-1))
+        name = index.table.name
+        known = conn.execute(select(tables_table.c.name).where(tables_table.c.name == name))
+        if known.first() is None:
+            conn.execute(insert(tables_table).values(name=name))
 
 
 def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -> int:
@@ -82,16 +96,21 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
         with engine.connect() as conn:
             last = _mark(conn, index.name)
             found = conn.execute(
-                select(t.c.idx, t.c.sender, t.c.id, t.c.data)
+                select(t.c.idx, t.c.sender, t.c.id, t.c.version, t.c.data)
                 .where(t.c.kind.in_(index.kinds), t.c.idx > last)
                 .order_by(t.c.idx)
                 .limit(batch)
             ).all()
+            # The bytes are sealed (exchange.vault); an erased Bundle has none left to index.
+            opened = vault.of(engine).open_many(
+                conn, [(bytes(r.data), r.id, int(r.version), int(r.idx)) for r in found]
+            )
         if not found:
             return read
         rows: list[dict[str, object]] = []
-        for idx, sender, bundle_id, data in found:
-            rows.extend(index.rows_of(StoredBundle(int(idx), sender, bundle_id, bytes(data))))
+        for (idx, sender, bundle_id, _, _), data in zip(found, opened, strict=True):
+            if data is not None:
+                rows.extend(index.rows_of(StoredBundle(int(idx), sender, bundle_id, data)))
         with store.write_transaction(engine) as conn:
             if _mark(conn, index.name, lock=True) != last:
                 continue  # another catch-up indexed these first: read again from its mark

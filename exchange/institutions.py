@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 
@@ -248,6 +250,8 @@ def append_attestation(log: Log, data: bytes) -> int:
             write=write,
         )
     )
+    global _changes
+    _changes += 1
     return appended.entry.index
 
 
@@ -420,7 +424,7 @@ def strict_mode() -> bool:
     return os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes")
 
 
-def admit_sender(engine: Engine, org: str | None, today: date) -> tuple[str, ...]:
+def admit_sender(record: Institution | None, org: str, today: date) -> tuple[str, ...]:
     """Refuse (403 OperationOutcome) a sender the registry bars; else the flags to report.
 
     Called before anything is appended, so a refusal leaves the log unchanged. The entry
@@ -428,12 +432,49 @@ def admit_sender(engine: Engine, org: str | None, today: date) -> tuple[str, ...
     """
     from exchange.outcome import ApiError  # the HTTP layer's error type; kept out of replay
 
-    if org is None:
-        return ()
-    verdict = check_sender(lookup(engine, org), today, strict=strict_mode())
+    verdict = check_sender(record, today, strict=strict_mode())
     if verdict.refused is not None:
         raise ApiError(403, "forbidden", f"sender {org}: {verdict.refused}")
     return tuple(f for f in verdict.flags if f != "unregistered")
+
+
+# Bumped by every registry change this process appends, so its own changes reach intake at
+# once; the counter is process-wide because the change and the cache meet only in the DB.
+_changes = 0
+
+
+class SenderCache:
+    """Registry records of senders, so intake does not read the registry on every submission.
+
+    A change appended by this process (append_attestation) takes effect on the next
+    submission; one appended by another process (the CLI beside a running server) within
+    `ttl` seconds, as a removed client does in exchange.auth.ClientCache.
+    """
+
+    def __init__(self, engine: Engine, ttl: float = 5.0, max_size: int = 10_000) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self.max_size = max_size
+        self._records: dict[str, tuple[Institution | None, float]] = {}
+        self._seen_changes = _changes
+
+    async def admit(self, org: str | None, today: date) -> tuple[str, ...]:
+        """admit_sender for `org` (a client without an org is not a sender the registry knows)."""
+        if org is None:
+            return ()
+        return admit_sender(await self.record(org), org, today)
+
+    async def record(self, org: str) -> Institution | None:
+        now = time.monotonic()
+        if self._seen_changes != _changes or len(self._records) >= self.max_size:
+            self._records.clear()
+            self._seen_changes = _changes
+        hit = self._records.get(org)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        record = await run_in_threadpool(lookup, self.engine, org)
+        self._records[org] = (record, now + self.ttl)
+        return record
 
 
 def register_demo_institution(log: Log, org: str, today: date) -> int:

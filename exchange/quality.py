@@ -131,3 +131,64 @@ def measure_report(
         "period": {"start": start.isoformat(), "end": end.isoformat()},
         "group": groups,
     }
+
+
+def indicator_reports(
+    org: str, start: date, end: date, facts: Iterable[EpisodeFacts], *, now: datetime
+) -> list[dict[str, object]]:
+    """One summary MeasureReport per indicator (the groups of `measure_report`, each on its
+    own, with `measure` naming the indicator), as a FHIR search answers MeasureReport."""
+    whole = measure_report(org, start, end, facts, now=now)
+    reports = []
+    for group in whole["group"]:  # type: ignore[attr-defined]
+        code = group["id"]
+        reports.append(
+            {
+                **{k: v for k, v in whole.items() if k != "group"},
+                "measure": f"{MEASURE_BASE}{code}",
+                "improvementNotation": {
+                    "coding": [{"system": IMPROVEMENT_NOTATION, "code": "increase"}]
+                },
+                "group": [group],
+            }
+        )
+    return reports
+
+
+MEASURE_BASE = "urn:medledger:measure:"
+IMPROVEMENT_NOTATION = "http://terminology.hl7.org/CodeSystem/measure-improvement-notation"
+
+
+class PeriodError(ValueError):
+    """A reporting period that is not a year, a month, a day or a range of days."""
+
+
+def parse_period(text: str) -> tuple[date, date]:
+    """`YYYY`, `YYYY-MM`, `YYYY-MM-DD` (the whole of it) or `START..END` (inclusive days)."""
+    if ".." in text:
+        first, _, last = text.partition("..")
+        start, end = parse_period(first)[0], parse_period(last)[1]
+    else:
+        start, end = _whole(text)
+    if end < start:
+        raise PeriodError(f"period {text!r} ends before it starts")
+    return start, end
+
+
+def _whole(text: str) -> tuple[date, date]:
+    from calendar import monthrange
+
+    parts = text.split("-")
+    try:
+        if len(parts) == 1 and len(text) == 4:
+            year = int(text)
+            return date(year, 1, 1), date(year, 12, 31)
+        if len(parts) == 2 and len(text) == 7:
+            year, month = int(parts[0]), int(parts[1])
+            return date(year, month, 1), date(year, month, monthrange(year, month)[1])
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return day, day
+    except ValueError:
+        pass
+    raise PeriodError(f"period {text!r} is not YYYY, YYYY-MM, YYYY-MM-DD or START..END")

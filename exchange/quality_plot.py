@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 from .quality import INDICATORS, EpisodeFacts, counts
@@ -36,5 +37,31 @@ def plot_indicator(rule_code: str, facts: Iterable[EpisodeFacts], path: Path) ->
     ax.set_title(INDICATORS[rule_code][0])
     ax.set_ylabel("numerator / denominator")
     fig.autofmt_xdate()
+    fig.savefig(path, format=path.suffix.lstrip(".").lower())
+    plt.close(fig)
+
+
+def plot_indicators(codes: Iterable[str], facts: Iterable[EpisodeFacts], path: Path) -> None:
+    """Write a PNG or SVG (by suffix) of several indicators' monthly scores, one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    facts = list(facts)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for code in codes:
+        points = monthly_scores(code, facts)
+        if points:
+            # Dates, not month labels: lines with different months share one time axis.
+            months = [datetime.strptime(m, "%Y-%m") for m, _ in points]
+            ax.plot(months, [s for _, s in points], marker="o", label=code)
+    ax.set_title("Quality indicators by month")
+    ax.set_ylabel("numerator / denominator")
+    ax.set_ylim(-0.05, 1.05)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.autofmt_xdate()
+    fig.tight_layout()
     fig.savefig(path, format=path.suffix.lstrip(".").lower())
     plt.close(fig)

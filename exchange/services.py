@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import logging
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, insert
 
-from exchange import db, institutions
+from exchange import db, institutions, vault
 from exchange.auth import Client, ClientCache
 from exchange.intake import IntakeError, IntakeLimits, Issue, check_bundle
 from exchange.outcome import ApiError
@@ -178,8 +177,10 @@ class Services:
     limits: IntakeLimits
     intake: IntakeRunner
     clients: ClientCache
-    pseudonym_key: bytes
+    pseudonym_key: bytes  # keys lookup tags (pseudonym()), never an entry's subject
     admission: Admission
+    vault: vault.Vault
+    senders: institutions.SenderCache
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -203,14 +204,18 @@ def open_services(
     db.create_schema(ledger_log.engine)
     institutions.create_tables(ledger_log.engine)
     limits = limits or IntakeLimits()
+    lookup_key = db.secret(ledger_log.engine, db.PSEUDONYM_KEY)
+    master = settings.vault_master_key(vault_is_empty=vault.is_empty(ledger_log.engine))
     return Services(
         settings=settings,
         log=ledger_log,
         limits=limits,
         intake=IntakeRunner(limits, intake_workers),
         clients=ClientCache(ledger_log.engine),
-        pseudonym_key=db.secret(ledger_log.engine, db.PSEUDONYM_KEY),
+        pseudonym_key=lookup_key,
         admission=Admission(max_in_flight),
+        vault=vault.attach(vault.Vault(ledger_log.engine, master, lookup_key)),
+        senders=institutions.SenderCache(ledger_log.engine),
     )
 
 
@@ -279,9 +284,13 @@ def identifier_dedupe_key(sender: str, identifier: tuple[str, str], version: int
 
 
 def pseudonym(key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
-    """The patient's keyed pseudonym: the same patient of the same org always gets the same."""
-    system, value = patient
-    return hmac.new(key, f"{sender}\x00{system}|{value}".encode(), hashlib.sha256).digest()
+    """The patient's lookup tag: the same patient of the same org always gets the same.
+
+    It finds the patient's row in the vault and in the derived patient index; the `subject`
+    on the log is the random pseudonym the vault keeps (Services.vault.subject_of), which an
+    erasure unlinks from the identifier for good (docs/privacy.md).
+    """
+    return vault.lookup_tag(key, sender, patient)
 
 
 # Built once: it runs inside the ledger's write lock, once per entry.
@@ -304,7 +313,13 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
             "Bundle.identifier",
         )
     salt = os.urandom(SALT_SIZE)
-    digest = hashlib.sha256(req.body).digest()
+    # The Bundle's data key: its patient's (which also gives the entry's subject), or, for a
+    # Bundle naming no patient, a key of its own made in the entry's transaction.
+    patient_key = (
+        services.vault.patient_key(sender, checked.patient) if checked.patient else None
+    )
+    digest_key = patient_key or services.vault.log_digest_key()
+    digest = vault.keyed_digest(digest_key.dek, req.body)
     pending = _Pending(str(uuid.uuid4()), salt)
     keys: list[str] = []
     if req.idempotency_key is not None:
@@ -313,9 +328,7 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
     if checked.identifier is not None:
         ih = ident_hash(checked.identifier)
         keys.append(identifier_dedupe_key(sender, checked.identifier, version))
-    subject = (
-        pseudonym(services.pseudonym_key, sender, checked.patient) if checked.patient else None
-    )
+    subject = patient_key.pseudonym if patient_key else None
 
     def write(conn: Connection, entry: Entry) -> None:
         if version > 1:
@@ -324,6 +337,14 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
             if found is None:
                 raise VersionNotFound(version - 1)
             pending.id = found
+        if patient_key is not None:
+            services.vault.check_live(conn, patient_key.key_id)
+            key = patient_key
+        else:
+            key = services.vault.new_bundle_key(conn, sender)
+        where = (pending.id, version, entry.index)
+        sealed_salt = vault.seal(key.dek, key.key_id, salt, vault.bundle_aad("salt", *where))
+        sealed_data = vault.seal(key.dek, key.key_id, req.body, vault.bundle_aad("data", *where))
         conn.execute(
             _INSERT_BUNDLE,
             {
@@ -334,13 +355,14 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
                 "client_id": req.client.client_id,
                 "kind": checked.kind,
                 "media": checked.media,
-                "salt": salt,
+                "salt": sealed_salt,
                 "digest": digest,
-                "data": req.body,
+                "data": sealed_data,
                 "subject": subject,
                 "ident_hash": ih,
-                "ident_system": checked.identifier[0] if checked.identifier else None,
-                "ident_value": checked.identifier[1] if checked.identifier else None,
+                # Bundle.identifier is kept only as ident_hash: its text may name the patient.
+                "ident_system": None,
+                "ident_value": None,
                 "idempotency_key": req.idempotency_key,
                 "received": entry.time,
             },
@@ -422,11 +444,23 @@ def _version(req: SubmitRequest) -> int:
 
 async def submit(services: Services, req: SubmitRequest) -> Stored:
     """Appends a checked Bundle to the log with its row; answers retries with the original."""
-    sub, pending = prepare(services, req)
-    try:
-        appended = await asyncio.wrap_future(services.log.submit(sub))
-    except LedgerError as e:
-        raise refusal(e, req) from e
+    org, patient = req.client.org, req.checked.patient
+    if req.client.role != "hospital":
+        org = None  # prepare refuses it: make no key for it
+    for attempt in (1, 2):
+        if org and patient and services.vault.cached_patient_key(org, patient) is None:
+            # The patient's key is read (or made) off the event loop; prepare finds it cached.
+            await run_in_threadpool(services.vault.patient_key, org, patient)
+        sub, pending = prepare(services, req)
+        try:
+            appended = await asyncio.wrap_future(services.log.submit(sub))
+            break
+        except vault.KeyGone as e:
+            # Erased by another process since it was cached (and now forgotten): once more.
+            if attempt == 2:
+                raise refusal(e, req) from e
+        except LedgerError as e:
+            raise refusal(e, req) from e
     if not appended.duplicate:
         return conclude(services, appended, pending, _version(req))
     return await run_in_threadpool(conclude, services, appended, pending, _version(req))
@@ -434,9 +468,14 @@ async def submit(services: Services, req: SubmitRequest) -> Stored:
 
 def submit_blocking(services: Services, req: SubmitRequest) -> Stored:
     """The same as :func:`submit`, for callers outside the event loop (seeding the demo)."""
-    sub, pending = prepare(services, req)
-    try:
-        appended = services.log.append(sub)
-    except LedgerError as e:
-        raise refusal(e, req) from e
+    for attempt in (1, 2):
+        sub, pending = prepare(services, req)
+        try:
+            appended = services.log.append(sub)
+            break
+        except vault.KeyGone as e:
+            if attempt == 2:
+                raise refusal(e, req) from e
+        except LedgerError as e:
+            raise refusal(e, req) from e
     return conclude(services, appended, pending, _version(req))

@@ -6,10 +6,15 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ledger.keys import load_or_create_signer, load_signer
+from exchange.keys_store import Keyring, KeyringError, open_keyring
+from ledger import store
 from ledger.log import Log
 from ledger.store import make_engine, sqlite_url
+
+if TYPE_CHECKING:
+    from exchange.vault import MasterKey
 
 DEFAULT_DATA_DIR = Path("medledger-data")
 DEFAULT_ORIGIN = "medledger.example/log"
@@ -38,6 +43,21 @@ class Settings:
         return self.key_file or self.data_dir / "log.key"
 
     @property
+    def vault_key_path(self) -> Path:
+        """The vault's master key (base64), beside the signing key (exchange.vault)."""
+        return self.signing_key_path.parent / "vault.key"
+
+    def vault_master_key(self, *, vault_is_empty: bool = False) -> MasterKey:
+        """MEDLEDGER_VAULT_KEY, else `vault_key_path`, created on first use (mode 0600). With
+        an explicit --key-file it is created only while the vault holds no key yet, so a
+        forgotten key file is never silently replaced. Losing it loses every stored Bundle:
+        back it up apart from the database (docs/privacy.md)."""
+        from exchange.vault import load_master_key
+
+        create = self.key_file is None or vault_is_empty
+        return load_master_key(self.vault_key_path, create=create)
+
+    @property
     def witness_path(self) -> Path:
         """The log's last checkpoint, also kept beside its key (ledger.witness)."""
         return self.signing_key_path.parent / "checkpoint"
@@ -45,15 +65,36 @@ class Settings:
     def open_log(self) -> Log:
         """Opens (creating on first use) the log with its signing key and its witness file,
         which makes the log refuse to append after the database was rolled back or replaced."""
+        return self.open_log_with_keys()[0]
+
+    def open_log_with_keys(self) -> tuple[Log, Keyring]:
+        """The log and its keyring: every checkpoint is signed by each key active at its size
+        (`log.key` and the keys added since, `keys/<key id>.key` beside it; docs/operations.md)."""
         if self.db_url is None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.key_file is not None:
-            signer = load_signer(self.key_file, self.origin)
-        else:
-            signer = load_or_create_signer(self.signing_key_path, self.origin)
-        return Log(
-            make_engine(self.database_url), signer, origin=self.origin, witness=self.witness_path
+        engine = make_engine(self.database_url)
+        store.create_schema(engine)
+        ring = open_keyring(
+            engine, self.origin, self.signing_key_path, create=self.key_file is None
         )
+        with engine.connect() as conn:
+            head = store.read_head(conn)
+            keys = ring.keyset(conn)
+        active = keys.active_at(0 if head is None else head[1])
+        held = [s for k in active if (s := ring.signer_for(k.verifier.key_id)) is not None]
+        if not held:
+            raise KeyringError(
+                f"none of the log's active keys is held in {ring.first_key} or {ring.keys_dir}"
+            )
+        log = Log(
+            engine,
+            held[0],
+            origin=self.origin,
+            witness=self.witness_path,
+            signers_at=ring.signers_at,
+            verifiers=keys.verifiers(),
+        )
+        return log, ring
 
 
 def add_state_options(parser: argparse.ArgumentParser) -> None:

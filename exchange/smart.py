@@ -94,7 +94,16 @@ _SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]{1,5})")
 
 # What each role may be granted: resource type (or "*") -> permissions.
 ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
-    "hospital": {"Bundle": "cru"},
+    "hospital": {
+        "Bundle": "cru",
+        # its own settlement resources, searched (exchange/routers/settlement.py)
+        "Claim": "rs",
+        "ClaimResponse": "rs",
+        "Coverage": "rs",
+        "ExplanationOfBenefit": "rs",
+        "Invoice": "rs",
+        "DocumentReference": "rs",
+    },
     "insurer": {
         "Bundle": "rs",
         "Claim": "rs",
@@ -103,6 +112,8 @@ ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
         "Consent": "rs",
         "Patient": "rs",
         "ExplanationOfBenefit": "rs",
+        "Invoice": "rs",
+        "DocumentReference": "rs",
     },
     "auditor": {"AuditEvent": "rs", "Consent": "rs"},
     "admin": {"*": "rs"},

@@ -31,6 +31,7 @@ from . import merkle
 from .audit_state import AuditState, StateError
 from .checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from .entry import EntryError, format_time, parse_entry
+from .keyset import KeyRuleError, KeySet
 from .merkle import Hash, ProofError, fold_frontier, leaf_hash, node_hash, stored_hash_index
 from .note import NoteError, Verifier, open_note
 from .verify import MalformedInput, VerificationError
@@ -97,6 +98,9 @@ _HINTS = {
     "is, the checkpoint the source hands out is damaged or forged: report it to the operator",
     "proof": "the server's proofs are wrong although its entries verify: its operator should run "
     "`medledger audit --db` on its database and rebuild the stored hashes",
+    "key-rule": "that checkpoint's signatures contradict the log's own key entries (a retired "
+    "key signed it, or an active key did not): if the log's operator did not sign it, a key is "
+    "compromised; report it to the operator with the checkpoint",
     "unstable-source": "the source answered two reads of the same entries differently: retry; "
     "if it persists, report the server to its operator",
 }
@@ -1202,8 +1206,12 @@ def audit(
     check_stored: bool = True,
     progress: Callable[[int, int], None] | None = None,
     evidence_entries_max: int = 10_000,
+    keyset: KeySet | None = None,
 ) -> AuditResult:
     """Audits a whole log, or what it appended since `state`; see the module docstring.
+
+    With `keyset` (derived from the log's own key entries) every checkpoint must also keep
+    the key lifetime rule (check_key_lifetimes).
 
     Raises SourceUnavailable when the source cannot be read, StateError when `state` is of
     another log, and AuditUsageError for an impossible `from_index`; everything the log's
@@ -1322,6 +1330,11 @@ def audit(
                 "proof",
             )
             return done(result, stream)
+    if keyset is not None:
+        err = check_key_lifetimes(source, keyset, state.size if state else 0, note, latest)
+        if err is not None:
+            result.status, result.error = "failed", err
+            return done(result, stream)
     result.state = AuditState(
         latest.origin,
         latest.size,
@@ -1333,6 +1346,28 @@ def audit(
         saved=_now(),
     )
     return done(result, stream)
+
+
+def check_key_lifetimes(
+    source: LogSource, keyset: KeySet, first: int, note: str, latest: Checkpoint
+) -> AuditError | None:
+    """The first checkpoint of size >= `first` that breaks the key lifetime rule of
+    ledger/keyset.py (every key active at its size signed it, no retired key did): among the
+    stored checkpoints when the source keeps them, and the latest one."""
+    notes = list(source.checkpoints(first, latest.size) or ())
+    if not notes or notes[-1][0] != latest.size:
+        notes.append((latest.size, note))
+    for size, n in notes:
+        try:
+            keyset.open_checkpoint(n)
+        except KeyRuleError as e:
+            return AuditError(
+                f"the checkpoint of size {size} breaks the key rotation rule: {e}",
+                max(size - 1, 0),
+                "key-rule",
+                checkpoint=size,
+            )
+    return None
 
 
 def _start_from(

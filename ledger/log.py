@@ -25,13 +25,15 @@ from .checkpoint import format_checkpoint, parse_checkpoint
 from .entry import Entry, format_time, parse_entry
 from .errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
 from .faults import fault_point
-from .note import NoteError, Signer, open_note, sign
+from .hash_cache import HashCache
+from .note import NoteError, Signer, Verifier, open_note, sign
 from .note import split as split_note
 from .receipt import Receipt, format_receipt
 from .witness import read_witness, write_witness
 
 Clock = Callable[[], datetime]
 RowWriter = Callable[[Connection, Entry], None]
+SignersAt = Callable[[Connection, int], Sequence[Signer]]
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,16 @@ class Log:
         clock: Clock = _system_clock,
         max_batch: int = 1024,
         witness: Path | None = None,
+        signers_at: SignersAt | None = None,
+        verifiers: Sequence[Verifier] = (),
     ) -> None:
         """Opens the log, creating its tables and first (empty) checkpoint if needed.
+
+        Key rotation (ledger/keyset.py): `signers_at(conn, size)` names every key that signs
+        the checkpoint of `size`, read inside the batch's transaction; without it `signer`
+        signs alone. `signer` stays the primary key (the first active one), `signers` the
+        keys of the latest checkpoint, and `verifiers` (the log's other public keys) are
+        trusted when a stored checkpoint is reopened.
 
         `witness` is a file outside the database where every signed checkpoint is also
         kept; when the store is behind it or contradicts it, the log opens read-only and
@@ -94,6 +104,9 @@ class Log:
         """
         self.engine = engine
         self.signer = signer
+        self.signers: list[Signer] = [signer]
+        self._signers_at = signers_at
+        self._trusted = [signer.verifier, *verifiers]
         self.origin = origin or signer.name
         self.clock = clock
         self.max_batch = max_batch
@@ -104,6 +117,8 @@ class Log:
         self._witness_lock = threading.Lock()
         self._witness_size = -1
         self.read_only_reason: str | None = None
+        self._hash_cache = HashCache()
+        self._known_size = 0  # a size the log has reached; it only grows
         store.create_schema(engine)
         self._init_head()
         if witness is not None:
@@ -129,13 +144,20 @@ class Log:
                 f"this database holds the log {origin!r}, not {self.origin!r}; "
                 "open it with its own origin or use another database"
             )
-        cp = parse_checkpoint(open_note(note, [self.signer.verifier]).text)
+        cp = parse_checkpoint(open_note(note, self._trusted).text)
         if cp.size != size:
             raise LogStateError(f"head size {size} differs from its checkpoint size {cp.size}")
 
-    def _sign_checkpoint(self, size: int, root: bytes) -> str:
+    def _sign_checkpoint(self, size: int, root: bytes, conn: Connection | None = None) -> str:
         fault_point("during-sign")
-        return sign(format_checkpoint(self.origin, size, root), [self.signer])
+        signers = [self.signer]
+        if self._signers_at is not None and conn is not None:
+            signers = list(self._signers_at(conn, size))
+            if not signers:
+                raise LogStateError(f"no signing key is active for the checkpoint of size {size}")
+        note = sign(format_checkpoint(self.origin, size, root), signers)
+        self.signers, self.signer = signers, signers[0]
+        return note
 
     def _advance_witness(self, note: str) -> None:
         # Batches may finish out of order across threads: never move the witness back.
@@ -154,7 +176,7 @@ class Log:
             self._witness_size = parse_checkpoint(split_note(current)[0]).size
             return None
         try:
-            cp = parse_checkpoint(open_note(note, [self.signer.verifier]).text)
+            cp = parse_checkpoint(open_note(note, self._trusted).text)
         except (NoteError, ValueError) as e:
             return f"the checkpoint file {path} cannot be read ({e}); restore it or remove it"
         size = self.size()
@@ -327,7 +349,7 @@ class Log:
         if size == size0:
             note = head[2]
         else:
-            note = self._sign_checkpoint(size, merkle.fold_frontier(frontier))
+            note = self._sign_checkpoint(size, merkle.fold_frontier(frontier), conn)
             conn.execute(insert(store.checkpoints_table).values(size=size, note=note))
             conn.execute(
                 update(store.head_table)
@@ -389,8 +411,10 @@ class Log:
                     i = item.entry.index
                     paths[i] = merkle.inclusion_proof_indexes(i, size)
         wanted = {i for ix in paths.values() for i in ix}
+        # Hashes from before this batch are committed, so they may go through the cache.
         old = sorted(wanted - fresh.keys())
-        known = {**fresh, **dict(zip(old, store.read_hashes(conn, old), strict=True))}
+        old_hashes = self._hash_cache.read(old, lambda ix: store.read_hashes(conn, ix))
+        known = {**fresh, **dict(zip(old, old_hashes, strict=True))}
         results: list[Appended | LedgerError] = []
         for item in outcome:
             if isinstance(item, LedgerError):
@@ -434,20 +458,38 @@ class Log:
             return store.read_entries(conn, start, end)
 
     def root(self, size: int) -> bytes:
-        with self.engine.connect() as conn:
-            return merkle.tree_hash(size, lambda ix: store.read_hashes(conn, ix))
+        self._check_size(size)
+        return merkle.tree_hash(size, self._read_hashes)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        # Size check and hashes in one read transaction: one connection checkout, and the
-        # hashes read are those of the tree whose size was checked.
-        with self.engine.connect() as conn, conn.begin():
-            _check_size(conn, size)
-            return merkle.inclusion_proof(index, size, lambda ix: store.read_hashes(conn, ix))
+        self._check_size(size)
+        return merkle.inclusion_proof(index, size, self._read_hashes)
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        with self.engine.connect() as conn, conn.begin():
-            _check_size(conn, size2)
-            return merkle.consistency_proof(size1, size2, lambda ix: store.read_hashes(conn, ix))
+        self._check_size(size2)
+        return merkle.consistency_proof(size1, size2, self._read_hashes)
+
+    def _check_size(self, size: int) -> None:
+        """Refuse a tree larger than the log; the head is read only when `size` is beyond
+        the largest size seen, because a log never shrinks while it is open."""
+        if size <= self._known_size:
+            return
+        with self.engine.connect() as conn:
+            head = store.read_head(conn)
+        self._known_size = max(self._known_size, 0 if head is None else head[1])
+        if size > self._known_size:
+            raise merkle.ProofError(f"the log has fewer than {size} entries")
+
+    def _read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        """Stored hashes of the committed tree, through the cache (a connection only for
+        those it lacks): stored hashes never change, so no transaction needs to span the
+        size check and the reads."""
+
+        def read_missing(missing: list[int]) -> list[bytes]:
+            with self.engine.connect() as conn:
+                return store.read_hashes(conn, missing)
+
+        return self._hash_cache.read(indexes, read_missing)
 
     def receipt(self, index: int) -> str:
         """A receipt for entry `index` against the latest checkpoint."""
@@ -457,7 +499,7 @@ class Log:
                 raise merkle.ProofError(f"no entry {index} in the log")
             size, note = head[1], head[2]
             data = store.read_entries(conn, index, index + 1)[0]
-            proof = merkle.inclusion_proof(index, size, lambda ix: store.read_hashes(conn, ix))
+        proof = merkle.inclusion_proof(index, size, self._read_hashes)
         return format_receipt(Receipt(index, tuple(proof), note, data))
 
     def original_receipt(self, index: int) -> Appended:
@@ -469,12 +511,6 @@ class Log:
         """Every checkpoint the log signed from `start_size` on, oldest first."""
         with self.engine.connect() as conn:
             return store.read_checkpoints(conn, start_size)
-
-
-def _check_size(conn: Connection, size: int) -> None:
-    head = store.read_head(conn)
-    if size > (0 if head is None else head[1]):
-        raise merkle.ProofError(f"the log has fewer than {size} entries")
 
 
 def read_frontier_and_last_leaf(conn: Connection, size: int) -> tuple[list[bytes], bytes]:

@@ -42,11 +42,6 @@ def node_hash(left: Hash, right: Hash) -> Hash:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _split_point(n: int) -> int:
-    """The largest power of two strictly less than n (the k of RFC 6962 section 2.1), n > 1."""
-    return 1 << ((n - 1).bit_length() - 1)
-
-
 # --- stored-hash layout ------------------------------------------------------------------
 
 
@@ -141,14 +136,14 @@ def _subtree_indexes(lo: int, hi: int, need: list[int]) -> None:
         lo += k
 
 
-def _subtree_hash(lo: int, hi: int, hashes: list[Hash]) -> Hash:
-    """Consume from `hashes` what _subtree_indexes(lo, hi) asked for and fold it."""
+def _subtree_hash(lo: int, hi: int, take: Callable[[], Hash]) -> Hash:
+    """Fold the hashes _subtree_indexes(lo, hi) asked for, taking them in order from `take`."""
     parts = []
     while lo < hi:
         k = 1 << ((hi - lo).bit_length() - 1)
         while lo & (k - 1):
             k >>= 1
-        parts.append(hashes.pop(0))
+        parts.append(take())
         lo += k
     return fold_frontier(parts)
 
@@ -164,46 +159,61 @@ def tree_hash(n: int, read: HashReader) -> Hash:
     """The root of the first n leaves (RFC 6962 MTH), from O(log n) stored hashes."""
     if n == 0:
         return empty_root()
-    hashes = list(read(tree_hash_indexes(n)))
-    return _subtree_hash(0, n, hashes)
+    return _subtree_hash(0, n, iter(read(tree_hash_indexes(n))).__next__)
 
 
-def _inclusion_indexes(lo: int, hi: int, m: int, need: list[int]) -> None:
-    if lo + 1 == hi:
-        return
-    k = _split_point(hi - lo)
-    if m < lo + k:
-        _inclusion_indexes(lo, lo + k, m, need)
-        _subtree_indexes(lo + k, hi, need)
-    else:
-        _subtree_indexes(lo, lo + k, need)
-        _inclusion_indexes(lo + k, hi, m, need)
+def _path_indexes(index: int, level: int, size: int, need: list[int]) -> tuple[int, int]:
+    """Append the stored indexes of the audit path of the complete subtree (level, index) in
+    the tree of `size` leaves, from its sibling up to the root's child.
+
+    RFC 6962 section 2.1 splits a tree at the largest power of two below its size, so every
+    subtree in it is aligned: the path is, level by level, the sibling of the subtree holding
+    the target, cut off at `size` and left out where it would start at or beyond `size`.
+    At most one sibling is cut off; it is the fold of several stored hashes. Returns its
+    position in the path and how many stored hashes it takes, or (-1, 0).
+    """
+    cut = (-1, 0)
+    position = 0
+    while (1 << level) < size:
+        sibling = index ^ 1
+        lo = sibling << level
+        if lo < size:
+            if lo + (1 << level) <= size:
+                need.append(stored_hash_index(level, sibling))
+            else:
+                before = len(need)
+                _subtree_indexes(lo, size, need)
+                cut = (position, len(need) - before)
+            position += 1
+        index >>= 1
+        level += 1
+    return cut
 
 
-def _inclusion_build(lo: int, hi: int, m: int, hashes: list[Hash]) -> list[Hash]:
-    if lo + 1 == hi:
-        return []
-    k = _split_point(hi - lo)
-    if m < lo + k:
-        path = _inclusion_build(lo, lo + k, m, hashes)
-        return path + [_subtree_hash(lo + k, hi, hashes)]
-    sibling = _subtree_hash(lo, lo + k, hashes)
-    return _inclusion_build(lo + k, hi, m, hashes) + [sibling]
+def _fold_cut(hashes: Sequence[Hash], cut: tuple[int, int]) -> list[Hash]:
+    """The proof from its stored hashes: the cut-off sibling's pieces folded into one."""
+    at, count = cut
+    if count == 0:
+        return list(hashes)
+    return [*hashes[:at], fold_frontier(hashes[at : at + count]), *hashes[at + count :]]
+
+
+def _inclusion_plan(index: int, size: int) -> tuple[list[int], tuple[int, int]]:
+    if not 0 <= index < size:
+        raise ProofError(f"index {index} is not in a tree of size {size}")
+    need: list[int] = []
+    return need, _path_indexes(index, 0, size, need)
 
 
 def inclusion_proof_indexes(index: int, size: int) -> list[int]:
     """Stored indexes needed for the audit path of leaf `index` in a tree of `size` leaves."""
-    if not 0 <= index < size:
-        raise ProofError(f"index {index} is not in a tree of size {size}")
-    need: list[int] = []
-    _inclusion_indexes(0, size, index, need)
-    return need
+    return _inclusion_plan(index, size)[0]
 
 
 def inclusion_proof(index: int, size: int, read: HashReader) -> list[Hash]:
     """RFC 6962 section 2.1.1 PATH(index, D[0:size]): leaf's sibling first, root's child last."""
-    hashes = list(read(inclusion_proof_indexes(index, size)))
-    return _inclusion_build(0, size, index, hashes)
+    need, cut = _inclusion_plan(index, size)
+    return _fold_cut(read(need), cut)
 
 
 def inclusion_proof_from(index: int, size: int, hashes: Sequence[Hash]) -> list[Hash]:
@@ -211,47 +221,39 @@ def inclusion_proof_from(index: int, size: int, hashes: Sequence[Hash]) -> list[
 
     For callers that computed the indexes already (one read for a whole batch's receipts).
     """
-    return _inclusion_build(0, size, index, list(hashes))
+    return _fold_cut(hashes, _inclusion_plan(index, size)[1])
 
 
-def _consistency_indexes(lo: int, hi: int, m: int, need: list[int]) -> None:
-    if m == hi:
-        if lo != 0:
-            _subtree_indexes(lo, hi, need)
-        return
-    k = _split_point(hi - lo)
-    if m <= lo + k:
-        _consistency_indexes(lo, lo + k, m, need)
-        _subtree_indexes(lo + k, hi, need)
-    else:
-        _subtree_indexes(lo, lo + k, need)
-        _consistency_indexes(lo + k, hi, m, need)
+def _consistency_plan(size1: int, size2: int) -> tuple[list[int], tuple[int, int]]:
+    """PROOF(size1, D[0:size2]) of RFC 6962 section 2.1.2, as stored indexes.
 
-
-def _consistency_build(lo: int, hi: int, m: int, hashes: list[Hash]) -> list[Hash]:
-    if m == hi:
-        return [] if lo == 0 else [_subtree_hash(lo, hi, hashes)]
-    k = _split_point(hi - lo)
-    if m <= lo + k:
-        proof = _consistency_build(lo, lo + k, m, hashes)
-        return proof + [_subtree_hash(lo + k, hi, hashes)]
-    left = _subtree_hash(lo, lo + k, hashes)
-    return _consistency_build(lo + k, hi, m, hashes) + [left]
+    The proof is the largest complete subtree ending at size1 — left out when it is the whole
+    old tree, whose root the verifier already has — followed by that subtree's audit path in
+    the new tree: the decomposition RFC 9162 section 2.1.4.2 verifies against.
+    """
+    if not 0 < size1 <= size2:
+        raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+    need: list[int] = []
+    if size1 == size2:
+        return need, (-1, 0)
+    level = (size1 & -size1).bit_length() - 1
+    index = (size1 - 1) >> level
+    if index == 0:
+        return need, _path_indexes(index, level, size2, need)
+    need.append(stored_hash_index(level, index))
+    at, count = _path_indexes(index, level, size2, need)
+    return need, (at + 1 if count else at, count)
 
 
 def consistency_proof_indexes(size1: int, size2: int) -> list[int]:
     """Stored indexes needed for the consistency proof between sizes 0 < size1 <= size2."""
-    if not 0 < size1 <= size2:
-        raise ProofError(f"no consistency proof from size {size1} to size {size2}")
-    need: list[int] = []
-    _consistency_indexes(0, size2, size1, need)
-    return need
+    return _consistency_plan(size1, size2)[0]
 
 
 def consistency_proof(size1: int, size2: int, read: HashReader) -> list[Hash]:
     """RFC 6962 section 2.1.2 PROOF(size1, D[0:size2])."""
-    hashes = list(read(consistency_proof_indexes(size1, size2)))
-    return _consistency_build(0, size2, size1, hashes)
+    need, cut = _consistency_plan(size1, size2)
+    return _fold_cut(read(need), cut)
 
 
 # --- verification (RFC 9162 section 2.1.3.2 and 2.1.4.2) ---------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from . import merkle
 from .checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from .entry import Entry, EntryError, commitment, parse_entry
+from .keyset import KeyRuleError, KeySet
 from .note import NoteError, Verifier, open_note
 from .receipt import ReceiptError, parse_receipt
 
@@ -41,14 +42,26 @@ class VerifiedReceipt:
 
 
 def verify_checkpoint(
-    note: str, verifiers: Iterable[Verifier], origin: str | None = None
+    note: str,
+    verifiers: Iterable[Verifier],
+    origin: str | None = None,
+    keyset: KeySet | None = None,
 ) -> Checkpoint:
-    """Opens a signed checkpoint; the origin must be the expected one (or the key's name)."""
+    """Opens a signed checkpoint; the origin must be the expected one (or the key's name).
+
+    With the log's `keyset` (GET /v1/log/keys) its keys are trusted too and the key lifetime
+    rule applies: every key active at the checkpoint's size signed, none retired before it
+    did (ledger/keyset.py).
+    """
     verifiers = list(verifiers)
+    if keyset is not None:
+        verifiers += keyset.verifiers()
     try:
         opened = open_note(note, verifiers)
         cp = parse_checkpoint(opened.text)
-    except (NoteError, CheckpointError) as e:
+        if keyset is not None:
+            keyset.check_signatures(cp.size, opened.verified)
+    except (NoteError, CheckpointError, KeyRuleError) as e:
         raise VerificationError(f"checkpoint: {e}") from e
     want = origin if origin is not None else verifiers[0].name if len(verifiers) == 1 else None
     if want is not None and cp.origin != want:
@@ -57,7 +70,10 @@ def verify_checkpoint(
 
 
 def verify_receipt(
-    text: str, verifiers: Iterable[Verifier], origin: str | None = None
+    text: str,
+    verifiers: Iterable[Verifier],
+    origin: str | None = None,
+    keyset: KeySet | None = None,
 ) -> VerifiedReceipt:
     """Checks a tlog-proof receipt: signature, entry format, inclusion at (index, size, root)."""
     try:
@@ -66,7 +82,7 @@ def verify_receipt(
         raise MalformedInput(f"receipt: {e}") from e
     if r.extra is None:
         raise MalformedInput("receipt carries no entry (extra line)")
-    cp = verify_checkpoint(r.checkpoint, verifiers, origin)
+    cp = verify_checkpoint(r.checkpoint, verifiers, origin, keyset)
     try:
         entry = parse_entry(r.extra)
     except EntryError as e:

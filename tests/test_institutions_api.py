@@ -82,3 +82,69 @@ def test_unregistered_sender_strict_vs_default(tmp_path: Path, monkeypatch) -> N
         refused = api.post(observation_bundle(), headers)
         assert refused.status_code == 403
         assert "no institution registry record" in is_outcome(refused)["issue"][0]["diagnostics"]
+
+
+def test_sender_check_reads_the_registry_once_and_sees_another_process_within_ttl(
+    tmp_path: Path,
+) -> None:
+    """Intake keeps sender records for a few seconds; a blacklisting by the CLI in another
+    process reaches a running service within that time, and its own changes at once."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from dataclasses import replace
+    from datetime import date, timedelta
+
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+    from sqlalchemy import event
+
+    from tests.api_helpers import HOSPITAL_ORG, observation_bundle
+
+    live = replace(BASE, org=HOSPITAL_ORG, licence_valid_to=date.today() + timedelta(days=30))
+    data = tmp_path / "data"
+    with open_api(data) as api:
+        key = Ed25519PrivateKey.generate()
+        inst.register_admin_key(api.services.engine, "admin-1", key.public_key())
+        inst.append_attestation(api.services.log, inst.sign_attestation(live, "admin-1", key))
+        api.services.senders.ttl = 1.0
+        reads = {"n": 0}
+
+        def count(_conn, _cursor, statement, *_rest) -> None:
+            reads["n"] += statement.startswith("SELECT institutions.record")
+
+        event.listen(api.services.engine, "before_cursor_execute", count)
+        headers = api.credential()
+        for _ in range(5):
+            assert api.post(observation_bundle(), headers).status_code == 201
+        assert reads["n"] == 1
+
+        pem = tmp_path / "admin.pem"
+        pem.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        record = tmp_path / "rec.json"
+        barred = replace(live, blacklisted=True, blacklist_reason="forged invoices")
+        record.write_text(json.dumps(barred.to_json()))
+        args = ["institutions", "set", "--record", str(record), "--admin", "admin-1"]
+        cli = subprocess.run(
+            [sys.executable, "-m", "exchange.cli", *args, "--key", str(pem), "--data", str(data)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
+        deadline = time.monotonic() + api.services.senders.ttl
+        while time.monotonic() < deadline + 0.5:
+            refused = api.post(observation_bundle(), headers)
+            if refused.status_code == 403:
+                break
+            assert refused.status_code == 201
+            time.sleep(0.1)
+        assert refused.status_code == 403
+        assert time.monotonic() < deadline + 0.5, "the change took longer than the ttl"
+        assert "forged invoices" in is_outcome(refused)["issue"][0]["diagnostics"]

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from exchange import institutions
@@ -23,6 +22,7 @@ from exchange.db import BundleRow, bundle_by_id
 from exchange.intake import IntakeError, Issue, check_media_type
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
 from exchange.services import Services, Stored, SubmitRequest, get_services, submit
+from exchange.vault import Erased
 
 router = APIRouter(prefix="/fhir", tags=["Bundle"])
 
@@ -115,9 +115,7 @@ async def create_bundle(
     check_media_type(content_type)
     base_version = _parse_if_match(if_match)
     # The registry may bar this sender (expired licence, blacklist) before anything is stored.
-    flags = await run_in_threadpool(
-        institutions.admit_sender, services.engine, client.org, datetime.now(UTC).date()
-    )
+    flags = await services.senders.admit(client.org, datetime.now(UTC).date())
     with services.admission.enter():
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
@@ -139,7 +137,7 @@ async def create_bundle(
             "description": "the submitted bytes",
             "headers": _READ_HEADERS,
         },
-        **error_responses(400, 401, 403, 404),
+        **error_responses(400, 401, 403, 404, 410),
     },
 )
 def read_bundle(
@@ -148,7 +146,7 @@ def read_bundle(
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
     require_scope(client, "Bundle", "read")
-    return _stored_bytes(_visible(bundle_by_id(services.engine, bundle_id), client, bundle_id))
+    return _stored_bytes(read_visible(services, client, bundle_id, None, bundle_id))
 
 
 @router.get(
@@ -161,7 +159,7 @@ def read_bundle(
             "description": "the submitted bytes",
             "headers": _READ_HEADERS,
         },
-        **error_responses(400, 401, 403, 404),
+        **error_responses(400, 401, 403, 404, 410),
     },
 )
 def read_bundle_version(
@@ -171,8 +169,8 @@ def read_bundle_version(
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
     require_scope(client, "Bundle", "read")
-    row = bundle_by_id(services.engine, bundle_id, version)
-    return _stored_bytes(_visible(row, client, f"{bundle_id}/_history/{version}"))
+    what = f"{bundle_id}/_history/{version}"
+    return _stored_bytes(read_visible(services, client, bundle_id, version, what))
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -246,6 +244,19 @@ def _answer(stored: Stored, body: bytes, media: str, preference: str) -> Respons
         salt=base64.b64encode(stored.salt).decode(),
     )
     return FhirJSONResponse(result.model_dump(), status, headers)
+
+
+def read_visible(
+    services: Services, client: Client, bundle_id: str, version: int | None, what: str
+) -> BundleRow:
+    """A Bundle the client may read; 410 if it was erased (exchange.vault.Erased)."""
+    try:
+        row = bundle_by_id(services.engine, bundle_id, version)
+    except Erased as e:
+        if client.role != "admin" and e.sender != client.org:
+            raise ApiError(404, "not-found", f"no Bundle {what} visible to this client") from None
+        raise
+    return _visible(row, client, what)
 
 
 def _visible(row: BundleRow | None, client: Client, what: str) -> BundleRow:

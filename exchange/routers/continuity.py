@@ -30,6 +30,7 @@ from exchange.db import bundle_by_id, bundles_table
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
 from exchange.patients import bundles_about, patient_index
+from exchange.routers.bundles import read_visible
 from exchange.services import Services, get_services
 
 router = APIRouter(prefix="/fhir", tags=["continuity"])
@@ -165,9 +166,7 @@ async def bundle_hl7v2(
     message: Annotated[Message, Query(description="the message to build")] = "ORU_R01",
     purpose_of_use: PurposeHeader = None,
 ) -> Response:
-    row = await run_in_threadpool(bundle_by_id, services.engine, bundle_id)
-    if row is None or (client.role != "admin" and row.sender != client.org):
-        raise ApiError(404, "not-found", f"no Bundle {bundle_id} visible to this client")
+    row = await run_in_threadpool(read_visible, services, client, bundle_id, None, bundle_id)
     control_id = uuid.uuid4().hex[:20]
     try:
         text = await run_in_threadpool(

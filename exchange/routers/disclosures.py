@@ -59,7 +59,18 @@ async def patient_disclosures(
     assert client.org is not None  # a hospital client always has its org
     # The pseudonym is keyed by the submitting hospital: another hospital's patient of the same
     # identifier is another pseudonym, so a hospital only ever sees its own patients' accounting.
-    subject = pseudonym(services.pseudonym_key, client.org, (system, value))
-    rows = await run_in_threadpool(disclosures_of, services.engine, subject, MAX_ENTRIES)
+    # Entries carry the patient's vault pseudonym; entries made before the vault carry the
+    # lookup tag (pseudonym()), which was the subject then: both are the patient's.
+    patient = (system, value)
+    subjects = [pseudonym(services.pseudonym_key, client.org, patient)]
+    current = await run_in_threadpool(services.vault.subject_of, client.org, patient)
+    if current is not None:
+        subjects.append(current)
+    found = [
+        row
+        for subject in subjects
+        for row in await run_in_threadpool(disclosures_of, services.engine, subject, MAX_ENTRIES)
+    ]
+    rows = sorted(found, key=lambda row: row.index)[:MAX_ENTRIES]
     body = searchset([(row.index, row.data) for row in rows])
     return Response(body, media_type=FHIR_JSON)

@@ -7,15 +7,17 @@ it has to be trusted: `medledger audit --url` re-derives the tree from these rea
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from exchange.keys_store import read_events
 from exchange.outcome import ApiError, error_responses
 from exchange.services import Services, get_services
+from ledger.keyset import derive_keyset, parse_key_document
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
 
@@ -34,6 +36,25 @@ class ConsistencyProof(BaseModel):
     size1: int
     size2: int
     hashes: list[str]
+
+
+class KeyDocument(BaseModel):
+    """A key entry's published document: the signed note it commits to, with its salt."""
+
+    index: int
+    note: str
+    salt: str
+
+
+class LogKey(BaseModel):
+    """One signing key and its lifetime in entry indexes (docs/ledger-format.md, Key rotation)."""
+
+    vkey: str
+    key_id: str
+    added_at: int | None
+    retired_at: int | None
+    status: Literal["active", "retired"]
+    documents: list[KeyDocument]
 
 
 Services_ = Annotated[Services, Depends(get_services)]
@@ -60,12 +81,40 @@ def checkpoint(services: Services_) -> PlainTextResponse:
 
 @router.get(
     "/key",
-    summary="The log's verifier key (signed-note vkey text)",
+    summary="The log's primary verifier key (signed-note vkey text); all keys: /v1/log/keys",
     response_class=PlainTextResponse,
     responses={200: {"content": _TEXT}},
 )
 def key(services: Services_) -> PlainTextResponse:
     return PlainTextResponse(services.log.signer.verifier.vkey() + "\n")
+
+
+@router.get(
+    "/keys",
+    summary="Every key the log ever signed with, its lifetime and its key entries' documents",
+    response_model=list[LogKey],
+)
+def keys(services: Services_) -> list[LogKey]:
+    with services.engine.connect() as conn:
+        events = read_events(conn)
+    keyset = derive_keyset(services.log.origin, events, [services.log.signer.verifier])
+    docs: dict[str, list[KeyDocument]] = {}
+    for e in events:
+        vkey = parse_key_document(e.note).key.vkey()
+        docs.setdefault(vkey, []).append(
+            KeyDocument(index=e.index, note=e.note, salt=base64.b64encode(e.salt).decode())
+        )
+    return [
+        LogKey(
+            vkey=k.verifier.vkey(),
+            key_id=k.verifier.key_id.hex(),
+            added_at=k.added,
+            retired_at=k.retired,
+            status="active" if k.retired is None else "retired",
+            documents=docs.get(k.verifier.vkey(), []),
+        )
+        for k in keyset.keys
+    ]
 
 
 @router.get(

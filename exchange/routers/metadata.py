@@ -8,6 +8,9 @@ from fastapi import APIRouter, Depends
 
 from exchange.intake import IntakeLimits
 from exchange.outcome import FHIR_JSON, FhirJSONResponse
+from exchange.routers import bulk_export as bulk_export_router
+from exchange.routers import quality as quality_router
+from exchange.routers import settlement as settlement_router
 from exchange.services import Services, get_services
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
@@ -62,8 +65,8 @@ def capability_statement(services: Services) -> dict[str, Any]:
                     f"Limits: a body of at most {limits.max_bytes} bytes, JSON nesting of at "
                     f"most {limits.max_depth} levels, at most {limits.max_entries} entries per "
                     f"Bundle, strings of at most {limits.max_string_chars} characters. The "
-                    "ledger's public reads are at /v1/log (checkpoint, key, entries, proofs, "
-                    "receipts) and need no credential."
+                    "ledger's public reads are at /v1/log (checkpoint, key, keys with their "
+                    "lifetimes, entries, proofs, receipts) and need no credential."
                 ),
                 "security": {
                     "cors": False,
@@ -105,8 +108,11 @@ def capability_statement(services: Services) -> dict[str, Any]:
                         "conditionalRead": "not-supported",
                         "conditionalUpdate": False,
                         "conditionalDelete": "not-supported",
-                    }
+                    },
+                    *settlement_router.capability_resources(),
+                    *quality_router.capability_resources(),
                 ],
+                "operation": bulk_export_router.capability_operations(),
             }
         ],
     }

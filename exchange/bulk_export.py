@@ -1,0 +1,421 @@
+"""Bulk Data `$export` jobs (FHIR Bulk Data Access IG v2.0.0, "Bulk Data Export"): state in SQL.
+
+A job is kicked off by one client, runs in a worker thread, and ends as a manifest of NDJSON
+files, one per resource type. The job and its files are rows (`exchange_export_jobs`,
+`exchange_export_files`), so a finished export survives a restart; a job interrupted by one
+is reported as failed, to be started again.
+
+A file is kept as the list of its resources' places in the stored Bundles (Bundle id, version,
+byte span), not as a copy of the data: the patient data stays where the store keeps it (and
+encrypts it), and each download is rebuilt from it and checked against the SHA-256 the
+manifest gave. Each line is a resource exactly as submitted, except that line breaks between
+JSON tokens become spaces (NDJSON needs one resource per line; JSON strings cannot hold a raw
+line break, so no value changes and `1200.00` stays `1200.00`).
+
+What goes into a job is decided by the same rules as a search (:mod:`exchange.settlement`):
+a hospital's own submissions, or for an insurer the resources addressed to it that the
+patient's consent permits at the job's transaction time, through the cross-border gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+
+from exchange import settlement
+from exchange.crossborder import TransferLedger
+from exchange.db import bundle_by_id
+from ledger import store
+
+SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"
+NDJSON = "application/fhir+ndjson"
+OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
+# A job in progress whose worker has not reported for this long belongs to a process that
+# is gone (restarted or killed): it is reported failed rather than polled for ever.
+STALE_AFTER = timedelta(seconds=120)
+BATCH = 500
+
+IN_PROGRESS, COMPLETED, FAILED = "in-progress", "completed", "failed"
+
+log = logging.getLogger("medledger.exchange")
+
+# One id per process: a worker of this process that is not running any more is known dead.
+PROCESS = uuid.uuid4().hex
+
+metadata = MetaData()
+
+jobs_table = Table(
+    "exchange_export_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("org", String(64)),
+    Column("role", String(16), nullable=False),
+    Column("purpose", String(32)),
+    Column("types", Text, nullable=False),  # comma-separated
+    Column("since", String(32)),  # fixed-width UTC, exclusive
+    Column("request", Text, nullable=False),  # the kick-off URL
+    Column("transaction_time", String(40), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", String(64), nullable=False),
+    Column("owner", String(32), nullable=False),  # the process running it
+    Column("updated", String(40), nullable=False),
+    Column("error", Text),
+)
+
+files_table = Table(
+    "exchange_export_files",
+    metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("n", Integer, primary_key=True, autoincrement=False),
+    Column("resource_type", String(32), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    # JSON [[bundle_id, version, start, length], ...]: where each line's resource is stored.
+    Column("refs", Text, nullable=False),
+)
+
+
+def create_schema(engine: Engine) -> None:
+    with store.write_transaction(engine) as conn:
+        metadata.create_all(conn)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one kick-off asked for, as the client's role narrows it."""
+
+    client_id: str
+    org: str | None
+    role: str
+    purpose: str | None
+    types: tuple[str, ...]
+    since: str | None
+    request: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    spec: JobSpec
+    transaction_time: str
+    status: str
+    progress: str
+    owner: str
+    updated: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    n: int
+    resource_type: str
+    count: int
+    sha256: str
+    refs: list[tuple[str, int, int, int]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _instant(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def start_job(engine: Engine, spec: JobSpec) -> Job:
+    """Records a new job, in progress, owned by this process."""
+    now = _instant(_now())
+    job = Job(str(uuid.uuid4()), spec, now, IN_PROGRESS, "queued", PROCESS, now, None)
+    with store.write_transaction(engine) as conn:
+        conn.execute(
+            insert(jobs_table).values(
+                id=job.id,
+                client_id=spec.client_id,
+                org=spec.org,
+                role=spec.role,
+                purpose=spec.purpose,
+                types=",".join(spec.types),
+                since=spec.since,
+                request=spec.request,
+                transaction_time=job.transaction_time,
+                status=job.status,
+                progress=job.progress,
+                owner=job.owner,
+                updated=job.updated,
+            )
+        )
+    return job
+
+
+def load_job(engine: Engine, job_id: str) -> Job | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).first()
+    if row is None:
+        return None
+    m = row._mapping
+    spec = JobSpec(
+        m["client_id"], m["org"], m["role"], m["purpose"],
+        tuple(t for t in m["types"].split(",") if t), m["since"], m["request"],
+    )  # fmt: skip
+    return Job(
+        m["id"], spec, m["transaction_time"], m["status"], m["progress"], m["owner"],
+        m["updated"], m["error"],
+    )  # fmt: skip
+
+
+def files_of(engine: Engine, job_id: str) -> list[OutputFile]:
+    t = files_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(files_table).where(t.job_id == job_id).order_by(t.n)).all()
+    return [
+        OutputFile(
+            int(r.n),
+            r.resource_type,
+            int(r.count),
+            r.sha256,
+            [(str(b), int(v), int(s), int(n)) for b, v, s, n in json.loads(r.refs)],
+        )
+        for r in rows
+    ]
+
+
+def delete_job(engine: Engine, job_id: str) -> bool:
+    """Cancels (or discards) a job and its files; False when there was none."""
+    with store.write_transaction(engine) as conn:
+        conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
+        gone = conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id))
+    return gone.rowcount > 0
+
+
+class _Running:
+    """The ids of the jobs this process's workers are running."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.add(job_id)
+
+    def discard(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def __contains__(self, job_id: object) -> bool:
+        with self._lock:
+            return job_id in self._ids
+
+
+RUNNING = _Running()
+
+
+def is_orphaned(job: Job, now: datetime | None = None) -> bool:
+    """An in-progress job no worker is running any more (its process restarted or died)."""
+    if job.status != IN_PROGRESS:
+        return False
+    if job.owner == PROCESS:
+        return job.id not in RUNNING
+    updated = datetime.fromisoformat(job.updated.replace("Z", "+00:00"))
+    return (now or _now()) - updated > STALE_AFTER
+
+
+def mark_failed(engine: Engine, job_id: str, reason: str) -> None:
+    with store.write_transaction(engine) as conn:
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id, jobs_table.c.status == IN_PROGRESS)
+            .values(status=FAILED, error=reason, updated=_instant(_now()))
+        )
+
+
+def _progress(engine: Engine, job_id: str, text: str) -> None:
+    with store.write_transaction(engine) as conn:
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id, jobs_table.c.status == IN_PROGRESS)
+            .values(progress=text[:64], updated=_instant(_now()))
+        )
+
+
+# --- running a job ------------------------------------------------------------------------
+
+
+def ndjson_line(resource: bytes) -> bytes:
+    """One NDJSON line of a resource as submitted: line breaks between tokens become spaces
+    (a raw line break cannot occur inside a JSON string, so no value changes)."""
+    return resource.replace(b"\r", b" ").replace(b"\n", b" ") + b"\n"
+
+
+def selected_rows(
+    engine: Engine,
+    job: Job,
+    resource_type: str,
+    policy: settlement.InsurerPolicy | None,
+) -> list[settlement.Row]:
+    """The rows of one type that go into the job's file, in ledger order."""
+    spec = job.spec
+    bounds = (settlement.DateBound("gt", spec.since),) if spec.since else ()
+    chosen: list[settlement.Row] = []
+    after: tuple[int, int] | None = None
+    while True:
+        batch = settlement.search_rows(
+            engine,
+            settlement.Query(
+                (resource_type,),
+                sender=spec.org if spec.role == "hospital" else None,
+                insurer=spec.org if spec.role == "insurer" else None,
+                last_updated=bounds,
+                after=after,
+                limit=BATCH,
+            ),
+        )
+        for row in batch:
+            if policy is None or policy.decide(row).permit:
+                chosen.append(row)
+        if len(batch) < BATCH:
+            return chosen
+        after = (batch[-1].index, batch[-1].pos)
+        # A heartbeat: other processes tell a running job from an orphan by `updated`.
+        _progress(engine, job.id, f"{resource_type}: {len(chosen)} resources so far")
+
+
+def build_files(engine: Engine, gate: TransferLedger, job: Job) -> list[tuple[OutputFile, bytes]]:
+    """The job's output (blocking): one file per type with at least one resource."""
+    reader = settlement.BundleBytes(engine)
+    policy = None
+    if job.spec.role == "insurer":
+        assert job.spec.org is not None and job.spec.purpose is not None
+        moment = datetime.fromisoformat(job.transaction_time.replace("Z", "+00:00"))
+        policy = settlement.InsurerPolicy(
+            engine, gate, job.spec.org, job.spec.purpose, moment, reader
+        )
+    out: list[tuple[OutputFile, bytes]] = []
+    for n, rtype in enumerate(job.spec.types):
+        _progress(engine, job.id, f"{n} of {len(job.spec.types)} types: {rtype}")
+        rows = selected_rows(engine, job, rtype, policy)
+        if not rows:
+            continue
+        data = b"".join(ndjson_line(reader.resource(r)) for r in rows)
+        refs = [(r.bundle_id, r.version, r.start, r.length) for r in rows]
+        digest = hashlib.sha256(data).hexdigest()
+        out.append((OutputFile(len(out), rtype, len(rows), digest, refs), data))
+    return out
+
+
+def finish_job(engine: Engine, job_id: str, files: Sequence[OutputFile]) -> bool:
+    """Stores the files and completes the job in one transaction; False if it was cancelled."""
+    with store.write_transaction(engine) as conn:
+        done = conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id, jobs_table.c.status == IN_PROGRESS)
+            .values(status=COMPLETED, progress="done", updated=_instant(_now()))
+        )
+        if done.rowcount == 0:
+            return False  # deleted while running: its files are not wanted
+        if files:
+            conn.execute(
+                insert(files_table),
+                [
+                    {
+                        "job_id": job_id,
+                        "n": f.n,
+                        "resource_type": f.resource_type,
+                        "count": f.count,
+                        "sha256": f.sha256,
+                        "refs": json.dumps([list(r) for r in f.refs]),
+                    }
+                    for f in files
+                ],
+            )
+    return True
+
+
+def run_job(
+    engine: Engine, gate: TransferLedger, job: Job, before: Callable[[], object] | None = None
+) -> None:
+    """The worker: builds and stores the job's files; a failure marks the job failed."""
+    try:
+        if before is not None:
+            before()
+        built = build_files(engine, gate, job)
+        finish_job(engine, job.id, [f for f, _ in built])
+    except Exception as e:  # noqa: BLE001 - reported to the client through the job
+        log.exception("export %s failed", job.id)
+        try:
+            mark_failed(engine, job.id, f"the export failed ({type(e).__name__}): start a new one")
+        except Exception:  # noqa: BLE001 - the database is gone too: polling will find it stale
+            log.exception("export %s could not be marked failed", job.id)
+    finally:
+        RUNNING.discard(job.id)
+
+
+def start_worker(
+    engine: Engine, gate: TransferLedger, job: Job, before: Callable[[], object] | None = None
+) -> None:
+    """Runs the job in a daemon thread; `before` runs first in it (a hold, for tests)."""
+    RUNNING.add(job.id)
+    worker = threading.Thread(
+        target=run_job, args=(engine, gate, job, before), name=f"export-{job.id}", daemon=True
+    )
+    worker.start()
+
+
+def file_bytes(engine: Engine, f: OutputFile) -> bytes:
+    """A file rebuilt from the stored Bundles (LookupError when a Bundle is gone)."""
+    cache: dict[tuple[str, int], bytes] = {}
+    lines: list[bytes] = []
+    for bundle_id, version, start, length in f.refs:
+        key = (bundle_id, version)
+        if key not in cache:
+            stored = bundle_by_id(engine, bundle_id, version)
+            if stored is None:
+                raise LookupError(f"Bundle {bundle_id} version {version} is gone")
+            cache[key] = stored.data
+        lines.append(ndjson_line(cache[key][start : start + length]))
+    return b"".join(lines)
+
+
+def manifest(job: Job, files: Sequence[OutputFile], base_url: str) -> dict[str, Any]:
+    """The complete-status body (Bulk Data IG v2, "Response - Complete Status").
+
+    Each output item carries the SHA-256 of its file in `extension`, keyed by
+    :data:`SHA256_EXTENSION` (the IG allows extension objects on the manifest's items).
+    """
+    return {
+        "transactionTime": job.transaction_time,
+        "request": job.spec.request,
+        "requiresAccessToken": True,
+        "output": [
+            {
+                "type": f.resource_type,
+                "url": f"{base_url}/fhir/$export-status/{job.id}/{f.n}.ndjson",
+                "count": f.count,
+                "extension": {SHA256_EXTENSION: f.sha256},
+            }
+            for f in files
+        ],
+        "error": [],
+    }
