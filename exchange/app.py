@@ -16,6 +16,7 @@ from exchange.routers import bundles, continuity, log, metadata, trace
 from exchange.routers import disclosures as disclosures_router
 from exchange.routers import organization as organization_router
 from exchange.routers import quality as quality_router
+from exchange.routers import rwd_export as rwd_export_router
 from exchange.routers import settlement as settlement_router
 from exchange.routers import smart as smart_router
 from exchange.routers import verification as verification_router
@@ -75,6 +76,7 @@ def create_app(
     app.include_router(metadata.router)
     app.include_router(log.router)
     app.include_router(trace.router)
+    app.include_router(rwd_export_router.router)
     app.include_router(continuity.router)
     app.include_router(smart_router.router)
     app.include_router(organization_router.router)

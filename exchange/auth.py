@@ -27,9 +27,12 @@ from exchange.outcome import ApiError
 from ledger import store
 from ledger.entry import format_time
 
-ROLES = ("hospital", "insurer", "auditor", "admin")
-# Roles that act for an organisation must name it: it becomes the ledger entry's sender.
-ORG_ROLES = frozenset({"hospital", "insurer"})
+# A regulator (NMPA, the pilot zone's medical products administration) reads one product's
+# real-world data under each patient's research consent (exchange/regulator.py).
+ROLES = ("hospital", "insurer", "auditor", "admin", "regulator")
+# Roles that act for an organisation must name it: it becomes the ledger entry's sender, and
+# the Organization a patient's consent names.
+ORG_ROLES = frozenset({"hospital", "insurer", "regulator"})
 TOKEN_PREFIX = "mlt_"
 # The same rule as a ledger entry's sender (a FHIR id), since a hospital's org becomes one.
 _ORG = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -46,6 +46,14 @@ PAYMENT_PURPOSES: Mapping[str, frozenset[str]] = {
     "ELIGRSP": frozenset({"ELIGRSP"}),
 }
 INSURER_PURPOSES = frozenset(PAYMENT_PURPOSES)
+# v3-ActReason HRESCH ("healthcare research") and its CLINTRCH ("clinical trial research"): what
+# a regulator evaluating real-world data of a product asks for (exchange/regulator.py).
+RESEARCH_PURPOSES: Mapping[str, frozenset[str]] = {
+    "HRESCH": frozenset({"HRESCH", "CLINTRCH"}),
+    "CLINTRCH": frozenset({"CLINTRCH"}),
+}
+REGULATOR_PURPOSES = frozenset(RESEARCH_PURPOSES)
+_COVERS: Mapping[str, frozenset[str]] = {**PAYMENT_PURPOSES, **RESEARCH_PURPOSES}
 
 _IGNORED_STATUSES = frozenset({"entered-in-error", "draft", "proposed"})
 
@@ -113,7 +121,7 @@ def purpose_matches(purposes: Sequence[Mapping[str, Any]], requested: str) -> bo
         if coding.get("system", ACT_REASON) != ACT_REASON:
             continue
         code = coding.get("code")
-        if code == requested or requested in PAYMENT_PURPOSES.get(str(code), frozenset()):
+        if code == requested or requested in _COVERS.get(str(code), frozenset()):
             return True
     return False
 
@@ -181,9 +189,14 @@ def newest_consent(consents: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] |
     return ranked[-1][1]
 
 
-def evaluate(consents: Iterable[Mapping[str, Any]], req: Request) -> Decision:
-    """The decision for one request, given the patient's Consents in submission order."""
-    if req.purpose not in INSURER_PURPOSES:
+def evaluate(
+    consents: Iterable[Mapping[str, Any]], req: Request, research: bool = False
+) -> Decision:
+    """The decision for one request, given the patient's Consents in submission order: a
+    payer's (a payment purpose), or with `research` a regulator's (a research purpose)."""
+    if research and req.purpose not in REGULATOR_PURPOSES:
+        return Decision(False, f"purpose of use {req.purpose!r} is not a research purpose")
+    if not research and req.purpose not in INSURER_PURPOSES:
         return Decision(False, f"purpose of use {req.purpose!r} is not a payment purpose")
     consent = newest_consent(consents)
     if consent is None:

@@ -220,6 +220,8 @@ ROUTES: dict[tuple[str, str], Probe] = {
     ("/fhir/Organization", "get"): _plain_get("/fhir/Organization"),
     ("/fhir/Organization/{org}", "get"): _plain_get("/fhir/Organization/hospital-a"),
     ("/v1/trace", "get"): _plain_get("/v1/trace", gtin="09506000134352"),
+    # The regulator's export (tests/test_rwd_export_api.py); none of these actors may use it.
+    ("/v1/trace/rwd-export", "get"): _plain_get("/v1/trace/rwd-export", gtin="09506000134352"),
     # Aggregates over an institution's Bundles (counts and ratios, no patient named).
     ("/fhir/MeasureReport", "get"): _plain_get(
         "/fhir/MeasureReport", subject="Organization/hospital-a", period="2026"

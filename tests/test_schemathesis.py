@@ -39,6 +39,7 @@ ROLES = {
     "insurer": "insurer-a",
     "auditor": None,
     "admin": None,
+    "regulator": "regulator-a",
     "anonymous": None,
 }
 
