@@ -29,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 MAX_REQUESTS = 100_000
 MAX_SECONDS = 600.0
+NOISY_CONNECTIONS = 10
 
 
 def bundle_8k(n: int) -> bytes:
@@ -182,7 +183,7 @@ def new_token(data: Path, name: str) -> str:
     return str(json.loads(out.stdout)["token"])
 
 
-def report(label: str, stats: list[Stats]) -> dict[str, object]:
+def report(label: str, stats: list[Stats], seconds: float) -> dict[str, object]:
     merged = Stats([x for s in stats for x in s.latencies])
     for s in stats:
         for k, v in s.status.items():
@@ -190,6 +191,7 @@ def report(label: str, stats: list[Stats]) -> dict[str, object]:
     out = {
         "run": label,
         "receipts": len(merged.latencies),
+        "receipts_per_s": round(len(merged.latencies) / seconds, 1),
         "p50_ms": round(merged.percentile(0.50), 1),
         "p99_ms": round(merged.percentile(0.99), 1),
         "answers": merged.status,
@@ -228,18 +230,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             warm_up(url, tokens)
             quiet = tokens[: a.clients]
-            base = report("steady", run_clients(url, quiet, [a.rate] * a.clients, seconds, count))
+            base = report(
+                "steady", run_clients(url, quiet, [a.rate] * a.clients, seconds, count), seconds
+            )
             if a.noisy:
-                noisy_rate = 10 * a.rate_limit
+                # Ten connections of one client, each at its whole quota: ten times the quota
+                # arrives however slowly any one answer comes back.
                 stats = run_clients(
                     url,
-                    [*quiet, tokens[a.clients]],
-                    [a.rate] * a.clients + [noisy_rate],
+                    [*quiet, *[tokens[a.clients]] * NOISY_CONNECTIONS],
+                    [a.rate] * a.clients + [a.rate_limit] * NOISY_CONNECTIONS,
                     seconds,
                     count,
                 )
-                loaded = report("quiet clients beside a noisy one", stats[:-1])
-                report("the noisy client", stats[-1:])
+                loaded = report("quiet clients beside a noisy one", stats[: a.clients], seconds)
+                report("the noisy client", stats[a.clients :], seconds)
                 print(
                     json.dumps(
                         {

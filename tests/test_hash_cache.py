@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event
 
 from ledger import merkle
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.hash_cache import HashCache
 
-from .ledger_helpers import new_signer, open_log, submission
+from .ledger_helpers import count_selects, new_signer, open_log, submission
 
 
 def _stored(i: int) -> bytes:
@@ -43,17 +42,6 @@ def test_cache_answers_exactly_and_stays_bounded(reads: list[list[int]], bound: 
             assert len(fetched) == held
 
 
-def _selects(engine) -> dict[str, int]:
-    counter = {"n": 0}
-
-    def before(_conn, _cursor, statement, *_rest):
-        if statement.lstrip().upper().startswith("SELECT"):
-            counter["n"] += 1
-
-    event.listen(engine, "before_cursor_execute", before)
-    return counter
-
-
 def test_repeated_proofs_read_nothing_and_equal_an_uncached_log(db_url: str) -> None:
     signer = new_signer()
     log = open_log(db_url, signer)
@@ -61,7 +49,7 @@ def test_repeated_proofs_read_nothing_and_equal_an_uncached_log(db_url: str) -> 
     log.append_batch([submission(b"%d" % i) for i in range(n)], receipts=False)
     cases = [(0, n), (n - 1, n), (1234, 2001), (7, 8)]
     first = [log.inclusion_proof(i, s) for i, s in cases]
-    counter = _selects(log.engine)
+    counter = count_selects(log.engine)
     again = [log.inclusion_proof(i, s) for i, s in cases]
     cons = log.consistency_proof(1000, n)
     cons_again = log.consistency_proof(1000, n)

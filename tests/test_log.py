@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from ledger import merkle
 from ledger.errors import DuplicateConflict, LedgerError, LogStateError
 from ledger.verify import ChainAuditor, VerificationError, verify_checkpoint, verify_receipt
 
-from .ledger_helpers import new_signer, open_log, submission
+from .ledger_helpers import count_selects, new_signer, open_log, submission
 
 
 def test_chain_and_receipts(db_url: str) -> None:
@@ -134,17 +134,6 @@ def test_concurrent_appends_32x200(db_url: str) -> None:
     log.close()
 
 
-def _count_queries(engine):
-    counter = {"n": 0}
-
-    def before(_conn, _cursor, statement, *_rest):
-        if statement.lstrip().upper().startswith("SELECT"):
-            counter["n"] += 1
-
-    event.listen(engine, "before_cursor_execute", before)
-    return counter
-
-
 def test_root_and_proofs_use_bounded_queries_at_65536(db_url: str) -> None:
     log = open_log(db_url, new_signer())
     n = 65_536
@@ -152,7 +141,7 @@ def test_root_and_proofs_use_bounded_queries_at_65536(db_url: str) -> None:
     for start in range(0, n, batch):
         log.append_batch([submission(b"%d" % i) for i in range(start, start + batch)])
     assert log.size() == n
-    counter = _count_queries(log.engine)
+    counter = count_selects(log.engine)
     cases = [(0, n), (n - 1, n), (12345, n), (40000, 50001)]
     for index, size in cases:
         before = counter["n"]
