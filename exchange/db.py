@@ -194,6 +194,15 @@ def bundle_id_of_version(
     ).scalar()
 
 
+def entry_subject(engine: Engine, index: int) -> bytes | None:
+    """The patient pseudonym on the ledger entry of the Bundle at `index` (an access entry
+    about that patient names it the same way)."""
+    with engine.connect() as conn:
+        found = conn.execute(select(bundles_table.c.subject).where(bundles_table.c.idx == index))
+        value = found.scalar()
+    return None if value is None else bytes(value)
+
+
 def _bundle_row(conn: Connection, row: object) -> BundleRow:
     # Salt and bytes are sealed in the vault (exchange.vault); this is where they are opened.
     from exchange import vault

@@ -643,14 +643,6 @@ def patient_keys(
     return {pseudonym(key, org, patient) for org in orgs}
 
 
-def entry_subject(engine: Engine, index: int) -> bytes | None:
-    """The patient pseudonym on the ledger entry of the Bundle at `index`."""
-    with engine.connect() as conn:
-        found = conn.execute(select(bundles_table.c.subject).where(bundles_table.c.idx == index))
-        value = found.scalar()
-    return None if value is None else bytes(value)
-
-
 class BundleBytes:
     """Stored Bundle bytes, each version read once per request (through exchange.db, which
     decrypts when the store is encrypted)."""

@@ -18,7 +18,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
@@ -26,7 +25,7 @@ from adapters.ips import build_ips
 from adapters.ips_json import dumps
 from exchange.access import record_access
 from exchange.auth import Client, require_role
-from exchange.db import bundle_by_id, bundles_table
+from exchange.db import bundle_by_id, entry_subject
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
 from exchange.patients import bundles_about, patient_index
@@ -81,16 +80,8 @@ def patient_bundles(
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
     found = [bundle_by_id(services.engine, bundle_id) for bundle_id in ids]
     rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
-    subject = subject_of(services, rows[0].index) if rows else None
+    subject = entry_subject(services.engine, rows[0].index) if rows else None
     return [row.data for row in rows], subject
-
-
-def subject_of(services: Services, index: int) -> bytes | None:
-    """The patient pseudonym the ledger entry of a stored Bundle carries."""
-    t = bundles_table
-    with services.engine.connect() as conn:
-        found = conn.execute(select(t.c.subject).where(t.c.idx == index)).scalar()
-    return None if found is None else bytes(found)
 
 
 def _unprocessable(e: AdaptError) -> ApiError:
@@ -176,7 +167,7 @@ async def bundle_hl7v2(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
-    subject = await run_in_threadpool(subject_of, services, row.index)
+    subject = await run_in_threadpool(entry_subject, services.engine, row.index)
     await record_access(
         services,
         client,

@@ -400,7 +400,7 @@ def run_search(
     # The access entry names the patient as the Bundle's own entry does (the vault's
     # pseudonym, which an erasure unlinks), never by the index's lookup tag.
     about = next((r for r in (*page, *withheld) if r.subject is not None), None)
-    subject = None if about is None else settlement.entry_subject(engine, about.index)
+    subject = None if about is None else db.entry_subject(engine, about.index)
     return Answer(
         body=searchset(resources, links),
         disclosed=len(page),
