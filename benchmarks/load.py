@@ -12,6 +12,7 @@ times its rate-limit quota, and compares the quiet clients' p99.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,12 @@ MAX_SECONDS = 600.0
 NOISY_CONNECTIONS = 10
 
 
-def bundle_8k(n: int) -> bytes:
+def bundle_8k() -> bytes:
     """A collection Bundle of Observations, about 8 KB, with a fresh identifier."""
+    return _BUNDLE_8K.replace(_ID_MARK, str(uuid.uuid4()).encode())
+
+
+def _bundle_8k_template() -> bytes:
     entries = [
         {
             "fullUrl": f"urn:uuid:{uuid.UUID(int=i + 1)}",
@@ -42,18 +48,24 @@ def bundle_8k(n: int) -> bytes:
                 "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
                 "valueQuantity": {"value": 100 + i, "unit": "mm[Hg]"},
-                "note": [{"text": f"load {n} entry {i} " + "x" * 120}],
+                "note": [{"text": f"load entry {i} " + "x" * 124}],
             },
         }
         for i in range(24)
     ]
     doc = {
         "resourceType": "Bundle",
-        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"},
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{_ID_MARK.decode()}"},
         "type": "collection",
         "entry": entries,
     }
     return json.dumps(doc).encode()
+
+
+# Built once: the generator shares the server's cores, so each request should cost it
+# as little as possible (one replace, not a JSON encoding).
+_ID_MARK = b"00000000-0000-4000-8000-00000000cafe"
+_BUNDLE_8K = _bundle_8k_template()
 
 
 @dataclass
@@ -67,24 +79,36 @@ class Stats:
 
 
 def client_loop(url: str, token: str, rate: float, until: float, count: int, st: Stats) -> None:
-    """Submits at `rate` per second (open loop: a slow answer does not lower the rate)."""
+    """Submits at `rate` per second (open loop: a slow answer does not lower the rate).
+
+    A plain keep-alive http.client connection: a fuller client would spend more of the CPU
+    the server needs, and this measures the server.
+    """
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    target = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
     period, nxt = 1.0 / rate, time.monotonic()
-    with httpx.Client(timeout=30) as http:
-        for n in range(count):
+    try:
+        for _ in range(count):
             if time.monotonic() >= until:
                 return
             time.sleep(max(0.0, nxt - time.monotonic()))
             nxt += period
+            body = bundle_8k()
             t0 = time.perf_counter()
             try:
-                r = http.post(url + "/fhir/Bundle", content=bundle_8k(n), headers=headers)
-                key = str(r.status_code)
-                if r.status_code == 201:
+                conn.request("POST", "/fhir/Bundle", body=body, headers=headers)
+                r = conn.getresponse()
+                r.read()
+                key = str(r.status)
+                if r.status == 201:
                     st.latencies.append(time.perf_counter() - t0)
-            except httpx.HTTPError as e:
+            except (OSError, http.client.HTTPException) as e:
                 key = type(e).__name__
+                conn.close()  # the next request opens a new connection
             st.status[key] = st.status.get(key, 0) + 1
+    finally:
+        conn.close()
 
 
 def run_clients(url: str, tokens: list[str], rates: list[float], seconds: float, count: int):
@@ -105,7 +129,7 @@ def warm_up(url: str, tokens: list[str]) -> None:
     """One submission per client first, so start-up costs (intake workers) stay out of p99."""
     for t in tokens:
         h = {"Authorization": f"Bearer {t}", "Content-Type": "application/fhir+json"}
-        httpx.post(url + "/fhir/Bundle", content=bundle_8k(0), headers=h, timeout=60)
+        httpx.post(url + "/fhir/Bundle", content=bundle_8k(), headers=h, timeout=60)
     time.sleep(1.0)  # let the buckets refill
 
 
@@ -118,6 +142,52 @@ def peak_rss_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds used so far by a process and its descendants (the server and its intake
+    workers), from Linux /proc; None elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK")
+    usage: dict[int, float] = {}
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        p = int(stat.parent.name)
+        parent[p] = int(fields[1])
+        usage[p] = (int(fields[11]) + int(fields[12])) / tick
+    if pid not in usage:
+        return None
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += usage.get(p, 0.0)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total
+
+
+class CpuMeter:
+    """Cores used by this generator and by the server during one run: they share the
+    machine, so a run's latency is only read correctly beside them."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.t0 = time.monotonic()
+        self.mine = time.process_time()
+        self.server = tree_cpu_seconds(server_pid) if server_pid else None
+
+    def cores(self) -> dict[str, float | None]:
+        wall = time.monotonic() - self.t0
+        server = tree_cpu_seconds(self.server_pid) if self.server_pid else None
+        return {
+            "generator_cores": round((time.process_time() - self.mine) / wall, 2),
+            "server_cores": None
+            if server is None or self.server is None
+            else round((server - self.server) / wall, 2),
+        }
 
 
 def start_server(data: Path, rate_limit: float, burst: int) -> tuple[subprocess.Popen, str]:
@@ -183,7 +253,9 @@ def new_token(data: Path, name: str) -> str:
     return str(json.loads(out.stdout)["token"])
 
 
-def report(label: str, stats: list[Stats], seconds: float) -> dict[str, object]:
+def report(
+    label: str, stats: list[Stats], seconds: float, cpu: dict[str, float | None] | None = None
+) -> dict[str, object]:
     merged = Stats([x for s in stats for x in s.latencies])
     for s in stats:
         for k, v in s.status.items():
@@ -195,6 +267,7 @@ def report(label: str, stats: list[Stats], seconds: float) -> dict[str, object]:
         "p50_ms": round(merged.percentile(0.50), 1),
         "p99_ms": round(merged.percentile(0.99), 1),
         "answers": merged.status,
+        **(cpu or {}),
     }
     print(json.dumps(out), flush=True)
     return out
@@ -230,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             warm_up(url, tokens)
             quiet = tokens[: a.clients]
-            base = report(
-                "steady", run_clients(url, quiet, [a.rate] * a.clients, seconds, count), seconds
-            )
+            pid = proc.pid if proc is not None else None
+            meter = CpuMeter(pid)
+            steady = run_clients(url, quiet, [a.rate] * a.clients, seconds, count)
+            base = report("steady", steady, seconds, meter.cores())
             if a.noisy:
                 # Ten connections of one client, each at its whole quota: ten times the quota
                 # arrives however slowly any one answer comes back.
+                meter = CpuMeter(pid)
                 stats = run_clients(
                     url,
                     [*quiet, *[tokens[a.clients]] * NOISY_CONNECTIONS],
@@ -243,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                     seconds,
                     count,
                 )
-                loaded = report("quiet clients beside a noisy one", stats[: a.clients], seconds)
+                cpu = meter.cores()
+                loaded = report(
+                    "quiet clients beside a noisy one", stats[: a.clients], seconds, cpu
+                )
                 report("the noisy client", stats[a.clients :], seconds)
                 print(
                     json.dumps(

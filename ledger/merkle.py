@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 HASH_SIZE = 32
 
@@ -120,112 +121,77 @@ def append_leaf(
     return new, frontier
 
 
-# --- subtree hashes, inclusion and consistency proofs (RFC 6962 section 2.1.1, 2.1.2) ------
-
-
-def _subtree_indexes(lo: int, hi: int, need: list[int]) -> None:
-    """Append the stored indexes whose fold is the hash of leaves [lo, hi)."""
-    while lo < hi:
-        k = 1 << ((hi - lo).bit_length() - 1)
-        level = k.bit_length() - 1
-        # Largest complete subtree starting at lo that fits, aligned to its size.
-        while lo & (k - 1):
-            k >>= 1
-            level -= 1
-        need.append(stored_hash_index(level, lo >> level))
-        lo += k
-
-
-def _subtree_hash(lo: int, hi: int, take: Callable[[], Hash]) -> Hash:
-    """Fold the hashes _subtree_indexes(lo, hi) asked for, taking them in order from `take`."""
-    parts = []
-    while lo < hi:
-        k = 1 << ((hi - lo).bit_length() - 1)
-        while lo & (k - 1):
-            k >>= 1
-        parts.append(take())
-        lo += k
-    return fold_frontier(parts)
+# --- roots, inclusion and consistency proofs (RFC 6962 section 2.1.1, 2.1.2) ------------
 
 
 def tree_hash_indexes(n: int) -> list[int]:
     """Stored indexes needed for the root of a tree of n leaves (at most log2(n)+1)."""
-    need: list[int] = []
-    _subtree_indexes(0, n, need)
-    return need
+    return frontier_indexes(n)
 
 
 def tree_hash(n: int, read: HashReader) -> Hash:
     """The root of the first n leaves (RFC 6962 MTH), from O(log n) stored hashes."""
-    if n == 0:
-        return empty_root()
-    return _subtree_hash(0, n, iter(read(tree_hash_indexes(n))).__next__)
+    return fold_frontier(read(frontier_indexes(n)))
 
 
-def _path_indexes(index: int, level: int, size: int, need: list[int]) -> tuple[int, int]:
-    """Append the stored indexes of the audit path of the complete subtree (level, index) in
-    the tree of `size` leaves, from its sibling up to the root's child.
+def right_edge(frontier: Sequence[Hash]) -> list[Hash]:
+    """The hashes of a tree's right edge: element k is the fold of frontier[k:].
+
+    Each is the hash of the leaves from the k-th maximal complete subtree to the end: the one
+    subtree of an audit path that the tree's size cuts off (RFC 6962 section 2.1 splits at
+    powers of two, so it is always such a suffix). All proofs against one size share them.
+    """
+    edge = list(frontier)
+    for k in range(len(edge) - 2, -1, -1):
+        edge[k] = node_hash(edge[k], edge[k + 1])
+    return edge
+
+
+class ProofPlan(NamedTuple):
+    """Where a proof's hashes come from, in proof order: the stored hashes at `stored`, and,
+    when `at` >= 0, right_edge(...)[edge] of the tree inserted at position `at`."""
+
+    stored: list[int]
+    at: int
+    edge: int
+
+
+def _path_plan(index: int, level: int, size: int, stored: list[int]) -> ProofPlan:
+    """The audit path of the complete subtree (level, index) in the tree of `size` leaves,
+    from its sibling up to the root's child, appended to `stored`.
 
     RFC 6962 section 2.1 splits a tree at the largest power of two below its size, so every
     subtree in it is aligned: the path is, level by level, the sibling of the subtree holding
     the target, cut off at `size` and left out where it would start at or beyond `size`.
-    At most one sibling is cut off; it is the fold of several stored hashes. Returns its
-    position in the path and how many stored hashes it takes, or (-1, 0).
+    A whole sibling is one stored hash, stored_hash_index(level, sibling), written out here
+    because this loop is most of a proof's cost. At most one sibling is cut off: the leaves
+    from its start to `size`, the right edge from the frontier piece that starts there.
     """
-    cut = (-1, 0)
-    position = 0
-    while (1 << level) < size:
-        sibling = index ^ 1
-        lo = sibling << level
+    at = edge = -1
+    width = 1 << level
+    while width < size:
+        lo = (index ^ 1) * width
         if lo < size:
-            if lo + (1 << level) <= size:
-                need.append(stored_hash_index(level, sibling))
+            if lo + width <= size:
+                m = lo + width - 1
+                stored.append(2 * m - m.bit_count() + level)
             else:
-                before = len(need)
-                _subtree_indexes(lo, size, need)
-                cut = (position, len(need) - before)
-            position += 1
+                at, edge = len(stored), (size >> level).bit_count()
         index >>= 1
         level += 1
-    return cut
+        width <<= 1
+    return ProofPlan(stored, at, edge)
 
 
-def _fold_cut(hashes: Sequence[Hash], cut: tuple[int, int]) -> list[Hash]:
-    """The proof from its stored hashes: the cut-off sibling's pieces folded into one."""
-    at, count = cut
-    if count == 0:
-        return list(hashes)
-    return [*hashes[:at], fold_frontier(hashes[at : at + count]), *hashes[at + count :]]
-
-
-def _inclusion_plan(index: int, size: int) -> tuple[list[int], tuple[int, int]]:
+def inclusion_plan(index: int, size: int) -> ProofPlan:
+    """The plan of PATH(index, D[0:size]), RFC 6962 section 2.1.1."""
     if not 0 <= index < size:
         raise ProofError(f"index {index} is not in a tree of size {size}")
-    need: list[int] = []
-    return need, _path_indexes(index, 0, size, need)
+    return _path_plan(index, 0, size, [])
 
 
-def inclusion_proof_indexes(index: int, size: int) -> list[int]:
-    """Stored indexes needed for the audit path of leaf `index` in a tree of `size` leaves."""
-    return _inclusion_plan(index, size)[0]
-
-
-def inclusion_proof(index: int, size: int, read: HashReader) -> list[Hash]:
-    """RFC 6962 section 2.1.1 PATH(index, D[0:size]): leaf's sibling first, root's child last."""
-    need, cut = _inclusion_plan(index, size)
-    return _fold_cut(read(need), cut)
-
-
-def inclusion_proof_from(index: int, size: int, hashes: Sequence[Hash]) -> list[Hash]:
-    """PATH(index, D[0:size]) from the hashes at inclusion_proof_indexes(index, size), in order.
-
-    For callers that computed the indexes already (one read for a whole batch's receipts).
-    """
-    return _fold_cut(hashes, _inclusion_plan(index, size)[1])
-
-
-def _consistency_plan(size1: int, size2: int) -> tuple[list[int], tuple[int, int]]:
-    """PROOF(size1, D[0:size2]) of RFC 6962 section 2.1.2, as stored indexes.
+def consistency_plan(size1: int, size2: int) -> ProofPlan:
+    """The plan of PROOF(size1, D[0:size2]), RFC 6962 section 2.1.2.
 
     The proof is the largest complete subtree ending at size1 — left out when it is the whole
     old tree, whose root the verifier already has — followed by that subtree's audit path in
@@ -233,27 +199,56 @@ def _consistency_plan(size1: int, size2: int) -> tuple[list[int], tuple[int, int
     """
     if not 0 < size1 <= size2:
         raise ProofError(f"no consistency proof from size {size1} to size {size2}")
-    need: list[int] = []
     if size1 == size2:
-        return need, (-1, 0)
+        return ProofPlan([], -1, -1)
     level = (size1 & -size1).bit_length() - 1
     index = (size1 - 1) >> level
-    if index == 0:
-        return need, _path_indexes(index, level, size2, need)
-    need.append(stored_hash_index(level, index))
-    at, count = _path_indexes(index, level, size2, need)
-    return need, (at + 1 if count else at, count)
+    return _path_plan(index, level, size2, [stored_hash_index(level, index)] if index else [])
+
+
+def proof_from(plan: ProofPlan, stored: Sequence[Hash], edge: Sequence[Hash]) -> list[Hash]:
+    """The proof from the hashes at plan.stored, in order, and the tree's right_edge."""
+    proof = list(stored)
+    if plan.at >= 0:
+        proof.insert(plan.at, edge[plan.edge])
+    return proof
+
+
+def plan_indexes(plan: ProofPlan, size: int) -> list[int]:
+    """Every stored index a plan needs, for one read: plan.stored, then the frontier of
+    `size` from the piece where the cut-off sibling starts."""
+    if plan.at < 0:
+        return plan.stored
+    return [*plan.stored, *frontier_indexes(size)[plan.edge :]]
+
+
+def _proof(plan: ProofPlan, size: int, read: HashReader) -> list[Hash]:
+    hashes = read(plan_indexes(plan, size))
+    k = len(plan.stored)
+    proof = list(hashes[:k])
+    if plan.at >= 0:
+        proof.insert(plan.at, fold_frontier(hashes[k:]))  # right_edge(frontier)[plan.edge]
+    return proof
+
+
+def inclusion_proof_indexes(index: int, size: int) -> list[int]:
+    """Stored indexes needed for the audit path of leaf `index` in a tree of `size` leaves."""
+    return plan_indexes(inclusion_plan(index, size), size)
+
+
+def inclusion_proof(index: int, size: int, read: HashReader) -> list[Hash]:
+    """RFC 6962 section 2.1.1 PATH(index, D[0:size]): leaf's sibling first, root's child last."""
+    return _proof(inclusion_plan(index, size), size, read)
 
 
 def consistency_proof_indexes(size1: int, size2: int) -> list[int]:
     """Stored indexes needed for the consistency proof between sizes 0 < size1 <= size2."""
-    return _consistency_plan(size1, size2)[0]
+    return plan_indexes(consistency_plan(size1, size2), size2)
 
 
 def consistency_proof(size1: int, size2: int, read: HashReader) -> list[Hash]:
     """RFC 6962 section 2.1.2 PROOF(size1, D[0:size2])."""
-    need, cut = _consistency_plan(size1, size2)
-    return _fold_cut(read(need), cut)
+    return _proof(consistency_plan(size1, size2), size2, read)
 
 
 # --- verification (RFC 9162 section 2.1.3.2 and 2.1.4.2) ---------------------------------

@@ -41,7 +41,7 @@ def format_receipt(r: Receipt) -> str:
     if r.extra is not None:
         lines.append("extra " + base64.b64encode(r.extra).decode())
     lines.append(f"index {r.index}")
-    lines.extend(base64.b64encode(h).decode() for h in r.proof)
+    lines.extend(binascii.b2a_base64(h, newline=False).decode() for h in r.proof)
     return "\n".join(lines) + "\n\n" + r.checkpoint
 
 

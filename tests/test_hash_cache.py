@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ledger import merkle
 from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.hash_cache import HashCache
+from ledger.hash_cache import HashCache, RightEdgeCache
 
 from .ledger_helpers import count_selects, new_signer, open_log, submission
 
@@ -20,7 +20,7 @@ def _stored(i: int) -> bytes:
 @settings(max_examples=200, deadline=None)
 @given(
     reads=st.lists(st.lists(st.integers(0, 60), max_size=12), max_size=30),
-    bound=st.integers(1, 40),
+    bound=st.integers(2, 40),
 )
 def test_cache_answers_exactly_and_stays_bounded(reads: list[list[int]], bound: int) -> None:
     cache = HashCache(max_hashes=bound)
@@ -35,11 +35,29 @@ def test_cache_answers_exactly_and_stays_bounded(reads: list[list[int]], bound: 
         assert cache.read(indexes, read_missing) == [_stored(i) for i in indexes]
         assert len(cache) <= bound
         assert len(fetched[before:]) == len(set(fetched[before:]))
-        if len(set(indexes)) <= bound:
-            # Everything just read is the most recently used now, so a repeat is free.
+        if len(set(indexes)) <= bound // 2:
+            # Everything just read is held now (in one generation or the other), so a
+            # repeat is free.
             held = len(fetched)
             cache.read(indexes, read_missing)
             assert len(fetched) == held
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(1, 50), max_size=60), bound=st.integers(2, 12))
+def test_right_edge_cache_answers_what_was_put_and_stays_bounded(
+    sizes: list[int], bound: int
+) -> None:
+    cache = RightEdgeCache(max_sizes=bound)
+    for size in sizes:
+        edge = cache.get(size)
+        if edge is None:
+            cache.put(size, [_stored(size)])
+        else:
+            assert edge == [_stored(size)]
+        assert len(cache) <= bound
+    if sizes:
+        assert cache.get(sizes[-1]) == [_stored(sizes[-1])]
 
 
 def test_repeated_proofs_read_nothing_and_equal_an_uncached_log(db_url: str) -> None:

@@ -122,6 +122,34 @@ def test_consistency_equals_reference_and_verifies(args) -> None:
     merkle.verify_consistency(m, n, mth(LEAVES[:m]), mth(LEAVES[:n]), proof)
 
 
+@settings(max_examples=300, deadline=None)
+@given(index_and_size(), two_sizes())
+def test_plans_with_a_shared_right_edge_equal_the_reference(incl, cons) -> None:
+    """What a log does with a cached right edge: the plan's stored hashes, plus the one
+    cut-off sibling taken from right_edge of the tree size, give the reference proof."""
+    m, n = incl
+    edge = merkle.right_edge(read(merkle.frontier_indexes(n)))
+    plan = merkle.inclusion_plan(m, n)
+    assert merkle.proof_from(plan, read(plan.stored), edge) == path(m, LEAVES[:n])
+    m2, n2 = cons
+    edge2 = merkle.right_edge(read(merkle.frontier_indexes(n2)))
+    plan2 = merkle.consistency_plan(m2, n2)
+    expected = subproof(m2, LEAVES[:n2], True) if m2 < n2 else []
+    assert merkle.proof_from(plan2, read(plan2.stored), edge2) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, MAX_N))
+def test_right_edge_is_the_hash_of_each_frontier_suffix(n) -> None:
+    levels = merkle.frontier_levels(n)
+    edge = merkle.right_edge(read(merkle.frontier_indexes(n)))
+    assert edge[0] == mth(LEAVES[:n])
+    start = 0
+    for k, level in enumerate(levels):
+        assert edge[k] == mth(LEAVES[start:n])
+        start += 1 << level
+
+
 def _flip(h: bytes, bit: int) -> bytes:
     b = bytearray(h)
     b[bit // 8 % len(b)] ^= 1 << (bit % 8)
