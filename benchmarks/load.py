@@ -48,7 +48,7 @@ def _bundle_8k_template() -> bytes:
                 "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
                 "valueQuantity": {"value": 100 + i, "unit": "mm[Hg]"},
-                "note": [{"text": f"load entry {i} " + "x" * 124}],
+                "note": [{"text": f"load entry {i} " + "x" * 40}],
             },
         }
         for i in range(24)

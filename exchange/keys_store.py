@@ -75,6 +75,10 @@ class KeyringError(LedgerError):
     """The key files and the key entries disagree, or a key request breaks the rules."""
 
 
+# Read once per batch inside the write lock: built once.
+_KEY_EVENTS_MARK = select(func.count(), func.coalesce(func.max(key_events_table.c.idx), -1))
+
+
 def create_table(engine: Engine) -> None:
     with store.write_transaction(engine) as conn:
         metadata.create_all(conn)
@@ -159,9 +163,7 @@ class Keyring:
 
     def keyset(self, conn: Connection) -> KeySet:
         """The key set of the log in this database; re-derived only when key entries change."""
-        count, last = conn.execute(
-            select(func.count(), func.coalesce(func.max(key_events_table.c.idx), -1))
-        ).one()
+        count, last = conn.execute(_KEY_EVENTS_MARK).one()
         mark = (int(count), int(last))
         cached = self._cache
         if cached is not None and cached[0] == mark:

@@ -48,6 +48,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    bindparam,
     delete,
     insert,
     select,
@@ -87,6 +88,12 @@ erased_table = Table(
     Column("request_id", String(64), nullable=False),
     Column("idx", BigInteger, nullable=False),  # the erasure's ledger entry
 )
+
+
+# Run inside the ledger's write lock, once per submission: built once.
+_INSERT_KEY = insert(keys_table)
+_KEY_EXISTS = select(keys_table.c.key_id).where(keys_table.c.key_id == bindparam("key_id"))
+_KEY_EXISTS_LOCKED = _KEY_EXISTS.with_for_update(read=True)
 
 
 class VaultError(Exception):
@@ -336,7 +343,7 @@ class Vault:
         """A DEK of one Bundle that names no patient, stored in the caller's transaction."""
         dek = os.urandom(KEY_SIZE)
         key = DataKey(new_key_id(), dek)
-        conn.execute(insert(keys_table), self._key_row(key.key_id, dek, sender, None, None))
+        conn.execute(_INSERT_KEY, self._key_row(key.key_id, dek, sender, None, None))
         return key
 
     def log_digest_key(self) -> DataKey:
@@ -362,10 +369,8 @@ class Vault:
     def check_live(self, conn: Connection, key_id: str) -> None:
         """Inside a write: the key still exists, and (PostgreSQL) cannot be erased before this
         transaction commits, so nothing is ever sealed under a destroyed key."""
-        q = select(keys_table.c.key_id).where(keys_table.c.key_id == key_id)
-        if conn.dialect.name != "sqlite":
-            q = q.with_for_update(read=True)
-        if conn.execute(q).first() is None:
+        q = _KEY_EXISTS if conn.dialect.name == "sqlite" else _KEY_EXISTS_LOCKED
+        if conn.execute(q, {"key_id": key_id}).first() is None:
             self.forget([key_id])
             raise KeyGone(
                 "the patient's data key was erased while this submission was prepared: "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import merkle, store
@@ -387,21 +387,17 @@ class Log:
             size += 1
 
         if entry_rows:
-            conn.execute(insert(store.entries_table), entry_rows)
+            conn.execute(store.INSERT_ENTRIES, entry_rows)
             conn.execute(
-                insert(store.hashes_table), [{"idx": i, "hash": h} for i, h in new_hashes.items()]
+                store.INSERT_HASHES, [{"idx": i, "hash": h} for i, h in new_hashes.items()]
             )
         fault_point("after-insert")
         if size == size0:
             note = head[2]
         else:
             note = self._sign_checkpoint(size, merkle.fold_frontier(frontier), conn)
-            conn.execute(insert(store.checkpoints_table).values(size=size, note=note))
-            conn.execute(
-                update(store.head_table)
-                .where(store.head_table.c.id == 1)
-                .values(size=size, checkpoint=note)
-            )
+            conn.execute(store.INSERT_CHECKPOINT, {"size": size, "note": note})
+            conn.execute(store.UPDATE_HEAD, {"new_size": size, "new_checkpoint": note})
         edge = merkle.right_edge(frontier)
         tip = dict(zip(merkle.frontier_indexes(size), frontier, strict=True))
         if size:
@@ -441,7 +437,7 @@ class Log:
         try:
             if sub.dedupe_keys:
                 conn.execute(
-                    insert(store.dedupe_table),
+                    store.INSERT_DEDUPE,
                     [{"key": k, "idx": entry.index, "digest": sub.digest} for k in sub.dedupe_keys],
                 )
             if sub.write is not None:

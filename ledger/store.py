@@ -25,10 +25,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
+    insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.exc import OperationalError
 
@@ -157,23 +160,37 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
 
 
+# The write path's statements, built once: building a statement costs more than running it.
+_HEAD = select(head_table.c.origin, head_table.c.size, head_table.c.checkpoint).where(
+    head_table.c.id == 1
+)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_HASHES = select(hashes_table.c.idx, hashes_table.c.hash).where(
+    hashes_table.c.idx.in_(bindparam("indexes", expanding=True))
+)
+_DEDUPE = select(dedupe_table.c.key, dedupe_table.c.idx, dedupe_table.c.digest).where(
+    dedupe_table.c.key.in_(bindparam("keys", expanding=True))
+)
+INSERT_ENTRIES = insert(entries_table)
+INSERT_HASHES = insert(hashes_table)
+INSERT_CHECKPOINT = insert(checkpoints_table)
+INSERT_DEDUPE = insert(dedupe_table)
+UPDATE_HEAD = (
+    update(head_table)
+    .where(head_table.c.id == 1)
+    .values(size=bindparam("new_size"), checkpoint=bindparam("new_checkpoint"))
+)
+
+
 def lock_head(conn: Connection) -> tuple[str, int, str] | None:
     """(origin, size, signed checkpoint) of the log, locked for this transaction."""
-    q = select(head_table.c.origin, head_table.c.size, head_table.c.checkpoint).where(
-        head_table.c.id == 1
-    )
-    if conn.dialect.name != "sqlite":
-        q = q.with_for_update()
+    q = _HEAD if conn.dialect.name == "sqlite" else _HEAD_FOR_UPDATE
     row = conn.execute(q).first()
     return None if row is None else (row[0], int(row[1]), row[2])
 
 
 def read_head(conn: Connection) -> tuple[str, int, str] | None:
-    row = conn.execute(
-        select(head_table.c.origin, head_table.c.size, head_table.c.checkpoint).where(
-            head_table.c.id == 1
-        )
-    ).first()
+    row = conn.execute(_HEAD).first()
     return None if row is None else (row[0], int(row[1]), row[2])
 
 
@@ -182,9 +199,7 @@ def read_hashes(conn: Connection, indexes: Sequence[int]) -> list[bytes]:
     if not indexes:
         return []
     wanted = sorted(set(indexes))
-    rows = conn.execute(
-        select(hashes_table.c.idx, hashes_table.c.hash).where(hashes_table.c.idx.in_(wanted))
-    ).all()
+    rows = conn.execute(_HASHES, {"indexes": wanted}).all()
     found = {int(i): bytes(h) for i, h in rows}
     missing = [i for i in wanted if i not in found]
     if missing:
@@ -224,11 +239,7 @@ def read_checkpoints(conn: Connection, start_size: int = 0) -> list[tuple[int, s
 def read_dedupe(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
     if not keys:
         return {}
-    rows = conn.execute(
-        select(dedupe_table.c.key, dedupe_table.c.idx, dedupe_table.c.digest).where(
-            dedupe_table.c.key.in_(list(keys))
-        )
-    ).all()
+    rows = conn.execute(_DEDUPE, {"keys": list(keys)}).all()
     return {k: (int(i), bytes(d)) for k, i, d in rows}
 
 

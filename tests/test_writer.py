@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from ledger.checkpoint import parse_checkpoint
 from ledger.note import split as split_note
 from ledger.witness import read_witness, write_witness
@@ -123,3 +125,52 @@ def test_bulk_batch_without_receipts_stores_the_same_log(tmp_path: Path) -> None
     for o in out[::7]:
         v = verify_receipt(log.receipt(o.entry.index), [signer.verifier])
         assert v.entry == o.entry and v.checkpoint.size == 50
+
+
+def test_every_answer_is_already_witnessed(tmp_path: Path) -> None:
+    """The witness file is written beside the database commits, not in their way, but no
+    caller hears of an entry before the file holds a checkpoint that covers it."""
+    witness = tmp_path / "checkpoint"
+    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), witness=witness)
+    short: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def appender(t: int) -> None:
+        try:
+            for i in range(40):
+                r = log.append(submission(b"%d-%d" % (t, i)))
+                seen = _witness_size(witness)
+                if seen <= r.entry.index:
+                    short.append((r.entry.index, seen))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=appender, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and short == []
+    log.close()
+    assert _witness_size(witness) == 320
+    assert read_witness(witness) == log.checkpoint()
+
+
+def test_a_failing_witness_write_reaches_the_callers(tmp_path: Path) -> None:
+    import shutil
+
+    witness = tmp_path / "w" / "checkpoint"
+    witness.parent.mkdir()
+    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), witness=witness)
+    log.append(submission(b"first"))
+    shutil.rmtree(witness.parent)
+    witness.parent.write_text("not a directory")  # refuses the temp file, even to root
+    with pytest.raises(OSError):
+        log.submit(submission(b"second")).result(WAIT)
+    witness.parent.unlink()
+    witness.parent.mkdir()
+    # The entry is committed all the same; the next batch brings the file up to date.
+    assert log.size() == 2
+    assert log.append(submission(b"third")).entry.index == 2
+    log.close()
+    assert _witness_size(witness) == 3
