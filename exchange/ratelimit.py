@@ -26,6 +26,7 @@ from exchange.outcome import outcome_response
 # Enough distinct clients for any deployment; beyond it the least recently seen bucket is
 # dropped (it would have refilled to full anyway unless it was hit within the last burst/rate s).
 MAX_BUCKETS = 10_000
+MAX_REFUSALS = 64
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,11 @@ def client_key(scope: Scope) -> str:
 
 
 class RateLimitMiddleware:
-    """ASGI middleware applying `TokenBuckets` to every HTTP request under the given prefixes."""
+    """ASGI middleware applying `TokenBuckets` to every HTTP request under the given prefixes.
+
+    A refusal is answered from bytes made once per distinct Retry-After: a flood of refused
+    requests is exactly when the server has the least time to spare for them.
+    """
 
     def __init__(
         self, app: ASGIApp, buckets: TokenBuckets, prefixes: tuple[str, ...] = ("/",)
@@ -108,6 +113,7 @@ class RateLimitMiddleware:
         self.app = app
         self.buckets = buckets
         self.prefixes = prefixes
+        self._refusals: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
@@ -117,17 +123,22 @@ class RateLimitMiddleware:
         if wait == 0:
             await self.app(scope, receive, send)
             return
-        limit = self.buckets.limit
-        response = outcome_response(
-            429,
-            [
-                Issue(
-                    "error",
-                    "throttled",
-                    f"this client exceeded its rate limit of {limit.rate:g} requests/s "
-                    f"(burst {limit.burst}): retry after {wait} s",
-                )
-            ],
-            {"Retry-After": str(wait)},
-        )
-        await response(scope, receive, send)
+        headers, body = self._refusal(wait)
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, wait: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        found = self._refusals.get(wait)
+        if found is None:
+            limit = self.buckets.limit
+            issue = Issue(
+                "error",
+                "throttled",
+                f"this client exceeded its rate limit of {limit.rate:g} requests/s "
+                f"(burst {limit.burst}): retry after {wait} s",
+            )
+            response = outcome_response(429, [issue], {"Retry-After": str(wait)})
+            found = (list(response.raw_headers), bytes(response.body))
+            if len(self._refusals) < MAX_REFUSALS:  # Retry-After values are few and small
+                self._refusals[wait] = found
+        return found

@@ -83,7 +83,10 @@ def test_the_service_throttles_the_noisy_client_only(tmp_path: Path) -> None:
         assert statuses.count(429) >= 6
         refused = next(a for a in answers if a.status_code == 429)
         assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.headers["content-type"].startswith("application/fhir+json")
+        assert int(refused.headers["content-length"]) == len(refused.content)
         body = refused.json()
+        assert f"retry after {refused.headers['Retry-After']} s" in body["issue"][0]["diagnostics"]
         assert body["resourceType"] == "OperationOutcome"
         assert body["issue"][0]["code"] == "throttled"
         assert api.client.get("/v1/log/key", headers=quiet).status_code == 200
