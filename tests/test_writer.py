@@ -55,6 +55,24 @@ def test_dead_writer_is_restarted(tmp_path: Path) -> None:
     log.close()
 
 
+def _in_threads(work, n: int) -> list[BaseException]:
+    """Runs work(0) .. work(n - 1) at once, one thread each; what they raised."""
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            work(t)
+        except BaseException as e:  # noqa: BLE001 - returned to the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def _witness_size(path: Path) -> int:
     note = read_witness(path)
     assert note is not None
@@ -93,21 +111,12 @@ def test_batch_of_duplicates_leaves_witness_alone(tmp_path: Path) -> None:
 
 def test_concurrent_witness_writers_do_not_collide(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint"
-    errors: list[BaseException] = []
 
     def writer(t: int) -> None:
-        try:
-            for i in range(100):
-                write_witness(path, f"note {t} {i}\n")
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
+        for i in range(100):
+            write_witness(path, f"note {t} {i}\n")
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert _in_threads(writer, 6) == []
     text = path.read_text()
     assert text.startswith("note ") and text.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
@@ -133,24 +142,15 @@ def test_every_answer_is_already_witnessed(tmp_path: Path) -> None:
     witness = tmp_path / "checkpoint"
     log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), witness=witness)
     short: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
 
     def appender(t: int) -> None:
-        try:
-            for i in range(40):
-                r = log.append(submission(b"%d-%d" % (t, i)))
-                seen = _witness_size(witness)
-                if seen <= r.entry.index:
-                    short.append((r.entry.index, seen))
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
+        for i in range(40):
+            r = log.append(submission(b"%d-%d" % (t, i)))
+            seen = _witness_size(witness)
+            if seen <= r.entry.index:
+                short.append((r.entry.index, seen))
 
-    threads = [threading.Thread(target=appender, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and short == []
+    assert _in_threads(appender, 8) == [] and short == []
     log.close()
     assert _witness_size(witness) == 320
     assert read_witness(witness) == log.checkpoint()
