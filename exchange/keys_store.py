@@ -12,7 +12,6 @@ process is picked up at the next batch.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import threading
 from collections.abc import Sequence
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import (
     BigInteger,
@@ -40,7 +38,7 @@ from ledger import store
 from ledger.checkpoint import parse_checkpoint
 from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import LedgerError, LogStateError
-from ledger.keys import load_or_create_signer, load_signer
+from ledger.keys import load_or_create_signer, load_signer, write_key_file
 from ledger.keyset import (
     KIND,
     KeyEvent,
@@ -103,16 +101,8 @@ def write_new_key(keys_dir: Path, name: str) -> tuple[Signer, Path]:
     key = Ed25519PrivateKey.generate()
     signer = Signer(name, key)
     path = key_path(keys_dir, signer)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_key_file(path, key)
     return signer, path
 
 

@@ -19,7 +19,12 @@ class KeyFileError(LedgerError):
 
 def generate_key_file(path: Path) -> None:
     """Writes a new Ed25519 key to `path` (PKCS#8 PEM, 0600); refuses to overwrite."""
-    pem = Ed25519PrivateKey.generate().private_bytes(
+    write_key_file(path, Ed25519PrivateKey.generate())
+
+
+def write_key_file(path: Path, key: Ed25519PrivateKey) -> None:
+    """Writes `key` to `path` as PKCS#8 PEM, mode 0600, durably; refuses to overwrite."""
+    pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),

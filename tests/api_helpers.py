@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select, text
 
 from exchange.app import create_app
 from exchange.auth import register_client
@@ -131,3 +131,18 @@ def vector_params(folder: str, pattern: str = "*.json") -> list[Any]:
         reason = f"public test vectors not present at {VECTORS}"
         return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="absent")]
     return [pytest.param(p, id=p.name) for p in sorted(root.glob(pattern))]
+
+
+def stored_values_by_table(api: Api) -> dict[str, list[bytes]]:
+    """Every value of every column of every table of the app's database, as bytes."""
+    out: dict[str, list[bytes]] = {}
+    with api.services.engine.connect() as conn:
+        for table in inspect(conn).get_table_names():
+            values = out.setdefault(table, [])
+            for row in conn.execute(text(f'SELECT * FROM "{table}"')):
+                for v in row:
+                    if isinstance(v, (bytes, memoryview)):
+                        values.append(bytes(v))
+                    elif v is not None:
+                        values.append(str(v).encode())
+    return out

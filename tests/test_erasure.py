@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select
 
 from exchange import vault
 from exchange.auth import register_client
@@ -21,7 +21,14 @@ from exchange.derived import Indexes
 from exchange.erasure import ADMIN_TOKEN_ENV, requests_table
 from exchange.patients import bundles_about, patient_ids_table, patient_index
 from ledger.verify import verify_receipt, verify_submission
-from tests.api_helpers import Api, is_outcome, observation_bundle, open_api, patient_bundle
+from tests.api_helpers import (
+    Api,
+    is_outcome,
+    observation_bundle,
+    open_api,
+    patient_bundle,
+    stored_values_by_table,
+)
 
 MRN_SYSTEM = "urn:example:mrn"
 
@@ -46,21 +53,6 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
     return code, out.getvalue(), err.getvalue()
-
-
-def _binary_values(api: Api) -> list[bytes]:
-    """Every value of every column of every table, as bytes."""
-    engine = api.services.engine
-    values: list[bytes] = []
-    with engine.connect() as conn:
-        for table in inspect(conn).get_table_names():
-            for row in conn.execute(text(f'SELECT * FROM "{table}"')):
-                for v in row:
-                    if isinstance(v, (bytes, memoryview)):
-                        values.append(bytes(v))
-                    elif v is not None:
-                        values.append(str(v).encode())
-    return values
 
 
 def _confirms(value: bytes, body: bytes, commit: bytes) -> bool:
@@ -172,7 +164,7 @@ def test_erasing_a_random_patient(
 
         # Guessing with the exact bytes confirms nothing: no stored value is the salt, and no
         # stored value is the unkeyed digest of the bytes.
-        values = _binary_values(api)
+        values = [v for vs in stored_values_by_table(api).values() for v in vs]
         for answer, body, _ in erased:
             commit = api.entry(answer["index"]).commit
             assert not any(_confirms(v, body, commit) for v in values)

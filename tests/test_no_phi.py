@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import inspect, text
 
-from tests.api_helpers import Api, open_api
+from tests.api_helpers import Api, open_api, stored_values_by_table
 
 markers = st.text(string.ascii_letters, min_size=14, max_size=24).map(lambda s: "Zq" + s)
 
@@ -92,18 +91,9 @@ def bundle_with(m: list[str]) -> bytes:
 
 def stored_values(api: Api) -> list[bytes]:
     """Every value of every column of every table of the log's database, as bytes."""
-    values: list[bytes] = []
-    with api.services.engine.connect() as conn:
-        tables = inspect(conn).get_table_names()
-        assert "exchange_bundles" in tables and "ledger_entries" in tables, tables
-        for table in tables:
-            for row in conn.execute(text(f'SELECT * FROM "{table}"')):
-                for v in row:
-                    if isinstance(v, (bytes, memoryview)):
-                        values.append(bytes(v))
-                    elif v is not None:
-                        values.append(str(v).encode())
-    return values
+    by_table = stored_values_by_table(api)
+    assert "exchange_bundles" in by_table and "ledger_entries" in by_table, list(by_table)
+    return [v for values in by_table.values() for v in values]
 
 
 def log_texts(api: Api, answers: list[dict[str, object]]) -> list[bytes]:
