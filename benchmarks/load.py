@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -275,6 +276,17 @@ def start_server(data: Path, rate_limit: float, burst: int) -> tuple[subprocess.
     raise SystemExit("the server did not start")
 
 
+def server_stack() -> dict[str, str]:
+    """The event loop and HTTP parser uvicorn picks in this environment (its "auto")."""
+    def present(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {
+        "loop": "uvloop" if present("uvloop") else "asyncio",
+        "http": "httptools" if present("httptools") else "h11",
+    }
+
+
 def new_token(data: Path, name: str) -> str:
     out = subprocess.run(
         [
@@ -348,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             data = Path(tmp) / "data"
             tokens = [new_token(data, f"load {i}") for i in range(a.clients + a.noisy)]
             proc, url = start_server(data, a.rate_limit, a.burst)
+            print(json.dumps({"server_stack": server_stack()}), flush=True)
         try:
             warm_up(url, tokens)
             quiet = tokens[: a.clients]
