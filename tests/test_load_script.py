@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_module():
+    name = "benchmarks_load"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "load.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+load = _load_module()
+
+
+@pytest.mark.parametrize(
+    ("received", "status"),
+    [
+        (b"", None),
+        (b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 5\r\n", None),
+        (b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 5\r\n\r\n{}", None),
+        (b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\n\r\n{}", 429),
+        (b"HTTP/1.1 201 Created\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n", 201),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 204),
+    ],
+)
+def test_flood_reads_a_response_only_when_whole(received: bytes, status: int | None) -> None:
+    assert load._complete_status(bytearray(received)) == status
 
 
 def test_short_noisy_run_reports_latency_and_throttling() -> None:
@@ -44,6 +75,9 @@ def test_short_noisy_run_reports_latency_and_throttling() -> None:
         assert run["server_cores"] is not None and run["generator_cores"] >= 0
     flood = runs["the extra client, beside a client at 10x its quota"]
     assert flood["answers"].get("429", 0) > flood["answers"].get("201", 0) > 0
+    # Ten times the quota of 8/s for 2 s did arrive, and every request was answered.
+    assert set(flood["answers"]) == {"201", "429"}
+    assert sum(flood["answers"].values()) >= 0.8 * 10 * 8 * 2
     at_quota = runs["the extra client, beside a client at its quota"]
     assert "429" not in at_quota["answers"]
     summary = next(line for line in lines if "quiet_p99_ms" in line)
@@ -53,3 +87,4 @@ def test_short_noisy_run_reports_latency_and_throttling() -> None:
         "beside a client at 10x its quota",
     }
     assert lines[-1]["server_peak_rss_kb"] > 0
+    assert set(lines[0]["server_stack"]) == {"loop", "http"}
