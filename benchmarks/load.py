@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import http.client
 import importlib.util
 import json
 import multiprocessing
@@ -85,43 +84,7 @@ class Stats:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
 
 
-def client_loop(
-    url: str, token: str, rate: float, start: float, until: float, count: int, st: Stats
-) -> None:
-    """Submits at `rate` per second from `start` (open loop: a slow answer does not lower
-    the rate).
-
-    A plain keep-alive http.client connection: a fuller client would spend more of the CPU
-    the server needs, and this measures the server.
-    """
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
-    target = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
-    period, nxt = 1.0 / rate, start
-    try:
-        for _ in range(count):
-            if time.monotonic() >= until:
-                return
-            time.sleep(max(0.0, nxt - time.monotonic()))
-            nxt += period
-            body = bundle_8k()
-            t0 = time.perf_counter()
-            try:
-                conn.request("POST", "/fhir/Bundle", body=body, headers=headers)
-                r = conn.getresponse()
-                r.read()
-                key = str(r.status)
-                if r.status == 201:
-                    st.latencies.append(time.perf_counter() - t0)
-            except (OSError, http.client.HTTPException) as e:
-                key = type(e).__name__
-                conn.close()  # the next request opens a new connection
-            st.status[key] = st.status.get(key, 0) + 1
-    finally:
-        conn.close()
-
-
-def flood_loop(
+def submit_loop(
     url: str,
     token: str,
     rate: float,
@@ -131,14 +94,16 @@ def flood_loop(
     count: int,
     st: Stats,
 ) -> None:
-    """Submits at `rate` per second in all over `connections` keep-alive connections, from
-    one thread.
+    """Submits at `rate` per second from `start`, in all over `connections` keep-alive
+    connections, from one thread.
 
-    Each request goes out at its time on a connection that is free, so the rate holds however
-    slowly any one answer comes back, while any connection is free. One thread, because a
-    flood from another machine costs this one nothing: ten threads or processes, each waking
-    at a tenth of the rate, slowed the quiet clients far more than the server's answers to
-    the same requests did (docs/reliability.md).
+    Each request goes out at its time on a connection that is free (open loop: a slow answer
+    delays the next only while no connection is free, and late requests then catch up).
+    Plain sockets and one thread, because the generator shares the server's cores: a fuller
+    HTTP client spends CPU the server needs, and a flood from another machine costs this one
+    nothing, whereas ten threads or processes, each waking at a tenth of the rate, slowed the
+    quiet clients far more than the server's answers to the same requests did
+    (docs/reliability.md).
     """
     target = urllib.parse.urlsplit(url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
@@ -224,28 +189,26 @@ def _complete_status(buf: bytearray) -> int | None:
 
 @dataclass(frozen=True)
 class Engine:
-    """One hospital engine: its connections (a credential and a rate each), run as threads
-    of one process; or, with `flood` > 1, one credential at rates[0] over that many
-    connections from one thread (see flood_loop)."""
+    """One hospital engine: a credential and a rate per stream, each stream a thread of one
+    process over `connections` connections (see submit_loop)."""
 
     tokens: list[str]
     rates: list[float]
-    flood: int = 1
+    connections: int = 1
+
+
+def _stream(url, token, rate, connections, start, until, count, st: Stats) -> None:
+    try:
+        submit_loop(url, token, rate, connections, start, until, count * connections, st)
+    except OSError as e:  # the server went away: the parent still gets the counts
+        st.status[type(e).__name__] = st.status.get(type(e).__name__, 0) + 1
 
 
 def _run_engine(url, engine: Engine, starts, until, count, out) -> None:
-    if engine.flood > 1:
-        st = Stats()
-        token, rate, n = engine.tokens[0], engine.rates[0], engine.flood
-        try:
-            flood_loop(url, token, rate, n, starts[0], until, count * n, st)
-        except OSError as e:  # the server went away: the parent still gets the counts
-            st.status[type(e).__name__] = st.status.get(type(e).__name__, 0) + 1
-        out.put([(st.latencies, st.status)])
-        return
     stats = [Stats() for _ in engine.tokens]
+    n = engine.connections
     threads = [
-        threading.Thread(target=client_loop, args=(url, t, r, start, until, count, st))
+        threading.Thread(target=_stream, args=(url, t, r, n, start, until, count, st))
         for t, r, start, st in zip(engine.tokens, engine.rates, starts, stats, strict=True)
     ]
     for t in threads:
@@ -492,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("beside a client at its quota", Engine([noisy], [a.rate_limit])),
                     (
                         "beside a client at 10x its quota",
-                        Engine([noisy], [10 * a.rate_limit], flood=NOISY_CONNECTIONS),
+                        Engine([noisy], [10 * a.rate_limit], connections=NOISY_CONNECTIONS),
                     ),
                 ]
                 p99 = {"alone": base["p99_ms"]}

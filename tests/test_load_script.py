@@ -37,7 +37,7 @@ load = _load_module()
         (b"HTTP/1.1 204 No Content\r\n\r\n", 204),
     ],
 )
-def test_flood_reads_a_response_only_when_whole(received: bytes, status: int | None) -> None:
+def test_a_response_is_read_only_when_whole(received: bytes, status: int | None) -> None:
     assert load._complete_status(bytearray(received)) == status
 
 
