@@ -106,6 +106,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "status": "active",
         "scope": CONCEPT,
         "category": [CONCEPT],
+        "dateTime": "2024-01-01",  # intake refuses a Consent without one (exchange.consent)
     },
     "Claim": {
         "resourceType": "Claim",
