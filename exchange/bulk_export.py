@@ -8,13 +8,19 @@ is reported as failed, to be started again.
 A file is kept as the list of its resources' places in the stored Bundles (Bundle id, version,
 byte span), not as a copy of the data: the patient data stays where the store keeps it (and
 encrypts it), and each download is rebuilt from it and checked against the SHA-256 the
-manifest gave. Each line is a resource exactly as submitted, except that line breaks between
-JSON tokens become spaces (NDJSON needs one resource per line; JSON strings cannot hold a raw
-line break, so no value changes and `1200.00` stays `1200.00`).
+manifest gave. That SHA-256 is patient data too (it confirms a guess of the file), so it is
+kept only sealed under a key made from the data keys of every Bundle in the file
+(:func:`exchange.vault.joint_key`): an erasure of any one of its patients leaves it unreadable.
+Each line is a resource exactly as submitted, except that line breaks between JSON tokens
+become spaces (NDJSON needs one resource per line; JSON strings cannot hold a raw line break,
+so no value changes and `1200.00` stays `1200.00`).
 
 What goes into a job is decided by the same rules as a search (:mod:`exchange.settlement`):
 a hospital's own submissions, or for an insurer the resources addressed to it that the
-patient's consent permits at the job's transaction time, through the cross-border gate.
+patient's consent permits at the job's transaction time, through the cross-border gate. Each
+download is decided again, at its own time: an insurer gets a file only while every line of
+it still passes (:func:`download`), and a job and its files expire :data:`DEFAULT_TTL` after
+the kick-off.
 """
 
 from __future__ import annotations
@@ -31,21 +37,26 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     delete,
+    func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 
-from exchange import settlement
+from exchange import settlement, vault
 from exchange.crossborder import TransferLedger
-from exchange.db import bundle_by_id
+from exchange.db import bundle_by_id, bundles_table
 from ledger import store
 
 SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"
@@ -55,6 +66,9 @@ OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
 # is gone (restarted or killed): it is reported failed rather than polled for ever.
 STALE_AFTER = timedelta(seconds=120)
 BATCH = 500
+# How long a job and its files are kept after the kick-off (`medledger serve --export-ttl`).
+DEFAULT_TTL = timedelta(hours=24)
+DIGEST_LABEL = b"medledger-export/v1 digest"
 
 IN_PROGRESS, COMPLETED, FAILED = "in-progress", "completed", "failed"
 
@@ -91,7 +105,10 @@ files_table = Table(
     Column("n", Integer, primary_key=True, autoincrement=False),
     Column("resource_type", String(32), nullable=False),
     Column("count", Integer, nullable=False),
-    Column("sha256", String(64), nullable=False),
+    # The file's SHA-256, sealed (vault.seal) under the joint key of `keys`; NULL when one of
+    # them was already destroyed when the store was upgraded to this format.
+    Column("digest", LargeBinary),
+    Column("keys", Text, nullable=False),  # JSON [key id, ...]: the data keys of its Bundles
     # JSON [[bundle_id, version, start, length], ...]: where each line's resource is stored.
     Column("refs", Text, nullable=False),
 )
@@ -100,6 +117,39 @@ files_table = Table(
 def create_schema(engine: Engine) -> None:
     with store.write_transaction(engine) as conn:
         metadata.create_all(conn)
+
+
+def upgrade_schema(conn: Connection, opened: vault.Vault) -> bool:
+    """Seals the files' SHA-256 of a store written before they were sealed (a `sha256` column
+    of hex text), in place: each file's digest is sealed under the joint key of its Bundles'
+    data keys, or dropped when one of them was erased already (the file then answers 410, as
+    it did). Idempotent; True when it upgraded."""
+    inspector = inspect(conn)
+    if not inspector.has_table(files_table.name):
+        return False
+    if "sha256" not in {c["name"] for c in inspector.get_columns(files_table.name)}:
+        return False
+    old = conn.execute(
+        text(f'SELECT job_id, n, resource_type, count, sha256, refs FROM "{files_table.name}"')
+    ).all()
+    rows = []
+    for job_id, n, rtype, count, sha256, refs in old:
+        parsed = [(str(b), int(v), int(st), int(ln)) for b, v, st, ln in json.loads(refs)]
+        keys = key_ids_of(conn, parsed)
+        try:
+            digest: bytes | None = seal_digest(conn, opened, job_id, int(n), keys,
+                                               bytes.fromhex(sha256))  # fmt: skip
+        except (vault.Erased, vault.VaultError):
+            digest = None
+        rows.append({"job_id": job_id, "n": n, "resource_type": rtype, "count": count,
+                     "digest": digest, "keys": json.dumps(keys), "refs": refs})  # fmt: skip
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero the old table's pages
+    conn.execute(text(f'DROP TABLE "{files_table.name}"'))
+    files_table.create(conn)
+    if rows:
+        conn.execute(insert(files_table), rows)
+    return True
 
 
 @dataclass(frozen=True)
@@ -132,7 +182,8 @@ class OutputFile:
     n: int
     resource_type: str
     count: int
-    sha256: str
+    digest: bytes | None  # the SHA-256, sealed (see files_table)
+    keys: list[str]
     refs: list[tuple[str, int, int, int]]
 
 
@@ -194,11 +245,80 @@ def files_of(engine: Engine, job_id: str) -> list[OutputFile]:
             int(r.n),
             r.resource_type,
             int(r.count),
-            r.sha256,
+            None if r.digest is None else bytes(r.digest),
+            list(json.loads(r.keys)),
             [(str(b), int(v), int(s), int(n)) for b, v, s, n in json.loads(r.refs)],
         )
         for r in rows
     ]
+
+
+# --- expiry -------------------------------------------------------------------------------
+
+
+def expires(job: Job, ttl: timedelta) -> datetime:
+    """When the job and its files stop being served (and are deleted)."""
+    return datetime.fromisoformat(job.transaction_time.replace("Z", "+00:00")) + ttl
+
+
+def purge_expired(engine: Engine, ttl: timedelta, now: datetime | None = None) -> int:
+    """Deletes the jobs kicked off longer than `ttl` ago, with their files; returns how many.
+    Transaction times are fixed-width UTC text, so they compare as text."""
+    cutoff = _instant((now or _now()) - ttl)
+    with store.write_transaction(engine) as conn:
+        old = (
+            conn.execute(select(jobs_table.c.id).where(jobs_table.c.transaction_time < cutoff))
+            .scalars()
+            .all()
+        )
+        for start in range(0, len(old), BATCH):
+            chunk = old[start : start + BATCH]
+            conn.execute(delete(files_table).where(files_table.c.job_id.in_(chunk)))
+            conn.execute(delete(jobs_table).where(jobs_table.c.id.in_(chunk)))
+    return len(old)
+
+
+# --- the sealed digests ---------------------------------------------------------------------
+
+
+def key_ids_of(conn: Connection, refs: Sequence[tuple[str, int, int, int]]) -> list[str]:
+    """The data keys the Bundle versions of these refs are sealed under (sorted, distinct),
+    read from the first bytes of each sealed Bundle."""
+    wanted = {(b, v) for b, v, _, _ in refs}
+    ids = sorted({b for b, _ in wanted})
+    t = bundles_table
+    head = func.substr(t.c.data, 1, 5 + 255).label("head")
+    found: set[str] = set()
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        for row in conn.execute(select(t.c.id, t.c.version, head).where(t.c.id.in_(chunk))):
+            if (row.id, int(row.version)) in wanted:
+                found.add(vault.head_key_id(bytes(row.head)))
+    return sorted(found)
+
+
+def _digest_aad(job_id: str, n: int) -> bytes:
+    return f"medledger-export/v1\x00{job_id}\x00{n}".encode()
+
+
+def seal_digest(
+    conn: Connection, opened: vault.Vault, job_id: str, n: int, keys: list[str], digest: bytes
+) -> bytes:
+    key = opened.joint_key_of(conn, keys, DIGEST_LABEL)
+    return vault.seal(key, "export-digest", digest, _digest_aad(job_id, n))
+
+
+def file_sha256(engine: Engine, job_id: str, f: OutputFile) -> str | None:
+    """The file's SHA-256 (hex), or None when it can no longer be known: a data key of one of
+    its Bundles was destroyed by an erasure (and the file can no longer be served)."""
+    if f.digest is None:
+        return None
+    try:
+        with engine.connect() as conn:
+            key = vault.of(engine).joint_key_of(conn, f.keys, DIGEST_LABEL)
+    except vault.Erased:
+        return None
+    return vault.unseal(key, f.digest, _digest_aad(job_id, f.n)).hex()
 
 
 def delete_job(engine: Engine, job_id: str) -> bool:
@@ -320,8 +440,12 @@ def build_files(engine: Engine, gate: TransferLedger, job: Job) -> list[tuple[Ou
             continue
         data = b"".join(ndjson_line(reader.resource(r)) for r in rows)
         refs = [(r.bundle_id, r.version, r.start, r.length) for r in rows]
-        digest = hashlib.sha256(data).hexdigest()
-        out.append((OutputFile(len(out), rtype, len(rows), digest, refs), data))
+        n = len(out)
+        with engine.connect() as conn:
+            keys = key_ids_of(conn, refs)
+            digest = hashlib.sha256(data).digest()
+            sealed = seal_digest(conn, vault.of(engine), job.id, n, keys, digest)
+        out.append((OutputFile(n, rtype, len(rows), sealed, keys, refs), data))
     return out
 
 
@@ -344,7 +468,8 @@ def finish_job(engine: Engine, job_id: str, files: Sequence[OutputFile]) -> bool
                         "n": f.n,
                         "resource_type": f.resource_type,
                         "count": f.count,
-                        "sha256": f.sha256,
+                        "digest": f.digest,
+                        "keys": json.dumps(f.keys),
                         "refs": json.dumps([list(r) for r in f.refs]),
                     }
                     for f in files
@@ -398,11 +523,101 @@ def file_bytes(engine: Engine, f: OutputFile) -> bytes:
     return b"".join(lines)
 
 
-def manifest(job: Job, files: Sequence[OutputFile], base_url: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Disclosure:
+    """A file as it may be served now, and whom it discloses."""
+
+    data: bytes
+    patients: dict[bytes, int]  # the entry subject of each patient -> their lines
+
+
+class FileGone(Exception):
+    """The file cannot be rebuilt as exported: data in it was erased (410)."""
+
+
+class NoLongerPermitted(Exception):
+    """A line of the file is no longer permitted to this insurer now (403): a patient
+    withdrew, a consent expired, the cross-border gate closed."""
+
+
+def download(
+    engine: Engine, gate: TransferLedger, job: Job, f: OutputFile, now: datetime
+) -> Disclosure:
+    """The file, rebuilt and checked against its digest; for an insurer every line decided
+    again, now, as a search would decide it, and the patients it discloses (a hospital's own
+    submissions disclose nothing). A file is served whole or not at all: its manifest gave
+    its count and SHA-256, so a changed consent refuses it, and a new export leaves out
+    whoever withdrew."""
+    expected = file_sha256(engine, job.id, f)
+    if expected is None:
+        raise FileGone("a data key of a Bundle in this file was destroyed by an erasure")
+    try:
+        data = file_bytes(engine, f)
+    except (LookupError, vault.Erased) as e:
+        raise FileGone(str(e)) from None
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise FileGone("the file no longer rebuilds to the digest the manifest gave")
+    if job.spec.role != "insurer":
+        return Disclosure(data, {})
+    assert job.spec.org is not None and job.spec.purpose is not None
+    rows = rows_at(engine, f.refs)
+    if any(row is None for row in rows):
+        raise FileGone("a resource of this file is no longer indexed (its Bundle was erased)")
+    reader = settlement.BundleBytes(engine)
+    policy = settlement.InsurerPolicy(engine, gate, job.spec.org, job.spec.purpose, now, reader)
+    patients: dict[bytes, int] = {}
+    subjects = entry_subjects(engine, [row.index for row in rows if row is not None])
+    for row in rows:
+        assert row is not None
+        verdict = policy.decide(row)
+        if not verdict.permit:
+            raise NoLongerPermitted(verdict.reason)
+        subject = subjects.get(row.index)
+        if subject is not None:
+            patients[subject] = patients.get(subject, 0) + 1
+    return Disclosure(data, patients)
+
+
+def rows_at(
+    engine: Engine, refs: Sequence[tuple[str, int, int, int]]
+) -> list[settlement.Row | None]:
+    """The settlement index row of each ref (None where there is none any more)."""
+    t = settlement.settlement_table.c
+    ids = sorted({b for b, _, _, _ in refs})
+    found: dict[tuple[str, int, int], settlement.Row] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            for r in conn.execute(
+                select(settlement.settlement_table).where(t.bundle_id.in_(chunk))
+            ):
+                row = settlement.row_of(r)
+                found[(row.bundle_id, row.version, row.start)] = row
+    return [found.get((b, v, st)) for b, v, st, _ in refs]
+
+
+def entry_subjects(engine: Engine, indexes: Sequence[int]) -> dict[int, bytes]:
+    """The patient pseudonym on each of these Bundle entries (as an access entry names them)."""
+    t = bundles_table.c
+    wanted = sorted(set(indexes))
+    out: dict[int, bytes] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(wanted), BATCH):
+            chunk = wanted[start : start + BATCH]
+            for idx, subject in conn.execute(select(t.idx, t.subject).where(t.idx.in_(chunk))):
+                if subject is not None:
+                    out[int(idx)] = bytes(subject)
+    return out
+
+
+def manifest(
+    job: Job, files: Sequence[tuple[OutputFile, str | None]], base_url: str
+) -> dict[str, Any]:
     """The complete-status body (Bulk Data IG v2, "Response - Complete Status").
 
     Each output item carries the SHA-256 of its file in `extension`, keyed by
-    :data:`SHA256_EXTENSION` (the IG allows extension objects on the manifest's items).
+    :data:`SHA256_EXTENSION` (the IG allows extension objects on the manifest's items); a
+    file whose digest can no longer be known (data in it was erased) has none.
     """
     return {
         "transactionTime": job.transaction_time,
@@ -413,9 +628,9 @@ def manifest(job: Job, files: Sequence[OutputFile], base_url: str) -> dict[str, 
                 "type": f.resource_type,
                 "url": f"{base_url}/fhir/$export-status/{job.id}/{f.n}.ndjson",
                 "count": f.count,
-                "extension": {SHA256_EXTENSION: f.sha256},
+                **({"extension": {SHA256_EXTENSION: sha256}} if sha256 is not None else {}),
             }
-            for f in files
+            for f, sha256 in files
         ],
         "error": [],
     }

@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -82,6 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="requests each client may send at once above its rate (%(default)s)",
     )
     p.add_argument(
+        "--export-ttl",
+        type=float,
+        default=float(os.environ.get("MEDLEDGER_EXPORT_TTL", "24")),
+        metavar="HOURS",
+        help="how long a Bulk Data export and its files are kept after the kick-off "
+        "(%(default)s hours)",
+    )
+    p.add_argument(
         "--access-log",
         action="store_true",
         help="log every request line (off by default: search URLs may carry identifiers)",
@@ -139,7 +149,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from exchange.demo import instructions, seed
     from exchange.services import open_services
 
-    settings = settings_from_args(args)
+    if args.export_ttl <= 0:
+        return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
+    settings = replace(settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl))
     workers = _default_workers() if args.intake_workers is None else max(0, args.intake_workers)
     try:
         services = open_services(settings, intake_workers=workers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy import (
@@ -57,6 +57,10 @@ class StoredBundle:
     sender: str
     id: str
     data: bytes
+    # The data key the Bundle is sealed under, for an index that seals what it derives from
+    # the Bundle under that key (exchange.quality_facts), so an erasure reaches it too.
+    key_id: str = ""
+    dek: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -102,15 +106,19 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
                 .limit(batch)
             ).all()
             # The bytes are sealed (exchange.vault); an erased Bundle has none left to index.
-            opened = vault.of(engine).open_many(
+            opened_vault = vault.of(engine)
+            opened = opened_vault.open_many(
                 conn, [(bytes(r.data), r.id, int(r.version), int(r.idx)) for r in found]
             )
+            key_ids = [vault.sealed_key_id(bytes(r.data)) for r in found]
+            deks = opened_vault.data_keys(conn, key_ids)
         if not found:
             return read
         rows: list[dict[str, object]] = []
-        for (idx, sender, bundle_id, _, _), data in zip(found, opened, strict=True):
+        for (idx, sender, bundle_id, _, _), data, kid in zip(found, opened, key_ids, strict=True):
             if data is not None:
-                rows.extend(index.rows_of(StoredBundle(int(idx), sender, bundle_id, data)))
+                bundle = StoredBundle(int(idx), sender, bundle_id, data, kid, deks.get(kid, b""))
+                rows.extend(index.rows_of(bundle))
         with store.write_transaction(engine) as conn:
             if _mark(conn, index.name, lock=True) != last:
                 continue  # another catch-up indexed these first: read again from its mark

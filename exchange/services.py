@@ -206,6 +206,10 @@ def open_services(
     limits = limits or IntakeLimits()
     lookup_key = db.secret(ledger_log.engine, db.PSEUDONYM_KEY)
     master = settings.vault_master_key(vault_is_empty=vault.is_empty(ledger_log.engine))
+    opened = vault.attach(vault.Vault(ledger_log.engine, master, lookup_key))
+    from exchange import store_upgrade  # it reads the indexes, which import this module
+
+    store_upgrade.upgrade(ledger_log.engine, opened)
     return Services(
         settings=settings,
         log=ledger_log,
@@ -214,7 +218,7 @@ def open_services(
         clients=ClientCache(ledger_log.engine),
         pseudonym_key=lookup_key,
         admission=Admission(max_in_flight),
-        vault=vault.attach(vault.Vault(ledger_log.engine, master, lookup_key)),
+        vault=opened,
         senders=institutions.SenderCache(ledger_log.engine),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ class Settings:
     db_url: str | None = None
     key_file: Path | None = None
     origin: str = DEFAULT_ORIGIN
+    # How long a Bulk Data export job and its files are kept after the kick-off.
+    export_ttl: timedelta = timedelta(hours=24)
 
     @property
     def database_url(self) -> str:

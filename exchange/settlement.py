@@ -615,10 +615,11 @@ def search_rows(engine: Engine, q: Query) -> list[Row]:
         stmt = stmt.where((s.idx > idx) | and_(s.idx == idx, s.pos > pos))
     stmt = stmt.order_by(s.idx, s.pos).limit(q.limit)
     with engine.connect() as conn:
-        return [_row(r) for r in conn.execute(stmt)]
+        return [row_of(r) for r in conn.execute(stmt)]
 
 
-def _row(r: Any) -> Row:
+def row_of(r: Any) -> Row:
+    """One indexed resource, from a row of the settlement table."""
     m = r._mapping
     return Row(
         int(m["idx"]), int(m["pos"]), m["sender"], m["bundle_id"], int(m["version"]),
@@ -675,7 +676,7 @@ def consents_of(engine: Engine, sender: str, subject: bytes) -> list[Row]:
         .order_by(s.idx, s.pos)
     )
     with engine.connect() as conn:
-        return [_row(r) for r in conn.execute(stmt)]
+        return [row_of(r) for r in conn.execute(stmt)]
 
 
 # --- the insurer's policy -------------------------------------------------------------------

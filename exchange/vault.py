@@ -194,6 +194,25 @@ def sealed_key_id(blob: bytes) -> str:
     return blob[5 : 5 + blob[4]].decode()
 
 
+def head_key_id(head: bytes) -> str:
+    """The id of the DEK a sealed value needs, from the value's first bytes alone (5 and the
+    key id's length suffice), so a reader need not fetch a whole Bundle to learn its key."""
+    if head[:4] != MAGIC or len(head) < 5 + head[4]:
+        raise VaultError("a stored value is not a vault ciphertext (MLV1)")
+    return head[5 : 5 + head[4]].decode()
+
+
+def joint_key(deks: dict[str, bytes], label: bytes) -> bytes:
+    """A key that can be made only while every one of these DEKs (by key id) exists: HMAC-SHA-256
+    of `label` under each, in key id order, hashed together. What is sealed under it (a digest
+    of an export that spans many patients, a Bundle's derived facts) becomes unreadable, and
+    so confirms no guess, once any one of those keys is destroyed by an erasure."""
+    h = hashlib.sha256(b"medledger-vault/v1 joint\x00" + label)
+    for key_id in sorted(deks):
+        h.update(hmac.new(deks[key_id], label, hashlib.sha256).digest())
+    return h.digest()
+
+
 def unseal(dek: bytes, blob: bytes, aad: bytes) -> bytes:
     start = 5 + len(sealed_key_id(blob))
     nonce = blob[start : start + NONCE_SIZE]
@@ -393,6 +412,14 @@ class Vault:
         if missing and not missing_ok:
             raise self._gone(conn, missing[0])
         return found
+
+    def data_keys(self, conn: Connection, key_ids: Iterable[str]) -> dict[str, bytes]:
+        """The DEKs of those of these key ids that still exist (an erased one is absent)."""
+        return self._deks_of(conn, key_ids, missing_ok=True)
+
+    def joint_key_of(self, conn: Connection, key_ids: Iterable[str], label: bytes) -> bytes:
+        """:func:`joint_key` over these keys; Erased when one of them was destroyed."""
+        return joint_key(self._deks_of(conn, key_ids), label)
 
     def _gone(self, conn: Connection, key_id: str) -> Exception:
         row = conn.execute(

@@ -14,15 +14,27 @@ Only the client that kicked a job off sees it; to any other it does not exist (4
 at system level only: this server keeps no Group resources, and the patients an insurer may
 receive are not a fixed cohort but whoever's consent permits it at the job's transaction time.
 
-Access entries (insurers): the kick-off appends one (`export`, or `denied` when refused), and
-so does each file download, since that is when the data leaves (outcome 0; `denied` if the
-download is refused). Polls and deletes disclose nothing and append nothing.
+A job and its files expire :attr:`exchange.settings.Settings.export_ttl` (24 h by default)
+after the kick-off: the manifest and each file carry an `Expires` header, and afterwards the
+job is deleted and answers 404.
+
+A download is decided again at its own time (:func:`exchange.bulk_export.download`): for an
+insurer every line of the file must still be permitted by its patient's current consent and
+the cross-border gate, or the whole file is refused (403: its manifest gave its count and
+SHA-256; a new export leaves out whoever withdrew); data erased since answers 410.
+
+Access entries (insurers): the kick-off appends one (`export`, or `denied` when refused); a
+download appends one `export` entry per patient the file discloses, naming that patient's
+pseudonym, so it is in the patient's accounting of disclosures; a refused download appends
+one `denied` entry. Polls and deletes disclose nothing and append nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import re
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -56,10 +68,15 @@ Owner = Annotated[Client, Depends(require_role("hospital", "insurer"))]
 
 
 async def get_exports(request: Request) -> Services:
-    """FastAPI dependency: the services, with the export tables made once per app."""
+    """FastAPI dependency: the services, with the export tables made (and the jobs that
+    expired while no one asked purged) once per app."""
     state = request.app.state
     if not getattr(state, "export_schema", False):
-        await run_in_threadpool(bulk_export.create_schema, state.services.engine)
+        services = state.services
+        await run_in_threadpool(bulk_export.create_schema, services.engine)
+        await run_in_threadpool(
+            bulk_export.purge_expired, services.engine, services.settings.export_ttl
+        )
         state.export_schema = True
     return state.services
 
@@ -186,6 +203,8 @@ async def export_kickoff(
             str(request.url),
         )  # fmt: skip
         await run_in_threadpool(fresh_indexes, services, indexes)
+        ttl = services.settings.export_ttl
+        await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
         bulk_export.start_worker(services.engine, gate, job)
         return Answer(job.id.encode(), 0, 0, None, f"$export {','.join(types)} job {job.id}")
@@ -206,10 +225,29 @@ async def export_kickoff(
 
 
 async def _own_job(services: Services, client: Client, job_id: str) -> bulk_export.Job:
+    """The client's job, unless it expired (then it is deleted with every other that did)."""
     job = await run_in_threadpool(bulk_export.load_job, services.engine, job_id)
     if job is None or job.spec.client_id != client.client_id:
         raise ApiError(404, "not-found", f"no export {job_id} of this client")
+    ttl = services.settings.export_ttl
+    if bulk_export.expires(job, ttl) <= datetime.now(UTC):
+        await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
+        raise ApiError(
+            404, "not-found", f"export {job_id} expired ({ttl} after its kick-off): start a new one"
+        )
     return job
+
+
+def _expires_header(services: Services, job: bulk_export.Job) -> dict[str, str]:
+    when = bulk_export.expires(job, services.settings.export_ttl)
+    return {"Expires": format_datetime(when.astimezone(UTC), usegmt=True)}
+
+
+def _manifest_files(
+    services: Services, job: bulk_export.Job
+) -> list[tuple[bulk_export.OutputFile, str | None]]:
+    files = bulk_export.files_of(services.engine, job.id)
+    return [(f, bulk_export.file_sha256(services.engine, job.id, f)) for f in files]
 
 
 @router.get(
@@ -243,10 +281,13 @@ async def export_status(
     if job.status == bulk_export.FAILED:
         issue = Issue("error", "exception", job.error or "the export failed")
         return FhirJSONResponse(outcome_body([issue]), 500)
-    files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
+    files = await run_in_threadpool(_manifest_files, services, job)
     base = str(request.base_url).rstrip("/")
     return FhirJSONResponse(
-        bulk_export.manifest(job, files, base), 200, media_type="application/json"
+        bulk_export.manifest(job, files, base),
+        200,
+        _expires_header(services, job),
+        media_type="application/json",
     )
 
 
@@ -266,6 +307,8 @@ async def export_status(
 async def export_file(
     client: Owner,
     services: Exports,
+    gate: Annotated[TransferLedger, Depends(get_gate)],
+    indexes: Annotated[Indexes, Depends(get_indexes)],
     job_id: Annotated[str, Path(pattern=JOB_ID)],
     file_name: Annotated[str, Path(pattern=FILE_NAME)],
 ) -> Response:
@@ -276,7 +319,9 @@ async def export_file(
         found = [f for f in files if f.n == n]
         if job.status != bulk_export.COMPLETED or not found:
             raise ApiError(404, "not-found", f"export {job_id} has no file {file_name}")
-        data = await run_in_threadpool(_checked_bytes, services, found[0])
+        # Consents and Bundles stored since the kick-off count: the indexes are caught up.
+        await run_in_threadpool(fresh_indexes, services, indexes)
+        served = await run_in_threadpool(_download, services, gate, job, found[0])
     except ApiError as refusal:
         if client.role == "insurer":
             await record_access(
@@ -285,27 +330,47 @@ async def export_file(
                 detail=f"$export file refused ({refusal.status})",
             )  # fmt: skip
         raise
-    if client.role == "insurer":
-        await record_access(
-            services, client, action="export", resource_type=found[0].resource_type,
-            patient_subject=None, purpose=job.spec.purpose, outcome="0",
-            detail=f"$export job {job_id} file {n}: {found[0].count} resources",
-        )  # fmt: skip
-    return Response(data, 200, media_type=bulk_export.NDJSON)
+    if served.patients:
+        # One entry per patient disclosed, appended together (one group commit), all before
+        # the file leaves.
+        await asyncio.gather(
+            *(
+                record_access(
+                    services,
+                    client,
+                    action="export",
+                    resource_type=found[0].resource_type,
+                    patient_subject=subject,
+                    purpose=job.spec.purpose,
+                    outcome="0",
+                    detail=f"$export job {job_id} file {n}: {lines} of {found[0].count} "
+                    "resources are this patient's",
+                )  # fmt: skip
+                for subject, lines in served.patients.items()
+            )
+        )
+    return Response(served.data, 200, _expires_header(services, job), media_type=bulk_export.NDJSON)
 
 
-def _checked_bytes(services: Services, f: bulk_export.OutputFile) -> bytes:
+def _download(
+    services: Services, gate: TransferLedger, job: bulk_export.Job, f: bulk_export.OutputFile
+) -> bulk_export.Disclosure:
     try:
-        data = bulk_export.file_bytes(services.engine, f)
-    except LookupError:
-        data = b""
-    if hashlib.sha256(data).hexdigest() != f.sha256:
+        return bulk_export.download(services.engine, gate, job, f, datetime.now(UTC))
+    except bulk_export.FileGone:
         raise ApiError(
             410,
             "deleted",
-            "data in this file has been erased or replaced since the export: start a new one",
-        )
-    return data
+            "data in this file has been erased since the export: start a new one",
+        ) from None
+    except bulk_export.NoLongerPermitted:
+        raise ApiError(
+            403,
+            "forbidden",
+            "consent no longer permits all of this file to this insurer (a patient withdrew, "
+            "or a consent or legal basis ended since the export): start a new export, which "
+            "includes only what is permitted now",
+        ) from None
 
 
 @router.delete(
