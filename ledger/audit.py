@@ -8,8 +8,9 @@ proofs from. Given the state of an earlier audit (audit_state.py) it resumes the
 that the log only grew (RFC 9162 section 2.1.4). Two validly signed checkpoints that cannot
 both be true become an Evidence file that anyone can re-check with the log's verifier key.
 
-Exit-code classes: SourceUnavailable (2), StateError and MalformedInput (3), AuditError (4),
-Evidence (5). Standard library and ``cryptography`` only; reading is the source's job.
+Exit-code classes: SourceUnavailable (2), SourceMalformed, StateError and MalformedInput (3),
+AuditError (4), Evidence (5). Standard library and ``cryptography`` only; reading is the
+source's job.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .entry import EntryError, format_time, parse_entry
 from .keyset import KeyRuleError, KeySet
 from .merkle import Hash, ProofError, fold_frontier, leaf_hash, node_hash, stored_hash_index
 from .note import NoteError, Verifier, open_note
+from .untrusted import InputRejected, read_json
 from .verify import MalformedInput, VerificationError
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "EvidenceReport",
     "LogSource",
     "RootClaim",
+    "SourceMalformed",
     "SourceUnavailable",
     "audit",
     "consistency_proof_by",
@@ -64,11 +67,18 @@ _b2a = binascii.b2a_base64
 
 
 class SourceUnavailable(Exception):
-    """The log could not be read: network, server or database down, or not a log API. Exit 2."""
+    """The log could not be read: network, server or database down, an HTTP error status, or
+    the run's deadline passed. Exit 2."""
 
     def __init__(self, message: str, hint: str = "check the address and retry later") -> None:
         super().__init__(message)
         self.hint = hint
+
+
+class SourceMalformed(SourceUnavailable):
+    """The source answered, but not as a log does: an answer over its size cap, not the API's
+    strict JSON or of the wrong shape. Exit 3. A kind of SourceUnavailable (nothing usable was
+    read), so whatever tolerates an unreadable source tolerates this one too."""
 
 
 class AuditUsageError(ValueError):
@@ -859,6 +869,8 @@ class _Stream:
 # --- evidence ------------------------------------------------------------------------------
 
 EVIDENCE_FORMAT = "medledger-evidence/v1"
+MAX_EVIDENCE_BYTES = 64 << 20
+"""Larger evidence files are refused unread: one holds at most 10,000 entries (a few MiB)."""
 _VIAS = ("checkpoint", "consistency", "frontier")
 
 
@@ -940,7 +952,7 @@ class Evidence:
     def from_json(cls, data: bytes) -> Evidence:
         """Parses an evidence file; raises MalformedInput saying what is wrong."""
         try:
-            obj = json.loads(data.decode("utf-8"))
+            obj = read_json(data, MAX_EVIDENCE_BYTES)
             if not isinstance(obj, dict) or obj.get("format") != EVIDENCE_FORMAT:
                 raise MalformedInput(f"not a {EVIDENCE_FORMAT} file")
             notes = obj["checkpoints"]
@@ -979,8 +991,8 @@ class Evidence:
             )
         except MalformedInput:
             raise
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MalformedInput(f"evidence is not UTF-8 JSON: {e}") from e
+        except InputRejected as e:
+            raise MalformedInput(f"evidence is not strict JSON: {e}") from e
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MalformedInput(f"evidence field {e} is missing or of the wrong type") from e
 
@@ -996,7 +1008,7 @@ def _bytes(v: object) -> bytes:
         raise TypeError("base64 string")
     try:
         return base64.b64decode(v, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
         raise ValueError("base64") from e
 
 

@@ -14,7 +14,6 @@ problem (StateError), never evidence against a log.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -27,8 +26,11 @@ from . import merkle
 from .checkpoint import CheckpointError, parse_checkpoint
 from .jcs import canonicalize
 from .note import NoteError, Verifier, open_note
+from .untrusted import InputRejected, read_file, read_json
 
 STATE_FORMAT = "medledger-audit-state/v1"
+MAX_STATE_BYTES = 1 << 20
+"""Larger state files are refused unread: one holds a checkpoint and at most 64 hashes."""
 
 
 class StateError(Exception):
@@ -86,9 +88,9 @@ def _bad(path: Path, what: str) -> StateError:
 def parse_state(data: bytes, path: Path, verifiers: Iterable[Verifier]) -> AuditState:
     """Parses and checks a state file's bytes; raises StateError naming what is wrong."""
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"not JSON ({e})") from e
+        obj = read_json(data, MAX_STATE_BYTES)
+    except InputRejected as e:
+        raise _bad(path, f"not a state file's JSON ({e})") from e
     if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
         raise _bad(path, f"not a {STATE_FORMAT} file")
     want = obj.pop("sha256", None)
@@ -168,7 +170,7 @@ def _hash(v: object, allow_empty: bool = False) -> bytes:
         raise TypeError("hash")
     try:
         raw = base64.b64decode(v, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
         raise ValueError("hash") from e
     if not (allow_empty and raw == b"") and len(raw) != merkle.HASH_SIZE:
         raise ValueError("hash")
@@ -178,9 +180,11 @@ def _hash(v: object, allow_empty: bool = False) -> bytes:
 def load_state(path: Path, verifiers: Iterable[Verifier]) -> AuditState | None:
     """The state saved at `path`, or None when there is none yet (a first audit)."""
     try:
-        data = path.read_bytes()
+        data = read_file(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         return None
+    except InputRejected as e:
+        raise _bad(path, str(e)) from e
     except OSError as e:
         raise StateError(
             f"cannot read audit state {path}: {e.strerror}",

@@ -6,10 +6,10 @@ Body: ``<origin>\\n<decimal size>\\n<base64 root>\\n`` then optional extension l
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 
 from .merkle import HASH_SIZE
+from .untrusted import InputRejected, read_uint64
 
 
 class CheckpointError(ValueError):
@@ -44,14 +44,16 @@ def parse_checkpoint(text: str) -> Checkpoint:
     origin, size_s, root_s, *ext = lines
     if not origin:
         raise CheckpointError("checkpoint origin is empty")
-    if not size_s.isdigit() or not size_s.isascii() or (size_s != "0" and size_s[0] == "0"):
-        raise CheckpointError(f"checkpoint size {size_s!r} is not a decimal without leading zeros")
+    try:
+        size = read_uint64(size_s)
+    except InputRejected as e:
+        raise CheckpointError(f"checkpoint size: {e}") from None
     try:
         root = base64.b64decode(root_s, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
         raise CheckpointError("checkpoint root is not base64") from e
     if len(root) != HASH_SIZE:
         raise CheckpointError("checkpoint root is not a SHA-256 hash")
     if any(not line for line in ext):
         raise CheckpointError("checkpoint has an empty extension line")
-    return Checkpoint(origin, int(size_s), root, tuple(ext))
+    return Checkpoint(origin, size, root, tuple(ext))

@@ -154,7 +154,7 @@ def split(note: str) -> tuple[str, list[Signature]]:
             raise NoteError(f"malformed signature line {line!r}")
         try:
             raw = base64.b64decode(b64, validate=True)
-        except binascii.Error as e:
+        except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
             raise NoteError(f"signature by {name} is not base64") from e
         if len(raw) < 5:
             raise NoteError(f"signature by {name} is too short")

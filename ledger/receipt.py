@@ -20,8 +20,13 @@ import binascii
 from dataclasses import dataclass
 
 from .merkle import HASH_SIZE
+from .untrusted import InputRejected, read_uint64
 
 HEADER = "c2sp.org/tlog-proof@v1"
+
+MAX_RECEIPT_BYTES = 1 << 20
+"""Readers refuse larger receipts: one is an entry, at most 64 hashes and a checkpoint with
+its signatures, a few KiB."""
 
 
 class ReceiptError(ValueError):
@@ -57,21 +62,22 @@ def parse_receipt(text: str) -> Receipt:
     if pos < len(lines) and lines[pos].startswith("extra "):
         try:
             extra = base64.b64decode(lines[pos][6:], validate=True)
-        except binascii.Error as e:
+        except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
             raise ReceiptError("receipt extra is not base64") from e
         pos += 1
     if pos >= len(lines) or not lines[pos].startswith("index "):
         raise ReceiptError("receipt has no index line")
-    idx = lines[pos][6:]
-    if not idx.isascii() or not idx.isdigit() or (idx != "0" and idx[0] == "0"):
-        raise ReceiptError(f"receipt index {idx!r} is not a decimal without leading zeros")
+    try:
+        index = read_uint64(lines[pos][6:])
+    except InputRejected as e:
+        raise ReceiptError(f"receipt index: {e}") from None
     proof = []
     for line in lines[pos + 1 :]:
         try:
             h = base64.b64decode(line, validate=True)
-        except binascii.Error as e:
+        except ValueError as e:
             raise ReceiptError("receipt proof line is not base64") from e
         if len(h) != HASH_SIZE:
             raise ReceiptError("receipt proof line is not a SHA-256 hash")
         proof.append(h)
-    return Receipt(int(idx), tuple(proof), checkpoint, extra)
+    return Receipt(index, tuple(proof), checkpoint, extra)

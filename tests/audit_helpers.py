@@ -367,7 +367,22 @@ def mock_http(
             return httpx.Response(400, json={"error": str(err)})
         return httpx.Response(404, json={"error": "not found"})
 
-    return httpx.Client(transport=httpx.MockTransport(handler), base_url="http://ledger.test")
+    def streamed(request: httpx.Request) -> httpx.Response:
+        r = handler(request)
+        return httpx.Response(r.status_code, headers=r.headers, stream=_Unread(r.content))
+
+    return httpx.Client(transport=httpx.MockTransport(streamed), base_url="http://ledger.test")
+
+
+class _Unread(httpx.SyncByteStream):
+    """A body not read yet, as a server's arrives: HttpSource reads an answer's raw bytes
+    itself (to cap them), which httpx allows only before anything else has read them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
 
 
 def _b64(b: bytes) -> str:
