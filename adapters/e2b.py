@@ -180,7 +180,7 @@ def _cases(doc: Mapping[str, Any], where: str) -> list[_Case]:
 
 def _case(view: BundleView, loc: Located, doc: Mapping[str, Any]) -> _Case:
     ae = loc.resource
-    event = ae.get("event") if isinstance(ae.get("event"), Mapping) else {}
+    event = e if isinstance(e := ae.get("event"), Mapping) else {}
     native = event.get("text") if isinstance(event.get("text"), str) else None
     if not native:
         raise AdaptError(f"{loc.path}.event.text: the reaction as reported (E.i.1.1a) is needed")
@@ -205,7 +205,7 @@ def _case(view: BundleView, loc: Located, doc: Mapping[str, Any]) -> _Case:
     patient = view.resolve(ae.get("subject"), loc)
     sex, age = _patient(patient.resource if patient else {}, onset)
     reporter = view.resolve(ae.get("recorder"), loc)
-    identifier = ae.get("identifier") if isinstance(ae.get("identifier"), Mapping) else {}
+    identifier = i if isinstance(i := ae.get("identifier"), Mapping) else {}
     number = identifier.get("value") or ae.get("id") or loc.path
     return _Case(
         path=loc.path,
@@ -274,9 +274,7 @@ def _drug(view: BundleView, med: Located, use: Located | None) -> _Drug:
             pack_code = tc.hri()
         elif tc.kind == "cn20" and cn_code is None:
             cn_code = tc.cn_code
-    start, dose, route, text = None, None, (None, None), None
-    if use is not None:
-        start, dose, route, text = _dosage(use)
+    start, dose, route, text = _dosage(use) if use is not None else (None, None, (None, None), None)
     return _Drug(
         path=med.path,
         name=name,

@@ -256,13 +256,15 @@ def parse_trace_code(
     if body.startswith("("):
         return _hri(scan, body, sym_text, serialised, today)
     if symbology is not None and symbology.gs1_symbology in _GTIN_SYMBOLOGIES:
-        return _bare_gtin(scan, body, sym_text, strict=True)
+        return _bare_gtin(scan, body, sym_text)
     if gs1_symbol or GS in body or _GS1_LEAD.match(body):
         return _element_string(scan, body, sym_text, serialised, today)
     if _DIGITS.fullmatch(body) and len(body) in (8, 12, 13, 14):
-        bare = _bare_gtin(scan, body, sym_text, strict=False)
-        if bare is not None:
-            return bare
+        # Unannounced digits are a GTIN only when the check digit says so.
+        try:
+            return _bare_gtin(scan, body, sym_text)
+        except TraceCodeError:
+            pass
     return TraceCode(kind="other", raw=scan, symbology=sym_text)
 
 
@@ -333,13 +335,11 @@ def _cn20(scan: str, digits: str, symbology: str | None) -> TraceCode:
     return TraceCode(kind="cn20", raw=scan, symbology=symbology, cn_code=digits, notes=notes)
 
 
-def _bare_gtin(scan: str, digits: str, symbology: str | None, *, strict: bool) -> TraceCode | None:
+def _bare_gtin(scan: str, digits: str, symbology: str | None) -> TraceCode:
     try:
         gtin = normalise_gtin(digits)
     except ValueError as e:
-        if strict:
-            raise TraceCodeError(f"{scan!r}: {e}") from None
-        return None
+        raise TraceCodeError(f"{scan!r}: {e}") from None
     return TraceCode(kind="gs1", raw=scan, symbology=symbology, elements=(("01", gtin),), gtin=gtin)
 
 
