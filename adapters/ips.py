@@ -37,6 +37,7 @@ from adapters.ips_index import (
     choice_date,
     codings,
     concept_text,
+    entered_in_error,
     first_of,
     has_cjk,
     international_display,
@@ -713,8 +714,8 @@ class _Row:
         return ""
 
     def _dosage(self, dosage: Mapping[str, Any]) -> str:
-        if self.source and isinstance(dosage.get("text"), str):
-            return dosage["text"]
+        if self.source and isinstance(text := dosage.get("text"), str):
+            return text
         parts = []
         for dr in dosage.get("doseAndRate") or []:
             if isinstance(dr.get("doseQuantity"), Mapping):
@@ -739,7 +740,7 @@ def _section_of(resource: Mapping[str, Any]) -> str | None:
     t = resource.get("resourceType")
     if t not in _SUBJECT_FIELD:
         return None
-    if _entered_in_error(resource):
+    if entered_in_error(resource):
         return None
     if t == "Condition":
         clinical = {c.get("code") for c in codings(resource.get("clinicalStatus"))}
@@ -767,13 +768,6 @@ def _section_of(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _entered_in_error(resource: Mapping[str, Any]) -> bool:
-    if resource.get("status") in ("entered-in-error", "cancelled"):
-        return True
-    return "entered-in-error" in {c.get("code")
-                                  for c in codings(resource.get("verificationStatus"))}
-
-
 def _member_refs(resource: Mapping[str, Any]) -> list[Any]:
     if resource.get("resourceType") == "DiagnosticReport":
         return list(resource.get("result") or [])
@@ -795,11 +789,11 @@ def _unique(entries: list[Entry]) -> list[Entry]:
 def _source_language(index: BundleIndex) -> str:
     """The language the record was written in: the first tag found, else guessed from script."""
     for entry in index.entries:
-        if entry.type == "Composition" and isinstance(entry.resource.get("language"), str):
-            return entry.resource["language"]
+        if entry.type == "Composition" and isinstance(tag := entry.resource.get("language"), str):
+            return tag
     for entry in index.entries:
-        if isinstance(entry.resource.get("language"), str):
-            return entry.resource["language"]
+        if isinstance(tag := entry.resource.get("language"), str):
+            return tag
     for entry in index.entries:
         for key in ("code", "vaccineCode", "medicationCodeableConcept"):
             if has_cjk(concept_text(entry.resource.get(key))):
@@ -846,8 +840,8 @@ def _care_period(encounters: list[Entry]) -> dict[str, str] | None:
 def _name_text(name: Any) -> str:
     if not isinstance(name, Mapping):
         return ""
-    if isinstance(name.get("text"), str) and name["text"]:
-        return name["text"]
+    if isinstance(text := name.get("text"), str) and text:
+        return text
     given = " ".join(g for g in name.get("given") or [] if isinstance(g, str))
     family = name.get("family") or ""
     if family and has_cjk(family):
