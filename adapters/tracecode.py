@@ -63,6 +63,7 @@ __all__ = [
     "NHRN_AIS",
     "TraceCode",
     "TraceCodeError",
+    "dl_escape",
     "gtin_check_digit",
     "is_cset82",
     "normalise_gtin",
@@ -201,11 +202,11 @@ class TraceCode:
             raise TraceCodeError(f"no GTIN (01) in {self.raw!r}: no GS1 Digital Link")
         path = f"https://id.gs1.org/01/{self.gtin}"
         if self.lot is not None:
-            path += f"/10/{_dl_escape(self.lot)}"
+            path += f"/10/{dl_escape(self.lot)}"
         if self.serial is not None:
-            path += f"/21/{_dl_escape(self.serial)}"
+            path += f"/21/{dl_escape(self.serial)}"
         query = [
-            f"{ai}={_dl_escape(val)}" for ai, val in self.elements if ai not in ("01", "10", "21")
+            f"{ai}={dl_escape(val)}" for ai, val in self.elements if ai not in ("01", "10", "21")
         ]
         return path + ("?" + "&".join(query) if query else "")
 
@@ -554,6 +555,6 @@ def _century(yy: int, today: date | None) -> int:
     return century
 
 
-def _dl_escape(value: str) -> str:
+def dl_escape(value: str) -> str:
     """Percent-encode a value for a Digital Link path (GS1 Digital Link 1.2, section 6)."""
     return quote(value, safe="")

@@ -33,7 +33,8 @@ from typing import Any
 from adapters.base import AdaptError, AdaptOptions
 from adapters.e2b.batch import write_batch
 from adapters.e2b.case import Case, holder_ids, read_cases, sender_ids
-from adapters.trace_fhir import BundleView, load_bundle
+from adapters.ips_json import loads_bundle
+from adapters.trace_fhir import BundleView
 
 __all__ = ["adapt", "build_icsr"]
 
@@ -66,7 +67,7 @@ def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
     receivers: set[str] = set()
     senders: set[str] = set()
     for n, data in enumerate(bundles):
-        doc = load_bundle(data, f"input {n + 1}")
+        doc = loads_bundle(data, f"input {n + 1}")
         cases.extend(read_cases(doc, f"input {n + 1}"))
         view = BundleView(doc)
         receivers.update(holder_ids(view))

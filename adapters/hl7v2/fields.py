@@ -23,7 +23,14 @@ from hl7apy.exceptions import HL7apyException, MaxLengthReached
 from adapters.base import AdaptError
 from adapters.hl7v2 import text as tx
 from adapters.ips_index import BundleIndex, codings, concept_text
-from adapters.terminology import ConceptMapSet, enrich, is_derived
+from adapters.terminology import (
+    GBT_14396,
+    GBT_15657_TCM,
+    NHSA_ICD10,
+    ConceptMapSet,
+    enrich,
+    is_derived,
+)
 
 # FHIR code system -> HL7 table 0396 coding system (or a "99" local name).
 V2_SYSTEMS = {
@@ -36,9 +43,9 @@ V2_SYSTEMS = {
     "http://hl7.org/fhir/sid/ndc": "NDC",
     "http://standardterms.edqm.eu": "99EDQM",
     "https://www.gs1.org/gtin": "99GTIN",
-    "https://fhir.medledger.example/CodeSystem/gbt-14396-2016": "99GBT14396",
-    "https://fhir.medledger.example/CodeSystem/nhsa-icd10-2.0": "99NHSAICD10",
-    "https://fhir.medledger.example/CodeSystem/gbt-15657-2021": "99GBT15657",
+    GBT_14396: "99GBT14396",
+    NHSA_ICD10: "99NHSAICD10",
+    GBT_15657_TCM: "99GBT15657",
     "http://terminology.hl7.org/CodeSystem/v2-0162": "HL70162",
 }
 

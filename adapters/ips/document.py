@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -213,24 +213,25 @@ class DocumentBuilder:
             headers = [nv.label(lang, c) for c in section.columns]
             return nv.table(headers, rows_by_lang[lang])
 
-        return nv.root_div(
-            self.source_tag,
-            block(self.source_lang),
-            [(nv.TAGS[lang], self._note(lang) + block(lang)) for lang in self.renditions],
-        )
+        return self._div(block)
 
     def _empty_div(self, key: str) -> str:
         def para(lang: str) -> str:
             return nv.element("p", None, nv.text(nv.label(lang, key)))
 
+        return self._div(para)
+
+    def _div(self, block: Callable[[str], str]) -> str:
+        """Narrative: ``block`` in the source language, then one marked block per translation."""
         return nv.root_div(
             self.source_tag,
-            para(self.source_lang),
-            [(nv.TAGS[lang], self._note(lang) + para(lang)) for lang in self.renditions],
+            block(self.source_lang),
+            [
+                (nv.TAGS[lang], nv.translation_note(lang, nv.TAGS[lang], self.source_tag)
+                 + block(lang))
+                for lang in self.renditions
+            ],
         )
-
-    def _note(self, lang: str) -> str:
-        return nv.translation_note(lang, nv.TAGS[lang], self.source_tag)
 
     def _rows(self, section: Section, entry: Entry, lang: str) -> list[list[str]]:
         resource = self.copies[entry.key]
@@ -318,11 +319,7 @@ class DocumentBuilder:
                     f"{nv.label(lang, 'summary_date')}: {_instant(self.now)[:10]}")),
             ])
 
-        return nv.root_div(
-            self.source_tag,
-            block(self.source_lang),
-            [(nv.TAGS[lang], self._note(lang) + block(lang)) for lang in self.renditions],
-        )
+        return self._div(block)
 
 
 def _source_language(index: BundleIndex) -> str:

@@ -20,7 +20,7 @@ from adapters.ips_index import (
     has_cjk,
     international_display,
 )
-from adapters.terminology import is_derived
+from adapters.terminology import GBT_14396, GBT_15657_TCM, NHSA_ICD10, is_derived
 
 # Readable names of code systems in narrative.
 SYSTEM_NAMES = {
@@ -31,9 +31,9 @@ SYSTEM_NAMES = {
     "https://www.gs1.org/gtin": "GTIN",
     "http://hl7.org/fhir/sid/cvx": "CVX",
     "http://unitsofmeasure.org": "UCUM",
-    "https://fhir.medledger.example/CodeSystem/gbt-14396-2016": "GB/T 14396",
-    "https://fhir.medledger.example/CodeSystem/nhsa-icd10-2.0": "NHSA ICD-10",
-    "https://fhir.medledger.example/CodeSystem/gbt-15657-2021": "GB/T 15657 TCM",
+    GBT_14396: "GB/T 14396",
+    NHSA_ICD10: "NHSA ICD-10",
+    GBT_15657_TCM: "GB/T 15657 TCM",
 }
 
 
