@@ -178,12 +178,6 @@ class TraceCode:
             return self.raw
         return render_hri(self.elements)
 
-    def element_string(self, separator: str = GS) -> str:
-        """The GS1 element string as a symbol would encode it (FNC1 shown as ``separator``)."""
-        if self.kind != "gs1":
-            raise TraceCodeError(f"a {self.kind} code has no GS1 element string")
-        return render_element_string(self.elements, separator=separator)
-
     def expiry_fhir(self) -> str | None:
         """The expiry as a FHIR date: ``YYYY-MM`` when the label left the day open."""
         if self.expiry is None:
