@@ -122,7 +122,6 @@ def _case(view: BundleView, loc: Located, doc: Mapping[str, Any]) -> Case:
     )
 
 
-
 def _patient(patient: Mapping[str, Any], onset: str | None) -> tuple[str | None, int | None]:
     sex = {"male": "1", "female": "2"}.get(str(patient.get("gender")))
     birth = patient.get("birthDate")

@@ -51,7 +51,6 @@ class Drug:
     dosage_text: str | None
 
 
-
 def suspects(view: BundleView, loc: Located) -> list[Drug]:
     """The suspect Medications of an AdverseEvent, each with its use when the Bundle has one."""
     drugs: list[Drug] = []

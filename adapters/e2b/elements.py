@@ -42,4 +42,3 @@ def ts_date(value: str | None, *, keep_time: bool = False) -> str | None:
             pass
     digits = re.sub(r"[^0-9]", "", value[:10])
     return digits or None
-
