@@ -11,15 +11,15 @@ a message with the FHIR it came from, and a message from elsewhere with what we 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hl7apy import SUPPORTED_LIBRARIES
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException, InvalidName
 from hl7apy.parser import parse_message, parse_segment
 
-from adapters import hl7v2_text as tx
 from adapters.base import AdaptError
+from adapters.hl7v2 import text as tx
 
 __all__ = ["Coded", "Dispense", "Document", "Name", "Observation", "V2Message", "read_message"]
 
@@ -145,7 +145,7 @@ def _parse_strict(text: str, structure: str, version: str) -> list[str]:
     # Values are read from the text as sent: hl7apy re-escapes on output any escape sequence
     # it does not know (\\Xhh\\ among them), so its re-serialisation is not the message.
     texts = [s for s in text.split("\r") if s.strip()]
-    parsed = [s.name for s in _segments(message)]
+    parsed = [s.name for s in tx.segments(message)]
     if [t[:3] for t in texts] != parsed:
         raise AdaptError(f"HL7 v2 segments {parsed} do not follow the text's order")
     return texts
@@ -175,21 +175,11 @@ def _parse_tolerant(text: str, version: str, delimiters: str) -> list[str]:
     return out
 
 
-def _segments(element: object) -> list[object]:
-    out = []
-    for child in getattr(element, "children", []):
-        if getattr(child, "classname", "") == "Segment":
-            out.append(child)
-        else:
-            out.extend(_segments(child))
-    return out
-
-
 class _Er7:
     """Field access on one segment's ER7 with the message's delimiters."""
 
     def __init__(self, text: str, delimiters: str) -> None:
-        self.f, self.c, self.r, self.e, self.s = (delimiters + "\\&")[:5]
+        self.f, self.c, self.r, self.e, self.s = tuple((delimiters + "\\&")[:5])
         self.name = text[:3]
         parts = text.split(self.f)
         # MSH-1 is the field separator itself, so MSH fields sit one place to the left.
@@ -228,7 +218,7 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
     allergies: list[Coded] = []
     procedures: list[Coded] = []
     documents: list[Document] = []
-    dispenses: list[dict[str, object]] = []
+    dispenses: list[Dispense] = []
     context = ""  # what an NTE or OBX attaches to: "order", "obx", "dispense", "dispense-obx"
     for row in rows:
         name = row.name
@@ -239,27 +229,26 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
             if name == "OBR":
                 order_codes.append(row.coded(row.raw(4)))
         elif name == "RXD":
-            dispenses.append({
-                "code": row.coded(row.raw(2)),
-                "amount": row.value(4),
-                "units": row.coded(row.raw(5)),
-                "prescription": row.value(7),
-                "lots": tuple(tx.unescape(r) for r in row.reps(18)),
-                "expirations": tuple(row.reps(19)),
-                "manufacturers": tuple(row.coded(r) for r in row.reps(20)),
-                "route": Coded(),
-                "observations": [],
-                "notes": [],
-            })
+            dispenses.append(Dispense(
+                code=row.coded(row.raw(2)),
+                amount=row.value(4),
+                units=row.coded(row.raw(5)),
+                prescription=row.value(7),
+                lots=tuple(tx.unescape(r) for r in row.reps(18)),
+                expirations=tuple(row.reps(19)),
+                manufacturers=tuple(row.coded(r) for r in row.reps(20)),
+                route=Coded(),
+            ))
             context = "dispense"
-        elif name == "RXR" and dispenses and dispenses[-1]["route"] == Coded():
-            dispenses[-1]["route"] = row.coded(row.raw(1))
+        elif name == "RXR" and dispenses and dispenses[-1].route == Coded():
+            dispenses[-1] = replace(dispenses[-1], route=row.coded(row.raw(1)))
         elif name == "OBX":
             obs = _observation(row)
             if obs.value_type == "ED":
                 documents.append(_document(row))
             if context.startswith("dispense"):
-                dispenses[-1]["observations"].append(obs)  # type: ignore[attr-defined]
+                held = dispenses[-1].observations
+                dispenses[-1] = replace(dispenses[-1], observations=(*held, obs))
                 context = "dispense-obx"
             else:
                 observations.append(obs)
@@ -269,10 +258,11 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
             if context == "obx":
                 observations[-1] = _with_note(observations[-1], note)
             elif context == "dispense-obx":
-                held = dispenses[-1]["observations"]  # type: ignore[index]
-                held[-1] = _with_note(held[-1], note)  # type: ignore[index]
+                held = dispenses[-1].observations
+                dispenses[-1] = replace(dispenses[-1],
+                                        observations=(*held[:-1], _with_note(held[-1], note)))
             elif context == "dispense":
-                dispenses[-1]["notes"].append(note)  # type: ignore[attr-defined]
+                dispenses[-1] = replace(dispenses[-1], notes=(*dispenses[-1].notes, note))
             else:
                 order_notes.append(note)
         elif name == "DG1":
@@ -299,11 +289,7 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
         allergies=tuple(allergies),
         procedures=tuple(procedures),
         documents=tuple(documents),
-        dispenses=tuple(
-            Dispense(**{**d, "observations": tuple(d["observations"]),  # type: ignore[arg-type]
-                        "notes": tuple(d["notes"])})  # type: ignore[arg-type]
-            for d in dispenses
-        ),
+        dispenses=tuple(dispenses),
     )
 
 
@@ -359,5 +345,4 @@ def _document(row: _Er7) -> Document:
 
 
 def _with_note(obs: Observation, note: str) -> Observation:
-    return Observation(obs.set_id, obs.value_type, obs.code, obs.values, obs.units,
-                       obs.reference_range, obs.flags, obs.status, (*obs.notes, note))
+    return replace(obs, notes=(*obs.notes, note))

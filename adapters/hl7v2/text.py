@@ -159,6 +159,17 @@ def date_only(value: Any, where: str) -> str:
     return dtm(value, where)[:8]
 
 
+def segments(element: Any) -> list[Any]:
+    """The segments of an hl7apy message (or group), in message order, groups flattened."""
+    out = []
+    for child in element.children:
+        if child.classname == "Segment":
+            out.append(child)
+        else:
+            out.extend(segments(child))
+    return out
+
+
 @functools.cache
 def profile(structure: str) -> dict[str, Any] | None:
     """An hl7apy message profile for ``structure``, or None to use the standard one.
