@@ -331,7 +331,7 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
     except jwt.PyJWTError as e:
         raise invalid_client(f"the client assertion is not a JWS: {e}") from None
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in KEY_TYPES:
+    if not isinstance(alg, str) or alg not in KEY_TYPES:
         raise invalid_client(f"alg {alg!r} is not accepted; use one of {', '.join(KEY_TYPES)}")
     if not isinstance(kid, str) or not kid:
         raise invalid_client("the assertion header needs the kid of a registered key")
@@ -367,6 +367,11 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
     if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
         raise invalid_client(f"jti must be a string of 1-{MAX_JTI_CHARS} characters")
     purpose = claims.get("purpose_of_use")
+    if "purpose_of_use" in claims and not isinstance(purpose, str):
+        raise TokenError(
+            "invalid_request",
+            f"purpose_of_use must be one v3-ActReason code as a string, not {_json_type(purpose)}",
+        )
     if purpose is not None and purpose not in PURPOSES:
         raise TokenError(
             "invalid_grant",
@@ -374,6 +379,19 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
             "(e.g. TREAT, HPAYMT, CLMATTCH, COVAUTH)",
         )
     return Assertion(client, jti, exp, purpose)
+
+
+def _json_type(value: object) -> str:
+    """The JSON type of a decoded value, for error messages that must not echo it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def consume_jti(engine: Engine, client_id: str, jti: str, exp: int, now: float) -> None:
