@@ -45,7 +45,7 @@ from sqlalchemy import (
 
 from exchange import settlement
 from exchange.crossborder import TransferLedger
-from exchange.db import bundle_by_id
+from exchange.db import bundle_by_id, bundles_table
 from ledger import store
 
 SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"
@@ -396,6 +396,25 @@ def file_bytes(engine: Engine, f: OutputFile) -> bytes:
             cache[key] = stored.data
         lines.append(ndjson_line(cache[key][start : start + length]))
     return b"".join(lines)
+
+
+def file_subjects(engine: Engine, f: OutputFile) -> list[bytes]:
+    """The patients a file's resources are about, as their Bundles' ledger entries name them
+    (so a download is an access entry in each one's accounting), in the file's order."""
+    wanted = {(bundle_id, version) for bundle_id, version, _, _ in f.refs}
+    ids = sorted({bundle_id for bundle_id, _ in wanted})
+    b = bundles_table.c
+    subject_of: dict[tuple[str, int], bytes] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(ids), BATCH):
+            q = select(b.id, b.version, b.subject).where(
+                b.id.in_(ids[start : start + BATCH]), b.subject.is_not(None)
+            )
+            for bundle_id, version, subject in conn.execute(q):
+                if (bundle_id, version) in wanted:
+                    subject_of[(bundle_id, version)] = bytes(subject)
+    found = (subject_of.get((bundle_id, version)) for bundle_id, version, _, _ in f.refs)
+    return list(dict.fromkeys(s for s in found if s is not None))
 
 
 def manifest(job: Job, files: Sequence[OutputFile], base_url: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ bearer token, never the token. `exchange_secrets` holds per-log keys (the pseudo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -201,6 +202,27 @@ def entry_subject(engine: Engine, index: int) -> bytes | None:
         found = conn.execute(select(bundles_table.c.subject).where(bundles_table.c.idx == index))
         value = found.scalar()
     return None if value is None else bytes(value)
+
+
+def entry_subjects(engine: Engine, indexes: Iterable[int]) -> list[bytes]:
+    """The distinct patient pseudonyms on the ledger entries of the Bundles at `indexes`,
+    in ledger order (the patients a set of Bundles is about)."""
+    wanted = sorted(set(indexes))
+    found: dict[bytes, None] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            q = (
+                select(bundles_table.c.subject)
+                .where(bundles_table.c.idx.in_(chunk), bundles_table.c.subject.is_not(None))
+                .order_by(bundles_table.c.idx)
+            )
+            found.update((bytes(s), None) for s in conn.execute(q).scalars())
+    return list(found)
+
+
+# Values per IN list: far below every backend's limit on bound parameters.
+_IN_CHUNK = 500
 
 
 def _bundle_row(conn: Connection, row: object) -> BundleRow:

@@ -23,7 +23,7 @@ from adapters.trace_export import rwd_export
 from adapters.trace_index import RecallQuery
 from exchange import consent as consent_rules
 from exchange import settlement, trace
-from exchange.db import bundle_by_id
+from exchange.db import bundle_by_id, entry_subjects
 from exchange.intake.kind import patient_identifiers
 from exchange.services import pseudonym
 from exchange.vault import Erased
@@ -34,6 +34,7 @@ class Export:
     ndjson: bytes
     disclosed: int  # Bundles in the export
     withheld: int  # Bundles that used the product but no consent let through (or erased)
+    subjects: list[bytes]  # the patients of the Bundles in the export, as their entries name them
 
 
 def consents_about(
@@ -73,4 +74,5 @@ def export_product(
             withheld += 1
     permitted.sort()
     data = rwd_export(permitted, query)
-    return Export(data, data.count(b"\n"), withheld)
+    subjects = entry_subjects(engine, (index for index, _ in permitted))
+    return Export(data, data.count(b"\n"), withheld, subjects)

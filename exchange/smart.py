@@ -92,30 +92,24 @@ INTERACTIONS = {"create": "c", "read": "r", "update": "u", "delete": "d", "searc
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]{1,5})")
 
-# What each role may be granted: resource type (or "*") -> permissions.
+# What each role may be granted: resource type (or "*") -> permissions. Exactly what the
+# routes each role may call need (each route's RoleGuard declares its scope; the access
+# matrix test holds the two together, and docs/smart.md shows both).
+_SETTLEMENT = ("Claim", "ClaimResponse", "Coverage", "DocumentReference", "ExplanationOfBenefit",
+               "Invoice")  # fmt: skip
+_REGISTRY = {"Organization": "rs", "MeasureReport": "s", "VerificationResult": "s"}
 ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
     "hospital": {
-        "Bundle": "cru",
-        # its own settlement resources, searched (exchange/routers/settlement.py)
-        "Claim": "rs",
-        "ClaimResponse": "rs",
-        "Coverage": "rs",
-        "ExplanationOfBenefit": "rs",
-        "Invoice": "rs",
-        "DocumentReference": "rs",
+        "Bundle": "crus",  # submit, replace, read, and the recall search (/v1/trace)
+        "Patient": "r",  # Patient/$summary
+        "AuditEvent": "s",  # the accounting of disclosures
+        # its own settlement resources: searched, and exported (read)
+        **{t: "rs" for t in _SETTLEMENT},
+        **_REGISTRY,
     },
-    "insurer": {
-        "Bundle": "rs",
-        "Claim": "rs",
-        "ClaimResponse": "rs",
-        "Coverage": "rs",
-        "Consent": "rs",
-        "Patient": "rs",
-        "ExplanationOfBenefit": "rs",
-        "Invoice": "rs",
-        "DocumentReference": "rs",
-    },
-    "auditor": {"AuditEvent": "rs", "Consent": "rs"},
+    "insurer": {**{t: "rs" for t in _SETTLEMENT}, **_REGISTRY},
+    "auditor": dict(_REGISTRY),
+    "regulator": {"Bundle": "s"},  # the RWD export of one product
     "admin": {"*": "rs"},
 }
 

@@ -29,8 +29,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from exchange import bulk_export, settlement, smart
-from exchange.access import record_access
-from exchange.auth import Client, require_role, require_scope
+from exchange.access import record_access, record_access_per_patient
+from exchange.auth import Client, endpoint_scopes, require_role, require_scope
 from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.intake import Issue
@@ -51,8 +51,34 @@ FILE_NAME = r"^[0-9]{1,6}\.ndjson$"
 RETRY_AFTER = "2"
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
-Exporter = Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))]
-Owner = Annotated[Client, Depends(require_role("hospital", "insurer"))]
+# Auditors and admins export nothing: this is patient data. The scopes depend on the types
+# exported, so the endpoints check them (exchange.auth.require_scope).
+Exporter = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.r` of each `_type` (without `_type`: the types the token reads)",
+                *(f"{t}.r" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
+Owner = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.r` of each type the job exports (of the file's type, for a file)",
+                *(f"{t}.r" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
 
 
 async def get_exports(request: Request) -> Services:
@@ -174,8 +200,6 @@ async def export_kickoff(
     accept: Annotated[str | None, Header(alias="Accept")] = None,
     purpose_of_use: PurposeHeader = None,
 ) -> Response:
-    if client.role in ("auditor", "admin"):
-        raise ApiError(403, "forbidden", f"a {client.role} client may not export patient data")
     base = str(request.base_url).rstrip("/")
 
     async def run(purpose: str | None) -> Answer:
@@ -188,7 +212,7 @@ async def export_kickoff(
         await run_in_threadpool(fresh_indexes, services, indexes)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
         bulk_export.start_worker(services.engine, gate, job)
-        return Answer(job.id.encode(), 0, 0, None, f"$export {','.join(types)} job {job.id}")
+        return Answer(job.id.encode(), 0, 0, [], f"$export {','.join(types)} job {job.id}")
 
     if client.role == "insurer":
         answer = await recorded_once(
@@ -205,10 +229,17 @@ async def export_kickoff(
     )
 
 
-async def _own_job(services: Services, client: Client, job_id: str) -> bulk_export.Job:
+async def _own_job(
+    services: Services, client: Client, job_id: str, *, scoped: bool = True
+) -> bulk_export.Job:
+    """The client's job; with `scoped`, only while its token reads every type the job exports
+    (a file download checks the scope of the file's type instead)."""
     job = await run_in_threadpool(bulk_export.load_job, services.engine, job_id)
     if job is None or job.spec.client_id != client.client_id:
         raise ApiError(404, "not-found", f"no export {job_id} of this client")
+    if scoped:
+        for rtype in job.spec.types:
+            require_scope(client, rtype, "read")
     return job
 
 
@@ -271,11 +302,12 @@ async def export_file(
 ) -> Response:
     n = int(file_name.split(".", 1)[0])
     try:
-        job = await _own_job(services, client, job_id)
+        job = await _own_job(services, client, job_id, scoped=False)
         files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
         found = [f for f in files if f.n == n]
         if job.status != bulk_export.COMPLETED or not found:
             raise ApiError(404, "not-found", f"export {job_id} has no file {file_name}")
+        require_scope(client, found[0].resource_type, "read")
         data = await run_in_threadpool(_checked_bytes, services, found[0])
     except ApiError as refusal:
         if client.role == "insurer":
@@ -286,9 +318,11 @@ async def export_file(
             )  # fmt: skip
         raise
     if client.role == "insurer":
-        await record_access(
-            services, client, action="export", resource_type=found[0].resource_type,
-            patient_subject=None, purpose=job.spec.purpose, outcome="0",
+        # Data leaves now: one entry per patient in the file, in each one's accounting.
+        subjects = await run_in_threadpool(bulk_export.file_subjects, services.engine, found[0])
+        await record_access_per_patient(
+            services, client, subjects, action="export", resource_type=found[0].resource_type,
+            purpose=job.spec.purpose, outcome="0",
             detail=f"$export job {job_id} file {n}: {found[0].count} resources",
         )  # fmt: skip
     return Response(data, 200, media_type=bulk_export.NDJSON)

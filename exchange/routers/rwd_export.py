@@ -1,7 +1,8 @@
 """/v1/trace/rwd-export: a regulator's NDJSON of one product's RWD Bundles, under consent.
 
-Every request, disclosed or refused, appends one access entry (action `export`, or `denied`),
-naming the product but no patient: one export holds many (exchange/regulator.py).
+Every request appends access entries naming the product: an export, one per patient whose
+Bundles it holds (each in that patient's accounting); a refusal, or an export of nothing, one
+naming no patient (exchange/regulator.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapters.trace_index import recall_query
 from exchange import regulator, trace
-from exchange.access import record_access
+from exchange.access import record_access, record_access_per_patient
 from exchange.auth import Client, require_role
 from exchange.consent import REGULATOR_PURPOSES
 from exchange.derived import Indexes, get_indexes
@@ -39,7 +40,7 @@ NDJSON = "application/fhir+ndjson"
     },
 )
 async def rwd_export(
-    client: Annotated[Client, Depends(require_role("regulator"))],
+    client: Annotated[Client, Depends(require_role("regulator", scope="Bundle.s"))],
     services: Annotated[Services, Depends(get_services)],
     indexes: Annotated[Indexes, Depends(get_indexes)],
     gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],
@@ -88,9 +89,9 @@ async def rwd_export(
         f"RWD export of GTIN {query.gtin}: {export.disclosed} Bundles, {export.withheld} withheld"
     )
     disclosed = export.disclosed > 0 or export.withheld == 0
-    await _record(
-        services, client, purpose, "export" if disclosed else "denied",
-        "0" if disclosed else "4", detail,
+    await record_access_per_patient(
+        services, client, export.subjects, action="export" if disclosed else "denied",
+        resource_type="Bundle", purpose=purpose, outcome="0" if disclosed else "4", detail=detail,
     )  # fmt: skip
     return Response(export.ndjson, media_type=NDJSON)
 
