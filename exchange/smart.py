@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, Select, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from exchange.db import clients_table, smart_jti_table, smart_jwks_table, smart_tokens_table
@@ -287,20 +287,27 @@ def key_fits_alg(key: Mapping[str, Any], alg: str) -> bool:
 class RegisteredClient:
     client_id: str
     role: str
-    keys: list[dict[str, Any]]
+    jwks: str  # as stored: a token is issued only while it is still the client's JWKS
+
+    @property
+    def keys(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.jwks)["keys"])
+
+
+def _registered(client_id: str) -> Select[tuple[str, str, str]]:
+    """The client's row with its JWKS, if it has one and is not revoked."""
+    c, j = clients_table.c, smart_jwks_table.c
+    return (
+        select(c.client_id, c.role, j.jwks)
+        .join(smart_jwks_table, j.client_id == c.client_id)
+        .where(c.client_id == client_id, c.revoked.is_(None))
+    )
 
 
 def load_client(engine: Engine, client_id: str) -> RegisteredClient | None:
-    c, j = clients_table.c, smart_jwks_table.c
     with engine.connect() as conn:
-        row = conn.execute(
-            select(c.client_id, c.role, j.jwks)
-            .join(smart_jwks_table, j.client_id == c.client_id)
-            .where(c.client_id == client_id)
-        ).first()
-    if row is None:
-        return None
-    return RegisteredClient(row[0], row[1], json.loads(row[2])["keys"])
+        row = conn.execute(_registered(client_id)).first()
+    return None if row is None else RegisteredClient(*row)
 
 
 @dataclass(frozen=True)
@@ -435,6 +442,13 @@ def issue_token(engine: Engine, assertion: str, scope: str, token_url: str) -> I
     token = ACCESS_TOKEN_PREFIX + secrets.token_urlsafe(32)
     t = smart_tokens_table
     with store.write_transaction(engine) as conn:
+        # The client may have been revoked, or its JWKS replaced, since the assertion was
+        # checked: the token is stored only if not (the row lock waits for such a change).
+        current = conn.execute(
+            _registered(checked.client.client_id).with_for_update(of=clients_table)
+        ).first()
+        if current is None or current.jwks != checked.client.jwks:
+            raise invalid_client("the client was revoked or its keys replaced meanwhile")
         conn.execute(delete(t).where(t.c.expires < int(now)))
         conn.execute(
             insert(t).values(
@@ -468,7 +482,7 @@ def lookup_token(engine: Engine, token: str, now: float | None = None) -> TokenG
         row = conn.execute(
             select(c.client_id, c.name, c.role, c.org, t.scopes, t.purpose, t.expires)
             .join(clients_table, c.client_id == t.client_id)
-            .where(t.token_hash == hash_access_token(token))
+            .where(t.token_hash == hash_access_token(token), c.revoked.is_(None))
         ).first()
     if row is None or row[6] <= now:
         return None

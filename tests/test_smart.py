@@ -530,7 +530,7 @@ def test_cli_registers_a_jwks_and_the_client_gets_a_token(
         "hospital-a",
         "--json",
     ]
-    assert main([*args, "--jwks", str(bad)]) == 1
+    assert main([*args, "--jwks", str(bad)]) == 3  # malformed input
     assert "private" in capsys.readouterr().err
     good = tmp_path / "jwks.json"
     good.write_text(json.dumps(keys.jwks()))
