@@ -267,8 +267,9 @@ def expiry(text: str, now: datetime) -> int:
     return int(when.timestamp())
 
 
-def find_client(engine: Engine, token_hash: bytes) -> tuple[Client, int | None] | None:
-    """The active client behind a credential, with its expiry (unix seconds, None: never)."""
+def find_credential(engine: Engine, token_hash: bytes) -> tuple[Client, int | None] | None:
+    """The client behind a credential unless revoked, with the credential's expiry (unix
+    seconds; None: never)."""
     c = clients_table.c
     with engine.connect() as conn:
         row = conn.execute(
@@ -277,6 +278,18 @@ def find_client(engine: Engine, token_hash: bytes) -> tuple[Client, int | None] 
             )
         ).first()
     return None if row is None else (Client(*row[:4]), row[4])
+
+
+def _live(found: tuple[Client, int | None] | None) -> Client | None:
+    if found is None:
+        return None
+    client, expires = found
+    return None if expires is not None and expires <= time.time() else client
+
+
+def find_client(engine: Engine, token_hash: bytes) -> Client | None:
+    """The client behind a credential that is neither revoked nor expired."""
+    return _live(find_credential(engine, token_hash))
 
 
 class EpochReader:
@@ -365,19 +378,15 @@ class ClientCache:
         key = hash_token(token)
         hit = self._hits.get(key)
         if hit is None:
-            found = await run_in_threadpool(find_client, self.engine, key)
-            if found is None:
+            hit = await run_in_threadpool(find_credential, self.engine, key)
+            if hit is None:
                 return None
-            hit = found
             # Kept only if no newer epoch was seen meanwhile: this lookup may predate it.
             if self._epoch == epoch:
                 if len(self._hits) >= self.max_size:
                     self._hits.clear()
                 self._hits[key] = hit
-        client, expires = hit
-        if expires is not None and expires <= time.time():
-            return None
-        return client
+        return _live(hit)
 
     async def _fresh_epoch(self) -> int:
         """The epoch as read by a query that started after this call."""

@@ -301,7 +301,7 @@ def world_any_db(tmp_path: Path, db_url: str) -> Iterator[World]:
         yield w
 
 
-# --- 1. every route declares its rule ------------------------------------------------------
+# --- every route declares its rule ---------------------------------------------------------
 
 
 def test_every_route_declares_an_access_rule(world: World) -> None:

@@ -122,6 +122,18 @@ def test_an_expired_credential_is_refused_even_from_the_cache(tmp_path: Path) ->
         assert submits(api, token) == 401
 
 
+def test_find_client_refuses_revoked_and_expired_credentials(tmp_path: Path) -> None:
+    """find_client also authenticates admins outside HTTP (the erasure CLI)."""
+    with open_api(tmp_path / "data") as api:
+        engine = api.services.engine
+        admin, token = auth.register_client(engine, "ops", "admin", None)
+        assert auth.find_client(engine, auth.hash_token(token)) == admin
+        auth.revoke_client(engine, admin.client_id)
+        assert auth.find_client(engine, auth.hash_token(token)) is None
+        _, old = auth.register_client(engine, "old", "admin", None, expires=int(time.time()) - 1)
+        assert auth.find_client(engine, auth.hash_token(old)) is None
+
+
 def test_expiry_given_on_the_command_line(tmp_path: Path, capsys: Capture) -> None:
     data = tmp_path / "data"
     info = add(capsys, data, "--expires", "30d")
