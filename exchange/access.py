@@ -1,9 +1,11 @@
 """Access entries: every disclosure of patient data, and every refusal, on the ledger.
 
-One request that reads, searches, exports or transforms patient data (or is refused such data)
-appends exactly one ledger entry of kind `access`. Its stored document is a FHIR R4 AuditEvent
-shaped after the IHE Basic Audit Log Patterns (BALP) profiles, in the same transaction as the
-entry, so neither exists without the other.
+A request that reads, searches, exports or transforms patient data (or is refused such data)
+appends one ledger entry of kind `access` per patient it concerns (BALP: one AuditEvent per
+patient, so each lands in that patient's accounting), or one naming no patient when it
+concerns none. Its stored document is a FHIR R4 AuditEvent shaped after the IHE Basic Audit
+Log Patterns (BALP) profiles, in the same transaction as the entry, so neither exists without
+the other.
 
 No PHI leaves into the entry or the AuditEvent: the patient appears only as the keyed pseudonym
 `subject` the ledger already uses (exchange.services.pseudonym), the client by its client id and
@@ -28,6 +30,7 @@ import asyncio
 import json
 import os
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -279,6 +282,35 @@ async def record_access(
     )
     appended = await asyncio.wrap_future(services.log.submit(sub))
     return appended.entry.index
+
+
+async def record_access_per_patient(
+    services: Services,
+    client: Client,
+    patient_subjects: Collection[bytes | None],
+    *,
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None = None,
+) -> list[int]:
+    """One `access` entry per patient (one naming none when there are none), submitted
+    together so that the log commits them as one batch; returns their ledger indexes."""
+    subs = [
+        _submission(
+            client,
+            action=action,
+            resource_type=resource_type,
+            patient_subject=subject,
+            purpose=purpose,
+            outcome=outcome,
+            detail=detail,
+        )
+        for subject in (dict.fromkeys(patient_subjects) or [None])
+    ]
+    futures = [asyncio.wrap_future(services.log.submit(sub)) for sub in subs]
+    return [appended.entry.index for appended in await asyncio.gather(*futures)]
 
 
 def record_access_blocking(

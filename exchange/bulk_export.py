@@ -56,7 +56,7 @@ from sqlalchemy import (
 
 from exchange import settlement, vault
 from exchange.crossborder import TransferLedger
-from exchange.db import bundle_by_id, bundles_table
+from exchange.db import bundle_by_id, bundles_table, subjects_by_index
 from ledger import store
 
 SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"
@@ -566,7 +566,7 @@ def download(
     reader = settlement.BundleBytes(engine)
     policy = settlement.InsurerPolicy(engine, gate, job.spec.org, job.spec.purpose, now, reader)
     patients: dict[bytes, int] = {}
-    subjects = entry_subjects(engine, [row.index for row in rows if row is not None])
+    subjects = subjects_by_index(engine, [row.index for row in rows if row is not None])
     for row in rows:
         assert row is not None
         verdict = policy.decide(row)
@@ -594,20 +594,6 @@ def rows_at(
                 row = settlement.row_of(r)
                 found[(row.bundle_id, row.version, row.start)] = row
     return [found.get((b, v, st)) for b, v, st, _ in refs]
-
-
-def entry_subjects(engine: Engine, indexes: Sequence[int]) -> dict[int, bytes]:
-    """The patient pseudonym on each of these Bundle entries (as an access entry names them)."""
-    t = bundles_table.c
-    wanted = sorted(set(indexes))
-    out: dict[int, bytes] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(wanted), BATCH):
-            chunk = wanted[start : start + BATCH]
-            for idx, subject in conn.execute(select(t.idx, t.subject).where(t.idx.in_(chunk))):
-                if subject is not None:
-                    out[int(idx)] = bytes(subject)
-    return out
 
 
 def manifest(

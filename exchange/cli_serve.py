@@ -1,4 +1,4 @@
-"""`medledger serve` and `medledger clients add|list`.
+"""`medledger serve` (the clients commands are in exchange/cli_clients.py).
 
 Exit codes: 0 ok; 1 usage; 2 database or port unavailable; 3 local state unusable (key file,
 a database of another log, a rolled-back database).
@@ -7,26 +7,21 @@ a database of another log, a rolled-back database).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange import db
-from exchange.auth import ROLES, ClientError, list_clients, register_client
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.outcome import ApiError
 from exchange.ratelimit import RateLimit
 from exchange.settings import Settings, add_state_options, settings_from_args
-from exchange.smart import JwksError
 from exchange.vault import VaultError
 from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.store import durability_problems, make_engine
+from ledger.store import durability_problems
 
 SERVE_EPILOG = """\
 examples:
@@ -97,39 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="log every request line (off by default: search URLs may carry identifiers)",
     )
     p.set_defaults(func=run_serve)
-
-    clients = sub.add_parser("clients", help="API clients and their bearer credentials")
-    csub = clients.add_subparsers(dest="clients_command", required=True)
-    add = csub.add_parser(
-        "add",
-        help="register a client and print its credential (once)",
-        description="Registers an API client. Its credential is printed once; the database "
-        "keeps only its SHA-256.",
-        epilog="example: medledger clients add --name 'Boao HIS' --role hospital "
-        "--org boao-lecheng-intl --json",
-    )
-    add_state_options(add)
-    add.add_argument("--name", required=True, help="a label for people reading the list")
-    add.add_argument("--role", required=True, choices=ROLES)
-    add.add_argument(
-        "--org",
-        help="the organisation the client acts for (required for hospital and insurer): a "
-        "FHIR id, as in Organization/<org>",
-    )
-    add.add_argument(
-        "--jwks",
-        type=Path,
-        metavar="FILE",
-        help="a JWKS file of the client's public keys (EC P-384, RSA, Ed25519; each with a "
-        "unique kid), for SMART Backend Services tokens at POST /auth/token",
-    )
-    add.add_argument("--json", action="store_true", help="print JSON")
-    add.set_defaults(func=run_clients_add)
-
-    ls = csub.add_parser("list", help="list registered clients (never their credentials)")
-    add_state_options(ls)
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=run_clients_list)
 
 
 def _fail(message: str, code: int) -> int:
@@ -212,57 +174,3 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _demo_dir(settings: Settings) -> Path:
     return settings.data_dir / "demo"
-
-
-def _open_tables(settings: Settings) -> Engine:
-    if settings.db_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
-    db.create_schema(engine)
-    return engine
-
-
-def run_clients_add(args: argparse.Namespace) -> int:
-    jwks = None
-    if args.jwks is not None:
-        try:
-            jwks = args.jwks.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            return _fail(f"cannot read the JWKS file {args.jwks}: {e}", EXIT_USAGE)
-    try:
-        engine = _open_tables(settings_from_args(args))
-        client, token = register_client(engine, args.name, args.role, args.org, jwks)
-    except (ClientError, JwksError) as e:
-        return _fail(str(e), EXIT_USAGE)
-    except (LedgerUnavailable, SQLAlchemyError) as e:
-        return _fail(f"the database cannot be written: {e}", EXIT_UNAVAILABLE)
-    info = {
-        "client_id": client.client_id,
-        "token": token,
-        "name": client.name,
-        "role": client.role,
-        "org": client.org,
-    }
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k}: {v if v is not None else '-'}")
-        print("The token is shown only now: store it. The server keeps only its hash.")
-    engine.dispose()
-    return EXIT_OK
-
-
-def run_clients_list(args: argparse.Namespace) -> int:
-    try:
-        engine = _open_tables(settings_from_args(args))
-        clients = list_clients(engine)
-    except (LedgerUnavailable, SQLAlchemyError) as e:
-        return _fail(f"the database cannot be read: {e}", EXIT_UNAVAILABLE)
-    if args.json:
-        print(json.dumps([c.__dict__ for c in clients]))
-    else:
-        for c in clients:
-            print(f"{c.client_id}  {c.role:<8}  {c.org or '-':<24}  {c.name}")
-    engine.dispose()
-    return EXIT_OK

@@ -5,12 +5,16 @@ ledger commitment, both sealed by the vault (exchange.vault: read them through b
 bundle_by_index, which decrypt); a row is written in the same transaction as its ledger entry
 (ledger.log.Submission.write), so neither exists without the other. Bundle rows are
 append-only, like the ledger's. `exchange_clients` holds API clients with the SHA-256 of their
-bearer token, never the token. `exchange_secrets` holds per-log keys (the pseudonym key).
+bearer token, never the token, its expiry and the client's revocation; every change of a
+credential bumps the one row of `exchange_credential_epoch`, which each request reads (shared
+by concurrent requests) before it trusts a credential it has cached. `exchange_secrets` holds
+per-log keys (the pseudonym key).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -26,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
     text,
 )
@@ -68,6 +73,16 @@ clients_table = Table(
     Column("org", String(64)),
     Column("token_hash", LargeBinary, nullable=False, unique=True),
     Column("created", String(32), nullable=False),
+    # Added after the first databases were made: nullable, so create_schema can add them.
+    Column("expires", BigInteger),  # unix seconds after which the token is refused; NULL never
+    Column("revoked", String(32)),  # when the client was revoked (RFC 3339); NULL while active
+)
+
+credential_epoch_table = Table(
+    "exchange_credential_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("epoch", BigInteger, nullable=False),
 )
 
 # SMART Backend Services (exchange.smart): each client's registered public JWKS, the `jti` of
@@ -120,8 +135,23 @@ def create_schema(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(6963)"))
         metadata.create_all(conn)
+        _add_missing_columns(conn, clients_table)
+        epoch = credential_epoch_table.c
+        if conn.execute(select(epoch.id).where(epoch.id == 1)).first() is None:
+            conn.execute(insert(credential_epoch_table).values(id=1, epoch=0))
         for table in APPEND_ONLY_TABLES:
             store._create_append_only_trigger(conn, table)
+
+
+def _add_missing_columns(conn: Connection, table: Table) -> None:
+    """Adds the columns a database made by an earlier version lacks (only nullable ones are
+    ever added to a table, so ADD COLUMN needs no default)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in have:
+            assert column.nullable, f"{table.name}.{column.name} cannot be added to old rows"
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def secret(engine: Engine, name: str, size: int = 32) -> bytes:
@@ -201,6 +231,34 @@ def entry_subject(engine: Engine, index: int) -> bytes | None:
         found = conn.execute(select(bundles_table.c.subject).where(bundles_table.c.idx == index))
         value = found.scalar()
     return None if value is None else bytes(value)
+
+
+def subjects_by_index(engine: Engine, indexes: Iterable[int]) -> dict[int, bytes]:
+    """The patient pseudonym on each of the ledger entries of the Bundles at `indexes` that
+    name a patient, in ledger order (an access entry about that patient names it the same
+    way)."""
+    wanted = sorted(set(indexes))
+    found: dict[int, bytes] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            q = (
+                select(bundles_table.c.idx, bundles_table.c.subject)
+                .where(bundles_table.c.idx.in_(chunk), bundles_table.c.subject.is_not(None))
+                .order_by(bundles_table.c.idx)
+            )
+            found.update((int(idx), bytes(s)) for idx, s in conn.execute(q))
+    return found
+
+
+def entry_subjects(engine: Engine, indexes: Iterable[int]) -> list[bytes]:
+    """The distinct patient pseudonyms on the ledger entries of the Bundles at `indexes`,
+    in ledger order (the patients a set of Bundles is about)."""
+    return list(dict.fromkeys(subjects_by_index(engine, indexes).values()))
+
+
+# Values per IN list: far below every backend's limit on bound parameters.
+_IN_CHUNK = 500
 
 
 def _bundle_row(conn: Connection, row: object) -> BundleRow:

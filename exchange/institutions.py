@@ -448,7 +448,7 @@ class SenderCache:
 
     A change appended by this process (append_attestation) takes effect on the next
     submission; one appended by another process (the CLI beside a running server) within
-    `ttl` seconds, as a removed client does in exchange.auth.ClientCache.
+    `ttl` seconds.
     """
 
     def __init__(self, engine: Engine, ttl: float = 5.0, max_size: int = 10_000) -> None:

@@ -189,6 +189,7 @@ class Services:
 
     def close(self) -> None:
         self.intake.close()
+        self.clients.epoch.close()
         self.log.close()
         self.engine.dispose()
 

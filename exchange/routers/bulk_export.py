@@ -42,7 +42,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from exchange import bulk_export, settlement, smart
 from exchange.access import record_access
-from exchange.auth import Client, require_role, require_scope
+from exchange.auth import Client, endpoint_scopes, require_role, require_scope
 from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.intake import Issue
@@ -63,8 +63,34 @@ FILE_NAME = r"^[0-9]{1,6}\.ndjson$"
 RETRY_AFTER = "2"
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
-Exporter = Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))]
-Owner = Annotated[Client, Depends(require_role("hospital", "insurer"))]
+# Auditors and admins export nothing: this is patient data. The scopes depend on the types
+# exported, so the endpoints check them (exchange.auth.require_scope).
+Exporter = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.r` of each `_type` (without `_type`: the types the token reads)",
+                *(f"{t}.r" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
+Owner = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.r` of each type the job exports (of the file's type, for a file)",
+                *(f"{t}.r" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
 
 
 async def get_exports(request: Request) -> Services:
@@ -191,8 +217,6 @@ async def export_kickoff(
     accept: Annotated[str | None, Header(alias="Accept")] = None,
     purpose_of_use: PurposeHeader = None,
 ) -> Response:
-    if client.role in ("auditor", "admin"):
-        raise ApiError(403, "forbidden", f"a {client.role} client may not export patient data")
     base = str(request.base_url).rstrip("/")
 
     async def run(purpose: str | None) -> Answer:
@@ -207,7 +231,7 @@ async def export_kickoff(
         await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
         bulk_export.start_worker(services.engine, gate, job)
-        return Answer(job.id.encode(), 0, 0, None, f"$export {','.join(types)} job {job.id}")
+        return Answer(job.id.encode(), 0, 0, [], f"$export {','.join(types)} job {job.id}")
 
     if client.role == "insurer":
         answer = await recorded_once(
@@ -224,8 +248,12 @@ async def export_kickoff(
     )
 
 
-async def _own_job(services: Services, client: Client, job_id: str) -> bulk_export.Job:
-    """The client's job, unless it expired (then it is deleted with every other that did)."""
+async def _own_job(
+    services: Services, client: Client, job_id: str, *, scoped: bool = True
+) -> bulk_export.Job:
+    """The client's job, unless it expired (then it is deleted with every other that did);
+    with `scoped`, only while its token reads every type the job exports (a file download
+    checks the scope of the file's type instead)."""
     job = await run_in_threadpool(bulk_export.load_job, services.engine, job_id)
     if job is None or job.spec.client_id != client.client_id:
         raise ApiError(404, "not-found", f"no export {job_id} of this client")
@@ -235,6 +263,9 @@ async def _own_job(services: Services, client: Client, job_id: str) -> bulk_expo
         raise ApiError(
             404, "not-found", f"export {job_id} expired ({ttl} after its kick-off): start a new one"
         )
+    if scoped:
+        for rtype in job.spec.types:
+            require_scope(client, rtype, "read")
     return job
 
 
@@ -314,13 +345,14 @@ async def export_file(
 ) -> Response:
     n = int(file_name.split(".", 1)[0])
     try:
-        job = await _own_job(services, client, job_id)
+        job = await _own_job(services, client, job_id, scoped=False)
         files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
         found = [f for f in files if f.n == n]
         if job.status != bulk_export.COMPLETED or not found:
             raise ApiError(404, "not-found", f"export {job_id} has no file {file_name}")
         # Consents and Bundles stored since the kick-off count: the indexes are caught up.
         await run_in_threadpool(fresh_indexes, services, indexes)
+        require_scope(client, found[0].resource_type, "read")
         served = await run_in_threadpool(_download, services, gate, job, found[0])
     except ApiError as refusal:
         if client.role == "insurer":

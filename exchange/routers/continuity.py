@@ -98,7 +98,7 @@ def _unprocessable(e: AdaptError) -> ApiError:
     },
 )
 async def patient_summary(
-    client: Annotated[Client, Depends(require_role("hospital"))],
+    client: Annotated[Client, Depends(require_role("hospital", scope="Patient.r"))],
     services: Annotated[Services, Depends(get_services)],
     indexes: Annotated[Indexes, Depends(get_indexes)],
     identifier: Annotated[
@@ -152,7 +152,7 @@ async def patient_summary(
 )
 async def bundle_hl7v2(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
-    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    client: Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.r"))],
     services: Annotated[Services, Depends(get_services)],
     message: Annotated[Message, Query(description="the message to build")] = "ORU_R01",
     purpose_of_use: PurposeHeader = None,

@@ -43,7 +43,7 @@ NDJSON = "application/fhir+ndjson"
     },
 )
 async def rwd_export(
-    client: Annotated[Client, Depends(require_role("regulator"))],
+    client: Annotated[Client, Depends(require_role("regulator", scope="Bundle.s"))],
     services: Annotated[Services, Depends(get_services)],
     indexes: Annotated[Indexes, Depends(get_indexes)],
     gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],

@@ -39,8 +39,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from exchange import db, settlement
-from exchange.access import record_access
-from exchange.auth import Client, require_role, require_scope
+from exchange.access import record_access, record_access_per_patient
+from exchange.auth import Client, endpoint_scopes, require_role, require_scope
 from exchange.consent import INSURER_PURPOSES
 from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
@@ -131,9 +131,10 @@ async def recorded_once(
     *,
     action: str,
 ) -> Answer:
-    """Runs an insurer's request and appends exactly one access entry for it: `action` with
-    outcome 0 when data was disclosed, `denied` with outcome 4 when it was refused (an ApiError
-    raised by `run`, or nothing of what matched permitted).
+    """Runs an insurer's request and appends its access entries: `action` with outcome 0 when
+    data was disclosed, `denied` with outcome 4 when it was refused (an ApiError raised by
+    `run`, or nothing of what matched permitted); one per patient the answer is about, or one
+    naming no patient (a refusal before any match, an export kick-off).
 
     The entry is written before the answer leaves: no disclosure goes unrecorded (a ledger
     that cannot be written is a 503, and nothing is disclosed).
@@ -155,12 +156,12 @@ async def recorded_once(
         )
         raise
     disclosed = answer.disclosed > 0 or answer.withheld == 0
-    await record_access(
+    await record_access_per_patient(
         services,
         client,
+        answer.subjects,
         action=action if disclosed else "denied",
         resource_type=resource_type,
-        patient_subject=answer.subject,
         purpose=purpose,
         outcome="0" if disclosed else "4",
         detail=answer.detail,
@@ -178,7 +179,7 @@ class Answer:
     body: bytes
     disclosed: int  # resources in the answer
     withheld: int  # resources that matched but the policy withheld
-    subject: bytes | None  # the patient, for the access entry
+    subjects: list[bytes]  # the patients disclosed (else refused), for the access entries
     detail: str  # for the access entry: counts only, no PHI
 
 
@@ -397,15 +398,15 @@ def run_search(
         token = make_cursor(secret, search.client.client_id, digest, (page[-1].index, page[-1].pos))
         kept = [(k, v) for k, v in search.params if k != "_cursor"]
         links.append(("next", search.base_url + "?" + urlencode([*kept, ("_cursor", token)])))
-    # The access entry names the patient as the Bundle's own entry does (the vault's
-    # pseudonym, which an erasure unlinks), never by the index's lookup tag.
-    about = next((r for r in (*page, *withheld) if r.subject is not None), None)
-    subject = None if about is None else db.entry_subject(engine, about.index)
+    # The access entries name each patient as the Bundle's own entry does (the vault's
+    # pseudonym, which an erasure unlinks), never by the index's lookup tag. An identifier
+    # can name a patient at several hospitals: each such patient gets an entry.
+    about = page or withheld
     return Answer(
         body=searchset(resources, links),
         disclosed=len(page),
         withheld=len(withheld),
-        subject=subject,
+        subjects=db.entry_subjects(engine, (r.index for r in about if r.subject is not None)),
         detail=f"{search.query.resource_types[0]} search: {len(page)} returned, "
         f"{len(withheld)} withheld",
     )
@@ -414,10 +415,28 @@ def run_search(
 # --- the endpoints ------------------------------------------------------------------------
 
 
+# Auditors and admins are refused (403): this is patient data. The scope is checked with the
+# request, after the purpose of use, so that an insurer's refusal is an access entry.
+Searcher = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.s` of the type searched (checked after the purpose of use, "
+                "so that a refusal is an access entry)",
+                *(f"{t}.s" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
+
+
 def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
     async def search_settlement(
         request: Request,
-        client: Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))],
+        client: Searcher,
         services: Annotated[Services, Depends(get_services)],
         indexes: Annotated[Indexes, Depends(get_indexes)],
         gate: Annotated[TransferLedger, Depends(get_gate)],
@@ -453,14 +472,6 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
         ] = None,
         purpose_of_use: PurposeHeader = None,
     ) -> Response:
-        if client.role in ("auditor", "admin"):
-            raise ApiError(
-                403,
-                "forbidden",
-                f"a {client.role} client may not read settlement data: it is patient data; "
-                "the access entries (AuditEvents) are what an auditor reads",
-            )
-
         async def run(purpose: str | None) -> Answer:
             require_scope(client, resource_type, "search")
             q = _query(resource_type, client, patient_identifier, patient, insurer, identifier)

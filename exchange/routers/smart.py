@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from exchange import smart
+from exchange.auth import public
 from exchange.services import Services, get_services
 
 router = APIRouter(tags=["smart"])
@@ -68,6 +69,7 @@ def token_url(request: Request) -> str:
     summary="SMART discovery: token endpoint, auth methods, algorithms, scopes",
     response_model=SmartConfiguration,
 )
+@public
 def smart_configuration(request: Request) -> SmartConfiguration:
     base = str(request.base_url).rstrip("/")
     return SmartConfiguration(
@@ -158,6 +160,7 @@ _FORM_SCHEMA: dict[str, Any] = {
         }
     },
 )
+@public
 async def token(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> JSONResponse:
