@@ -12,7 +12,7 @@ from exchange.outcome import document_outcomes, install_handlers
 from exchange.query_params import refuse_unknown_query
 from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.routers import bulk_export as bulk_export_router
-from exchange.routers import bundles, continuity, log, metadata, trace
+from exchange.routers import bundles, continuity, health, log, metadata, trace
 from exchange.routers import disclosures as disclosures_router
 from exchange.routers import organization as organization_router
 from exchange.routers import quality as quality_router
@@ -85,4 +85,5 @@ def create_app(
     app.include_router(disclosures_router.router)
     app.include_router(settlement_router.router)
     app.include_router(bulk_export_router.router)
+    app.include_router(health.router)
     return app
