@@ -27,7 +27,6 @@ from sqlalchemy import (
     Text,
     insert,
     select,
-    text,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -116,9 +115,7 @@ def create_schema(engine: Engine) -> None:
 
     # The ledger's schema first: on PostgreSQL it defines the trigger function used here.
     store.create_schema(engine)
-    with store.write_transaction(engine) as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(6963)"))
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
         for table in APPEND_ONLY_TABLES:
             store._create_append_only_trigger(conn, table)

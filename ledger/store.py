@@ -113,17 +113,46 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction holding the log's write lock; commits on success."""
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(ledger_write=True)
+            with conn.begin():
+                yield conn
+    except OperationalError as e:
+        raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
+
+
+# The PostgreSQL advisory lock every schema change holds for its whole transaction. One key
+# for every table of every package: replicas starting together on one database must not
+# interleave CREATE TABLE, CREATE OR REPLACE FUNCTION or the first head row.
+SCHEMA_LOCK = 6962
+
+
+@contextmanager
+def schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that excludes every other schema change until it commits.
+
+    On PostgreSQL it holds the advisory lock SCHEMA_LOCK (transaction-scoped, so a crash
+    releases it); on SQLite BEGIN IMMEDIATE holds the database's write lock. Every path that
+    creates tables, triggers or a log's first rows runs in one, so processes started at the
+    same moment on an empty database wait for one another instead of failing on a duplicate
+    CREATE; whatever later replaces create_all (a migration tool) runs inside it too.
+    """
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        yield conn
+
+
 def create_schema(engine: Engine) -> None:
     """Creates the ledger tables and their append-only triggers (idempotent)."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(ledger_write=True)
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                # Concurrent first starts must not race on CREATE.
-                conn.execute(text("SELECT pg_advisory_xact_lock(6962)"))
-            metadata.create_all(conn)
-            for table in APPEND_ONLY_TABLES:
-                _create_append_only_trigger(conn, table)
+    with schema_transaction(engine) as conn:
+        metadata.create_all(conn)
+        for table in APPEND_ONLY_TABLES:
+            _create_append_only_trigger(conn, table)
 
 
 def _create_append_only_trigger(conn: Connection, table: str) -> None:
@@ -146,18 +175,6 @@ def _create_append_only_trigger(conn: Connection, table: str) -> None:
             f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
             "FOR EACH STATEMENT EXECUTE FUNCTION medledger_append_only()"
         )
-
-
-@contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction holding the log's write lock; commits on success."""
-    try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(ledger_write=True)
-            with conn.begin():
-                yield conn
-    except OperationalError as e:
-        raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
 
 
 # The write path's statements, built once: building a statement costs more than running it.
