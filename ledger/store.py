@@ -9,6 +9,7 @@ transaction leaves no gap. Ledger tables reject UPDATE and DELETE by trigger.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from .errors import LedgerUnavailable
@@ -86,8 +88,13 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with the durability settings of the design (WAL + FULL on SQLite)."""
+    """An engine with the durability settings of the design (WAL + FULL on SQLite).
+
+    A SQLite database file is created here, mode 0600, before SQLite opens it: SQLite gives
+    its -wal and -shm files the database file's mode, so all three stay the owner's alone.
+    """
     if url.startswith("sqlite"):
+        _create_private_database(make_url(url).database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -107,6 +114,17 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _create_private_database(database: str | None) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        pass  # no such directory: SQLite names the problem when it opens the file
 
 
 def is_sqlite(engine: Engine) -> bool:
