@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +25,9 @@ from sqlalchemy import Engine, insert, select
 from exchange import smart
 from exchange.db import clients_table, smart_jwks_table
 from exchange.outcome import ApiError
+
+if TYPE_CHECKING:
+    from exchange.services import Services
 from ledger import store
 from ledger.entry import format_time
 
@@ -183,13 +187,12 @@ class RoleGuard(HTTPBearer):
         self.roles = roles
 
     async def __call__(self, request: Request) -> Client:  # type: ignore[override]
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
             raise _unauthorized(
                 "send Authorization: Bearer <credential from medledger clients add>"
             )
-        client = await _authenticate(request, token)
+        client = await authenticate(request.app.state.services, token)
         if client is None:
             raise _unauthorized("the bearer credential is not valid", "invalid_token")
         if client.role not in self.roles:
@@ -206,12 +209,23 @@ def require_role(*roles: str) -> RoleGuard:
     return RoleGuard(*roles)
 
 
-async def _authenticate(request: Request, token: str) -> Client | None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` value, else None.
+
+    The scheme is case-insensitive and the credential may have blanks around it (RFC 9110
+    §11.1); the rate limiter reads headers with this too, so both agree whose credential a
+    header carries however it is spelt.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(services: Services, token: str) -> Client | None:
     """The client behind an `mlt_` credential or a live SMART access token."""
     if token.startswith(TOKEN_PREFIX):
-        cache: ClientCache = request.app.state.services.clients
-        return await cache.lookup(token)
-    engine = request.app.state.services.engine
+        return await services.clients.lookup(token)
+    engine = services.engine
     grant = await run_in_threadpool(smart.lookup_token, engine, token)
     if grant is None:
         return None

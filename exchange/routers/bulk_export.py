@@ -35,6 +35,7 @@ from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.intake import Issue
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
+from exchange.public import public_url
 from exchange.routers.settlement import (
     Answer,
     PurposeHeader,
@@ -176,14 +177,14 @@ async def export_kickoff(
 ) -> Response:
     if client.role in ("auditor", "admin"):
         raise ApiError(403, "forbidden", f"a {client.role} client may not export patient data")
-    base = str(request.base_url).rstrip("/")
+    base = public_url(request)
 
     async def run(purpose: str | None) -> Answer:
         check_kickoff_headers(prefer, accept, output_format)
         types = export_types(client, type_)
         spec = bulk_export.JobSpec(
             client.client_id, client.org, client.role, purpose, types, since_param(since),
-            str(request.url),
+            _kickoff_url(base, request),
         )  # fmt: skip
         await run_in_threadpool(fresh_indexes, services, indexes)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
@@ -203,6 +204,12 @@ async def export_kickoff(
         202,
         {"Content-Location": f"{base}/fhir/$export-status/{job_id}"},
     )
+
+
+def _kickoff_url(base: str, request: Request) -> str:
+    """The manifest's `request`: the kick-off URL as the client sent it, on the public base."""
+    query = request.url.query
+    return base + request.url.path + (f"?{query}" if query else "")
 
 
 async def _own_job(services: Services, client: Client, job_id: str) -> bulk_export.Job:
@@ -244,9 +251,8 @@ async def export_status(
         issue = Issue("error", "exception", job.error or "the export failed")
         return FhirJSONResponse(outcome_body([issue]), 500)
     files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
-    base = str(request.base_url).rstrip("/")
     return FhirJSONResponse(
-        bulk_export.manifest(job, files, base), 200, media_type="application/json"
+        bulk_export.manifest(job, files, public_url(request)), 200, media_type="application/json"
     )
 
 
