@@ -69,7 +69,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: Any = None
         self._body_timer: Any = None
         self._head_started = False  # a byte of the current request's head has arrived
-        self._head_bytes = 0
+        self._head_bytes = 0  # the head's request line and headers, as parsed
+        self._raw_bytes = 0  # what arrived while the head was incomplete (a head never ending)
         self._awaiting_head = True
         self._body_start = 0.0
         self._body_bytes = 0
@@ -87,10 +88,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         counted = self._awaiting_head
         if counted:
-            self._head_bytes += len(data)
+            self._raw_bytes += len(data)
         super().data_received(data)
-        # A head still incomplete after this much is too large, however it ends.
-        if counted and self._awaiting_head and self._head_bytes > self.limits.max_header_bytes:
+        # A head still incomplete after this much is too large, however it ends. (Once the
+        # head is complete, the same read may hold body bytes too: then the parsed size counts.)
+        if counted and self._awaiting_head and self._raw_bytes > self.limits.max_header_bytes:
             self._head_too_large()
 
     # -- parser callbacks
@@ -102,7 +104,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = True
         if not self._awaiting_head:
             self._awaiting_head = True
-            self._head_bytes = 0
+            self._head_bytes = self._raw_bytes = 0
             self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:

@@ -202,6 +202,17 @@ def test_oversize_headers_are_refused(server: Server, headers: int) -> None:
     assert _status(answer) == 431 and b"OperationOutcome" in answer
 
 
+def test_a_body_larger_than_the_head_limit_in_one_write_is_served(server: Server) -> None:
+    # Only the head counts against --max-header-bytes, however the client's writes fall.
+    note = '"note":[{"text":"' + "x" * (4 * MAX_HEADER_BYTES) + '"}],'
+    body = observation_bundle().replace(b'"status":"final",', f'"status":"final",{note}'.encode())
+    with server.connect() as sock:
+        sock.sendall(server.head("hospital-a", len(body)) + body)
+        sock.settimeout(30)
+        answer = sock.recv(65536)
+    assert _status(answer) == 201, answer[:500]
+
+
 def test_a_disconnect_mid_body_is_one_log_line(server: Server) -> None:
     before = server.log()
     with server.connect() as sock:
