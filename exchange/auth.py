@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -37,6 +37,9 @@ from exchange.db import (
     smart_tokens_table,
 )
 from exchange.outcome import ApiError
+
+if TYPE_CHECKING:
+    from exchange.services import Services
 from ledger import store
 from ledger.entry import format_time
 from ledger.errors import LedgerUnavailable
@@ -489,13 +492,12 @@ class RoleGuard(HTTPBearer):
         self.scope = scope if isinstance(scope, EndpointScopes) else Scope.parse(scope)
 
     async def __call__(self, request: Request) -> Client:  # type: ignore[override]
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
             raise _unauthorized(
                 "send Authorization: Bearer <credential from medledger clients add>"
             )
-        client = await _authenticate(request, token)
+        client = await authenticate(request.app.state.services, token)
         if client is None:
             raise _unauthorized("the bearer credential is not valid", "invalid_token")
         if client.role not in self.roles:
@@ -525,12 +527,23 @@ def public(endpoint: E) -> E:
     return endpoint
 
 
-async def _authenticate(request: Request, token: str) -> Client | None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` value, else None.
+
+    The scheme is case-insensitive and the credential may have blanks around it (RFC 9110
+    §11.1); the rate limiter reads headers with this too, so both agree whose credential a
+    header carries however it is spelt.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(services: Services, token: str) -> Client | None:
     """The client behind an `mlt_` credential or a live SMART access token."""
     if token.startswith(TOKEN_PREFIX):
-        cache: ClientCache = request.app.state.services.clients
-        return await cache.lookup(token)
-    engine = request.app.state.services.engine
+        return await services.clients.lookup(token)
+    engine = services.engine
     grant = await run_in_threadpool(smart.lookup_token, engine, token)
     if grant is None:
         return None

@@ -115,7 +115,7 @@ files_table = Table(
 
 
 def create_schema(engine: Engine) -> None:
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
 
 

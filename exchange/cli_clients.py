@@ -27,7 +27,7 @@ from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.settings import Settings, add_state_options, settings_from_args
 from exchange.smart import JwksError
 from ledger.errors import LedgerUnavailable
-from ledger.store import make_engine, sqlite_url
+from ledger.store import sqlite_url
 
 EXPIRES_HELP = (
     "when the credential stops working: a duration from now (90d, 12h, 30m) or an RFC 3339 "
@@ -111,8 +111,7 @@ def _open_tables(settings: Settings, *, create: bool) -> Engine:
     if settings.db_url is None:
         if not create and not Path(sqlite_url(settings.data_dir)[len("sqlite:///") :]).is_file():
             raise FileNotFoundError(f"no medledger database in {settings.data_dir}")
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = settings.open_engine()
     db.create_schema(engine)
     return engine
 

@@ -17,8 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.outcome import ApiError
+from exchange.public import (
+    LOOPBACK_PROXIES,
+    default_public_url,
+    parse_proxies,
+    parse_public_url,
+)
 from exchange.ratelimit import RateLimit
-from exchange.settings import Settings, add_state_options, settings_from_args
+from exchange.settings import Settings, add_state_options, exposed_state, settings_from_args
 from exchange.vault import VaultError
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.store import durability_problems
@@ -63,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("MEDLEDGER_PRODUCTION", "") not in ("", "0"),
         help="refuse to start when the database could lose committed entries in a crash "
         "(PostgreSQL fsync, synchronous_commit, full_page_writes; SQLite WAL + synchronous=FULL) "
-        "instead of warning; also MEDLEDGER_PRODUCTION=1",
+        "or when the data directory, the database files or vault.key are open to group or "
+        "others, instead of warning; also MEDLEDGER_PRODUCTION=1",
     )
     p.add_argument(
         "--rate-limit",
@@ -87,6 +94,55 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(%(default)s hours)",
     )
     p.add_argument(
+        "--public-url",
+        default=os.environ.get("MEDLEDGER_PUBLIC_URL"),
+        metavar="URL",
+        help="the base URL clients reach the service at, e.g. https://ledger.example: every "
+        "absolute URL it gives out (the SMART token audience, Bulk Data and search links) is "
+        "built on it, never on the request's Host (default http://HOST:PORT; "
+        "MEDLEDGER_PUBLIC_URL)",
+    )
+    p.add_argument(
+        "--trust-proxy",
+        nargs="?",
+        const=LOOPBACK_PROXIES,
+        metavar="ADDRS",
+        help="a reverse proxy at these addresses (comma-separated, networks allowed; "
+        f"default {LOOPBACK_PROXIES}) sets X-Forwarded-Proto, X-Forwarded-Host and "
+        "X-Forwarded-For: take the scheme, host and client address from them on its requests "
+        "only",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=128,
+        metavar="N",
+        help="submissions served at once (%(default)s); one client may hold at most half, "
+        "less while others submit (429 beyond)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a request's line and headers may take to arrive (%(default)s; 408 after)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="seconds a request body may take, plus one per KiB received (%(default)s; "
+        "then 408)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=32 * 1024,
+        metavar="N",
+        help="largest request line and headers accepted (%(default)s; 431 beyond)",
+    )
+    p.add_argument(
         "--access-log",
         action="store_true",
         help="log every request line (off by default: search URLs may carry identifiers)",
@@ -105,46 +161,60 @@ def _default_workers() -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from exchange.app import create_app
-    from exchange.demo import instructions, seed
-    from exchange.services import open_services
+    from exchange.connections import ConnectionLimits, protocol_class
+    from exchange.intake import IntakeLimits
+    from exchange.services import IntakeRunner, open_services
 
     if args.export_ttl <= 0:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
     settings = replace(settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl))
-    workers = _default_workers() if args.intake_workers is None else max(0, args.intake_workers)
     try:
-        services = open_services(settings, intake_workers=workers)
-    except LedgerUnavailable as e:
-        return _fail(str(e), EXIT_UNAVAILABLE)
-    except LedgerError as e:
-        return _fail(str(e), EXIT_MALFORMED)
-    except SQLAlchemyError as e:
-        return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
-    except VaultError as e:
-        return _fail(str(e), EXIT_MALFORMED)
-    problems = durability_problems(services.engine)
-    if problems and args.production:
+        rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
+        limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_header_bytes)
+        public_url = parse_public_url(args.public_url or default_public_url(args.host, args.port))
+        proxies = () if args.trust_proxy is None else parse_proxies(args.trust_proxy)
+        if args.max_in_flight < 1:
+            raise ValueError(f"--max-in-flight must be at least 1, not {args.max_in_flight}")
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+    workers = _default_workers() if args.intake_workers is None else max(0, args.intake_workers)
+    # First: the intake workers warm while the store opens and the app loads, so the server
+    # is ready soon after it binds (benchmarks/startup.py).
+    intake = IntakeRunner(IntakeLimits(), workers)
+    intake.start()
+    try:
+        services = open_services(settings, intake=intake, max_in_flight=args.max_in_flight)
+    except (LedgerError, SQLAlchemyError, VaultError) as e:
+        intake.close()
+        return _open_failure(e)
+
+    import uvicorn
+
+    from exchange.app import create_app
+    from exchange.demo import instructions, seed
+
+    durability = durability_problems(services.engine)
+    exposed = exposed_state(settings)
+    if args.production and (durability or exposed):
         services.close()
-        return _fail(
-            "refusing to start in production mode: "
-            + "; ".join(problems)
-            + ": a crash could lose acknowledged entries",
-            EXIT_MALFORMED,
-        )
-    for problem in problems:
+        lost = [f"{p}: a crash could lose acknowledged entries" for p in durability]
+        return _fail("refusing to start in production mode: " + "; ".join(lost + exposed),
+                     EXIT_MALFORMED)  # fmt: skip
+    for problem in durability:
         print(f"medledger: warning: {problem}: a crash could lose entries", file=sys.stderr)
+    for problem in exposed:
+        print(f"medledger: warning: {problem}", file=sys.stderr)
     if services.log.read_only_reason:
         print(f"medledger: warning: serving reads only: {services.log.read_only_reason}",
               file=sys.stderr)
-    try:
-        rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
-    except ValueError as e:
-        services.close()
-        return _fail(str(e), EXIT_USAGE)
-    app = create_app(settings, services=services, rate_limit=rate_limit)
+    if args.host in ("0.0.0.0", "::") and args.public_url is None:
+        print(f"medledger: warning: absolute URLs (the SMART token audience among them) name "
+              f"{public_url}: give --public-url, the address clients use",
+              file=sys.stderr)  # fmt: skip
+    app = create_app(
+        settings, services=services, rate_limit=rate_limit, public_url=public_url,
+        trusted_proxies=proxies,
+    )  # fmt: skip
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base_url = f"http://{shown_host}:{args.port}"
     vkey = services.log.signer.verifier.vkey()
@@ -158,11 +228,20 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
           flush=True)
     print(f"medledger: serving {base_url}/fhir (Ctrl-C to stop)", flush=True)
+    if public_url != base_url:
+        print(f"medledger: public URL {public_url}", flush=True)
     print(f"medledger: vault master key {services.vault.master.id}: keep a backup apart from "
           "the database; without it no stored Bundle can be read", flush=True)  # fmt: skip
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=args.access_log,
+        http=protocol_class(limits),
+        # X-Forwarded-* is applied by the app, and only from --trust-proxy (exchange.public).
+        proxy_headers=False,
     )
+    server = uvicorn.Server(config)
     try:
         server.run()
     except SystemExit:
@@ -172,5 +251,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_failure(e: Exception) -> int:
+    if isinstance(e, LedgerUnavailable):
+        return _fail(str(e), EXIT_UNAVAILABLE)
+    if isinstance(e, SQLAlchemyError):
+        return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
+    return _fail(str(e), EXIT_MALFORMED)  # LedgerError, VaultError: the local state
+
+
 def _demo_dir(settings: Settings) -> Path:
     return settings.data_dir / "demo"
+

@@ -131,9 +131,7 @@ def create_schema(engine: Engine) -> None:
 
     # The ledger's schema first: on PostgreSQL it defines the trigger function used here.
     store.create_schema(engine)
-    with store.write_transaction(engine) as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(6963)"))
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
         _add_missing_columns(conn, clients_table)
         epoch = credential_epoch_table.c

@@ -76,7 +76,7 @@ class DerivedIndex:
 
 def create_schema(engine: Engine, index: DerivedIndex) -> None:
     """The index's table and mark (idempotent); the exchange schema must exist."""
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
         index.table.create(conn, checkfirst=True)
         found = conn.execute(select(state_table.c.name).where(state_table.c.name == index.name))

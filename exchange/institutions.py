@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 
+from ledger import store
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
 from ledger.jcs import canonicalize
 from ledger.log import Log, Submission
@@ -67,7 +68,7 @@ institutions_table = Table(
 
 
 def create_tables(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
 
 

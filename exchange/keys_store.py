@@ -79,7 +79,7 @@ _KEY_EVENTS_MARK = select(func.count(), func.coalesce(func.max(key_events_table.
 
 
 def create_table(engine: Engine) -> None:
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
         store._create_append_only_trigger(conn, key_events_table.name)  # noqa: SLF001
 

@@ -59,6 +59,7 @@ from exchange.db import metadata
 from exchange.outcome import ApiError
 from ledger import store
 from ledger.errors import LogStateError
+from ledger.keys import create_private_file
 
 MAGIC = b"MLV1"
 NONCE_SIZE = 12
@@ -157,17 +158,10 @@ def load_master_key(path: Path, *, create: bool) -> MasterKey:
             raise VaultError(
                 f"no vault master key: set {ENV_MASTER_KEY} or put the key (base64) in {path}"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = base64.b64encode(os.urandom(KEY_SIZE))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            create_private_file(path, base64.b64encode(os.urandom(KEY_SIZE)) + b"\n")
         except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(value + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+            pass  # another process made it first, and wrote it whole
     return master_key_from(path.read_text())
 
 

@@ -671,6 +671,8 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/v1/log/proof/consistency", "get"): _plain_get("/v1/log/proof/consistency", size1=1, size2=2),
     ("/v1/log/entries/{index}/receipt", "get"): _plain_get("/v1/log/entries/0/receipt"),
     ("/.well-known/smart-configuration", "get"): _plain_get("/.well-known/smart-configuration"),
+    ("/health/live", "get"): _plain_get("/health/live"),
+    ("/health/ready", "get"): _plain_get("/health/ready"),
     ("/auth/token", "post"): _no_probe_needed,  # takes a signed assertion, returns a token
     # FastAPI's schema and documentation pages: the API's description, no data.
     ("/openapi.json", "get"): _plain_get("/openapi.json"),

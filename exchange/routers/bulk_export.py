@@ -47,6 +47,7 @@ from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.intake import Issue
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
+from exchange.public import public_url
 from exchange.routers.settlement import (
     Answer,
     PurposeHeader,
@@ -217,14 +218,14 @@ async def export_kickoff(
     accept: Annotated[str | None, Header(alias="Accept")] = None,
     purpose_of_use: PurposeHeader = None,
 ) -> Response:
-    base = str(request.base_url).rstrip("/")
+    base = public_url(request)
 
     async def run(purpose: str | None) -> Answer:
         check_kickoff_headers(prefer, accept, output_format)
         types = export_types(client, type_)
         spec = bulk_export.JobSpec(
             client.client_id, client.org, client.role, purpose, types, since_param(since),
-            str(request.url),
+            _kickoff_url(base, request),
         )  # fmt: skip
         await run_in_threadpool(fresh_indexes, services, indexes)
         ttl = services.settings.export_ttl
@@ -246,6 +247,12 @@ async def export_kickoff(
         202,
         {"Content-Location": f"{base}/fhir/$export-status/{job_id}"},
     )
+
+
+def _kickoff_url(base: str, request: Request) -> str:
+    """The manifest's `request`: the kick-off URL as the client sent it, on the public base."""
+    query = request.url.query
+    return base + request.url.path + (f"?{query}" if query else "")
 
 
 async def _own_job(
@@ -313,9 +320,8 @@ async def export_status(
         issue = Issue("error", "exception", job.error or "the export failed")
         return FhirJSONResponse(outcome_body([issue]), 500)
     files = await run_in_threadpool(_manifest_files, services, job)
-    base = str(request.base_url).rstrip("/")
     return FhirJSONResponse(
-        bulk_export.manifest(job, files, base),
+        bulk_export.manifest(job, files, public_url(request)),
         200,
         _expires_header(services, job),
         media_type="application/json",

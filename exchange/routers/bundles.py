@@ -122,7 +122,8 @@ async def create_bundle(
     base_version = _parse_if_match(if_match)
     # The registry may bar this sender (expired licence, blacklist) before anything is stored.
     flags = await services.senders.admit(client.org, datetime.now(UTC).date())
-    with services.admission.enter():
+    # Slots are shared per hospital, whichever of its credentials it submits with.
+    with services.admission.enter(client.org or client.client_id):
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
         req = SubmitRequest(client, body, checked, idempotency_key, base_version)

@@ -45,6 +45,7 @@ from exchange.consent import INSURER_PURPOSES
 from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
+from exchange.public import public_url
 from exchange.services import Services, get_services
 
 router = APIRouter(prefix="/fhir", tags=["settlement"])
@@ -484,7 +485,7 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
                 query=replace(q, last_updated=bounds),
                 count=n,
                 client=client,
-                base_url=str(request.url).split("?", 1)[0],
+                base_url=public_url(request) + request.url.path,
                 params=list(request.query_params.multi_items()),
             )
             await run_in_threadpool(fresh_indexes, services, indexes)
