@@ -39,7 +39,7 @@ from ledger.audit import (
     explain_inclusion,
     verify_evidence,
 )
-from ledger.audit_state import StateError, atomic_write, load_state, save_state
+from ledger.audit.state import StateError, atomic_write, load_state, save_state
 from ledger.checkpoint import CheckpointError, parse_checkpoint
 from ledger.keyset import KeyRuleError, KeySet
 from ledger.merkle import leaf_hash

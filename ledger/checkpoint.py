@@ -5,11 +5,11 @@ Body: ``<origin>\\n<decimal size>\\n<base64 root>\\n`` then optional extension l
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
+from .encoding import b64
 from .merkle import HASH_SIZE
-from .untrusted import InputRejected, read_uint64
+from .untrusted import InputRejected, read_base64, read_uint64
 
 
 class CheckpointError(ValueError):
@@ -25,8 +25,7 @@ class Checkpoint:
 
     def text(self) -> str:
         """The note text this checkpoint is signed as."""
-        root = base64.b64encode(self.root).decode()
-        lines = [self.origin, str(self.size), root, *self.extensions]
+        lines = [self.origin, str(self.size), b64(self.root), *self.extensions]
         return "\n".join(lines) + "\n"
 
 
@@ -49,11 +48,9 @@ def parse_checkpoint(text: str) -> Checkpoint:
     except InputRejected as e:
         raise CheckpointError(f"checkpoint size: {e}") from None
     try:
-        root = base64.b64decode(root_s, validate=True)
-    except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
-        raise CheckpointError("checkpoint root is not base64") from e
-    if len(root) != HASH_SIZE:
-        raise CheckpointError("checkpoint root is not a SHA-256 hash")
+        root = read_base64(root_s, "root", size=HASH_SIZE)
+    except InputRejected as e:
+        raise CheckpointError(f"checkpoint {e}") from None
     if any(not line for line in ext):
         raise CheckpointError("checkpoint has an empty extension line")
     return Checkpoint(origin, size, root, tuple(ext))

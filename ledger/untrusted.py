@@ -18,6 +18,7 @@ the input broke. Standard library only.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from itertools import accumulate
@@ -64,6 +65,30 @@ def read_uint64(text: str) -> int:
     if len(text) > MAX_INT_DIGITS or int(text) >= _UINT64:
         raise InputRejected(f"{_show(text)} is larger than 2^64 - 1")
     return int(text)
+
+
+# --- values inside a JSON document ----------------------------------------------------------
+
+
+def read_uint(value: object, what: str) -> int:
+    """A JSON integer >= 0 (not a boolean), as read_json returns one; `what` names it."""
+    if type(value) is not int or value < 0:
+        raise InputRejected(f"{what} must be a non-negative integer")
+    return value
+
+
+def read_base64(value: object, what: str, *, size: int | None = None, empty: bool = False) -> bytes:
+    """The bytes of a standard base64 string (RFC 4648 section 4: its alphabet and padding
+    only), `size` of them when given, or none at all when `empty` allows it."""
+    if not isinstance(value, str):
+        raise InputRejected(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error, or a plain ValueError for non-ASCII text
+        raise InputRejected(f"{what} is not base64") from None
+    if size is not None and len(raw) != size and not (empty and raw == b""):
+        raise InputRejected(f"{what} must be a {size}-byte hash")
+    return raw
 
 
 def _show(text: str) -> str:

@@ -23,7 +23,6 @@ import httpx
 from sqlalchemy import Connection, select
 
 from ledger import merkle, store
-from ledger.audit import stored_hash_leaf
 from ledger.entry import Entry, commitment
 from ledger.log import Log, Submission
 from ledger.merkle import ProofError
@@ -33,6 +32,12 @@ from ledger.store import make_engine
 from .ledger_helpers import new_signer
 
 ORIGIN = "audit.example/log"
+
+
+def stored_hash_leaf(index: int) -> tuple[int, int]:
+    """(leaf, level) of stored hash `index`: the leaf whose append writes it, and its height."""
+    level, n = merkle.split_stored_hash_index(index)
+    return ((n + 1) << level) - 1, level
 
 
 def signer(origin: str = ORIGIN) -> Signer:

@@ -10,7 +10,7 @@ import pytest
 from ledger.errors import LogStateError
 from ledger.store import durability_problems
 
-from .ledger_helpers import new_signer, open_log, submission
+from ..ledger_helpers import new_signer, open_log, submission
 
 
 def _copy_db(src: Path, dst: Path) -> None:

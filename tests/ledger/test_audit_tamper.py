@@ -25,13 +25,12 @@ from sqlalchemy import Engine, create_engine, text
 
 from exchange.audit_sources import DbSource
 from exchange.cli import main
-from ledger import audit as audit_mod
-from ledger import merkle
-from ledger.audit import audit
+from ledger.audit import AuditResult, audit
+from ledger.audit.stream import _match_entry
 from ledger.entry import EntryError, parse_entry
 from ledger.note import Signer
 
-from .audit_helpers import (
+from ..audit_helpers import (
     KINDS,
     MemorySource,
     Mutation,
@@ -92,7 +91,7 @@ def pg_log() -> Iterator[Built]:
     admin.dispose()
 
 
-def _expect_caught(result: audit_mod.AuditResult, m: Mutation) -> None:
+def _expect_caught(result: AuditResult, m: Mutation) -> None:
     assert result.status == "failed", (m.kind, m.detail, result.status)
     assert result.error is not None
     assert result.error.index == m.expected, (m.kind, m.detail, str(result.error))
@@ -114,7 +113,7 @@ def test_fast_entry_check_accepts_only_what_parse_entry_accepts(sqlite_log: Buil
     for _ in range(20_000):
         data = bytearray(rng.choice(entries))
         data[rng.randrange(len(data))] = rng.randrange(256)
-        if audit_mod._match_entry(bytes(data)):
+        if _match_entry(bytes(data)):
             accepted += 1
             parse_entry(bytes(data))  # must not raise
         else:
@@ -122,7 +121,7 @@ def test_fast_entry_check_accepts_only_what_parse_entry_accepts(sqlite_log: Buil
                 parse_entry(bytes(data))
             except EntryError:
                 pass
-    assert all(audit_mod._match_entry(e) for e in entries)
+    assert all(_match_entry(e) for e in entries)
     assert accepted > 100  # some flips keep an entry well-formed (and leave it to the chain)
 
 
@@ -259,58 +258,6 @@ def test_head_rolled_back_or_forged(
     assert main(["audit", "--db", str(copy), "--key", vkey, "--json"]) == 4
     out = json.loads(capsys.readouterr().out)
     assert out["error"]["code"] == "latest-checkpoint" and out["error"]["index"] is None
-
-
-# --- the pure helpers the detection rests on ----------------------------------------------
-
-
-def _tree(n: int) -> tuple[list[bytes], dict[int, bytes]]:
-    leaves = [merkle.leaf_hash(b"%d" % i) for i in range(n)]
-    stored: dict[int, bytes] = {}
-    frontier: list[bytes] = []
-    for i, leaf in enumerate(leaves):
-        new, frontier = merkle.append_leaf(frontier, i, leaf)
-        stored.update(new)
-    return leaves, stored
-
-
-def test_stored_hash_leaf_and_postorder() -> None:
-    _, stored = _tree(300)
-    frontier: list[bytes] = []
-    for i in range(300):
-        new, frontier = merkle.append_leaf(frontier, i, merkle.leaf_hash(b"%d" % i))
-        for idx, _h in new:
-            leaf, level = audit_mod.stored_hash_leaf(idx)
-            assert leaf == i and level == idx - merkle.stored_hash_index(0, i)
-    for height in range(6):
-        rows = [stored[j] for j in range(merkle.stored_hash_index(0, 1 << height))]
-        levels = audit_mod._levels([merkle.leaf_hash(b"%d" % i) for i in range(1 << height)])
-        for level, get in enumerate(audit_mod._postorder(height)):
-            assert list(get(rows)) == levels[level]
-
-
-def test_proofs_from_subtree_hashes_and_frontiers() -> None:
-    leaves, stored = _tree(77)
-
-    def read(ix: list[int]) -> list[bytes]:
-        return [stored[i] for i in ix]
-
-    def mth(lo: int, hi: int) -> bytes:
-        return merkle.fold_frontier(audit_mod._extend([], 0, leaves[lo:hi]))
-
-    for n in range(1, 78):
-        root = merkle.tree_hash(n, read)
-        assert mth(0, n) == root
-        for m in range(1, n + 1):
-            assert audit_mod.consistency_proof_by(m, n, mth) == merkle.consistency_proof(m, n, read)
-        for i in range(n):
-            proof = merkle.inclusion_proof(i, n, read)
-            f = audit_mod.frontier_from_inclusion(i, n, leaves[i], proof, root)
-            assert f == audit_mod._extend([], 0, leaves[: i + 1])
-        for upto in range(n + 1):
-            m, t = audit_mod.frontier_prefix(n, upto)
-            full = audit_mod._extend([], 0, leaves[:n])
-            assert m <= upto and merkle.fold_frontier(full[:t]) == mth(0, m)
 
 
 def test_a_log_growing_during_the_audit_passes(tmp_path: Path) -> None:

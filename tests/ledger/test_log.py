@@ -8,10 +8,12 @@ import pytest
 from sqlalchemy import text
 
 from ledger import merkle
+from ledger.audit import audit
 from ledger.errors import DuplicateConflict, LedgerError, LogStateError
-from ledger.verify import ChainAuditor, VerificationError, verify_checkpoint, verify_receipt
+from ledger.verify import verify_checkpoint, verify_receipt
 
-from .ledger_helpers import count_selects, new_signer, open_log, submission
+from ..audit_helpers import MemorySource
+from ..ledger_helpers import count_selects, new_signer, open_log, submission
 
 
 def test_chain_and_receipts(db_url: str) -> None:
@@ -19,17 +21,16 @@ def test_chain_and_receipts(db_url: str) -> None:
     log = open_log(db_url, signer)
     results = [log.append(submission(b"bundle %d" % i)) for i in range(20)]
     assert [r.entry.index for r in results] == list(range(20))
-    auditor = ChainAuditor()
-    for data in log.entries(0, 20):
-        auditor.add(data)
+    audited = audit(MemorySource.from_log(log), [signer.verifier])
+    assert audited.ok and audited.size == 20, audited.error
     final = verify_checkpoint(log.checkpoint(), [signer.verifier])
-    auditor.check(final)
     for r in results:
         v = verify_receipt(r.receipt, [signer.verifier])
         assert v.entry == r.entry
         proof = log.consistency_proof(v.checkpoint.size, final.size)
-        merkle.verify_consistency(v.checkpoint.size, final.size, v.checkpoint.root, final.root,
-                                  proof)
+        merkle.verify_consistency(
+            v.checkpoint.size, final.size, v.checkpoint.root, final.root, proof
+        )
     log.close()
 
 
@@ -38,25 +39,22 @@ def test_chain_break_names_first_bad_entry(tmp_path) -> None:
     log = open_log(f"sqlite:///{tmp_path / 'l.db'}", signer)
     for i in range(10):
         log.append(submission(b"%d" % i))
-    entries = log.entries(0, 10)
     # Entry 6 replaced by a well-formed entry of another log: the chain breaks at 6.
     other = open_log(f"sqlite:///{tmp_path / 'o.db'}", new_signer())
     for i in range(10):
         other.append(submission(b"x%d" % i))
-    entries[6] = other.entries(6, 7)[0]
-    auditor = ChainAuditor()
-    with pytest.raises(VerificationError) as e:
-        for data in entries:
-            auditor.add(data)
-    assert e.value.index == 6 and "hash chain broken" in str(e.value)
-    # A flipped byte inside entry 3 makes it malformed or breaks the chain at 4.
-    entries = log.entries(0, 10)
-    entries[3] = entries[3].replace(b'"kind":"record"', b'"kind":"recorc"')
-    auditor = ChainAuditor()
-    with pytest.raises(VerificationError) as e:
-        for data in entries:
-            auditor.add(data)
-    assert e.value.index == 4
+    source = MemorySource.from_log(log)
+    source.entries_[6] = other.entries(6, 7)[0]
+    found = audit(source, [signer.verifier])
+    assert found.error is not None
+    assert (found.error.index, found.error.code) == (6, "chain"), found.error
+    # Entry 3 altered but still well-formed: entry 4's prev and the signed roots name it.
+    source = MemorySource.from_log(log)
+    source.entries_[3] = source.entries_[3].replace(b'"kind":"record"', b'"kind":"recorc"')
+    found = audit(source, [signer.verifier])
+    assert found.error is not None
+    assert (found.error.index, found.error.code) == (3, "altered-entry"), found.error
+    other.close()
 
 
 def test_idempotent_retry_returns_original_receipt(db_url: str) -> None:
@@ -119,18 +117,20 @@ def test_concurrent_appends_32x200(db_url: str) -> None:
         v = verify_receipt(r, [signer.verifier])
         seen.add(v.entry.index)
         if v.checkpoint.size < final.size:
-            merkle.verify_consistency(v.checkpoint.size, final.size, v.checkpoint.root,
-                                      final.root,
-                                      log.consistency_proof(v.checkpoint.size, final.size))
+            merkle.verify_consistency(
+                v.checkpoint.size,
+                final.size,
+                v.checkpoint.root,
+                final.root,
+                log.consistency_proof(v.checkpoint.size, final.size),
+            )
         else:
             assert v.checkpoint.root == final.root
     assert seen == set(range(6400))
     batches = len(log.checkpoints(1))
     assert batches < 6400, "appends were not grouped"
-    auditor = ChainAuditor()
-    for data in log.entries(0, 6400):
-        auditor.add(data)
-    auditor.check(final)
+    audited = audit(MemorySource.from_log(log), [signer.verifier])
+    assert audited.ok and audited.root == final.root, audited.error
     log.close()
 
 
@@ -167,8 +167,12 @@ def test_origin_mismatch_refused(tmp_path) -> None:
 def test_entries_are_append_only(tmp_path) -> None:
     log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer())
     log.append(submission(b"x"))
-    for stmt in ("UPDATE ledger_entries SET data = x'00'", "DELETE FROM ledger_entries",
-                 "DELETE FROM ledger_hashes", "UPDATE ledger_checkpoints SET note = ''"):
+    for stmt in (
+        "UPDATE ledger_entries SET data = x'00'",
+        "DELETE FROM ledger_entries",
+        "DELETE FROM ledger_hashes",
+        "UPDATE ledger_checkpoints SET note = ''",
+    ):
         with pytest.raises(Exception, match="append-only"):
             with log.engine.begin() as conn:
                 conn.execute(text(stmt))
@@ -178,8 +182,11 @@ def test_entries_are_append_only(tmp_path) -> None:
 def test_append_only_on_postgresql(pg_url: str) -> None:
     log = open_log(pg_url, new_signer())
     log.append(submission(b"x"))
-    for stmt in ("UPDATE ledger_entries SET data = '\\x00'", "DELETE FROM ledger_hashes",
-                 "TRUNCATE ledger_entries"):
+    for stmt in (
+        "UPDATE ledger_entries SET data = '\\x00'",
+        "DELETE FROM ledger_hashes",
+        "TRUNCATE ledger_entries",
+    ):
         with pytest.raises(Exception, match="append-only"):
             with log.engine.begin() as conn:
                 conn.execute(text(stmt))

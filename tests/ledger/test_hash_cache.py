@@ -10,7 +10,7 @@ from ledger import merkle
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.hash_cache import HashCache, RightEdgeCache
 
-from .ledger_helpers import count_selects, new_signer, open_log, submission
+from ..ledger_helpers import count_selects, new_signer, open_log, submission
 
 
 def _stored(i: int) -> bytes:

@@ -14,20 +14,23 @@ from pathlib import Path
 
 import pytest
 
+from ledger.audit import audit
 from ledger.faults import POINTS
 from ledger.keys import load_or_create_signer, load_signer
 from ledger.log import Log
 from ledger.store import make_engine
-from ledger.verify import ChainAuditor, verify_checkpoint, verify_consistency, verify_receipt
+from ledger.verify import verify_checkpoint, verify_consistency, verify_receipt
 
-ROOT = Path(__file__).resolve().parents[1]
+from ..audit_helpers import MemorySource
+
+ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = "crash.example/log"
 KILLS = 24
 
 
 def _run_and_kill(url: str, key: Path, rng: random.Random, fault: str = "") -> list[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_child", url, str(key), ORIGIN],
+        [sys.executable, "-m", "tests.ledger.crash_child", url, str(key), ORIGIN],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -53,11 +56,9 @@ def _check(url: str, key: Path, receipts: list[str]) -> None:
     size = log.size()
     entries = log.entries(0, size)
     assert len(entries) == size
-    auditor = ChainAuditor()
-    for data in entries:
-        auditor.add(data)
+    audited = audit(MemorySource.from_log(log), [signer.verifier])
+    assert audited.ok and audited.size == size, audited.error
     final = verify_checkpoint(log.checkpoint(), [signer.verifier])
-    auditor.check(final)
     # Every checkpoint the log ever signed is consistent with the final one.
     for cp_size, note in log.checkpoints(1):
         cp = verify_checkpoint(note, [signer.verifier])
@@ -104,8 +105,12 @@ def test_crash_at_each_fault_point(tmp_path: Path, point: str) -> None:
 
 @pytest.mark.parametrize(
     ("point", "committed"),
-    [("after-lock", False), ("after-insert", False), ("during-sign", False),
-     ("after-commit", True)],
+    [
+        ("after-lock", False),
+        ("after-insert", False),
+        ("during-sign", False),
+        ("after-commit", True),
+    ],
 )
 def test_armed_point_kills_before_any_reply(tmp_path: Path, point: str, committed: bool) -> None:
     url = f"sqlite:///{tmp_path / 'crash.db'}"
@@ -113,8 +118,11 @@ def test_armed_point_kills_before_any_reply(tmp_path: Path, point: str, committe
     # Create the log first, so the point fires on an append, not while signing size 0.
     Log(make_engine(url), load_or_create_signer(key, ORIGIN), origin=ORIGIN).engine.dispose()
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.crash_child", url, str(key), ORIGIN],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "tests.ledger.crash_child", url, str(key), ORIGIN],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": str(ROOT), "MEDLEDGER_FAULT": point},
     )
     assert proc.returncode == -signal.SIGKILL

@@ -1,7 +1,7 @@
 """Appends forever from several threads, printing each receipt once it is acknowledged.
 
 Run by test_crash.py, which kills this process with SIGKILL at random moments.
-Usage: python -m tests.crash_child DB_URL KEY_FILE ORIGIN
+Usage: python -m tests.ledger.crash_child DB_URL KEY_FILE ORIGIN
 MEDLEDGER_FAULT may arm a named crash point (ledger/faults.py).
 """
 

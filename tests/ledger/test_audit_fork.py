@@ -26,7 +26,7 @@ from ledger.log import Log
 from ledger.note import Signer, sign
 from ledger.store import make_engine
 
-from .audit_helpers import (
+from ..audit_helpers import (
     MemorySource,
     append,
     build_log,

@@ -11,7 +11,7 @@ from ledger.checkpoint import parse_checkpoint
 from ledger.note import split as split_note
 from ledger.witness import read_witness, write_witness
 
-from .ledger_helpers import new_signer, open_log, submission
+from ..ledger_helpers import new_signer, open_log, submission
 
 WAIT = 10.0  # seconds; a healthy writer answers in milliseconds
 

@@ -13,7 +13,6 @@ problem (StateError), never evidence against a log.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -22,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import merkle
-from .checkpoint import CheckpointError, parse_checkpoint
-from .jcs import canonicalize
-from .note import NoteError, Verifier, open_note
-from .untrusted import InputRejected, read_file, read_json
+from .. import merkle
+from ..checkpoint import CheckpointError, parse_checkpoint
+from ..encoding import b64
+from ..jcs import canonicalize
+from ..note import NoteError, Verifier, open_note
+from ..untrusted import InputRejected, read_base64, read_file, read_json, read_uint
 
 STATE_FORMAT = "medledger-audit-state/v1"
 MAX_STATE_BYTES = 1 << 20
@@ -64,17 +64,13 @@ class AuditState:
             "format": STATE_FORMAT,
             "origin": self.origin,
             "size": self.size,
-            "root": _b64(self.root),
+            "root": b64(self.root),
             "checkpoint": self.checkpoint,
-            "frontier": [_b64(h) for h in self.frontier],
-            "last_leaf": _b64(self.last_leaf),
+            "frontier": [b64(h) for h in self.frontier],
+            "last_leaf": b64(self.last_leaf),
             "source": self.source,
             "saved": self.saved,
         }
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
 
 
 def _bad(path: Path, what: str) -> StateError:
@@ -103,16 +99,18 @@ def parse_state(data: bytes, path: Path, verifiers: Iterable[Verifier]) -> Audit
     try:
         state = AuditState(
             origin=_str(obj, "origin"),
-            size=_int(obj, "size"),
-            root=_hash(obj["root"]),
+            size=read_uint(obj["size"], "size"),
+            root=_hash(obj["root"], "root"),
             checkpoint=_str(obj, "checkpoint"),
-            frontier=tuple(_hash(h) for h in _list(obj, "frontier")),
-            last_leaf=_hash(obj["last_leaf"], allow_empty=True),
+            frontier=tuple(_hash(h, "a frontier hash") for h in _list(obj, "frontier")),
+            last_leaf=_hash(obj["last_leaf"], "last_leaf", empty=True),
             source=_str(obj, "source"),
             saved=_str(obj, "saved"),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise _bad(path, f"field {e} is missing or of the wrong type") from e
+    except KeyError as e:
+        raise _bad(path, f"field {e} is missing") from e
+    except InputRejected as e:
+        raise _bad(path, str(e)) from e
     _check_consistent(state, path, list(verifiers))
     return state
 
@@ -147,34 +145,19 @@ def _check_consistent(s: AuditState, path: Path, verifiers: list[Verifier]) -> N
 def _str(obj: dict[str, object], key: str) -> str:
     v = obj[key]
     if not isinstance(v, str):
-        raise TypeError(key)
-    return v
-
-
-def _int(obj: dict[str, object], key: str) -> int:
-    v = obj[key]
-    if type(v) is not int or v < 0:
-        raise TypeError(key)
+        raise InputRejected(f"{key} must be a string")
     return v
 
 
 def _list(obj: dict[str, object], key: str) -> list[object]:
     v = obj[key]
     if not isinstance(v, list):
-        raise TypeError(key)
+        raise InputRejected(f"{key} must be a list")
     return v
 
 
-def _hash(v: object, allow_empty: bool = False) -> bytes:
-    if not isinstance(v, str):
-        raise TypeError("hash")
-    try:
-        raw = base64.b64decode(v, validate=True)
-    except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
-        raise ValueError("hash") from e
-    if not (allow_empty and raw == b"") and len(raw) != merkle.HASH_SIZE:
-        raise ValueError("hash")
-    return raw
+def _hash(v: object, what: str, empty: bool = False) -> bytes:
+    return read_base64(v, what, size=merkle.HASH_SIZE, empty=empty)
 
 
 def load_state(path: Path, verifiers: Iterable[Verifier]) -> AuditState | None:

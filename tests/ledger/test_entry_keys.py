@@ -17,8 +17,15 @@ H = bytes(range(32))
 
 
 def _entry(**kw) -> Entry:
-    base = dict(index=1, prev=H, time="2026-11-28T09:30:00.123Z", kind="record",
-                sender="hospital-a", commit=H, media="application/fhir+json")
+    base = dict(
+        index=1,
+        prev=H,
+        time="2026-11-28T09:30:00.123Z",
+        kind="record",
+        sender="hospital-a",
+        commit=H,
+        media="application/fhir+json",
+    )
     return Entry(**{**base, **kw})
 
 
@@ -58,8 +65,15 @@ def test_non_canonical_or_foreign_entries_rejected(mutate) -> None:
 
 
 def test_entry_field_rules() -> None:
-    for bad in (dict(index=0), dict(prev=b""), dict(index=-1), dict(sender="a b"),
-                dict(media="fhir"), dict(subject=b"short"), dict(commit=b"x")):
+    for bad in (
+        dict(index=0),
+        dict(prev=b""),
+        dict(index=-1),
+        dict(sender="a b"),
+        dict(media="fhir"),
+        dict(subject=b"short"),
+        dict(commit=b"x"),
+    ):
         with pytest.raises(EntryError):
             _entry(**bad).to_bytes()
     with pytest.raises(EntryError):
@@ -111,6 +125,14 @@ def test_direct_bytes_equal_rfc8785_reference(
     from ledger.entry import format_time
 
     t = format_time(datetime(2000, 1, 1, tzinfo=UTC) + timedelta(milliseconds=millis))
-    e = _entry(index=index, prev=prev if index else b"", time=t, kind=kind, sender=sender,
-               media=media, subject=subject, commit=commit)
+    e = _entry(
+        index=index,
+        prev=prev if index else b"",
+        time=t,
+        kind=kind,
+        sender=sender,
+        media=media,
+        subject=subject,
+        commit=commit,
+    )
     assert e.to_bytes() == e.canonical_bytes()

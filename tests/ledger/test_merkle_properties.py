@@ -1,4 +1,5 @@
-"""Stored-tree proofs equal the RFC 6962 reference and verify; every mutation is rejected."""
+"""Stored-tree proofs equal the RFC 6962 reference and verify; every mutation is rejected;
+the stored-hash layout and the auditor's tree helpers agree with append_leaf and the reference."""
 
 from __future__ import annotations
 
@@ -88,6 +89,81 @@ def test_stored_hash_count_matches_layout() -> None:
         assert merkle.stored_hash_count(n) == len(
             {i for i in STORED if i < merkle.stored_hash_count(n)}
         )
+
+
+@given(st.integers(0, 62), st.integers(0, 2**62))
+def test_split_stored_hash_index_inverts_stored_hash_index(level, n) -> None:
+    assert merkle.split_stored_hash_index(merkle.stored_hash_index(level, n)) == (level, n)
+
+
+@given(st.integers(0, 2**64))
+def test_every_stored_hash_index_splits_into_a_level_and_n(index) -> None:
+    level, n = merkle.split_stored_hash_index(index)
+    assert level >= 0 and n >= 0
+    assert merkle.stored_hash_index(level, n) == index
+
+
+def test_split_stored_hash_index_names_what_each_append_wrote() -> None:
+    """Leaf i writes its own hash and then the subtrees it completes, lowest first: the k-th
+    hash it writes is level k's subtree i >> k, whose last leaf is i."""
+    frontier: list[bytes] = []
+    for i, leaf in enumerate(LEAVES[:300]):
+        new, frontier = merkle.append_leaf(frontier, i, leaf)
+        for k, (index, _) in enumerate(new):
+            level, n = merkle.split_stored_hash_index(index)
+            assert (level, n) == (k, i >> k)
+            assert ((n + 1) << level) - 1 == i
+    assert [merkle.split_stored_hash_index(i) for i in range(4)] == [(0, 0), (0, 1), (1, 0), (0, 2)]
+    with pytest.raises(ValueError):
+        merkle.split_stored_hash_index(-1)
+
+
+def test_postorder_levels_pick_each_level_of_an_aligned_block() -> None:
+    for height in range(7):
+        rows = [STORED[j] for j in range(merkle.stored_hash_index(0, 1 << height))]
+        levels = merkle.subtree_levels(LEAVES[: 1 << height])
+        assert len(levels) == height + 1
+        for level, get in enumerate(merkle.postorder_levels(height)):
+            assert list(get(rows)) == levels[level]
+            width = 1 << level
+            starts = range(0, 1 << height, width)
+            assert levels[level] == [mth(LEAVES[j : j + width]) for j in starts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, MAX_N), st.integers(0, MAX_N))
+def test_extend_frontier_equals_append_leaf_one_by_one(size, more) -> None:
+    more = min(more, MAX_N - size)
+    before = merkle.extend_frontier([], 0, LEAVES[:size])
+    expected = before
+    for i in range(size, size + more):
+        _, expected = merkle.append_leaf(expected, i, LEAVES[i])
+    assert merkle.extend_frontier(before, size, LEAVES[size : size + more]) == expected
+    assert merkle.fold_frontier(expected) == mth(LEAVES[: size + more])
+    blocks = list(merkle.complete_subtrees(size, size + more))
+    assert sum(1 << h for _, h in blocks) == more
+    assert all(start % (1 << h) == 0 for start, h in blocks)
+
+
+def test_proofs_from_subtree_hashes_and_frontiers() -> None:
+    def sub(lo: int, hi: int) -> bytes:
+        return merkle.fold_frontier(merkle.extend_frontier([], 0, LEAVES[lo:hi]))
+
+    for n in range(1, 78):
+        root = merkle.tree_hash(n, read)
+        assert sub(0, n) == root
+        for m in range(1, n + 1):
+            assert merkle.consistency_proof_by(m, n, sub) == merkle.consistency_proof(m, n, read)
+        for i in range(n):
+            proof = merkle.inclusion_proof(i, n, read)
+            f = merkle.frontier_from_inclusion(i, n, LEAVES[i], proof, root)
+            assert f == merkle.extend_frontier([], 0, LEAVES[: i + 1])
+        for upto in range(n + 1):
+            m, t = merkle.frontier_prefix(n, upto)
+            full = merkle.extend_frontier([], 0, LEAVES[:n])
+            assert m <= upto and merkle.fold_frontier(full[:t]) == sub(0, m)
+    with pytest.raises(merkle.ProofError):
+        merkle.consistency_proof_by(0, 5, sub)
 
 
 @st.composite

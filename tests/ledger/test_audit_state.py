@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from exchange.cli import main
-from ledger import audit_state
 from ledger.audit import audit
-from ledger.audit_state import AuditState, StateError, load_state, save_state
+from ledger.audit import state as audit_state
+from ledger.audit.state import AuditState, StateError, load_state, save_state
 from ledger.jcs import canonicalize
 
-from .audit_helpers import MemorySource, append, build_log, entries_only, signer
+from ..audit_helpers import MemorySource, append, build_log, entries_only, signer
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ def test_inclusion_vectors(vectors: Path) -> None:
     for name, c in cases:
         proof = [_b64(h) for h in (c["proof"] or [])]
         try:
-            merkle.verify_inclusion(c["leafIdx"], c["treeSize"], _b64(c["leafHash"]), proof,
-                                    _b64(c["root"]))
+            merkle.verify_inclusion(
+                c["leafIdx"], c["treeSize"], _b64(c["leafHash"]), proof, _b64(c["root"])
+            )
             ok = True
         except merkle.ProofError:
             ok = False
@@ -46,8 +47,9 @@ def test_consistency_vectors(vectors: Path) -> None:
     for name, c in cases:
         proof = [_b64(h) for h in (c["proof"] or [])]
         try:
-            merkle.verify_consistency(c["size1"], c["size2"], _b64(c["root1"]), _b64(c["root2"]),
-                                      proof)
+            merkle.verify_consistency(
+                c["size1"], c["size2"], _b64(c["root1"]), _b64(c["root2"]), proof
+            )
             ok = True
         except merkle.ProofError:
             ok = False

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.audit import Evidence
-from ledger.audit_state import StateError, parse_state
+from ledger.audit.state import StateError, parse_state
 from ledger.checkpoint import CheckpointError, parse_checkpoint
 from ledger.entry import EntryError, parse_entry
 from ledger.note import NoteError
@@ -32,8 +32,8 @@ from ledger.untrusted import (
 )
 from ledger.verify import MalformedInput
 
-from .audit_helpers import build_log, signer
-from .hostile_helpers import bodies, json_texts, mutated, mutated_member, run
+from ..audit_helpers import build_log, signer
+from ..hostile_helpers import bodies, json_texts, mutated, mutated_member, run
 
 MiB = 1 << 20
 
