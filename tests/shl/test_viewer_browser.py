@@ -104,7 +104,8 @@ def test_translation_language_can_be_changed(page: Any, world: World) -> None:
     link = world.server.share(world.files())
     page.goto(world.server.viewer_url(link, recipient="Dr. Lee"))
     assert verdict(page)[0] == "verified"
-    assert page.locator("#language option").all_inner_texts() == ["ko", "en"]
+    options = page.locator("#language option")
+    assert options.all_inner_texts() == ["한국어 (ko)", "English (en)"]
     page.select_option("#language", "ko")
     section = page.locator(".ips-section").first
     assert "번역(ko)" in section.locator(".translation[lang=ko]").inner_text()
@@ -180,6 +181,13 @@ def test_a_file_altered_after_encryption_fails(page: Any, world: World) -> None:
     assert status == "failed" and "altered or damaged" in text
 
 
+def test_a_file_that_is_not_json_fails(page: Any, world: World) -> None:
+    link = world.server.share([(FHIR, b"<Bundle/>"), *world.files()[1:]])
+    page.goto(world.server.viewer_url(link, recipient="Dr. Lee"))
+    status, text = verdict(page)
+    assert status == "failed" and "cannot be read as FHIR" in text
+
+
 def test_summary_without_a_proof_fails(page: Any, world: World) -> None:
     link = world.server.share(world.files()[:1], embedded=[0])
     page.goto(world.server.viewer_url(link, recipient="Dr. Lee"))
@@ -221,6 +229,7 @@ def test_last_wrong_passcode_disables_the_link(page: Any, world: World) -> None:
     page.click("#open-form button[type=submit]")
     page.wait_for_selector("#status[data-kind=error]")
     assert "no longer active" in page.locator("#status").inner_text()
+    assert page.locator("#toolbar").is_hidden()  # nothing to print or translate
 
 
 def test_expired_link_says_so_and_fetches_nothing(page: Any, world: World) -> None:

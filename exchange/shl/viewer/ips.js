@@ -41,6 +41,9 @@ const Ips = (() => {
 
   class FileError extends Error {}
 
+  // Arrays from untrusted JSON: anything else counts as empty.
+  const list = (x) => (Array.isArray(x) ? x : []);
+
   // --- which file is what ----------------------------------------------------------------
 
   function parseJson(bytes, what) {
@@ -118,7 +121,7 @@ const Ips = (() => {
   // The Provenances whose target names this document, by reference or by identifier.
   function provenancesFor(doc, provenances) {
     return provenances.filter((p) =>
-      (p.target || []).some(
+      list(p.target).some(
         (t) =>
           (t && typeof t.reference === "string" && doc.refs.includes(t.reference)) ||
           (t && t.identifier && doc.identifier && t.identifier.value === doc.identifier.value &&
@@ -129,7 +132,7 @@ const Ips = (() => {
 
   // The receipt text (signature[0].data, base64) and the salt (extension) of a Provenance.
   function proofOf(provenance) {
-    const sig = Array.isArray(provenance.signature) ? provenance.signature[0] : null;
+    const sig = list(provenance.signature)[0];
     if (!sig || typeof sig.data !== "string") {
       throw new Verify.VerifyError("format", "the Provenance has no signature data (the receipt)");
     }
@@ -139,7 +142,7 @@ const Ips = (() => {
     } catch (e) {
       throw new Verify.VerifyError("format", "the Provenance's signature data is not a base64 receipt");
     }
-    const ext = (provenance.extension || []).find((x) => x && x.url === SALT_EXTENSION);
+    const ext = list(provenance.extension).find((x) => x && x.url === SALT_EXTENSION);
     if (!ext) throw new Verify.VerifyError("format", "the Provenance has no salt extension");
     const salt = Verify.b64decode(ext.valueBase64Binary, "salt", 32);
     return { receipt, salt };
@@ -161,7 +164,7 @@ const Ips = (() => {
 
   function byFullUrl(bundle) {
     const map = new Map();
-    for (const e of bundle.entry || []) {
+    for (const e of list(bundle.entry)) {
       if (e && e.resource) {
         if (e.fullUrl) map.set(e.fullUrl, e.resource);
         if (e.resource.id) map.set(`${e.resource.resourceType}/${e.resource.id}`, e.resource);
@@ -176,7 +179,7 @@ const Ips = (() => {
   function nameText(n) {
     if (!n || typeof n !== "object") return "";
     if (typeof n.text === "string" && n.text) return n.text;
-    const given = (n.given || []).filter((g) => typeof g === "string").join(" ");
+    const given = list(n.given).filter((g) => typeof g === "string").join(" ");
     const family = typeof n.family === "string" ? n.family : "";
     return family && CJK.test(family) ? family + given : `${given} ${family}`.trim();
   }
@@ -186,16 +189,16 @@ const Ips = (() => {
     const ref = comp.subject && comp.subject.reference;
     const found = ref && refs.get(ref);
     if (found && found.resourceType === "Patient") return found;
-    const any = (bundle.entry || []).find((e) => e && e.resource && e.resource.resourceType === "Patient");
+    const any = list(bundle.entry).find((e) => e && e.resource && e.resource.resourceType === "Patient");
     return any ? any.resource : null;
   }
 
   function translations(element) {
     const out = new Map();
-    for (const x of (element && element.extension) || []) {
+    for (const x of list(element && element.extension)) {
       if (!x || x.url !== "http://hl7.org/fhir/StructureDefinition/translation") continue;
-      const lang = (x.extension || []).find((s) => s.url === "lang");
-      const content = (x.extension || []).find((s) => s.url === "content");
+      const lang = list(x.extension).find((s) => s && s.url === "lang");
+      const content = list(x.extension).find((s) => s && s.url === "content");
       if (lang && content && typeof content.valueString === "string") out.set(lang.valueCode, content.valueString);
     }
     return out;
@@ -293,7 +296,7 @@ const Ips = (() => {
     return device && device.type ? device.type : null;
   }
 
-  const isDerived = (c) => (c.extension || []).some((x) => x && x.url === DERIVED_EXTENSION);
+  const isDerived = (c) => list(c.extension).some((x) => x && x.url === DERIVED_EXTENSION);
 
   function codingText(c) {
     const system = SYSTEMS[c.system] || c.system || "";
@@ -301,17 +304,17 @@ const Ips = (() => {
   }
 
   function equivalence(c) {
-    const ext = (c.extension || []).find((x) => x && x.url === DERIVED_EXTENSION);
-    const eq = ext && (ext.extension || []).find((x) => x.url === "equivalence");
+    const ext = list(c.extension).find((x) => x && x.url === DERIVED_EXTENSION);
+    const eq = ext && list(ext.extension).find((x) => x && x.url === "equivalence");
     return eq ? eq.valueCode : "";
   }
 
   function codesTable(section, refs) {
     const rows = [];
-    for (const entry of section.entry || []) {
+    for (const entry of list(section.entry)) {
       const concept = conceptOf(refs.get(entry && entry.reference), refs);
       if (!concept) continue;
-      const codings = (concept.coding || []).filter((c) => c && typeof c === "object");
+      const codings = list(concept.coding).filter((c) => c && typeof c === "object");
       const source = codings.filter((c) => !isDerived(c));
       const derived = codings.filter(isDerived);
       const original = concept.text || (source[0] && source[0].display) || "";
@@ -343,7 +346,7 @@ const Ips = (() => {
     const out = [];
     const add = (l) => l && !out.includes(l) && out.push(l);
     for (const l of translations(comp._title).keys()) add(l);
-    for (const s of comp.section || []) {
+    for (const s of list(comp.section)) {
       const parts = splitNarrative(s.text && s.text.div);
       if (parts) for (const l of parts.translations.keys()) add(l);
     }
@@ -367,10 +370,10 @@ const Ips = (() => {
     const refs = byFullUrl(bundle);
     const comp = bundle.entry[0].resource;
     const patient = patientOf(bundle, refs);
-    const names = patient ? (patient.name || []).map(nameText).filter(Boolean) : [];
+    const names = patient ? list(patient.name).map(nameText).filter(Boolean) : [];
     const absentBirth = patient && !patient.birthDate && patient._birthDate;
     const custodian = comp.custodian && refs.get(comp.custodian.reference);
-    const care = (comp.event || []).map((e) => period(e.period)).find(Boolean);
+    const care = list(comp.event).map((e) => period(e && e.period)).find(Boolean);
     const titles = translations(comp._title);
 
     const head = h("header", { class: "patient" },
@@ -383,7 +386,7 @@ const Ips = (() => {
         field("Care period", "就诊期间", care),
         field("Hospital", "医院", custodian && custodian.name)));
 
-    const sections = (comp.section || []).map((s, i) => {
+    const sections = list(comp.section).filter((s) => s && typeof s === "object").map((s, i) => {
       const id = `section-${i}`;
       const parts = splitNarrative(s.text && s.text.div);
       const trTitle = translations(s._title).get(lang);

@@ -155,7 +155,7 @@
       ev.preventDefault();
       const who = $("recipient").value.trim();
       if (!who) return;
-      open(link, who, $("passcode").value);
+      openLink(link, who, $("passcode").value);
     };
     (link.flags.P && recipient ? $("passcode") : $("recipient")).focus();
   }
@@ -176,13 +176,13 @@
       return;
     }
     const recipient = new URLSearchParams(location.search).get("recipient");
-    if (recipient && recipient.trim() && !link.flags.P) open(link, recipient.trim());
+    if (recipient && recipient.trim() && !link.flags.P) openLink(link, recipient.trim());
     else askToOpen(link, recipient);
   }
 
   // --- fetching, decrypting, verifying -------------------------------------------------------
 
-  async function open(link, recipient, passcode) {
+  async function openLink(link, recipient, passcode) {
     $("open-form").hidden = true;
     say("Fetching the summary…", "正在获取摘要……");
     let files;
@@ -238,9 +238,16 @@
     performance.measure("medledger:verify", "medledger:verify-start", "medledger:verify-end");
 
     current = { link, documents: collected.documents, results };
-    performance.mark("medledger:render-start");
-    draw();
     showVerdict(results);
+    performance.mark("medledger:render-start");
+    try {
+      draw();
+    } catch (e) {
+      // The verdict stands; a summary that cannot be drawn is said so, not half shown.
+      $("summary").replaceChildren();
+      say(`The summary could not be displayed: ${e.message}.`, "无法显示摘要。", "error");
+      return;
+    }
     performance.mark("medledger:render-end");
     performance.measure("medledger:render", "medledger:render-start", "medledger:render-end");
     clearStatus();
@@ -277,12 +284,15 @@
 
   // --- display -------------------------------------------------------------------------------
 
+  // The languages adapters/narrative.py writes, named in themselves.
+  const LANGUAGES = { en: "English", zh: "中文", ko: "한국어", ru: "Русский", ar: "العربية", th: "ไทย" };
+
   function draw() {
     const langs = [];
     for (const d of current.documents) for (const l of Ips.languages(d.bundle)) if (!langs.includes(l)) langs.push(l);
     const select = $("language");
     const chosen = select.value && langs.includes(select.value) ? select.value : langs.includes("en") ? "en" : langs[0];
-    select.replaceChildren(...langs.map((l) => h("option", { value: l }, l)));
+    select.replaceChildren(...langs.map((l) => h("option", { value: l }, `${LANGUAGES[l.split("-")[0]] || l} (${l})`)));
     if (chosen) select.value = chosen;
     $("language-row").hidden = !langs.length;
     $("toolbar").hidden = false;
@@ -295,6 +305,10 @@
 
   $("language").addEventListener("change", () => current && draw());
   $("print").addEventListener("click", () => window.print());
+  // A printed summary carries what was checked, which a closed <details> would not print.
+  window.addEventListener("beforeprint", () => {
+    $("checks").open = true;
+  });
   $("trusted-keys").textContent = (config.logKeys || []).map((v) => v.split("+").slice(0, 2).join("+")).join(", ");
 
   if (!window.isSecureContext || !window.crypto || !crypto.subtle) {
