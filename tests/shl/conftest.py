@@ -36,8 +36,11 @@ def chromium_path() -> str | None:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Not for the session: while Playwright's sync API is
+    open, its event loop counts as running in this thread, and asyncio.run() in any later
+    test would fail."""
     path = chromium_path()
     if path is None:
         pytest.skip("no chromium installed (Debian: apt-get install chromium)")
