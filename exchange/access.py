@@ -7,8 +7,10 @@ entry, so neither exists without the other.
 
 No PHI leaves into the entry or the AuditEvent: the patient appears only as the keyed pseudonym
 `subject` the ledger already uses (exchange.services.pseudonym), the client by its client id and
-organisation. The accounting of disclosures (GET /v1/patients/{id}/disclosures) is a query by
-that pseudonym.
+organisation. Data of a Bundle that names several patients (a mother and her baby) is about each
+of them: the entry's subject is the first, and the AuditEvent names every one, each of which
+`access_event_subjects` indexes. The accounting of disclosures (GET
+/v1/patients/{id}/disclosures) is a query by pseudonym over both.
 
 Actions (the `action` argument):
 
@@ -28,6 +30,7 @@ import asyncio
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -38,12 +41,14 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     String,
     Table,
     insert,
     select,
+    union,
 )
 
 from exchange import db
@@ -100,6 +105,15 @@ access_table = Table(
     Column("data", LargeBinary, nullable=False),  # the AuditEvent, as committed to
 )
 
+# The further patients an access entry is about, beyond its subject (a Bundle naming several).
+access_subjects_table = Table(
+    "access_event_subjects",
+    db.metadata,
+    Column("idx", Integer, primary_key=True, autoincrement=False),  # the access entry
+    Column("subject", LargeBinary, primary_key=True),  # a patient's pseudonym
+    Index("ix_access_event_subjects_subject", "subject"),
+)
+
 
 class AccessError(ValueError):
     """An access entry was asked for with an unknown action or outcome (a programming error)."""
@@ -133,14 +147,16 @@ def audit_event(
     outcome: str,
     recorded: str,
     detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
 ) -> dict[str, object]:
     """The BALP-shaped AuditEvent of one access (PrivacyDisclosure when data was disclosed).
 
     BALP 1.1 "Basic Audit Log Patterns": the RESTful interaction as `subtype`, the client as
-    the requesting agent, purpose of use on the agent, the patient as an entity of role 1
-    (Patient) identified by pseudonym only, the disclosed data as an entity of role 4 (Domain
-    resource) by type. A disclosure (outcome 0 of a read/search/export/transform) also carries
-    the PrivacyDisclosure profile and DICOM 110106 "Export" as its type.
+    the requesting agent, purpose of use on the agent, the patient (and each other patient the
+    data names) as an entity of role 1 (Patient) identified by pseudonym only, the disclosed
+    data as an entity of role 4 (Domain resource) by type. A disclosure (outcome 0 of a
+    read/search/export/transform) also carries the PrivacyDisclosure profile and DICOM 110106
+    "Export" as its type.
     """
     disclosed = action != "denied" and outcome == "0"
     subtype = _SUBTYPES[action]
@@ -161,17 +177,15 @@ def audit_event(
             "description": detail if detail is not None else f"{resource_type} {action}",
         }
     ]
-    if patient_subject is not None:
-        entities.insert(
-            0,
-            {
-                "type": {"system": _ENTITY_TYPE, "code": "1"},
-                "role": {"system": _OBJECT_ROLE, "code": "1"},
-                "what": {
-                    "identifier": {"system": PSEUDONYM_SYSTEM, "value": patient_subject.hex()}
-                },
-            },
-        )
+    patients = [] if patient_subject is None else [patient_subject, *other_subjects]
+    entities[:0] = [
+        {
+            "type": {"system": _ENTITY_TYPE, "code": "1"},
+            "role": {"system": _OBJECT_ROLE, "code": "1"},
+            "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": subject.hex()}},
+        }
+        for subject in patients
+    ]
     profile = [f"{_BALP}/IHE.BasicAudit." + ("PrivacyDisclosure" if disclosed else "Query")]
     return {
         "resourceType": "AuditEvent",
@@ -207,9 +221,11 @@ def _submission(
     purpose: str | None,
     outcome: str,
     detail: str | None,
+    other_subjects: Sequence[bytes],
 ) -> Submission:
     """The ledger submission of one access; its AuditEvent is built with the entry's time."""
     _check(action, outcome)
+    others = _others(patient_subject, other_subjects)
     salt = os.urandom(SALT_SIZE)
     # The entry's time is known only inside the writer, but the commitment is made before:
     # so the AuditEvent carries its own `recorded` (the time of the request), and the stored
@@ -224,6 +240,7 @@ def _submission(
         outcome=outcome,
         recorded=recorded,
         detail=detail,
+        other_subjects=others,
     )
     AuditEvent.parse_obj(event)  # shaped as R4 requires, or not recorded at all
     data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
@@ -246,6 +263,11 @@ def _submission(
                 "data": data,
             },
         )
+        if others:
+            conn.execute(
+                insert(access_subjects_table),
+                [{"idx": entry.index, "subject": subject} for subject in others],
+            )
 
     return Submission(
         kind=ACCESS_KIND,
@@ -266,8 +288,10 @@ async def record_access(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
 ) -> int:
-    """Appends one `access` entry with its AuditEvent; returns the entry's ledger index."""
+    """Appends one `access` entry with its AuditEvent; returns the entry's ledger index.
+    `other_subjects` are the further patients the disclosed data names."""
     sub = _submission(
         client,
         action=action,
@@ -276,6 +300,7 @@ async def record_access(
         purpose=purpose,
         outcome=outcome,
         detail=detail,
+        other_subjects=other_subjects,
     )
     appended = await asyncio.wrap_future(services.log.submit(sub))
     return appended.entry.index
@@ -291,6 +316,7 @@ def record_access_blocking(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
 ) -> int:
     """The same as :func:`record_access`, for callers outside the event loop."""
     sub = _submission(
@@ -301,6 +327,7 @@ def record_access_blocking(
         purpose=purpose,
         outcome=outcome,
         detail=detail,
+        other_subjects=other_subjects,
     )
     return services.log.append(sub).entry.index
 
@@ -313,11 +340,26 @@ def _row(r: object) -> AccessRow:
     )  # fmt: skip
 
 
-def disclosures_of(engine: Engine, subject: bytes, limit: int = 1000) -> list[AccessRow]:
-    """The access entries about one patient pseudonym, oldest first (accounting of disclosures)."""
+def _others(subject: bytes | None, others: Sequence[bytes]) -> list[bytes]:
+    """The further subjects, without repeats or the subject itself (none without a subject)."""
+    if subject is None:
+        return []
+    return [s for s in dict.fromkeys(others) if s != subject]
+
+
+def disclosures_of(
+    engine: Engine, subjects: bytes | Sequence[bytes], limit: int = 1000
+) -> list[AccessRow]:
+    """The access entries about any of these pseudonyms of one patient, as the entry's subject
+    or as a further patient of its data, oldest first (accounting of disclosures)."""
+    wanted = [subjects] if isinstance(subjects, bytes) else list(subjects)
+    about = union(
+        select(access_table.c.idx).where(access_table.c.subject.in_(wanted)),
+        select(access_subjects_table.c.idx).where(access_subjects_table.c.subject.in_(wanted)),
+    ).subquery()
     q = (
         select(access_table)
-        .where(access_table.c.subject == subject)
+        .where(access_table.c.idx.in_(select(about.c.idx)))
         .order_by(access_table.c.idx)
         .limit(limit)
     )

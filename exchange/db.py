@@ -11,6 +11,7 @@ bearer token, never the token. `exchange_secrets` holds per-log keys (the pseudo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -106,7 +107,7 @@ secrets_table = Table(
     Column("value", LargeBinary, nullable=False),
 )
 
-APPEND_ONLY_TABLES = ("exchange_bundles", "access_events")
+APPEND_ONLY_TABLES = ("exchange_bundles", "access_events", "access_event_subjects")
 PSEUDONYM_KEY = "pseudonym-key"
 
 
@@ -194,13 +195,23 @@ def bundle_id_of_version(
     ).scalar()
 
 
-def entry_subject(engine: Engine, index: int) -> bytes | None:
-    """The patient pseudonym on the ledger entry of the Bundle at `index` (an access entry
-    about that patient names it the same way)."""
+def bundle_subjects(engine: Engine, indexes: Iterable[int]) -> list[bytes]:
+    """The pseudonyms of every patient the Bundles at these ledger indexes name, for an access
+    entry about their data: each Bundle's entry subject first, then the others it names (the
+    keys its bytes are sealed under: exchange.vault), without repeats."""
+    from exchange import vault
+
+    wanted = list(dict.fromkeys(indexes))
+    if not wanted:
+        return []
+    t = bundles_table
     with engine.connect() as conn:
-        found = conn.execute(select(bundles_table.c.subject).where(bundles_table.c.idx == index))
-        value = found.scalar()
-    return None if value is None else bytes(value)
+        rows = conn.execute(select(t.c.idx, t.c.subject, t.c.salt).where(t.c.idx.in_(wanted)))
+        by_index = {int(r.idx): r for r in rows}
+        found = [by_index[i] for i in wanted if i in by_index]
+        named = vault.of(engine).subjects_of_sealed(conn, [bytes(r.salt) for r in found])
+    firsts = [bytes(r.subject) for r in found if r.subject is not None]
+    return list(dict.fromkeys([*firsts, *named]))
 
 
 def _bundle_row(conn: Connection, row: object) -> BundleRow:

@@ -22,7 +22,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     insert,
+    inspect,
     select,
     update,
 )
@@ -122,6 +124,21 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
             if rows:
                 conn.execute(insert(index.table), rows)
         read += len(found)
+
+
+def reset(conn: Connection) -> int:
+    """In the caller's write transaction: forgets every index's rows and mark, so each is
+    rebuilt from the Bundles on its next use (after the keys its rows hold changed, as when
+    exchange.vault_upgrade gave identifiers one spelling). Returns how many rows went."""
+    inspector = inspect(conn)
+    if not inspector.has_table(tables_table.name):
+        return 0
+    deleted = 0
+    for name in conn.execute(select(tables_table.c.name)).scalars().all():
+        if inspector.has_table(name):
+            deleted += conn.execute(delete(Table(name, MetaData()))).rowcount or 0
+    conn.execute(update(state_table).values(last_index=-1))
+    return int(deleted)
 
 
 def _mark(conn: Connection, name: str, *, lock: bool = False) -> int:

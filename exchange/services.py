@@ -52,7 +52,9 @@ class Checked:
     kind: str
     media: str
     identifier: tuple[str, str] | None
-    patient: tuple[str, str] | None  # the first Patient.identifier (system, value)
+    # Every Patient.identifier (system, value) the Bundle names, in its one spelling; the first
+    # is the patient the ledger entry's `subject` names.
+    patients: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def check(body: bytes, content_type: str | None, limits: IntakeLimits) -> Checke
         kind=intake.kind,
         media=media,
         identifier=intake.identifier,
-        patient=intake.patients[0] if intake.patients else None,
+        patients=tuple(intake.patients),
     )
 
 
@@ -204,6 +206,8 @@ def open_services(
     db.create_schema(ledger_log.engine)
     institutions.create_tables(ledger_log.engine)
     limits = limits or IntakeLimits()
+    from exchange.vault_upgrade import open_vault  # which uses this module's dedupe_keys
+
     lookup_key = db.secret(ledger_log.engine, db.PSEUDONYM_KEY)
     master = settings.vault_master_key(vault_is_empty=vault.is_empty(ledger_log.engine))
     return Services(
@@ -214,7 +218,7 @@ def open_services(
         clients=ClientCache(ledger_log.engine),
         pseudonym_key=lookup_key,
         admission=Admission(max_in_flight),
-        vault=vault.attach(vault.Vault(ledger_log.engine, master, lookup_key)),
+        vault=open_vault(ledger_log.engine, master, lookup_key),
         senders=institutions.SenderCache(ledger_log.engine),
     )
 
@@ -275,16 +279,22 @@ def _key(prefix: str, *parts: bytes) -> str:
     return prefix + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def idempotency_dedupe_key(sender: str, key: str) -> str:
-    return _key("idem:", sender.encode(), key.encode())
-
-
-def identifier_dedupe_key(sender: str, identifier: tuple[str, str], version: int) -> str:
-    return _key("ident:", sender.encode(), ident_hash(identifier), str(version).encode())
+def dedupe_keys(
+    sender: str, idempotency_key: str | None, ident: bytes | None, version: int
+) -> tuple[str, ...]:
+    """What a retry of a Bundle version is matched by (ledger.log.Submission.dedupe_keys):
+    its Idempotency-Key, and the ident_hash of its Bundle.identifier with its version."""
+    keys = []
+    if idempotency_key is not None:
+        keys.append(_key("idem:", sender.encode(), idempotency_key.encode()))
+    if ident is not None:
+        keys.append(_key("ident:", sender.encode(), ident, str(version).encode()))
+    return tuple(keys)
 
 
 def pseudonym(key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
-    """The patient's lookup tag: the same patient of the same org always gets the same.
+    """The patient's lookup tag: the same patient of the same org always gets the same, in
+    whatever spelling its identifier comes (exchange.identifiers).
 
     It finds the patient's row in the vault and in the derived patient index; the `subject`
     on the log is the random pseudonym the vault keeps (Services.vault.subject_of), which an
@@ -313,22 +323,16 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
             "Bundle.identifier",
         )
     salt = os.urandom(SALT_SIZE)
-    # The Bundle's data key: its patient's (which also gives the entry's subject), or, for a
-    # Bundle naming no patient, a key of its own made in the entry's transaction.
-    patient_key = (
-        services.vault.patient_key(sender, checked.patient) if checked.patient else None
-    )
-    digest_key = patient_key or services.vault.log_digest_key()
-    digest = vault.keyed_digest(digest_key.dek, req.body)
+    # The keys of every patient the Bundle names (the first gives the entry's subject): its
+    # Bundle key is wrapped under all of them. A Bundle naming no patient gets a key of its
+    # own, made in the entry's transaction.
+    patient_keys = services.vault.patient_keys(sender, checked.patients)
+    keys = services.vault.key_set(patient_keys) if patient_keys else None
+    digest_key = keys.digest_key if keys else services.vault.log_digest_key().dek
+    digest = vault.keyed_digest(digest_key, req.body)
     pending = _Pending(str(uuid.uuid4()), salt)
-    keys: list[str] = []
-    if req.idempotency_key is not None:
-        keys.append(idempotency_dedupe_key(sender, req.idempotency_key))
-    ih = None
-    if checked.identifier is not None:
-        ih = ident_hash(checked.identifier)
-        keys.append(identifier_dedupe_key(sender, checked.identifier, version))
-    subject = patient_key.pseudonym if patient_key else None
+    ih = None if checked.identifier is None else ident_hash(checked.identifier)
+    subject = patient_keys[0].pseudonym if patient_keys else None
 
     def write(conn: Connection, entry: Entry) -> None:
         if version > 1:
@@ -337,14 +341,19 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
             if found is None:
                 raise VersionNotFound(version - 1)
             pending.id = found
-        if patient_key is not None:
-            services.vault.check_live(conn, patient_key.key_id)
-            key = patient_key
+        if keys is not None:
+            services.vault.check_live(conn, keys.key_ids)
+            sealing = keys
         else:
-            key = services.vault.new_bundle_key(conn, sender)
+            sealing = services.vault.key_set([services.vault.new_bundle_key(conn, sender)])
         where = (pending.id, version, entry.index)
-        sealed_salt = vault.seal(key.dek, key.key_id, salt, vault.bundle_aad("salt", *where))
-        sealed_data = vault.seal(key.dek, key.key_id, req.body, vault.bundle_aad("data", *where))
+        sealed_salt, sealed_data = vault.seal_parts(
+            sealing,
+            [
+                (salt, vault.bundle_aad("salt", *where)),
+                (req.body, vault.bundle_aad("data", *where)),
+            ],
+        )
         conn.execute(
             _INSERT_BUNDLE,
             {
@@ -374,7 +383,7 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
         commit=commitment(salt, req.body),
         media=checked.media,
         subject=subject,
-        dedupe_keys=tuple(keys),
+        dedupe_keys=dedupe_keys(sender, req.idempotency_key, ih, version),
         digest=digest,
         write=write,
     )
@@ -444,13 +453,13 @@ def _version(req: SubmitRequest) -> int:
 
 async def submit(services: Services, req: SubmitRequest) -> Stored:
     """Appends a checked Bundle to the log with its row; answers retries with the original."""
-    org, patient = req.client.org, req.checked.patient
+    org, patients = req.client.org, req.checked.patients
     if req.client.role != "hospital":
         org = None  # prepare refuses it: make no key for it
     for attempt in (1, 2):
-        if org and patient and services.vault.cached_patient_key(org, patient) is None:
-            # The patient's key is read (or made) off the event loop; prepare finds it cached.
-            await run_in_threadpool(services.vault.patient_key, org, patient)
+        if org and patients and services.vault.cached_patient_keys(org, patients) is None:
+            # The patients' keys are read (or made) off the event loop; prepare finds them cached.
+            await run_in_threadpool(services.vault.patient_keys, org, patients)
         sub, pending = prepare(services, req)
         try:
             appended = await asyncio.wrap_future(services.log.submit(sub))

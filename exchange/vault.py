@@ -1,24 +1,33 @@
-"""The bundle vault: submitted Bundle bytes and their salts, encrypted under per-patient keys.
+"""The bundle vault: submitted Bundle bytes and their salts, sealed so that erasing any patient
+a Bundle names makes that Bundle unreadable, and no other.
 
 Key hierarchy (docs/privacy.md):
 
 - the **master key** (32 bytes) comes from `MEDLEDGER_VAULT_KEY` (base64) or the file
   `vault.key` beside the log's signing key; its id is the first 8 bytes of a SHA-256 over it,
   recorded with every key it wraps;
-- a **data key** (DEK, 32 random bytes) per patient, a patient being one Patient.identifier
-  (system|value) of one sender org (the scope of the ledger entry's `subject`); a Bundle without
-  a Patient gets a DEK of its own. Each DEK is stored wrapped with AES Key Wrap (RFC 3394) under
-  the master key, in `exchange_vault_keys`, the only table erasure deletes key material from;
-- each patient's **pseudonym** (the entry `subject`) is 32 random bytes kept in the DEK's row,
-  found by a *lookup tag*: HMAC-SHA-256 under the log's lookup key of sender and identifier.
-  Deleting the row unlinks the pseudonym from the identifier for good: the tag can still be
-  recomputed, but it no longer leads anywhere.
+- a **patient key** (DEK, 32 random bytes) per patient, a patient being one Patient.identifier
+  (system|value, in its one spelling: exchange.identifiers) of one sender org (the scope of the
+  ledger entry's `subject`); a Bundle that names no patient gets a key of its own. Each is
+  stored wrapped with AES Key Wrap (RFC 3394) under the master key, in `exchange_vault_keys`,
+  the only table erasure deletes key material from;
+- a **Bundle key** (32 random bytes) per stored Bundle version, kept only wrapped (RFC 3394)
+  under a key-encryption key derived (HKDF-SHA-256, RFC 5869) from the patient keys of *every*
+  patient the Bundle names: without any one of them it cannot be unwrapped;
+- each patient's **pseudonym** (the entry `subject`) is 32 random bytes kept in the patient
+  key's row, found by a *lookup tag*: HMAC-SHA-256 under the log's lookup key of sender and
+  identifier. Deleting the row unlinks the pseudonym from the identifier for good: the tag can
+  still be recomputed, but it no longer leads anywhere.
 
 A stored Bundle (`exchange_bundles.data`) and its salt (`.salt`) are each sealed with
-AES-256-GCM (NIST SP 800-38D) under the DEK: `MLV1 ‖ len(key id) ‖ key id ‖ nonce(12) ‖
-ciphertext ‖ tag(16)`. The associated data binds the ciphertext to what it is: part (`data` or
-`salt`), Bundle id, version and ledger index, so a row's ciphertext moved to another row, or
-the salt swapped with the data, does not decrypt.
+AES-256-GCM (NIST SP 800-38D) under the Bundle key:
+`MLV2 ‖ n ‖ n × (len(key id) ‖ key id) ‖ wrapped Bundle key (40) ‖ nonce(12) ‖ ciphertext ‖
+tag(16)`, the key ids being those of the named patients' keys in the order the Bundle names
+them. The associated data binds the ciphertext to what it is: part (`data` or `salt`), Bundle
+id, version and ledger index, so a row's ciphertext moved to another row, or the salt swapped
+with the data, does not decrypt. Values of the first format (`MLV1`, sealed under the first
+named patient's key alone) are rewritten by exchange.vault_upgrade when the store opens; only
+those whose key was already erased stay, and read as erased.
 """
 
 from __future__ import annotations
@@ -31,13 +40,15 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from sqlalchemy import (
     BigInteger,
@@ -56,13 +67,18 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from exchange.db import metadata
+from exchange.identifiers import normalise
 from exchange.outcome import ApiError
 from ledger import store
 from ledger.errors import LogStateError
 
-MAGIC = b"MLV1"
+MAGIC = b"MLV2"
+LEGACY_MAGIC = b"MLV1"  # the first format: one key id, the data key itself seals
 NONCE_SIZE = 12
 KEY_SIZE = 32
+WRAPPED_SIZE = KEY_SIZE + 8  # RFC 3394 adds one 64-bit block
+TAG_SIZE = 16
+MAX_KEYS = 255  # patients one Bundle may name: the count is one byte
 ENV_MASTER_KEY = "MEDLEDGER_VAULT_KEY"
 LOG_DIGEST_KEY_ID = "log-digest"  # the DEK keying digests of Bundles that name no patient
 _CACHE_SIZE = 4096
@@ -89,11 +105,26 @@ erased_table = Table(
     Column("idx", BigInteger, nullable=False),  # the erasure's ledger entry
 )
 
+# Further key rows of one patient: before identifiers had one spelling, two spellings of one
+# identifier could each get a key (exchange.vault_upgrade). Such a key seals nothing any more,
+# but its pseudonym is the subject of the older spelling's entries: the patient's accounting
+# finds them through it, and the patient's erasure destroys it too.
+aliases_table = Table(
+    "exchange_vault_aliases",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("sender", String(64), nullable=False),
+    Column("lookup", LargeBinary, nullable=False),  # the patient's lookup tag
+    Index("ix_exchange_vault_aliases_lookup", "sender", "lookup"),
+)
+
 
 # Run inside the ledger's write lock, once per submission: built once.
 _INSERT_KEY = insert(keys_table)
-_KEY_EXISTS = select(keys_table.c.key_id).where(keys_table.c.key_id == bindparam("key_id"))
-_KEY_EXISTS_LOCKED = _KEY_EXISTS.with_for_update(read=True)
+_LIVE_KEYS = select(keys_table.c.key_id).where(
+    keys_table.c.key_id.in_(bindparam("key_ids", expanding=True))
+)
+_LIVE_KEYS_LOCKED = _LIVE_KEYS.with_for_update(read=True)
 
 
 class VaultError(Exception):
@@ -179,27 +210,102 @@ def bundle_aad(part: str, bundle_id: str, version: int, index: int) -> bytes:
     return f"medledger-vault/v1\x00{part}\x00{bundle_id}\x00{version}\x00{index}".encode()
 
 
-def seal(dek: bytes, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM with a random 96-bit nonce (SP 800-38D 8.2.2), the key id in the clear."""
-    kid = key_id.encode()
-    nonce = os.urandom(NONCE_SIZE)
-    header = MAGIC + bytes([len(kid)]) + kid + nonce
-    return header + AESGCM(dek).encrypt(nonce, plaintext, aad)
+@dataclass(frozen=True)
+class KeySet:
+    """The keys of the patients one Bundle names, in the order it names them, and what they
+    derive: the key-encryption key of its Bundle key, and the key of its retry digest."""
+
+    key_ids: tuple[str, ...]
+    kek: bytes
+    digest_key: bytes
+    header: bytes  # MAGIC, the count and the key ids: how a sealed value begins
 
 
-def sealed_key_id(blob: bytes) -> str:
-    """The id of the DEK a sealed value needs."""
-    if blob[:4] != MAGIC or len(blob) < 5 + blob[4] + NONCE_SIZE + 16:
-        raise VaultError("a stored value is not a vault ciphertext (MLV1)")
-    return blob[5 : 5 + blob[4]].decode()
+def key_set(keys: Sequence[tuple[str, bytes]]) -> KeySet:
+    """The key set of these (key id, DEK) pairs.
+
+    HKDF-SHA-256 (RFC 5869) over the DEKs, all 32 bytes long and concatenated in order, with
+    the key ids in `info`: the output is unpredictable while any one DEK is unknown, and a
+    value cannot be made to claim another list of keys than the one it was sealed under.
+    """
+    ids = tuple(k for k, _ in keys)
+    if not ids or len(ids) > MAX_KEYS or len(set(ids)) != len(ids):
+        raise VaultError(f"a Bundle is sealed under 1 to {MAX_KEYS} distinct keys, not {ids!r}")
+    encoded = [k.encode() for k in ids]
+    info = b"medledger-vault/v2 bundle keys\x00" + b"\x00".join(encoded)
+    okm = HKDF(hashes.SHA256(), 2 * KEY_SIZE, salt=None, info=info).derive(
+        b"".join(dek for _, dek in keys)
+    )
+    header = MAGIC + bytes([len(ids)]) + b"".join(bytes([len(k)]) + k for k in encoded)
+    return KeySet(ids, okm[:KEY_SIZE], okm[KEY_SIZE:], header)
 
 
-def unseal(dek: bytes, blob: bytes, aad: bytes) -> bytes:
-    start = 5 + len(sealed_key_id(blob))
-    nonce = blob[start : start + NONCE_SIZE]
+def seal_parts(keys: KeySet, parts: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """Seals the parts (plaintext, associated data) of one Bundle version under one fresh
+    Bundle key, wrapped under the key set's KEK; each random 96-bit nonce (SP 800-38D 8.2.2)."""
+    bundle_key = os.urandom(KEY_SIZE)
+    head = keys.header + aes_key_wrap(keys.kek, bundle_key)
+    aead = AESGCM(bundle_key)
+    out = []
+    for plaintext, aad in parts:
+        nonce = os.urandom(NONCE_SIZE)
+        out.append(head + nonce + aead.encrypt(nonce, plaintext, aad))
+    return out
+
+
+def seal(keys: KeySet, plaintext: bytes, aad: bytes) -> bytes:
+    """One value sealed under a Bundle key of its own."""
+    return seal_parts(keys, [(plaintext, aad)])[0]
+
+
+def _parse(blob: bytes) -> tuple[tuple[str, ...], int]:
+    """The key ids a sealed value needs, and where what follows them starts."""
+    magic = blob[:4]
+    if magic not in (MAGIC, LEGACY_MAGIC) or len(blob) < 5:
+        raise VaultError("a stored value is not a vault ciphertext (MLV2)")
     try:
-        return AESGCM(dek).decrypt(nonce, blob[start + NONCE_SIZE :], aad)
-    except InvalidTag:
+        if magic == LEGACY_MAGIC:
+            count, pos = 1, 4
+        else:
+            count, pos = blob[4], 5
+        ids = []
+        for _ in range(count):
+            size = blob[pos]
+            ids.append(blob[pos + 1 : pos + 1 + size].decode("ascii"))
+            pos += 1 + size
+    except (IndexError, UnicodeDecodeError):
+        raise VaultError("a stored value is not a vault ciphertext (MLV2)") from None
+    rest = (WRAPPED_SIZE if magic == MAGIC else 0) + NONCE_SIZE + TAG_SIZE
+    if not ids or len(blob) < pos + rest:
+        raise VaultError("a stored value is not a vault ciphertext (MLV2)")
+    return tuple(ids), pos
+
+
+def sealed_key_ids(blob: bytes) -> tuple[str, ...]:
+    """The ids of the keys a sealed value needs: every one of them."""
+    return _parse(blob)[0]
+
+
+def is_legacy(blob: bytes) -> bool:
+    """Whether a value is of the first format (MLV1), which exchange.vault_upgrade rewrites."""
+    return blob[:4] == LEGACY_MAGIC
+
+
+def unseal(keys: KeySet, blob: bytes, aad: bytes) -> bytes:
+    ids, pos = _parse(blob)
+    if is_legacy(blob):
+        raise VaultError(
+            "a stored value is of the first vault format (MLV1): open the store with "
+            "exchange.vault_upgrade.open_vault, which rewrites it"
+        )
+    if ids != keys.key_ids:
+        raise VaultError(f"a stored value needs keys {ids}, not {keys.key_ids}")
+    wrapped = blob[pos : pos + WRAPPED_SIZE]
+    nonce = blob[pos + WRAPPED_SIZE : pos + WRAPPED_SIZE + NONCE_SIZE]
+    try:
+        bundle_key = aes_key_unwrap(keys.kek, wrapped)
+        return AESGCM(bundle_key).decrypt(nonce, blob[pos + WRAPPED_SIZE + NONCE_SIZE :], aad)
+    except (InvalidUnwrap, InvalidTag):
         raise VaultError(
             "a stored value does not decrypt: wrong key, or moved from another row"
         ) from None
@@ -212,10 +318,18 @@ def keyed_digest(dek: bytes, body: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).digest()
 
 
-def lookup_tag(lookup_key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
-    """The vault row of a patient is found by this HMAC (same input as the lookup index)."""
+def spelling_tag(lookup_key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
+    """The HMAC of this exact spelling of an identifier: a lookup tag once normalised
+    (lookup_tag); a spelling as submitted only for exchange.vault_upgrade, which finds the
+    keys made before identifiers were normalised by it."""
     system, value = patient
     return hmac.new(lookup_key, f"{sender}\x00{system}|{value}".encode(), hashlib.sha256).digest()
+
+
+def lookup_tag(lookup_key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
+    """The vault row of a patient is found by this HMAC of the identifier's one spelling
+    (exchange.identifiers.normalise); the patient index keys on the same."""
+    return spelling_tag(lookup_key, sender, normalise(patient))
 
 
 # --- the vault ----------------------------------------------------------------------------
@@ -235,8 +349,9 @@ def new_key_id() -> str:
 class Vault:
     """One log's vault: wraps and unwraps DEKs, seals and opens Bundle parts.
 
-    Unwrapped DEKs are cached (LRU) by key id *and* wrapped value; every use still reads the
-    key's row (a primary-key lookup), so a key erased by another process is never used again.
+    Unwrapped DEKs are cached (LRU) by key id *and* wrapped value, and key sets by key ids;
+    every use still reads the keys' rows (a primary-key lookup), so a key erased by another
+    process is never used again.
     """
 
     def __init__(self, engine: Engine, master: MasterKey, lookup_key: bytes) -> None:
@@ -245,6 +360,7 @@ class Vault:
         self.lookup_key = lookup_key
         self._deks: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
         self._patients: OrderedDict[tuple[str, bytes], DataKey] = OrderedDict()
+        self._sets: OrderedDict[tuple[str, ...], KeySet] = OrderedDict()
         self._lock = threading.Lock()
         self._log_digest: DataKey | None = None
 
@@ -274,8 +390,9 @@ class Vault:
                 self._deks.popitem(last=False)
         return dek
 
-    def _key_row(self, key_id: str, dek: bytes, sender: str, lookup: bytes | None,
-                 pseudonym: bytes | None) -> dict[str, object]:  # fmt: skip
+    def key_row(self, key_id: str, dek: bytes, sender: str, lookup: bytes | None,
+                pseudonym: bytes | None) -> dict[str, object]:  # fmt: skip
+        """A row of exchange_vault_keys: the DEK wrapped under the master key."""
         return {
             "key_id": key_id,
             "sender": sender,
@@ -286,32 +403,54 @@ class Vault:
             "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
 
-    def patient_key(self, sender: str, patient: tuple[str, str]) -> DataKey:
-        """The patient's DEK and pseudonym, created on first use (its own short transaction)."""
-        tag = lookup_tag(self.lookup_key, sender, patient)
+    def patient_keys(self, sender: str, patients: Sequence[tuple[str, str]]) -> list[DataKey]:
+        """The patients' keys, in order, each made on first use (its own short transaction)."""
+        return [self._patient_key(sender, lookup_tag(self.lookup_key, sender, p)) for p in patients]
+
+    def cached_patient_keys(
+        self, sender: str, patients: Sequence[tuple[str, str]]
+    ) -> list[DataKey] | None:
+        """The patients' keys when all are cached; else None (read them off the event loop)."""
+        found = []
+        for patient in patients:
+            key = self._cached_patient(sender, lookup_tag(self.lookup_key, sender, patient))
+            if key is None:
+                return None
+            found.append(key)
+        return found
+
+    def _patient_key(self, sender: str, tag: bytes) -> DataKey:
         cached = self._cached_patient(sender, tag)
         if cached is not None:
             return cached
-        found = self._read_patient(sender, tag)
+        with self.engine.connect() as conn:
+            found = self._read_patient(conn, sender, tag)
         if found is None:
-            dek = os.urandom(KEY_SIZE)
-            row = self._key_row(new_key_id(), dek, sender, tag, os.urandom(32))
             try:
                 with store.write_transaction(self.engine) as conn:
-                    conn.execute(insert(keys_table), row)
+                    found = self.patient_key_in(conn, sender, tag)
             except IntegrityError:
-                pass  # another request made this patient's key first: use that one
-            found = self._read_patient(sender, tag)
-            if found is None:
-                raise VaultError("a patient key was made but cannot be read back")
+                # Another request made this patient's key first: use that one.
+                with self.engine.connect() as conn:
+                    found = self._read_patient(conn, sender, tag)
+                if found is None:
+                    raise VaultError("a patient key was made but cannot be read back") from None
         with self._lock:
             self._patients[(sender, tag)] = found
             if len(self._patients) > _CACHE_SIZE:
                 self._patients.popitem(last=False)
         return found
 
-    def cached_patient_key(self, sender: str, patient: tuple[str, str]) -> DataKey | None:
-        return self._cached_patient(sender, lookup_tag(self.lookup_key, sender, patient))
+    def patient_key_in(self, conn: Connection, sender: str, tag: bytes) -> DataKey:
+        """The key of the patient with this lookup tag, made if there is none yet, in the
+        caller's write transaction."""
+        found = self._read_patient(conn, sender, tag)
+        if found is None:
+            found = DataKey(new_key_id(), os.urandom(KEY_SIZE), os.urandom(32))
+            conn.execute(
+                _INSERT_KEY, self.key_row(found.key_id, found.dek, sender, tag, found.pseudonym)
+            )
+        return found
 
     def _cached_patient(self, sender: str, tag: bytes) -> DataKey | None:
         with self._lock:
@@ -320,30 +459,68 @@ class Vault:
                 self._patients.move_to_end((sender, tag))
             return found
 
-    def _read_patient(self, sender: str, tag: bytes) -> DataKey | None:
+    def _read_patient(self, conn: Connection, sender: str, tag: bytes) -> DataKey | None:
         t = keys_table
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.c.key_id, t.c.master_id, t.c.wrapped, t.c.pseudonym).where(
-                    t.c.sender == sender, t.c.lookup == tag
-                )
-            ).first()
+        row = conn.execute(
+            select(t.c.key_id, t.c.master_id, t.c.wrapped, t.c.pseudonym).where(
+                t.c.sender == sender, t.c.lookup == tag
+            )
+        ).first()
         if row is None:
             return None
         dek = self._unwrap(row.key_id, row.master_id, bytes(row.wrapped))
         return DataKey(row.key_id, dek, bytes(row.pseudonym))
 
+    def read_key(self, conn: Connection, key_id: str) -> DataKey | None:
+        """A key by its id (with its pseudonym when it is a patient's); None once destroyed."""
+        t = keys_table
+        row = conn.execute(
+            select(t.c.master_id, t.c.wrapped, t.c.pseudonym).where(t.c.key_id == key_id)
+        ).first()
+        if row is None:
+            return None
+        dek = self._unwrap(key_id, row.master_id, bytes(row.wrapped))
+        return DataKey(key_id, dek, None if row.pseudonym is None else bytes(row.pseudonym))
+
     def subject_of(self, sender: str, patient: tuple[str, str]) -> bytes | None:
-        """The pseudonym the sender's entries about this patient carry; None when the vault
-        holds no key of the patient (never submitted, or erased)."""
-        found = self._read_patient(sender, lookup_tag(self.lookup_key, sender, patient))
+        """The pseudonym the sender's new entries about this patient carry; None when the
+        vault holds no key of the patient (never submitted, or erased)."""
+        with self.engine.connect() as conn:
+            found = self._read_patient(conn, sender, lookup_tag(self.lookup_key, sender, patient))
         return None if found is None else found.pseudonym
+
+    def subjects_of(self, sender: str, patient: tuple[str, str]) -> list[bytes]:
+        """Every pseudonym the sender's entries about this patient carry: the current one
+        first, then those of its alias keys; none once the patient was erased."""
+        tag = lookup_tag(self.lookup_key, sender, patient)
+        with self.engine.connect() as conn:
+            own, aliases = self.patient_key_rows(conn, sender, tag)
+        return [pseudonym for _, pseudonym in ([own] if own else []) + aliases]
+
+    def patient_key_rows(
+        self, conn: Connection, sender: str, tag: bytes
+    ) -> tuple[tuple[str, bytes] | None, list[tuple[str, bytes]]]:
+        """(key id, pseudonym) of the patient's key, and of each of its aliases."""
+        k, a = keys_table.c, aliases_table.c
+        own = conn.execute(
+            select(k.key_id, k.pseudonym).where(k.sender == sender, k.lookup == tag)
+        ).first()
+        aliased = conn.execute(
+            select(k.key_id, k.pseudonym)
+            .join(aliases_table, a.key_id == k.key_id)
+            .where(a.sender == sender, a.lookup == tag)
+            .order_by(k.created, k.key_id)
+        ).all()
+        return (
+            None if own is None else (own.key_id, bytes(own.pseudonym)),
+            [(r.key_id, bytes(r.pseudonym)) for r in aliased],
+        )
 
     def new_bundle_key(self, conn: Connection, sender: str) -> DataKey:
         """A DEK of one Bundle that names no patient, stored in the caller's transaction."""
         dek = os.urandom(KEY_SIZE)
         key = DataKey(new_key_id(), dek)
-        conn.execute(_INSERT_KEY, self._key_row(key.key_id, dek, sender, None, None))
+        conn.execute(_INSERT_KEY, self.key_row(key.key_id, dek, sender, None, None))
         return key
 
     def log_digest_key(self) -> DataKey:
@@ -356,9 +533,7 @@ class Vault:
             dek = os.urandom(KEY_SIZE)
             try:
                 with store.write_transaction(self.engine) as conn:
-                    conn.execute(
-                        insert(keys_table), self._key_row(LOG_DIGEST_KEY_ID, dek, "", None, None)
-                    )
+                    conn.execute(_INSERT_KEY, self.key_row(LOG_DIGEST_KEY_ID, dek, "", None, None))
             except IntegrityError:
                 pass
             with self.engine.connect() as conn:
@@ -366,14 +541,31 @@ class Vault:
         self._log_digest = DataKey(LOG_DIGEST_KEY_ID, found[LOG_DIGEST_KEY_ID])
         return self._log_digest
 
-    def check_live(self, conn: Connection, key_id: str) -> None:
-        """Inside a write: the key still exists, and (PostgreSQL) cannot be erased before this
-        transaction commits, so nothing is ever sealed under a destroyed key."""
-        q = _KEY_EXISTS if conn.dialect.name == "sqlite" else _KEY_EXISTS_LOCKED
-        if conn.execute(q, {"key_id": key_id}).first() is None:
-            self.forget([key_id])
+    def key_set(self, keys: Sequence[DataKey]) -> KeySet:
+        """The key set of these keys (cached: deriving it is the costly part of sealing)."""
+        ids = tuple(k.key_id for k in keys)
+        with self._lock:
+            found = self._sets.get(ids)
+            if found is not None:
+                self._sets.move_to_end(ids)
+                return found
+        made = key_set([(k.key_id, k.dek) for k in keys])
+        with self._lock:
+            self._sets[ids] = made
+            if len(self._sets) > _CACHE_SIZE:
+                self._sets.popitem(last=False)
+        return made
+
+    def check_live(self, conn: Connection, key_ids: Sequence[str]) -> None:
+        """Inside a write: every key still exists, and (PostgreSQL) cannot be erased before
+        this transaction commits, so nothing is ever sealed under a destroyed key."""
+        q = _LIVE_KEYS if conn.dialect.name == "sqlite" else _LIVE_KEYS_LOCKED
+        live = set(conn.execute(q, {"key_ids": list(key_ids)}).scalars())
+        gone = [k for k in key_ids if k not in live]
+        if gone:
+            self.forget(gone)
             raise KeyGone(
-                "the patient's data key was erased while this submission was prepared: "
+                "a patient's data key was erased while this submission was prepared: "
                 "retry the submission"
             )
 
@@ -402,56 +594,80 @@ class Vault:
             return VaultError(f"data key {key_id} is missing and no erasure destroyed it")
         return Erased(key_id, int(row.idx))
 
+    def _open(self, deks: dict[str, bytes], blob: bytes, aad: bytes) -> bytes:
+        ids = sealed_key_ids(blob)
+        return unseal(self.key_set([DataKey(k, deks[k]) for k in ids]), blob, aad)
+
     def open_part(
         self, conn: Connection, blob: bytes, part: str, bundle_id: str, version: int, index: int
     ) -> bytes:
-        """One sealed part of a stored Bundle, decrypted; Erased when its key was destroyed."""
-        key_id = sealed_key_id(blob)
-        dek = self._deks_of(conn, [key_id])[key_id]
-        return unseal(dek, blob, bundle_aad(part, bundle_id, version, index))
+        """One sealed part of a stored Bundle, decrypted; Erased when a key it needs was
+        destroyed."""
+        deks = self._deks_of(conn, sealed_key_ids(blob))
+        return self._open(deks, blob, bundle_aad(part, bundle_id, version, index))
 
     def open_many(
         self, conn: Connection, rows: list[tuple[bytes, str, int, int]]
     ) -> list[bytes | None]:
         """The `data` of many stored Bundles (blob, id, version, index); None for erased ones.
         Reads each key row once per call."""
-        ids = [sealed_key_id(blob) for blob, *_ in rows]
-        deks = self._deks_of(conn, ids, missing_ok=True)
+        needs = [sealed_key_ids(blob) for blob, *_ in rows]
+        deks = self._deks_of(conn, [k for ids in needs for k in ids], missing_ok=True)
         out: list[bytes | None] = []
-        for kid, (blob, bundle_id, version, index) in zip(ids, rows, strict=True):
-            dek = deks.get(kid)
-            if dek is None:
-                err = self._gone(conn, kid)
+        for ids, (blob, bundle_id, version, index) in zip(needs, rows, strict=True):
+            missing = next((k for k in ids if k not in deks), None)
+            if missing is not None:
+                err = self._gone(conn, missing)
                 if not isinstance(err, Erased):
                     raise err
                 out.append(None)
                 continue
-            out.append(unseal(dek, blob, bundle_aad("data", bundle_id, version, index)))
+            out.append(self._open(deks, blob, bundle_aad("data", bundle_id, version, index)))
         return out
+
+    def subjects_of_sealed(self, conn: Connection, blobs: Iterable[bytes]) -> list[bytes]:
+        """The pseudonyms of the patients these sealed values name, in the order they name
+        them, without repeats; an erased patient has none left."""
+        ids = list(dict.fromkeys(k for blob in blobs for k in sealed_key_ids(blob)))
+        t = keys_table
+        rows = conn.execute(
+            select(t.c.key_id, t.c.pseudonym).where(t.c.key_id.in_(ids), t.c.pseudonym.is_not(None))
+        ).all()
+        by_id = {r.key_id: bytes(r.pseudonym) for r in rows}
+        return [by_id[k] for k in ids if k in by_id]
 
     # --- erasure
 
     def destroy(self, conn: Connection, key_ids: Iterable[str], request_id: str, index: int) -> int:
-        """Deletes these keys in the caller's transaction, leaving tombstones; returns how
-        many key rows were deleted."""
+        """Deletes these keys (and their alias rows) in the caller's transaction, leaving
+        tombstones; returns how many key rows were deleted."""
         ids = sorted(set(key_ids))
         if not ids:
             return 0
         deleted = conn.execute(delete(keys_table).where(keys_table.c.key_id.in_(ids))).rowcount
+        conn.execute(delete(aliases_table).where(aliases_table.c.key_id.in_(ids)))
         conn.execute(
             insert(erased_table),
             [{"key_id": k, "request_id": request_id, "idx": index} for k in ids],
         )
         return int(deleted or 0)
 
-    def forget(self, key_ids: Iterable[str]) -> None:
-        """Drops cached DEKs and pseudonyms of these keys (after an erasure)."""
-        gone = set(key_ids)
+    def forget(self, key_ids: Iterable[str] | None = None) -> None:
+        """Drops cached DEKs, key sets and pseudonyms of these keys (after an erasure), or of
+        every key (after exchange.vault_upgrade rewrote key rows)."""
+        gone = None if key_ids is None else set(key_ids)
         with self._lock:
+            if gone is None:
+                self._deks.clear()
+                self._patients.clear()
+                self._sets.clear()
+                return
             for k in [k for k in self._deks if k[0] in gone]:
                 del self._deks[k]
             for k in [k for k, v in self._patients.items() if v.key_id in gone]:
                 del self._patients[k]
+            for k in [k for k in self._sets if gone.intersection(k)]:
+                del self._sets[k]
 
 
 def is_empty(engine: Engine) -> bool:

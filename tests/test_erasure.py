@@ -312,8 +312,8 @@ def test_a_key_erased_by_another_process_is_never_sealed_under(tmp_path: Path, d
 def test_erasing_by_another_identifier_of_the_patient(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Bundle is sealed under its first Patient.identifier's key; naming the patient by a
-    second identifier (the patient index finds it) erases that Bundle too."""
+    """A Bundle's key needs the key of every Patient.identifier it names: erasing the patient
+    by the second identifier erases that Bundle too."""
     data = tmp_path / "data"
     patient = {
         "resourceType": "Patient",

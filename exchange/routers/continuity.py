@@ -25,7 +25,7 @@ from adapters.ips import build_ips
 from adapters.ips_json import dumps
 from exchange.access import record_access
 from exchange.auth import Client, require_role
-from exchange.db import bundle_by_id, entry_subject
+from exchange.db import bundle_by_id, bundle_subjects
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
 from exchange.patients import bundles_about, patient_index
@@ -73,15 +73,15 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
 
 def patient_bundles(
     services: Services, indexes: Indexes, sender: str, patient: tuple[str, str]
-) -> tuple[list[bytes], bytes | None]:
+) -> tuple[list[bytes], list[bytes]]:
     """The latest version of each of the sender's summary Bundles about the patient, and the
-    patient's subject as the ledger entries of those Bundles carry it."""
+    subjects of the patients those Bundles name, as their ledger entries carry them."""
     indexes.fresh(patient_index(services.pseudonym_key))
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
     found = [bundle_by_id(services.engine, bundle_id) for bundle_id in ids]
     rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
-    subject = entry_subject(services.engine, rows[0].index) if rows else None
-    return [row.data for row in rows], subject
+    subjects = bundle_subjects(services.engine, [row.index for row in rows])
+    return [row.data for row in rows], subjects
 
 
 def _unprocessable(e: AdaptError) -> ApiError:
@@ -111,7 +111,7 @@ async def patient_summary(
 ) -> Response:
     assert client.org is not None  # a hospital client always has its org
     patient = parse_token(identifier, "identifier")
-    bundles, subject = await run_in_threadpool(
+    bundles, subjects = await run_in_threadpool(
         patient_bundles, services, indexes, client.org, patient
     )
     if not bundles:
@@ -133,10 +133,11 @@ async def patient_summary(
         client,
         action="transform",
         resource_type="Bundle",
-        patient_subject=subject,
+        patient_subject=subjects[0] if subjects else None,
         purpose=purpose(client, purpose_of_use),
         outcome="0",
         detail="IPS $summary",
+        other_subjects=subjects[1:],
     )
     return Response(body, 200, media_type=f"{FHIR_JSON}; charset=utf-8")
 
@@ -167,15 +168,16 @@ async def bundle_hl7v2(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
-    subject = await run_in_threadpool(entry_subject, services.engine, row.index)
+    subjects = await run_in_threadpool(bundle_subjects, services.engine, [row.index])
     await record_access(
         services,
         client,
         action="transform",
         resource_type="Bundle",
-        patient_subject=subject,
+        patient_subject=subjects[0] if subjects else None,
         purpose=purpose(client, purpose_of_use),
         outcome="0",
         detail=f"HL7 v2.5.1 {message}",
+        other_subjects=subjects[1:],
     )
     return Response((text + "\r").encode(), 200, media_type=f"{ER7}; charset=utf-8")

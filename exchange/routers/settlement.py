@@ -164,6 +164,7 @@ async def recorded_once(
         purpose=purpose,
         outcome="0" if disclosed else "4",
         detail=answer.detail,
+        other_subjects=answer.others,
     )
     return answer
 
@@ -180,6 +181,7 @@ class Answer:
     withheld: int  # resources that matched but the policy withheld
     subject: bytes | None  # the patient, for the access entry
     detail: str  # for the access entry: counts only, no PHI
+    others: tuple[bytes, ...] = ()  # further patients the Bundles of the answer name
 
 
 # --- parameters ---------------------------------------------------------------------------
@@ -397,17 +399,19 @@ def run_search(
         token = make_cursor(secret, search.client.client_id, digest, (page[-1].index, page[-1].pos))
         kept = [(k, v) for k, v in search.params if k != "_cursor"]
         links.append(("next", search.base_url + "?" + urlencode([*kept, ("_cursor", token)])))
-    # The access entry names the patient as the Bundle's own entry does (the vault's
-    # pseudonym, which an erasure unlinks), never by the index's lookup tag.
-    about = next((r for r in (*page, *withheld) if r.subject is not None), None)
-    subject = None if about is None else db.entry_subject(engine, about.index)
+    # The access entry names the patients as the Bundles' own entries do (the vault's
+    # pseudonyms, which an erasure unlinks), never by the index's lookup tag: first the subject
+    # of the first Bundle, then every other patient the answer's Bundles name.
+    about = [r.index for r in (*page, *withheld) if r.subject is not None]
+    subjects = db.bundle_subjects(engine, about)
     return Answer(
         body=searchset(resources, links),
         disclosed=len(page),
         withheld=len(withheld),
-        subject=subject,
+        subject=subjects[0] if subjects else None,
         detail=f"{search.query.resource_types[0]} search: {len(page)} returned, "
         f"{len(withheld)} withheld",
+        others=tuple(subjects[1:]),
     )
 
 
