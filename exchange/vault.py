@@ -359,7 +359,7 @@ class Vault:
         self.master = master
         self.lookup_key = lookup_key
         self._deks: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
-        self._patients: OrderedDict[tuple[str, bytes], DataKey] = OrderedDict()
+        self._patients: OrderedDict[tuple[str, str, str], DataKey] = OrderedDict()
         self._sets: OrderedDict[tuple[str, ...], KeySet] = OrderedDict()
         self._lock = threading.Lock()
         self._log_digest: DataKey | None = None
@@ -405,24 +405,35 @@ class Vault:
 
     def patient_keys(self, sender: str, patients: Sequence[tuple[str, str]]) -> list[DataKey]:
         """The patients' keys, in order, each made on first use (its own short transaction)."""
-        return [self._patient_key(sender, lookup_tag(self.lookup_key, sender, p)) for p in patients]
+        cached = self._cached_patients(sender, patients)
+        return [
+            key if key is not None else self._patient_key(sender, patient)
+            for patient, key in zip(patients, cached, strict=True)
+        ]
 
     def cached_patient_keys(
         self, sender: str, patients: Sequence[tuple[str, str]]
     ) -> list[DataKey] | None:
         """The patients' keys when all are cached; else None (read them off the event loop)."""
-        found = []
-        for patient in patients:
-            key = self._cached_patient(sender, lookup_tag(self.lookup_key, sender, patient))
-            if key is None:
-                return None
-            found.append(key)
-        return found
+        found = self._cached_patients(sender, patients)
+        return None if None in found else found  # type: ignore[return-value]
 
-    def _patient_key(self, sender: str, tag: bytes) -> DataKey:
-        cached = self._cached_patient(sender, tag)
-        if cached is not None:
-            return cached
+    def _cached_patients(
+        self, sender: str, patients: Sequence[tuple[str, str]]
+    ) -> list[DataKey | None]:
+        # By identifier as given, not by lookup tag: a hit costs no HMAC, and a Bundle names
+        # several patients (a Synthea Patient carries four or five identifiers).
+        with self._lock:
+            found = []
+            for system, value in patients:
+                key = self._patients.get((sender, system, value))
+                if key is not None:
+                    self._patients.move_to_end((sender, system, value))
+                found.append(key)
+            return found
+
+    def _patient_key(self, sender: str, patient: tuple[str, str]) -> DataKey:
+        tag = lookup_tag(self.lookup_key, sender, patient)
         with self.engine.connect() as conn:
             found = self._read_patient(conn, sender, tag)
         if found is None:
@@ -436,7 +447,7 @@ class Vault:
                 if found is None:
                     raise VaultError("a patient key was made but cannot be read back") from None
         with self._lock:
-            self._patients[(sender, tag)] = found
+            self._patients[(sender, *patient)] = found
             if len(self._patients) > _CACHE_SIZE:
                 self._patients.popitem(last=False)
         return found
@@ -451,13 +462,6 @@ class Vault:
                 _INSERT_KEY, self.key_row(found.key_id, found.dek, sender, tag, found.pseudonym)
             )
         return found
-
-    def _cached_patient(self, sender: str, tag: bytes) -> DataKey | None:
-        with self._lock:
-            found = self._patients.get((sender, tag))
-            if found is not None:
-                self._patients.move_to_end((sender, tag))
-            return found
 
     def _read_patient(self, conn: Connection, sender: str, tag: bytes) -> DataKey | None:
         t = keys_table
