@@ -179,3 +179,27 @@ def test_the_accounting_finds_a_bundle_by_every_patient_it_names(tmp_path: Path)
             doc = api.client.get(url, params={"system": patient[0]}, headers=hospital).json()
             assert doc["total"] == 1, patient
             assert doc["entry"][0]["resource"]["entity"][-1]["what"]["type"] == "Claim"
+
+
+def test_no_bundle_is_sealed_under_a_key_another_process_erased(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The server holds the keys of both patients cached; the baby (second in the Bundle) is
+    erased by another process: the next Bundle naming both is sealed under a new key of the
+    baby's, never the destroyed one."""
+    from exchange import vault
+
+    with open_api(tmp_path / "data", db_url) as api:
+        hospital = api.credential()
+        first = api.post(family_bundle("MRN-M2", "MRN-B2"), hospital).json()
+        services = api.services
+        admins = Admins(api)
+        other = vault.Vault(services.engine, services.vault.master, services.pseudonym_key)
+        request_id = request_erasure(other, ORG, (MRN, "MRN-B2"), admins.first)
+        confirm_erasure(services.log, other, request_id, admins.second)
+        again = api.post(family_bundle("MRN-M2", "MRN-B2", note="again"), hospital)
+        assert again.status_code == 201, again.text
+        assert status(api, again.json()["id"], hospital) == 200
+        assert status(api, first["id"], hospital) == 410
+        # The mother's key was never touched: her entry subject is the same.
+        assert api.entry(again.json()["index"]).subject == api.entry(first["index"]).subject
