@@ -297,7 +297,7 @@ def pseudonym(key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
     whatever spelling its identifier comes (exchange.identifiers).
 
     It finds the patient's row in the vault and in the derived patient index; the `subject`
-    on the log is the random pseudonym the vault keeps (Services.vault.subject_of), which an
+    on the log is the random pseudonym the vault keeps (Services.vault.subjects_of), which an
     erasure unlinks from the identifier for good (docs/privacy.md).
     """
     return vault.lookup_tag(key, sender, patient)

@@ -486,13 +486,6 @@ class Vault:
         dek = self._unwrap(key_id, row.master_id, bytes(row.wrapped))
         return DataKey(key_id, dek, None if row.pseudonym is None else bytes(row.pseudonym))
 
-    def subject_of(self, sender: str, patient: tuple[str, str]) -> bytes | None:
-        """The pseudonym the sender's new entries about this patient carry; None when the
-        vault holds no key of the patient (never submitted, or erased)."""
-        with self.engine.connect() as conn:
-            found = self._read_patient(conn, sender, lookup_tag(self.lookup_key, sender, patient))
-        return None if found is None else found.pseudonym
-
     def subjects_of(self, sender: str, patient: tuple[str, str]) -> list[bytes]:
         """Every pseudonym the sender's entries about this patient carry: the current one
         first, then those of its alias keys; none once the patient was erased."""
