@@ -404,12 +404,14 @@ class Vault:
         }
 
     def patient_keys(self, sender: str, patients: Sequence[tuple[str, str]]) -> list[DataKey]:
-        """The patients' keys, in order, each made on first use (its own short transaction)."""
-        cached = self._cached_patients(sender, patients)
-        return [
-            key if key is not None else self._patient_key(sender, patient)
-            for patient, key in zip(patients, cached, strict=True)
-        ]
+        """The patients' keys, in order; those not made yet are made together, in one short
+        transaction of their own."""
+        found = self._cached_patients(sender, patients)
+        missing = [p for p, key in zip(patients, found, strict=True) if key is None]
+        if not missing:
+            return found  # type: ignore[return-value]
+        loaded = self._load_patients(sender, missing)
+        return [key or loaded[p] for p, key in zip(patients, found, strict=True)]
 
     def cached_patient_keys(
         self, sender: str, patients: Sequence[tuple[str, str]]
@@ -432,30 +434,39 @@ class Vault:
                 found.append(key)
             return found
 
-    def _patient_key(self, sender: str, patient: tuple[str, str]) -> DataKey:
-        tag = lookup_tag(self.lookup_key, sender, patient)
-        with self.engine.connect() as conn:
-            found = self._read_patient(conn, sender, tag)
-        if found is None:
+    def _load_patients(
+        self, sender: str, patients: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], DataKey]:
+        tags = {p: lookup_tag(self.lookup_key, sender, p) for p in patients}
+        wanted = list(dict.fromkeys(tags.values()))
+        # Another process may make some of these keys at the same time: its insert wins, ours
+        # rolls back, and the next round reads its keys and makes only those still missing.
+        for _ in range(len(wanted) + 1):
+            with self.engine.connect() as conn:
+                found = self._read_patients(conn, sender, wanted)
+            missing = [tag for tag in wanted if tag not in found]
+            if not missing:
+                break
             try:
                 with store.write_transaction(self.engine) as conn:
-                    found = self.patient_key_in(conn, sender, tag)
+                    for tag in missing:
+                        found[tag] = self.patient_key_in(conn, sender, tag)
+                break
             except IntegrityError:
-                # Another request made this patient's key first: use that one.
-                with self.engine.connect() as conn:
-                    found = self._read_patient(conn, sender, tag)
-                if found is None:
-                    raise VaultError("a patient key was made but cannot be read back") from None
+                continue
+        else:
+            raise VaultError("patient keys were made but cannot be read back")
         with self._lock:
-            self._patients[(sender, *patient)] = found
-            if len(self._patients) > _CACHE_SIZE:
+            for (system, value), tag in tags.items():
+                self._patients[(sender, system, value)] = found[tag]
+            while len(self._patients) > _CACHE_SIZE:
                 self._patients.popitem(last=False)
-        return found
+        return {p: found[tag] for p, tag in tags.items()}
 
     def patient_key_in(self, conn: Connection, sender: str, tag: bytes) -> DataKey:
         """The key of the patient with this lookup tag, made if there is none yet, in the
         caller's write transaction."""
-        found = self._read_patient(conn, sender, tag)
+        found = self._read_patients(conn, sender, [tag]).get(tag)
         if found is None:
             found = DataKey(new_key_id(), os.urandom(KEY_SIZE), os.urandom(32))
             conn.execute(
@@ -463,17 +474,21 @@ class Vault:
             )
         return found
 
-    def _read_patient(self, conn: Connection, sender: str, tag: bytes) -> DataKey | None:
+    def _read_patients(
+        self, conn: Connection, sender: str, tags: Iterable[bytes]
+    ) -> dict[bytes, DataKey]:
         t = keys_table
-        row = conn.execute(
-            select(t.c.key_id, t.c.master_id, t.c.wrapped, t.c.pseudonym).where(
-                t.c.sender == sender, t.c.lookup == tag
+        rows = conn.execute(
+            select(t.c.lookup, t.c.key_id, t.c.master_id, t.c.wrapped, t.c.pseudonym).where(
+                t.c.sender == sender, t.c.lookup.in_(list(tags))
             )
-        ).first()
-        if row is None:
-            return None
-        dek = self._unwrap(row.key_id, row.master_id, bytes(row.wrapped))
-        return DataKey(row.key_id, dek, bytes(row.pseudonym))
+        ).all()
+        return {
+            bytes(r.lookup): DataKey(
+                r.key_id, self._unwrap(r.key_id, r.master_id, bytes(r.wrapped)), bytes(r.pseudonym)
+            )
+            for r in rows
+        }
 
     def read_key(self, conn: Connection, key_id: str) -> DataKey | None:
         """A key by its id (with its pseudonym when it is a patient's); None once destroyed."""

@@ -203,3 +203,32 @@ def test_no_bundle_is_sealed_under_a_key_another_process_erased(
         assert status(api, first["id"], hospital) == 410
         # The mother's key was never touched: her entry subject is the same.
         assert api.entry(again.json()["index"]).subject == api.entry(first["index"]).subject
+
+
+def test_concurrent_first_uses_of_a_family_make_one_key_per_patient(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Processes that meet the same new patients at once, in overlapping Bundles, agree on one
+    key per patient (whichever made it first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from exchange import vault
+
+    with open_api(tmp_path / "data", db_url) as api:
+        services = api.services
+        family = [(MRN, f"MRN-C{n}") for n in range(6)]
+        named = [family[i : i + 3] for i in range(4)] * 4  # overlapping triples, four times over
+
+        def keys_of(patients: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+            # A vault of its own, as in another process: nothing cached.
+            own = vault.Vault(services.engine, services.vault.master, services.pseudonym_key)
+            keys = own.patient_keys(ORG, patients)
+            return {p: k.key_id for p, k in zip(patients, keys, strict=True)}
+
+        with ThreadPoolExecutor(8) as pool:
+            seen = list(pool.map(keys_of, named))
+        agreed: dict[tuple[str, str], set[str]] = {}
+        for found in seen:
+            for patient, key_id in found.items():
+                agreed.setdefault(patient, set()).add(key_id)
+        assert sorted(agreed) == family and all(len(ids) == 1 for ids in agreed.values())
