@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+# Canonical base of medledger's own FHIR artefacts (extensions, code systems, maps). ".example"
+# is reserved (RFC 6761): it marks these URLs as not yet registered; they change here, and in
+# the ConceptMap files, when they are.
+CANONICAL_BASE = "https://fhir.medledger.example"
+
 
 @dataclass(frozen=True)
 class AdaptOptions:

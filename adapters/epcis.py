@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from adapters.base import AdaptError, AdaptOptions
+from adapters.base import CANONICAL_BASE, AdaptError, AdaptOptions
+from adapters.ips_json import loads_bundle
 from adapters.rwd_identity import PackIdentity, product_identities
-from adapters.trace_fhir import GLN_SYSTEMS, BundleView, Located, load_bundle
-from adapters.tracecode import gtin_check_digit, is_cset82, normalise_gtin
+from adapters.trace_fhir import GLN_SYSTEMS, BundleView, Located
+from adapters.tracecode import dl_escape, gtin_check_digit, is_cset82, normalise_gtin
 
 __all__ = [
     "EPCIS_CONTEXT",
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
-LEDGER_NS = "https://fhir.medledger.example/epcis/"
+LEDGER_NS = f"{CANONICAL_BASE}/epcis/"
 LEDGER_PREFIX = "medledger"
 LEDGER_KEY = f"{LEDGER_PREFIX}:ledgerEntry"
 DL_DOMAIN = "https://id.gs1.org"
@@ -167,7 +168,7 @@ def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
     """
     events: dict[str, dict[str, Any]] = {}
     for n, data in enumerate(bundles):
-        doc = load_bundle(data, f"input {n + 1}")
+        doc = loads_bundle(data, f"input {n + 1}")
         location = _bundle_location(doc, f"input {n + 1}")
         for event in dispensing_events(doc, location=location, link=None):
             rendered = event.as_json()
@@ -418,12 +419,12 @@ def _urn_to_dl(urn: str) -> str:
         body = item[:1] + company + item[1:]
         gtin = body + str(gtin_check_digit(body))
         ai = "21" if scheme == "sgtin" else "10"
-        return f"{DL_DOMAIN}/01/{gtin}/{ai}/{quote(unquote(tail), safe='')}"
+        return f"{DL_DOMAIN}/01/{gtin}/{ai}/{dl_escape(unquote(tail))}"
     if scheme == "sgln" and len(parts) == 3:
         body = parts[0] + parts[1]
         gln = body + str(gtin_check_digit(body))
         ext = unquote(parts[2])
-        return f"{DL_DOMAIN}/414/{gln}" + (f"/254/{quote(ext, safe='')}" if ext != "0" else "")
+        return f"{DL_DOMAIN}/414/{gln}" + (f"/254/{dl_escape(ext)}" if ext != "0" else "")
     if scheme == "sscc" and len(parts) == 2:
         body = parts[1][:1] + parts[0] + parts[1][1:]
         return f"{DL_DOMAIN}/00/{body}{gtin_check_digit(body)}"
@@ -610,4 +611,4 @@ def _is_pack_uri(uri: str) -> bool:
 def _escape(value: str) -> str:
     if not is_cset82(value):
         raise AdaptError(f"{value!r} is not 1-20 characters of GS1 character set 82")
-    return quote(value, safe="")
+    return dl_escape(value)

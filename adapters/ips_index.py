@@ -214,8 +214,8 @@ def concept_text(concept: Any) -> str:
     """What a person wrote or picked: ``text``, else the first display, else the first code."""
     if not isinstance(concept, Mapping):
         return ""
-    if isinstance(concept.get("text"), str) and concept["text"]:
-        return concept["text"]
+    if isinstance(text := concept.get("text"), str) and text:
+        return text
     for coding in codings(concept):
         if coding.get("display"):
             return str(coding["display"])
@@ -234,6 +234,14 @@ def international_display(concept: Any) -> str | None:
                 if not has_cjk(display):
                     return display
     return None
+
+
+def entered_in_error(resource: Mapping[str, Any]) -> bool:
+    """True for a record withdrawn as a mistake (status, or verificationStatus); left out."""
+    if resource.get("status") in ("entered-in-error", "cancelled"):
+        return True
+    verification = {c.get("code") for c in codings(resource.get("verificationStatus"))}
+    return "entered-in-error" in verification
 
 
 def first_of(resource: Mapping[str, Any], prefix: str) -> tuple[str, Any] | None:

@@ -100,6 +100,7 @@ def _write(value: Any, indent: int | None, out: list[str]) -> None:
     if isinstance(value, (dict, list, tuple)) and not value:
         out.append("{}" if isinstance(value, dict) else "[]")
         return
+    items: list[tuple[str | None, Any]]
     if isinstance(value, dict):
         items = [(json.dumps(k, ensure_ascii=False), value[k]) for k in _key_order(value)]
         open_, close = "{", "}"

@@ -84,8 +84,8 @@ class PackIdentity:
     cn_code: str | None = None
 
 
-def check_rwd_bundle(doc: Mapping[str, Any]) -> list[Issue]:
-    """Check the pack identities of an RWD Bundle; [] means nothing to report."""
+def check_rwd_bundle(doc: object) -> list[Issue]:
+    """Check the pack identities of an RWD Bundle (any parsed JSON); [] means nothing to report."""
     if not isinstance(doc, Mapping):
         return [Issue("error", "structure", "not a JSON object", None)]
     view = BundleView(doc)
@@ -109,7 +109,7 @@ def check_rwd_bundle(doc: Mapping[str, Any]) -> list[Issue]:
     return issues
 
 
-def pack_identities(doc: Mapping[str, Any]) -> list[PackIdentity]:
+def pack_identities(doc: object) -> list[PackIdentity]:
     """The packs a Bundle names (Medications and Devices with a GTIN or a Chinese code).
 
     Every Medication or Device resource counts, used or not: a pack that appears in an RWD
@@ -234,7 +234,7 @@ def _read_medication(loc: Located, issues: list[Issue] | None) -> list[PackIdent
                 f"two GTINs ({gtin}, {value}) for one pack: a Medication is one trade item",
                 f"{path}.{rel}",
             )
-    batch = res.get("batch") if isinstance(res.get("batch"), Mapping) else {}
+    batch = b if isinstance(b := res.get("batch"), Mapping) else {}
     lot = _str(batch.get("lotNumber"))
     expiry = _str(batch.get("expirationDate"))
 

@@ -26,11 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base import AdaptError
+from adapters.base import CANONICAL_BASE, AdaptError
 
-# Canonical base of medledger's own FHIR artefacts. ".example" is reserved (RFC 6761): it marks
-# these URLs as not yet registered; they change here, and in the map files, when they are.
-CANONICAL_BASE = "https://fhir.medledger.example"
 DERIVED_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/coding-derived"
 
 # Code systems. WHO ICD-10, ATC and GTIN use the URIs of HL7 Terminology (THO); the Chinese

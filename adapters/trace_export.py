@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable
 
 from adapters.base import AdaptError
+from adapters.ips_json import loads_bundle
 from adapters.rwd_identity import pack_identities
-from adapters.trace_fhir import load_bundle
 from adapters.trace_index import RecallQuery, matches
 
 __all__ = ["ndjson_line", "rwd_export"]
@@ -39,7 +39,7 @@ def rwd_export(bundles: Iterable[tuple[int, bytes]], query: RecallQuery) -> byte
     """NDJSON of the Bundles (ledger index, bytes) that used the queried product, in order."""
     out: list[bytes] = []
     for index, data in bundles:
-        doc = load_bundle(data, f"entry {index}")
+        doc = loads_bundle(data, f"entry {index}")
         if any(matches(identity, query) for identity in pack_identities(doc)):
             out.append(ndjson_line(data, f"entry {index}"))
     return b"".join(out)

@@ -23,15 +23,12 @@ below the choice level (``extension[0].valueString``), as the intake reports the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from adapters.base import AdaptError
+from adapters.base import CANONICAL_BASE
 
-CANONICAL_BASE = "https://fhir.medledger.example"
 GTIN_SYSTEM = "https://www.gs1.org/gtin"
 GLN_SYSTEMS = ("https://www.gs1.org/gln", "urn:oid:1.3.160")
 GS1_DI_ISSUERS = ("http://hl7.org/fhir/NamingSystem/gs1-di", "urn:oid:1.3.160")
@@ -124,40 +121,6 @@ class BundleView:
                 if loc.container is None and loc.type == kind and loc.resource.get("id") == rid:
                     return loc
         return None
-
-
-def load_bundle(data: bytes, where: str) -> dict[str, Any]:
-    """Parse Bundle bytes strictly: UTF-8 without BOM, no duplicate keys, no NaN; decimals kept.
-
-    FHIR decimals carry precision in their digits, so numbers come back as Decimal.
-    """
-    if data.startswith(b"\xef\xbb\xbf"):
-        raise AdaptError(f"{where}: starts with a byte order mark; FHIR JSON is UTF-8 without one")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise AdaptError(f"{where}: not UTF-8 (byte {e.start})") from None
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise AdaptError(f"{where}: duplicate JSON key {key!r}")
-            out[key] = value
-        return out
-
-    def constant(name: str) -> Any:
-        raise AdaptError(f"{where}: {name} is not JSON")
-
-    try:
-        doc = json.loads(
-            text, object_pairs_hook=pairs, parse_float=Decimal, parse_constant=constant
-        )
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise AdaptError(f"{where}: not JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
-        raise AdaptError(f"{where}: resourceType is not Bundle")
-    return doc
 
 
 def extensions(element: Any, url: str) -> Iterator[tuple[int, Mapping[str, Any]]]:

@@ -95,7 +95,8 @@ def expand_offline(doc: Any, context_file: Path) -> list[Any]:
             code="loading document failed",
         )
 
-    return jsonld.expand(doc, {"documentLoader": loader})
+    expanded: list[Any] = jsonld.expand(doc, {"documentLoader": loader})
+    return expanded
 
 
 def _formats() -> FormatChecker:

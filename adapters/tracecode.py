@@ -63,6 +63,7 @@ __all__ = [
     "NHRN_AIS",
     "TraceCode",
     "TraceCodeError",
+    "dl_escape",
     "gtin_check_digit",
     "is_cset82",
     "normalise_gtin",
@@ -177,12 +178,6 @@ class TraceCode:
             return self.raw
         return render_hri(self.elements)
 
-    def element_string(self, separator: str = GS) -> str:
-        """The GS1 element string as a symbol would encode it (FNC1 shown as ``separator``)."""
-        if self.kind != "gs1":
-            raise TraceCodeError(f"a {self.kind} code has no GS1 element string")
-        return render_element_string(self.elements, separator=separator)
-
     def expiry_fhir(self) -> str | None:
         """The expiry as a FHIR date: ``YYYY-MM`` when the label left the day open."""
         if self.expiry is None:
@@ -201,11 +196,11 @@ class TraceCode:
             raise TraceCodeError(f"no GTIN (01) in {self.raw!r}: no GS1 Digital Link")
         path = f"https://id.gs1.org/01/{self.gtin}"
         if self.lot is not None:
-            path += f"/10/{_dl_escape(self.lot)}"
+            path += f"/10/{dl_escape(self.lot)}"
         if self.serial is not None:
-            path += f"/21/{_dl_escape(self.serial)}"
+            path += f"/21/{dl_escape(self.serial)}"
         query = [
-            f"{ai}={_dl_escape(val)}" for ai, val in self.elements if ai not in ("01", "10", "21")
+            f"{ai}={dl_escape(val)}" for ai, val in self.elements if ai not in ("01", "10", "21")
         ]
         return path + ("?" + "&".join(query) if query else "")
 
@@ -256,13 +251,15 @@ def parse_trace_code(
     if body.startswith("("):
         return _hri(scan, body, sym_text, serialised, today)
     if symbology is not None and symbology.gs1_symbology in _GTIN_SYMBOLOGIES:
-        return _bare_gtin(scan, body, sym_text, strict=True)
+        return _bare_gtin(scan, body, sym_text)
     if gs1_symbol or GS in body or _GS1_LEAD.match(body):
         return _element_string(scan, body, sym_text, serialised, today)
     if _DIGITS.fullmatch(body) and len(body) in (8, 12, 13, 14):
-        bare = _bare_gtin(scan, body, sym_text, strict=False)
-        if bare is not None:
-            return bare
+        # Unannounced digits are a GTIN only when the check digit says so.
+        try:
+            return _bare_gtin(scan, body, sym_text)
+        except TraceCodeError:
+            pass
     return TraceCode(kind="other", raw=scan, symbology=sym_text)
 
 
@@ -333,13 +330,11 @@ def _cn20(scan: str, digits: str, symbology: str | None) -> TraceCode:
     return TraceCode(kind="cn20", raw=scan, symbology=symbology, cn_code=digits, notes=notes)
 
 
-def _bare_gtin(scan: str, digits: str, symbology: str | None, *, strict: bool) -> TraceCode | None:
+def _bare_gtin(scan: str, digits: str, symbology: str | None) -> TraceCode:
     try:
         gtin = normalise_gtin(digits)
     except ValueError as e:
-        if strict:
-            raise TraceCodeError(f"{scan!r}: {e}") from None
-        return None
+        raise TraceCodeError(f"{scan!r}: {e}") from None
     return TraceCode(kind="gs1", raw=scan, symbology=symbology, elements=(("01", gtin),), gtin=gtin)
 
 
@@ -554,6 +549,6 @@ def _century(yy: int, today: date | None) -> int:
     return century
 
 
-def _dl_escape(value: str) -> str:
+def dl_escape(value: str) -> str:
     """Percent-encode a value for a Digital Link path (GS1 Digital Link 1.2, section 6)."""
     return quote(value, safe="")

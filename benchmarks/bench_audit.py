@@ -114,7 +114,8 @@ def rate_of(fn, n: int, repeat: int = 3) -> float:
 
 
 def raw_rates(db: Path, vkey: str) -> dict[str, float]:
-    from ledger.audit import _extend, _leaf_hashes, audit
+    from ledger.audit import audit
+    from ledger.merkle import extend_frontier, leaf_hashes
     from ledger.note import Verifier
 
     engine = create_engine(f"sqlite:///{db}")
@@ -131,7 +132,7 @@ def raw_rates(db: Path, vkey: str) -> dict[str, float]:
     def leaf_tree() -> None:
         f: list[bytes] = []
         for i in range(0, n, 4096):
-            f = _extend(f, i, _leaf_hashes(entries[i : i + 4096]))
+            f = extend_frontier(f, i, leaf_hashes(entries[i : i + 4096]))
 
     class Memory:
         description = "memory"

@@ -1,16 +1,23 @@
 """Access entries: every disclosure of patient data, and every refusal, on the ledger.
 
-One request that reads, searches, exports or transforms patient data (or is refused such data)
-appends exactly one ledger entry of kind `access`. Its stored document is a FHIR R4 AuditEvent
-shaped after the IHE Basic Audit Log Patterns (BALP) profiles, in the same transaction as the
-entry, so neither exists without the other.
+A request that reads, searches, exports or transforms patient data (or is refused such data)
+appends one ledger entry of kind `access` per patient it concerns (BALP: one AuditEvent per
+patient, so each lands in that patient's accounting), or one naming no patient when it
+concerns none. Its stored document is a FHIR R4 AuditEvent shaped after the IHE Basic Audit
+Log Patterns (BALP) profiles, in the same transaction as the entry, so neither exists without
+the other.
 
 No PHI leaves into the entry or the AuditEvent: the patient appears only as the keyed pseudonym
 `subject` the ledger already uses (exchange.services.pseudonym), the client by its client id and
-organisation. Data of a Bundle that names several patients (a mother and her baby) is about each
-of them: the entry's subject is the first, and the AuditEvent names every one, each of which
-`access_event_subjects` indexes. The accounting of disclosures (GET
-/v1/patients/{id}/disclosures) is a query by pseudonym over both.
+organisation. Whom data concerns is read from the Bundles it comes from
+(exchange.db.bundle_patients): a Bundle is about the patient its own entry names (its first
+Patient.identifier), and it names further patients too: the same person's other identifiers,
+each a patient key of its own, or another person (a baby beside its mother). So the rule is:
+one entry per patient a disclosed Bundle's entry names, as its subject, whose AuditEvent also
+names every further patient those Bundles name, each indexed in `access_event_subjects`. The
+accounting of disclosures (GET /v1/patients/{id}/disclosures) is a query by the patient's
+pseudonyms over both, so every disclosure is in the accounting of every patient the disclosed
+data names.
 
 Actions (the `action` argument):
 
@@ -30,7 +37,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -304,6 +311,67 @@ async def record_access(
     )
     appended = await asyncio.wrap_future(services.log.submit(sub))
     return appended.entry.index
+
+
+async def record_access_per_patient(
+    services: Services,
+    client: Client,
+    patients: Mapping[bytes, Sequence[bytes]],
+    *,
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None = None,
+) -> list[int]:
+    """One `access` entry per patient (subject -> the further patients its data names: see
+    the module doc), or one naming none when there are none, submitted together so that the
+    log commits them as one batch; returns their ledger indexes."""
+    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    futures = [asyncio.wrap_future(services.log.submit(sub)) for sub in subs]
+    return [appended.entry.index for appended in await asyncio.gather(*futures)]
+
+
+def record_access_per_patient_blocking(
+    services: Services,
+    client: Client,
+    patients: Mapping[bytes, Sequence[bytes]],
+    *,
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None = None,
+) -> list[int]:
+    """The same as :func:`record_access_per_patient`, for callers outside the event loop."""
+    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    futures = [services.log.submit(sub) for sub in subs]
+    return [future.result().entry.index for future in futures]
+
+
+def _per_patient(
+    client: Client,
+    patients: Mapping[bytes, Sequence[bytes]],
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None,
+) -> list[Submission]:
+    each: list[tuple[bytes | None, Sequence[bytes]]] = [*patients.items()] or [(None, ())]
+    return [
+        _submission(
+            client,
+            action=action,
+            resource_type=resource_type,
+            patient_subject=subject,
+            purpose=purpose,
+            outcome=outcome,
+            detail=detail,
+            other_subjects=others,
+        )
+        for subject, others in each
+    ]
 
 
 def record_access_blocking(

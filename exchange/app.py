@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from exchange.auth import authenticate
 from exchange.intake import IntakeLimits
 from exchange.outcome import document_outcomes, install_handlers
+from exchange.public import ForwardedHeaders, Network, PublicBase, parse_public_url
 from exchange.query_params import refuse_unknown_query
 from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.routers import bulk_export as bulk_export_router
-from exchange.routers import bundles, continuity, log, metadata, trace
+from exchange.routers import bundles, continuity, health, log, metadata, trace
 from exchange.routers import disclosures as disclosures_router
 from exchange.routers import organization as organization_router
 from exchange.routers import quality as quality_router
@@ -23,6 +25,9 @@ from exchange.routers import verification as verification_router
 from exchange.routers.metadata import SOFTWARE_VERSION
 from exchange.services import Services, open_services
 from exchange.settings import Settings
+
+# `medledger serve`'s default address, which clients on the same machine reach it by.
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 DESCRIPTION = (
     "Cross-border medical record exchange. Hospitals POST FHIR R4 Bundles; each is validated, "
@@ -40,12 +45,16 @@ def create_app(
     intake_workers: int = 0,
     max_in_flight: int = 128,
     rate_limit: RateLimit | None = None,
+    public_url: str = DEFAULT_PUBLIC_URL,
+    trusted_proxies: tuple[Network, ...] = (),
 ) -> FastAPI:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
     `intake_workers` > 0 validates submissions in that many processes, started with the app;
     `max_in_flight` caps concurrent submissions (429 beyond it).
     `rate_limit` gives each client a token bucket (429 + Retry-After when it is empty).
+    `public_url` is the base of every absolute URL the service gives out; requests from
+    `trusted_proxies` may name another with X-Forwarded-Proto/Host (exchange.public).
     """
     if services is None:
         services = open_services(
@@ -68,8 +77,17 @@ def create_app(
         dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.services = services
+    public = PublicBase(parse_public_url(public_url), trusted_proxies)
+    app.state.public = public
     if rate_limit is not None:
-        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit))
+
+        async def identify(token: str) -> str | None:
+            client = await authenticate(services, token)
+            return None if client is None else client.client_id
+
+        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit), identify=identify)
+    if trusted_proxies:
+        app.add_middleware(ForwardedHeaders, public=public)  # outermost: before the limiter
     install_handlers(app)
     document_outcomes(app)
     app.include_router(bundles.router)
@@ -85,4 +103,5 @@ def create_app(
     app.include_router(disclosures_router.router)
     app.include_router(settlement_router.router)
     app.include_router(bulk_export_router.router)
+    app.include_router(health.router)
     return app

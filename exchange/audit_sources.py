@@ -5,13 +5,18 @@ ledger/store.py) and so also offers the stored checkpoints, stored tree hashes a
 kept beyond the head, which an audit then checks too. HttpSource reads only the public
 log-read endpoints of docs (design: /v1/log/checkpoint, /v1/log/entries, /v1/log/proof/*):
 they carry no personal data and need no credential beyond, at most, an auditor token.
-Errors reaching either become SourceUnavailable (exit 2) with what to do next.
+Errors reaching either become SourceUnavailable (exit 2) with what to do next; an answer that
+is not what a log API gives becomes SourceMalformed (exit 3).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import socket
+import threading
+import time
+import weakref
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,19 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ledger import merkle, store
-from ledger.audit import SourceUnavailable
+from ledger.audit import SourceMalformed, SourceUnavailable
 from ledger.merkle import ProofError
+from ledger.untrusted import InputRejected, read_json
 
 HTTP_PAGE = 1000
 DB_PAGE = 4096
+
+READ_TIMEOUT = 30.0
+"""Seconds one step of a request (connect, send, each receive) may wait, or the time left."""
+ANSWER_MAX = 1 << 20
+"""Bytes of a checkpoint, proof or key list answer after gzip is undone; each is a few KiB."""
+ENTRY_ANSWER_MAX = 2048
+"""Bytes an entries answer may add per entry asked for; a base64 entry is under 800."""
 
 
 class NotALog(Exception):
@@ -237,92 +250,170 @@ def _unavailable(where: str, e: DBAPIError) -> SourceUnavailable:
 
 
 class HttpSource:
-    """A log read from a medledger server's public log endpoints (no personal data)."""
+    """A log read from a medledger server's public log endpoints (no personal data).
+
+    The server is trusted for nothing, its manners included. With `timeout` the source gives
+    up once that many seconds have passed since it was made (SourceUnavailable): every step of
+    a request waits at most the time left, and when it runs out a watchdog shuts down the
+    connections, which ends a read however slowly the server trickles its bytes. Each answer
+    is read up to its size cap and no further (after undoing gzip, so a small bomb cannot
+    inflate past it), and its JSON through ledger.untrusted.read_json; an answer past a cap or
+    not of the API's shape is SourceMalformed.
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
         token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         page_size: int = HTTP_PAGE,
         client: httpx.Client | None = None,
     ) -> None:
         self.base = base_url.rstrip("/")
         self.description = self.base
         self.page_size = page_size
-        headers = {"Accept": "application/json, text/plain"}
+        headers = {"Accept": "application/json, text/plain", "Accept-Encoding": "gzip"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.client = client or httpx.Client(timeout=timeout, follow_redirects=True)
+        self.client = client or httpx.Client(follow_redirects=True)
         self.headers = headers
+        self.timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._expired = False
+        self._watchdog: threading.Timer | None = None
+        if timeout is not None:
+            self._watchdog = threading.Timer(timeout, self._expire)
+            self._watchdog.daemon = True
+            self._watchdog.start()
 
-    def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+    # -- the deadline
+
+    def _expire(self) -> None:
+        """The watchdog: a blocked read returns at once from a socket shut down under it."""
+        with self._lock:
+            self._expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace extension: keeps every socket the source opens, for the watchdog."""
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._sockets.add(sock)
+            expired = self._expired
+        if expired:
+            _shut(sock)
+
+    def _late(self) -> bool:
+        return self._deadline is not None and (self._expired or time.monotonic() >= self._deadline)
+
+    def _out_of_time(self, url: str) -> SourceUnavailable:
+        return SourceUnavailable(
+            f"the time limit of {self.timeout:g} s for the whole run ran out reading {url}",
+            "retry later, or raise --timeout for a large log or a slow link",
+        )
+
+    def _step_timeout(self, url: str) -> httpx.Timeout:
+        if self._deadline is None:
+            return httpx.Timeout(READ_TIMEOUT)
+        left = self._deadline - time.monotonic()
+        if left <= 0 or self._expired:
+            raise self._out_of_time(url)
+        return httpx.Timeout(min(READ_TIMEOUT, left))
+
+    # -- reading
+
+    def _get(
+        self, path: str, params: dict[str, int] | None = None, limit: int = ANSWER_MAX
+    ) -> tuple[int, bytes, str]:
+        """(status, body, url) of a GET; the body is read only for a 200."""
         url = f"{self.base}{path}"
         try:
-            r = self.client.get(url, params=params, headers=self.headers)
-        except httpx.TimeoutException as e:
-            raise SourceUnavailable(
-                f"{url} did not answer in time ({type(e).__name__})",
-                "retry later, or raise --timeout for a slow link",
-            ) from e
+            with self.client.stream(
+                "GET",
+                url,
+                params=params,
+                headers=self.headers,
+                timeout=self._step_timeout(url),
+                extensions={"trace": self._trace},
+            ) as r:
+                url = str(r.request.url)
+                _check_status(r.status_code, url)
+                body = _read_body(r, limit, url) if r.status_code == 200 else b""
+                return r.status_code, body, url
         except httpx.HTTPError as e:
+            if self._late():
+                raise self._out_of_time(url) from e
+            if isinstance(e, httpx.TimeoutException):
+                raise SourceUnavailable(
+                    f"{url} did not answer in time ({type(e).__name__}: one step of a request "
+                    f"waited over {READ_TIMEOUT:g} s)",
+                    "the server or the link is overloaded: retry later",
+                ) from e
             raise SourceUnavailable(
                 f"cannot reach {url}: {e}",
                 "check --url and that the server is running, then audit again",
             ) from e
-        if r.status_code in (401, 403):
-            raise SourceUnavailable(
-                f"{url} refused the request ({r.status_code})",
-                "log reads need no credential on a medledger server; if this one asks, pass an "
-                "auditor token with --token (medledger clients add --role auditor)",
-            )
-        if r.status_code == 429 or r.status_code >= 500:
-            raise SourceUnavailable(
-                f"{url} answered {r.status_code}",
-                "the server is overloaded or failing: retry later",
-            )
-        return r
 
-    def _json(self, r: httpx.Response) -> Any:
+    def _json(
+        self, path: str, params: dict[str, int] | None = None, limit: int = ANSWER_MAX
+    ) -> tuple[int, Any, str]:
+        """(status, JSON value, url) of a GET; the value is None unless the status is 200."""
+        status, body, url = self._get(path, params, limit)
+        if status != 200:
+            return status, None, url
         try:
-            return r.json()
-        except ValueError as e:
-            raise _not_api(str(r.request.url), "not JSON") from e
+            return status, read_json(body, limit), url
+        except InputRejected as e:
+            raise _malformed(url, f"not the API's JSON: {e}") from e
 
     def checkpoint(self) -> str:
-        r = self._get("/v1/log/checkpoint")
-        if r.status_code != 200:
-            raise _not_api(str(r.request.url), f"status {r.status_code}")
-        return r.text
+        status, body, url = self._get("/v1/log/checkpoint")
+        if status != 200:
+            raise _not_api(url, f"status {status}")
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _malformed(url, f"a checkpoint that is not UTF-8 (byte {e.start})") from e
 
     def entries(self, start: int, end: int) -> list[bytes]:
-        r = self._get("/v1/log/entries", {"start": start, "end": end})
-        if r.status_code != 200:
-            raise _not_api(str(r.request.url), f"status {r.status_code}")
-        body = self._json(r)
+        limit = ANSWER_MAX + max(end - start, 0) * ENTRY_ANSWER_MAX
+        status, body, url = self._json("/v1/log/entries", {"start": start, "end": end}, limit)
+        if status != 200:
+            raise _not_api(url, f"status {status}")
         if not isinstance(body, list):
-            raise _not_api(str(r.request.url), "not a JSON list")
-        return [_decode(x, str(r.request.url)) for x in body]
+            raise _malformed(url, "not a JSON list")
+        return [_decode(x, url) for x in body]
 
     def _proof(self, path: str, params: dict[str, int]) -> list[bytes]:
-        r = self._get(path, params)
-        if r.status_code != 200:
-            raise ProofError(f"the server has no such proof (status {r.status_code})")
-        body = self._json(r)
+        status, body, url = self._json(path, params)
+        if status != 200:
+            raise ProofError(f"the server has no such proof (status {status})")
         hashes = body.get("hashes") if isinstance(body, dict) else None
         if not isinstance(hashes, list):
-            raise ProofError("the server's proof has no hashes list")
-        try:
-            return [_decode(h, path) for h in hashes]
-        except SourceUnavailable as e:
-            raise ProofError(str(e)) from e
+            raise _malformed(url, "a proof without a hashes list")
+        return [_decode(h, url) for h in hashes]
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         return self._proof("/v1/log/proof/consistency", {"size1": size1, "size2": size2})
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         return self._proof("/v1/log/proof/inclusion", {"index": index, "size": size})
+
+    def log_keys(self) -> tuple[Any, str] | None:
+        """(GET /v1/log/keys as JSON, its URL), or None when the server has no key list."""
+        status, body, url = self._json("/v1/log/keys")
+        if status == 404:
+            return None
+        if status != 200:
+            raise _not_api(url, f"status {status}")
+        return body, url
 
     def checkpoints(self, first: int, last: int) -> None:
         return None
@@ -334,16 +425,63 @@ class HttpSource:
         return None, None
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self.client.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def _check_status(status: int, url: str) -> None:
+    if status in (401, 403):
+        raise SourceUnavailable(
+            f"{url} refused the request ({status})",
+            "log reads need no credential on a medledger server; if this one asks, pass an "
+            "auditor token with --token (medledger clients add --role auditor)",
+        )
+    if status == 429 or status >= 500:
+        raise SourceUnavailable(
+            f"{url} answered {status}", "the server is overloaded or failing: retry later"
+        )
+
+
+def _read_body(r: httpx.Response, limit: int, url: str) -> bytes:
+    """The body, undone from gzip, read no further than `limit` bytes past the undoing."""
+    length = r.headers.get("content-length", "")
+    coding = r.headers.get("content-encoding", "").strip().lower() or "identity"
+    if coding == "identity" and length.isdigit() and (len(length) > 20 or int(length) > limit):
+        raise _too_large(url, limit)
+    if coding not in ("identity", "gzip"):
+        raise _malformed(url, f"content encoding {coding!r}; only gzip is accepted")
+    inflate = zlib.decompressobj(wbits=31) if coding == "gzip" else None
+    out = bytearray()
+    for chunk in r.iter_raw():
+        if inflate is not None:
+            try:
+                # At most one byte past the cap: a bomb is never inflated further.
+                chunk = inflate.decompress(chunk, limit + 1 - len(out))
+            except zlib.error as e:
+                raise _malformed(url, f"gzip that does not inflate ({e})") from e
+        out += chunk
+        if len(out) > limit:
+            raise _too_large(url, limit)
+    if inflate is not None and (not inflate.eof or inflate.unused_data):
+        raise _malformed(url, "gzip cut short or followed by other bytes")
+    return bytes(out)
 
 
 def _decode(x: object, where: str) -> bytes:
     if not isinstance(x, str):
-        raise _not_api(where, "a list item is not a base64 string")
+        raise _malformed(where, "a list item is not a base64 string")
     try:
         return base64.b64decode(x, validate=True)
-    except binascii.Error as e:
-        raise _not_api(where, "a list item is not base64") from e
+    except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
+        raise _malformed(where, "a list item is not base64") from e
 
 
 def _not_api(url: str, what: str) -> SourceUnavailable:
@@ -352,3 +490,15 @@ def _not_api(url: str, what: str) -> SourceUnavailable:
         "check that --url is the server's base address (e.g. https://host:8000), not a page "
         "or a proxy's error page",
     )
+
+
+def _malformed(url: str, what: str) -> SourceMalformed:
+    return SourceMalformed(
+        f"{url} answered what no medledger log API gives: {what}",
+        "check that --url is the server's base address (e.g. https://host:8000); a server "
+        "that answers this way is broken or hostile: report it to its operator",
+    )
+
+
+def _too_large(url: str, limit: int) -> SourceMalformed:
+    return _malformed(url, f"an answer of more than {limit:,} bytes")

@@ -21,6 +21,7 @@ EXIT_MISBEHAVIOUR = 5
 # Modules that add subcommands: each has register(subparsers) -> None.
 COMMAND_MODULES = (
     "exchange.cli_serve",
+    "exchange.cli_clients",
     "exchange.cli_audit",
     "exchange.cli_adapt",
     "exchange.cli_recipients",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import json
 import os
 import sys
@@ -28,24 +27,34 @@ from exchange.cli import (
     EXIT_VERIFY_FAILED,
 )
 from ledger.audit import (
+    MAX_EVIDENCE_BYTES,
     AuditResult,
     AuditUsageError,
     Evidence,
     EvidenceError,
+    SourceMalformed,
     SourceUnavailable,
     audit,
     explain_consistency,
     explain_inclusion,
     verify_evidence,
 )
-from ledger.audit_state import StateError, atomic_write, load_state, save_state
+from ledger.audit.state import StateError, atomic_write, load_state, save_state
 from ledger.checkpoint import CheckpointError, parse_checkpoint
 from ledger.keyset import KeyRuleError, KeySet
 from ledger.merkle import leaf_hash
 from ledger.note import NoteError, Verifier
 from ledger.note import split as split_note
-from ledger.receipt import ReceiptError, parse_receipt
+from ledger.receipt import MAX_RECEIPT_BYTES, ReceiptError, parse_receipt
+from ledger.untrusted import InputRejected, read_file, read_json, read_stream
 from ledger.verify import MalformedInput, VerificationError, verify_receipt, verify_submission
+
+MAX_KEY_FILE_BYTES = 1 << 20
+"""--key and --keys files larger than this are refused unread; a key is under 100 bytes."""
+
+DEFAULT_TIMEOUT = 3600.0
+"""Seconds an `audit --url` run may take unless --timeout says otherwise: ample for a large log
+over a slow link, and an end for one served a byte at a time."""
 
 KEY_HINT = (
     "pass the log's verifier key as text (<name>+<8 hex>+<base64>, from GET /v1/log/key or the "
@@ -79,9 +88,13 @@ examples:
   medledger audit --db postgresql+psycopg://auditor@db/medledger --key log.vkey --json
   medledger audit --url http://127.0.0.1:8000 --key old.vkey --key new.vkey --from 1000000
 
-exit: 0 verified; 1 usage; 2 source unavailable; 3 malformed key or state file;
-      4 verification failed (names the first bad entry); 5 proven misbehaviour (writes an
-      evidence file for `medledger verify-evidence`)
+--timeout bounds the whole run: past it the audit stops with exit 2. Answers are read
+up to a size cap (gzip undone within it) and as strict JSON; one that is not what a log API
+gives is exit 3 (docs/audit.md, "Hostile servers and files").
+
+exit: 0 verified; 1 usage; 2 source unavailable or --timeout passed; 3 malformed key or
+      state file, or an answer no log API gives; 4 verification failed (names the first bad
+      entry); 5 proven misbehaviour (writes an evidence file for `medledger verify-evidence`)
 """
 
 EVIDENCE_EXAMPLES = """\
@@ -152,7 +165,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("MEDLEDGER_TOKEN"),
         help="auditor bearer token, only if the server asks for one (env MEDLEDGER_TOKEN)",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --url, the most the whole run may take (default {DEFAULT_TIMEOUT:g}); "
+        "each single read waits at most 30 s",
+    )
     p.add_argument("--explain", action="store_true", help="show what was checked, step by step")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -180,6 +200,16 @@ def _add_key(p: argparse.ArgumentParser, required: bool = True) -> None:
         metavar="VKEY",
         help="the log's verifier key, as text or a file; repeat during a key rotation",
     )
+
+
+def _seconds(s: str) -> float:
+    try:
+        t = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number of seconds") from None
+    if not 0 < t < float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} is not a positive number of seconds")
+    return t
 
 
 def _count(s: str) -> int:
@@ -232,10 +262,10 @@ def load_keys(values: list[str]) -> list[Verifier]:
             try:
                 texts = [
                     ln.strip()
-                    for ln in path.read_text(encoding="utf-8").splitlines()
+                    for ln in read_file(path, MAX_KEY_FILE_BYTES).decode("utf-8").splitlines()
                     if ln.strip() and not ln.lstrip().startswith("#")
                 ]
-            except (OSError, UnicodeDecodeError) as e:
+            except (OSError, ValueError) as e:  # InputRejected and UnicodeDecodeError included
                 raise _Failure(
                     EXIT_MALFORMED,
                     f"--key {value!r} is neither a verifier key nor a file ({e})",
@@ -254,8 +284,8 @@ def load_keys(values: list[str]) -> list[Verifier]:
 def _load_keyset(path: Path) -> KeySet:
     """A key set with lifetimes, as GET /v1/log/keys publishes it."""
     try:
-        return KeySet.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return KeySet.from_json(read_json(read_file(path, MAX_KEY_FILE_BYTES), MAX_KEY_FILE_BYTES))
+    except (OSError, ValueError) as e:  # InputRejected and KeyRuleError are ValueErrors
         raise _Failure(
             EXIT_MALFORMED,
             f"--keys {path}: {e}",
@@ -263,9 +293,20 @@ def _load_keyset(path: Path) -> KeySet:
         ) from e
 
 
-def _read_input(name: str, what: str) -> bytes:
+def _read_input(name: str, what: str, limit: int | None) -> bytes:
+    """The bytes of file `name` (- is stdin), at most `limit` of them when there is a limit."""
     try:
-        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        if limit is None:
+            return Path(name).read_bytes()
+        if name == "-":
+            return read_stream(sys.stdin.buffer, limit)
+        return read_file(Path(name), limit)
+    except InputRejected as e:
+        raise _Failure(
+            EXIT_MALFORMED,
+            f"{what} {name} holds {e}",
+            f"pass the {what} itself: no {what} is that large",
+        ) from e
     except OSError as e:
         raise _Failure(
             EXIT_MALFORMED,
@@ -301,7 +342,7 @@ def _verify(args: argparse.Namespace) -> int:
     keyset = _load_keyset(args.keys) if args.keys is not None else None
     if keyset is not None:
         keys += keyset.verifiers()
-    raw = _read_input(args.receipt, "receipt")
+    raw = _read_input(args.receipt, "receipt", MAX_RECEIPT_BYTES)
     try:
         text = raw.decode("utf-8")
         r = parse_receipt(text)
@@ -339,10 +380,10 @@ def _verify(args: argparse.Namespace) -> int:
         ) from e
     bundle_ok = None
     if args.bundle is not None:
-        data = _read_input(str(args.bundle), "bundle")
+        data = _read_input(str(args.bundle), "bundle", None)  # hashed, never parsed
         try:
             salt = base64.b64decode(args.salt, validate=True)
-        except binascii.Error as e:
+        except ValueError as e:  # binascii.Error, or a plain ValueError for non-ASCII text
             raise _Failure(
                 EXIT_MALFORMED, "--salt is not base64", "pass the salt exactly as returned"
             ) from e
@@ -447,10 +488,16 @@ def _open_source(args: argparse.Namespace) -> Any:
     except NotALog as e:
         raise _Failure(EXIT_MALFORMED, str(e), e.hint) from e
     except SourceUnavailable as e:
-        raise _Failure(EXIT_UNAVAILABLE, str(e), e.hint) from e
+        raise _source_failure(e) from e
     if args.page_size:
         src.page_size = args.page_size
     return src
+
+
+def _source_failure(e: SourceUnavailable) -> _Failure:
+    """Exit 3 for an answer no log gives (it will not change by retrying), else 2."""
+    code = EXIT_MALFORMED if isinstance(e, SourceMalformed) else EXIT_UNAVAILABLE
+    return _Failure(code, str(e), e.hint)
 
 
 def _evidence_path(args: argparse.Namespace) -> Path:
@@ -495,7 +542,7 @@ def _audit(args: argparse.Namespace) -> int:
                 keyset=keyset,
             )
     except SourceUnavailable as e:
-        raise _Failure(EXIT_UNAVAILABLE, str(e), e.hint) from e
+        raise _source_failure(e) from e
     except StateError as e:
         raise _Failure(EXIT_MALFORMED, str(e), e.hint) from e
     except AuditUsageError as e:
@@ -545,7 +592,7 @@ def _log_keyset(source: Any, keys: list[Verifier]) -> KeySet | None:
         return source_keyset(source, keys)
     except SourceUnavailable as e:
         source.close()
-        raise _Failure(EXIT_UNAVAILABLE, str(e), e.hint) from e
+        raise _source_failure(e) from e
     except KeyRuleError as e:
         source.close()
         raise _Failure(
@@ -683,7 +730,7 @@ def run_verify_evidence(args: argparse.Namespace) -> int:
 
 def _verify_evidence(args: argparse.Namespace) -> int:
     keys = load_keys(args.key)
-    data = _read_input(str(args.file), "evidence file")
+    data = _read_input(str(args.file), "evidence file", MAX_EVIDENCE_BYTES)
     try:
         ev = Evidence.from_json(data)
         report = verify_evidence(ev, keys)

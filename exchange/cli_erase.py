@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange import db, erasure, vault
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.settings import add_state_options, settings_from_args
-from exchange.vault_upgrade import open_vault
+from exchange.store_upgrade import open_vault
 from ledger.errors import LedgerError, LedgerUnavailable
 
 

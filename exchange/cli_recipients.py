@@ -19,7 +19,6 @@ from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.crossborder import BASIS_KINDS, LegalBasis, Recipient, recipient_of, set_recipient
 from exchange.settings import add_state_options, settings_from_args
 from ledger.errors import LedgerUnavailable
-from ledger.store import make_engine
 
 EPILOG = """\
 examples:
@@ -53,10 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    settings = settings_from_args(args)
-    if settings.db_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = settings_from_args(args).open_engine()
     db.create_schema(engine)
     crossborder.create_schema(engine)
     return engine

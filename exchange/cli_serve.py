@@ -1,4 +1,4 @@
-"""`medledger serve` and `medledger clients add|list`.
+"""`medledger serve` (the clients commands are in exchange/cli_clients.py).
 
 Exit codes: 0 ok; 1 usage; 2 database or port unavailable; 3 local state unusable (key file,
 a database of another log, a rolled-back database).
@@ -7,24 +7,27 @@ a database of another log, a rolled-back database).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange import db
-from exchange.auth import ROLES, ClientError, list_clients, register_client
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.outcome import ApiError
+from exchange.public import (
+    LOOPBACK_PROXIES,
+    default_public_url,
+    parse_proxies,
+    parse_public_url,
+)
 from exchange.ratelimit import RateLimit
-from exchange.settings import Settings, add_state_options, settings_from_args
-from exchange.smart import JwksError
+from exchange.settings import Settings, add_state_options, exposed_state, settings_from_args
 from exchange.vault import VaultError
 from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.store import durability_problems, make_engine
+from ledger.store import durability_problems
 
 SERVE_EPILOG = """\
 examples:
@@ -66,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("MEDLEDGER_PRODUCTION", "") not in ("", "0"),
         help="refuse to start when the database could lose committed entries in a crash "
         "(PostgreSQL fsync, synchronous_commit, full_page_writes; SQLite WAL + synchronous=FULL) "
-        "instead of warning; also MEDLEDGER_PRODUCTION=1",
+        "or when the data directory, the database files or vault.key are open to group or "
+        "others, instead of warning; also MEDLEDGER_PRODUCTION=1",
     )
     p.add_argument(
         "--rate-limit",
@@ -82,44 +86,68 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="requests each client may send at once above its rate (%(default)s)",
     )
     p.add_argument(
+        "--export-ttl",
+        type=float,
+        default=float(os.environ.get("MEDLEDGER_EXPORT_TTL", "24")),
+        metavar="HOURS",
+        help="how long a Bulk Data export and its files are kept after the kick-off "
+        "(%(default)s hours)",
+    )
+    p.add_argument(
+        "--public-url",
+        default=os.environ.get("MEDLEDGER_PUBLIC_URL"),
+        metavar="URL",
+        help="the base URL clients reach the service at, e.g. https://ledger.example: every "
+        "absolute URL it gives out (the SMART token audience, Bulk Data and search links) is "
+        "built on it, never on the request's Host (default http://HOST:PORT; "
+        "MEDLEDGER_PUBLIC_URL)",
+    )
+    p.add_argument(
+        "--trust-proxy",
+        nargs="?",
+        const=LOOPBACK_PROXIES,
+        metavar="ADDRS",
+        help="a reverse proxy at these addresses (comma-separated, networks allowed; "
+        f"default {LOOPBACK_PROXIES}) sets X-Forwarded-Proto, X-Forwarded-Host and "
+        "X-Forwarded-For: take the scheme, host and client address from them on its requests "
+        "only",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=128,
+        metavar="N",
+        help="submissions served at once (%(default)s); one client may hold at most half, "
+        "less while others submit (429 beyond)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a request's line and headers may take to arrive (%(default)s; 408 after)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="seconds a request body may take, plus one per KiB received (%(default)s; "
+        "then 408)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=32 * 1024,
+        metavar="N",
+        help="largest request line and headers accepted (%(default)s; 431 beyond)",
+    )
+    p.add_argument(
         "--access-log",
         action="store_true",
         help="log every request line (off by default: search URLs may carry identifiers)",
     )
     p.set_defaults(func=run_serve)
-
-    clients = sub.add_parser("clients", help="API clients and their bearer credentials")
-    csub = clients.add_subparsers(dest="clients_command", required=True)
-    add = csub.add_parser(
-        "add",
-        help="register a client and print its credential (once)",
-        description="Registers an API client. Its credential is printed once; the database "
-        "keeps only its SHA-256.",
-        epilog="example: medledger clients add --name 'Boao HIS' --role hospital "
-        "--org boao-lecheng-intl --json",
-    )
-    add_state_options(add)
-    add.add_argument("--name", required=True, help="a label for people reading the list")
-    add.add_argument("--role", required=True, choices=ROLES)
-    add.add_argument(
-        "--org",
-        help="the organisation the client acts for (required for hospital and insurer): a "
-        "FHIR id, as in Organization/<org>",
-    )
-    add.add_argument(
-        "--jwks",
-        type=Path,
-        metavar="FILE",
-        help="a JWKS file of the client's public keys (EC P-384, RSA, Ed25519; each with a "
-        "unique kid), for SMART Backend Services tokens at POST /auth/token",
-    )
-    add.add_argument("--json", action="store_true", help="print JSON")
-    add.set_defaults(func=run_clients_add)
-
-    ls = csub.add_parser("list", help="list registered clients (never their credentials)")
-    add_state_options(ls)
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=run_clients_list)
 
 
 def _fail(message: str, code: int) -> int:
@@ -133,44 +161,60 @@ def _default_workers() -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from exchange.connections import ConnectionLimits, protocol_class
+    from exchange.intake import IntakeLimits
+    from exchange.services import IntakeRunner, open_services
+
+    if args.export_ttl <= 0:
+        return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
+    settings = replace(settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl))
+    try:
+        rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
+        limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_header_bytes)
+        public_url = parse_public_url(args.public_url or default_public_url(args.host, args.port))
+        proxies = () if args.trust_proxy is None else parse_proxies(args.trust_proxy)
+        if args.max_in_flight < 1:
+            raise ValueError(f"--max-in-flight must be at least 1, not {args.max_in_flight}")
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+    workers = _default_workers() if args.intake_workers is None else max(0, args.intake_workers)
+    # First: the intake workers warm while the store opens and the app loads, so the server
+    # is ready soon after it binds (benchmarks/startup.py).
+    intake = IntakeRunner(IntakeLimits(), workers)
+    intake.start()
+    try:
+        services = open_services(settings, intake=intake, max_in_flight=args.max_in_flight)
+    except (LedgerError, SQLAlchemyError, VaultError) as e:
+        intake.close()
+        return _open_failure(e)
+
     import uvicorn
 
     from exchange.app import create_app
     from exchange.demo import instructions, seed
-    from exchange.services import open_services
 
-    settings = settings_from_args(args)
-    workers = _default_workers() if args.intake_workers is None else max(0, args.intake_workers)
-    try:
-        services = open_services(settings, intake_workers=workers)
-    except LedgerUnavailable as e:
-        return _fail(str(e), EXIT_UNAVAILABLE)
-    except LedgerError as e:
-        return _fail(str(e), EXIT_MALFORMED)
-    except SQLAlchemyError as e:
-        return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
-    except VaultError as e:
-        return _fail(str(e), EXIT_MALFORMED)
-    problems = durability_problems(services.engine)
-    if problems and args.production:
+    durability = durability_problems(services.engine)
+    exposed = exposed_state(settings)
+    if args.production and (durability or exposed):
         services.close()
-        return _fail(
-            "refusing to start in production mode: "
-            + "; ".join(problems)
-            + ": a crash could lose acknowledged entries",
-            EXIT_MALFORMED,
-        )
-    for problem in problems:
+        lost = [f"{p}: a crash could lose acknowledged entries" for p in durability]
+        return _fail("refusing to start in production mode: " + "; ".join(lost + exposed),
+                     EXIT_MALFORMED)  # fmt: skip
+    for problem in durability:
         print(f"medledger: warning: {problem}: a crash could lose entries", file=sys.stderr)
+    for problem in exposed:
+        print(f"medledger: warning: {problem}", file=sys.stderr)
     if services.log.read_only_reason:
         print(f"medledger: warning: serving reads only: {services.log.read_only_reason}",
               file=sys.stderr)
-    try:
-        rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
-    except ValueError as e:
-        services.close()
-        return _fail(str(e), EXIT_USAGE)
-    app = create_app(settings, services=services, rate_limit=rate_limit)
+    if args.host in ("0.0.0.0", "::") and args.public_url is None:
+        print(f"medledger: warning: absolute URLs (the SMART token audience among them) name "
+              f"{public_url}: give --public-url, the address clients use",
+              file=sys.stderr)  # fmt: skip
+    app = create_app(
+        settings, services=services, rate_limit=rate_limit, public_url=public_url,
+        trusted_proxies=proxies,
+    )  # fmt: skip
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base_url = f"http://{shown_host}:{args.port}"
     vkey = services.log.signer.verifier.vkey()
@@ -184,11 +228,20 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
           flush=True)
     print(f"medledger: serving {base_url}/fhir (Ctrl-C to stop)", flush=True)
+    if public_url != base_url:
+        print(f"medledger: public URL {public_url}", flush=True)
     print(f"medledger: vault master key {services.vault.master.id}: keep a backup apart from "
           "the database; without it no stored Bundle can be read", flush=True)  # fmt: skip
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=args.access_log,
+        http=protocol_class(limits),
+        # X-Forwarded-* is applied by the app, and only from --trust-proxy (exchange.public).
+        proxy_headers=False,
     )
+    server = uvicorn.Server(config)
     try:
         server.run()
     except SystemExit:
@@ -198,59 +251,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_failure(e: Exception) -> int:
+    if isinstance(e, LedgerUnavailable):
+        return _fail(str(e), EXIT_UNAVAILABLE)
+    if isinstance(e, SQLAlchemyError):
+        return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
+    return _fail(str(e), EXIT_MALFORMED)  # LedgerError, VaultError: the local state
+
+
 def _demo_dir(settings: Settings) -> Path:
     return settings.data_dir / "demo"
 
-
-def _open_tables(settings: Settings) -> Engine:
-    if settings.db_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
-    db.create_schema(engine)
-    return engine
-
-
-def run_clients_add(args: argparse.Namespace) -> int:
-    jwks = None
-    if args.jwks is not None:
-        try:
-            jwks = args.jwks.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            return _fail(f"cannot read the JWKS file {args.jwks}: {e}", EXIT_USAGE)
-    try:
-        engine = _open_tables(settings_from_args(args))
-        client, token = register_client(engine, args.name, args.role, args.org, jwks)
-    except (ClientError, JwksError) as e:
-        return _fail(str(e), EXIT_USAGE)
-    except (LedgerUnavailable, SQLAlchemyError) as e:
-        return _fail(f"the database cannot be written: {e}", EXIT_UNAVAILABLE)
-    info = {
-        "client_id": client.client_id,
-        "token": token,
-        "name": client.name,
-        "role": client.role,
-        "org": client.org,
-    }
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k}: {v if v is not None else '-'}")
-        print("The token is shown only now: store it. The server keeps only its hash.")
-    engine.dispose()
-    return EXIT_OK
-
-
-def run_clients_list(args: argparse.Namespace) -> int:
-    try:
-        engine = _open_tables(settings_from_args(args))
-        clients = list_clients(engine)
-    except (LedgerUnavailable, SQLAlchemyError) as e:
-        return _fail(f"the database cannot be read: {e}", EXIT_UNAVAILABLE)
-    if args.json:
-        print(json.dumps([c.__dict__ for c in clients]))
-    else:
-        for c in clients:
-            print(f"{c.client_id}  {c.role:<8}  {c.org or '-':<24}  {c.name}")
-    engine.dispose()
-    return EXIT_OK

@@ -6,11 +6,17 @@ consent takes effect on the very next request it evaluates.
 
 Rules (FHIR R4 Consent, section 15.6.4 "Consent Rules" and Consent.provision):
 
-- Versions: the Consent resources of a patient are grouped by `id`; the last submitted version of
-  each counts (a withdrawal is a new version with status `inactive` or `rejected`).
-  `entered-in-error`, `draft` and `proposed` consents count for nothing.
-- The newest consent (by `dateTime`, then by submission order) among the remaining wins. If it
-  is not `active`, nothing is permitted: withdrawing the newest consent does not revive an older.
+- Which Consents exist: those of the *latest version* of each consent Bundle. The caller passes
+  exactly those (:func:`exchange.settlement.consents_of`); a Consent that a newer version of
+  its Bundle no longer carries no longer exists, whatever its status or dateTime said. Within
+  them, the Consents are grouped by `id` and the last submitted of each id counts (a Consent
+  without an id is its own). `entered-in-error`, `draft` and `proposed` consents count for
+  nothing.
+- The newest consent by `dateTime` among the remaining wins (a tie goes to the later
+  submission). Every Consent needs a `dateTime` (intake refuses one without, 422 at
+  `Consent.dateTime`): one stored without it before that rule cannot be ordered, so nothing is
+  permitted until the hospital sends it again with its dateTime. If the winner is not
+  `active`, nothing is permitted: withdrawing the newest consent does not revive an older.
 - Its root provision is evaluated against the request: a provision applies when every criterion
   it states matches (period contains now; an actor is this insurer's Organization; a purpose
   covers the request's purpose; a class names the resource type; dataPeriod contains the
@@ -164,13 +170,20 @@ def provision_decision(provision: Mapping[str, Any], req: Request) -> str | None
     return own
 
 
-def _time_of(consent: Mapping[str, Any]) -> datetime:
-    when = consent.get("dateTime")
-    return _instant(when) if when else datetime.min.replace(tzinfo=UTC)
+class UndatedConsent(ConsentError):
+    """A counted Consent has no `dateTime`, so which consent is newest cannot be told."""
+
+    def __init__(self, consent_id: str | None) -> None:
+        super().__init__(
+            f"consent {consent_id or '(without id)'} has no dateTime, so which consent is the "
+            "newest cannot be told: the hospital must send it again with Consent.dateTime"
+        )
+        self.consent_id = consent_id
 
 
 def current_consents(consents: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The last submitted version of each Consent id, in submission order of those versions."""
+    """The last submitted version of each Consent id, in submission order of those versions
+    (`consents`: the Consents of the latest version of each Bundle, in submission order)."""
     latest: dict[str, tuple[int, Mapping[str, Any]]] = {}
     for order, consent in enumerate(consents):
         if consent.get("resourceType") != "Consent":
@@ -181,24 +194,33 @@ def current_consents(consents: Iterable[Mapping[str, Any]]) -> list[Mapping[str,
 
 
 def newest_consent(consents: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The consent that decides: the newest by dateTime, then by submission order."""
+    """The consent that decides: the newest by dateTime, a tie going to the later submission.
+    Raises :class:`UndatedConsent` when a counted Consent has no dateTime."""
     counted = [c for c in current_consents(consents) if c.get("status") not in _IGNORED_STATUSES]
     if not counted:
         return None
-    ranked = sorted(enumerate(counted), key=lambda t: (_time_of(t[1]), t[0]))
+    for consent in counted:
+        if not consent.get("dateTime"):
+            cid = consent.get("id")
+            raise UndatedConsent(cid if isinstance(cid, str) else None)
+    ranked = sorted(enumerate(counted), key=lambda t: (_instant(t[1]["dateTime"]), t[0]))
     return ranked[-1][1]
 
 
 def evaluate(
     consents: Iterable[Mapping[str, Any]], req: Request, research: bool = False
 ) -> Decision:
-    """The decision for one request, given the patient's Consents in submission order: a
-    payer's (a payment purpose), or with `research` a regulator's (a research purpose)."""
+    """The decision for one request, given the patient's current Consents (those of the latest
+    version of each Bundle) in submission order: a payer's (a payment purpose), or with
+    `research` a regulator's (a research purpose)."""
     if research and req.purpose not in REGULATOR_PURPOSES:
         return Decision(False, f"purpose of use {req.purpose!r} is not a research purpose")
     if not research and req.purpose not in INSURER_PURPOSES:
         return Decision(False, f"purpose of use {req.purpose!r} is not a payment purpose")
-    consent = newest_consent(consents)
+    try:
+        consent = newest_consent(consents)
+    except UndatedConsent as e:
+        return Decision(False, str(e), e.consent_id)
     if consent is None:
         return Decision(False, "the patient has no consent on record")
     cid = consent.get("id")

@@ -146,7 +146,7 @@ recipients_table = Table(
 
 def create_schema(engine: Engine) -> None:
     """The gate's tables (idempotent)."""
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
 
 

@@ -5,13 +5,16 @@ ledger commitment, both sealed by the vault (exchange.vault: read them through b
 bundle_by_index, which decrypt); a row is written in the same transaction as its ledger entry
 (ledger.log.Submission.write), so neither exists without the other. Bundle rows are
 append-only, like the ledger's. `exchange_clients` holds API clients with the SHA-256 of their
-bearer token, never the token. `exchange_secrets` holds per-log keys (the pseudonym key).
+bearer token, never the token, its expiry and the client's revocation; every change of a
+credential bumps the one row of `exchange_credential_epoch`, which each request reads (shared
+by concurrent requests) before it trusts a credential it has cached. `exchange_secrets` holds
+per-log keys (the pseudonym key).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -27,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
     text,
 )
@@ -69,6 +73,16 @@ clients_table = Table(
     Column("org", String(64)),
     Column("token_hash", LargeBinary, nullable=False, unique=True),
     Column("created", String(32), nullable=False),
+    # Added after the first databases were made: nullable, so create_schema can add them.
+    Column("expires", BigInteger),  # unix seconds after which the token is refused; NULL never
+    Column("revoked", String(32)),  # when the client was revoked (RFC 3339); NULL while active
+)
+
+credential_epoch_table = Table(
+    "exchange_credential_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("epoch", BigInteger, nullable=False),
 )
 
 # SMART Backend Services (exchange.smart): each client's registered public JWKS, the `jti` of
@@ -117,12 +131,25 @@ def create_schema(engine: Engine) -> None:
 
     # The ledger's schema first: on PostgreSQL it defines the trigger function used here.
     store.create_schema(engine)
-    with store.write_transaction(engine) as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(6963)"))
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
+        _add_missing_columns(conn, clients_table)
+        epoch = credential_epoch_table.c
+        if conn.execute(select(epoch.id).where(epoch.id == 1)).first() is None:
+            conn.execute(insert(credential_epoch_table).values(id=1, epoch=0))
         for table in APPEND_ONLY_TABLES:
             store._create_append_only_trigger(conn, table)
+
+
+def _add_missing_columns(conn: Connection, table: Table) -> None:
+    """Adds the columns a database made by an earlier version lacks (only nullable ones are
+    ever added to a table, so ADD COLUMN needs no default)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in have:
+            assert column.nullable, f"{table.name}.{column.name} cannot be added to old rows"
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def secret(engine: Engine, name: str, size: int = 32) -> bytes:
@@ -195,23 +222,54 @@ def bundle_id_of_version(
     ).scalar()
 
 
-def bundle_subjects(engine: Engine, indexes: Iterable[int]) -> list[bytes]:
-    """The pseudonyms of every patient the Bundles at these ledger indexes name, for an access
-    entry about their data: each Bundle's entry subject first, then the others it names (the
-    keys its bytes are sealed under: exchange.vault), without repeats."""
+def subjects_by_index(engine: Engine, indexes: Iterable[int]) -> dict[int, list[bytes]]:
+    """The pseudonyms of the patients each Bundle at these ledger indexes names: those whose
+    keys its bytes are sealed under (exchange.vault), in the order it names them. The first is
+    its entry's subject (for a Bundle stored under a spelling that exchange.store_upgrade made
+    an alias, the same patient's current pseudonym); a Bundle naming no patient has none, and
+    an erased patient has none left. An access entry about the Bundle's data names each."""
     from exchange import vault
 
-    wanted = list(dict.fromkeys(indexes))
-    if not wanted:
-        return []
+    wanted = sorted(set(indexes))
+    opened = vault.of(engine)
+    found: dict[int, list[bytes]] = {}
     t = bundles_table
     with engine.connect() as conn:
-        rows = conn.execute(select(t.c.idx, t.c.subject, t.c.salt).where(t.c.idx.in_(wanted)))
-        by_index = {int(r.idx): r for r in rows}
-        found = [by_index[i] for i in wanted if i in by_index]
-        named = vault.of(engine).subjects_of_sealed(conn, [bytes(r.salt) for r in found])
-    firsts = [bytes(r.subject) for r in found if r.subject is not None]
-    return list(dict.fromkeys([*firsts, *named]))
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            # The salt is sealed under the same keys as the bytes, and is small.
+            rows = conn.execute(select(t.c.idx, t.c.salt).where(t.c.idx.in_(chunk))).all()
+            needs = {int(r.idx): vault.sealed_key_ids(bytes(r.salt)) for r in rows}
+            pseudonyms = opened.pseudonyms(conn, {k for ids in needs.values() for k in ids})
+            for idx, ids in needs.items():
+                found[idx] = [pseudonyms[k] for k in ids if k in pseudonyms]
+    return found
+
+
+def patients_of(named: Iterable[Sequence[bytes]]) -> dict[bytes, list[bytes]]:
+    """Whom the access entries about some Bundles name (exchange.access), given the patients
+    each Bundle names (:func:`subjects_by_index`): one entry per Bundle's first patient (its
+    own entry's subject), in order, naming the further patients of each such Bundle, without
+    repeats."""
+    out: dict[bytes, list[bytes]] = {}
+    for subjects in named:
+        if not subjects:
+            continue
+        first, *rest = subjects
+        others = out.setdefault(first, [])
+        others.extend(s for s in dict.fromkeys(rest) if s != first and s not in others)
+    return out
+
+
+def bundle_patients(engine: Engine, indexes: Iterable[int]) -> dict[bytes, list[bytes]]:
+    """:func:`patients_of` the Bundles at `indexes`, in ledger order: whom a disclosure of
+    their data concerns."""
+    by_index = subjects_by_index(engine, indexes)
+    return patients_of(by_index[idx] for idx in sorted(by_index))
+
+
+# Values per IN list: far below every backend's limit on bound parameters.
+_IN_CHUNK = 500
 
 
 def _bundle_row(conn: Connection, row: object) -> BundleRow:

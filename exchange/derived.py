@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy import (
@@ -59,6 +59,10 @@ class StoredBundle:
     sender: str
     id: str
     data: bytes
+    # The Bundle key this version is sealed under (exchange.vault), for an index that seals
+    # what it derives from the Bundle under it (exchange.quality_facts): an erasure of any
+    # patient the Bundle names reaches that too.
+    bundle_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class DerivedIndex:
 
 def create_schema(engine: Engine, index: DerivedIndex) -> None:
     """The index's table and mark (idempotent); the exchange schema must exist."""
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
         index.table.create(conn, checkfirst=True)
         found = conn.execute(select(state_table.c.name).where(state_table.c.name == index.name))
@@ -104,15 +108,16 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
                 .limit(batch)
             ).all()
             # The bytes are sealed (exchange.vault); an erased Bundle has none left to index.
-            opened = vault.of(engine).open_many(
+            opened = vault.of(engine).open_bundles(
                 conn, [(bytes(r.data), r.id, int(r.version), int(r.idx)) for r in found]
             )
         if not found:
             return read
         rows: list[dict[str, object]] = []
-        for (idx, sender, bundle_id, _, _), data in zip(found, opened, strict=True):
-            if data is not None:
-                rows.extend(index.rows_of(StoredBundle(int(idx), sender, bundle_id, data)))
+        for (idx, sender, bundle_id, _, _), got in zip(found, opened, strict=True):
+            if got is not None:
+                data, key = got
+                rows.extend(index.rows_of(StoredBundle(int(idx), sender, bundle_id, data, key)))
         with store.write_transaction(engine) as conn:
             if _mark(conn, index.name, lock=True) != last:
                 continue  # another catch-up indexed these first: read again from its mark
@@ -129,7 +134,7 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
 def reset(conn: Connection) -> int:
     """In the caller's write transaction: forgets every index's rows and mark, so each is
     rebuilt from the Bundles on its next use (after the keys its rows hold changed, as when
-    exchange.vault_upgrade gave identifiers one spelling). Returns how many rows went."""
+    exchange.store_upgrade gave identifiers one spelling). Returns how many rows went."""
     inspector = inspect(conn)
     if not inspector.has_table(tables_table.name):
         return 0

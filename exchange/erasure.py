@@ -124,7 +124,7 @@ def _check_admin(client: Client) -> Client:
 
 def create_tables(engine: Engine) -> None:
     """The erasure requests table (idempotent); the exchange schema must exist."""
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
 
 

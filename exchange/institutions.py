@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 
+from ledger import store
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
 from ledger.jcs import canonicalize
 from ledger.log import Log, Submission
@@ -67,7 +68,7 @@ institutions_table = Table(
 
 
 def create_tables(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
 
 
@@ -448,7 +449,7 @@ class SenderCache:
 
     A change appended by this process (append_attestation) takes effect on the next
     submission; one appended by another process (the CLI beside a running server) within
-    `ttl` seconds, as a removed client does in exchange.auth.ClientCache.
+    `ttl` seconds.
     """
 
     def __init__(self, engine: Engine, ttl: float = 5.0, max_size: int = 10_000) -> None:

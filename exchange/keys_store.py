@@ -35,7 +35,8 @@ from sqlalchemy import (
 )
 
 from ledger import store
-from ledger.checkpoint import parse_checkpoint
+from ledger.audit import SourceMalformed
+from ledger.checkpoint import CheckpointError, parse_checkpoint
 from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import LedgerError, LogStateError
 from ledger.keys import load_or_create_signer, load_signer, write_key_file
@@ -52,7 +53,7 @@ from ledger.keyset import (
     sign_key_document,
 )
 from ledger.log import Log, RowWriter, Submission
-from ledger.note import Signer, Verifier
+from ledger.note import NoteError, Signer, Verifier
 from ledger.note import split as split_note
 
 metadata = MetaData()
@@ -78,7 +79,7 @@ _KEY_EVENTS_MARK = select(func.count(), func.coalesce(func.max(key_events_table.
 
 
 def create_table(engine: Engine) -> None:
-    with store.write_transaction(engine) as conn:
+    with store.schema_transaction(engine) as conn:
         metadata.create_all(conn)
         store._create_append_only_trigger(conn, key_events_table.name)  # noqa: SLF001
 
@@ -287,20 +288,43 @@ def source_key_events(source: Any) -> list[KeyEvent]:
             return read_events(conn)
 
         return list(source._run(q))  # noqa: SLF001 - the source's own error mapping
-    r = source._get("/v1/log/keys")  # noqa: SLF001
-    if r.status_code == 404:
+    answer = source.log_keys()
+    if answer is None:
         return []
-    items = source._json(r)  # noqa: SLF001
+    items, url = answer
+    malformed = SourceMalformed(
+        f"{url} is not a list of keys with documents (index, note, salt)",
+        "check that --url is the server's base address; a server that answers this way is "
+        "broken or hostile: report it to its operator",
+    )
+    if not isinstance(items, list):
+        raise malformed
     events: dict[int, KeyEvent] = {}
-    try:
-        for key in items:
-            for d in key.get("documents", []):
-                events[int(d["index"])] = KeyEvent(
-                    int(d["index"]), str(d["note"]), base64.b64decode(d["salt"], validate=True)
-                )
-    except (TypeError, KeyError, ValueError, AttributeError) as e:
-        raise KeyRuleError(f"GET /v1/log/keys is not a list of keys with documents: {e}") from e
+    for key in items:
+        documents = key.get("documents", []) if isinstance(key, dict) else None
+        if not isinstance(documents, list):
+            raise malformed
+        for d in documents:
+            event = _key_event(d)
+            if event is None:
+                raise malformed
+            events[event.index] = event
     return sorted(events.values(), key=lambda e: e.index)
+
+
+def _key_event(d: object) -> KeyEvent | None:
+    """A key document as GET /v1/log/keys lists it, or None when it is not one."""
+    if not isinstance(d, dict):
+        return None
+    index, note, salt = d.get("index"), d.get("note"), d.get("salt")
+    if type(index) is not int or index < 0 or not isinstance(note, str):
+        return None
+    if not isinstance(salt, str):
+        return None
+    try:
+        return KeyEvent(index, note, base64.b64decode(salt, validate=True))
+    except ValueError:  # binascii.Error, or a plain ValueError for non-ASCII text
+        return None
 
 
 def source_keyset(source: Any, trusted: Sequence[Verifier]) -> KeySet | None:
@@ -309,7 +333,10 @@ def source_keyset(source: Any, trusted: Sequence[Verifier]) -> KeySet | None:
     events = source_key_events(source)
     if not events:
         return None
-    origin = parse_checkpoint(split_note(source.checkpoint())[0]).origin
+    try:
+        origin = parse_checkpoint(split_note(source.checkpoint())[0]).origin
+    except (NoteError, CheckpointError) as e:
+        raise KeyRuleError(f"the log's latest checkpoint is malformed: {e}") from e
     for e in events:
         got = source.entries(e.index, e.index + 1)
         if not got:

@@ -15,10 +15,11 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from exchange.intake import IntakeError, Issue
 from ledger.errors import LedgerUnavailable
@@ -26,6 +27,10 @@ from ledger.errors import LedgerUnavailable
 FHIR_JSON = "application/fhir+json"
 
 log = logging.getLogger("medledger.exchange")
+
+# Set in a request's scope when the server cut its body off (exchange.connections): why, for
+# the one line the app logs when it finds the body gone.
+CUT_OFF = "medledger.cut_off"
 
 # FHIR IssueType codes (http://hl7.org/fhir/issue-type) for HTTP statuses raised by the framework.
 _STATUS_CODES = {
@@ -166,6 +171,15 @@ async def _unavailable(request: Request, exc: Exception) -> FhirJSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up before its body was all there (or the server cut it off for being too
+    # slow: exchange.connections). Nothing was stored and no one is left to answer: one line.
+    why = request.scope.get(CUT_OFF, "the client disconnected mid-body")
+    peer = request.client.host if request.client else "-"
+    log.warning("%s %s from %s: %s", request.method, request.url.path, peer, why)
+    return Response(status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return outcome_response(
@@ -218,4 +232,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _unavailable)
     app.add_exception_handler(LedgerUnavailable, _unavailable)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

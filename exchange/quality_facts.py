@@ -40,9 +40,23 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, String, Table, Text, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    inspect,
+    select,
+    text,
+)
 
-from exchange.derived import DerivedIndex, StoredBundle
+from exchange import vault
+from exchange.derived import DerivedIndex, StoredBundle, state_table
 from exchange.quality import EpisodeFacts
 
 LOINC = "http://loinc.org"
@@ -68,6 +82,10 @@ KINDS = ("record", "rwd", "settlement", "consent")
 
 metadata = MetaData()
 
+# What a fact row says beyond its kind (see _row): sealed together, as JSON, in `data`.
+PAYLOAD = ("key", "ref", "patient", "episode", "code", "at", "until", "value", "unit")
+FACT_LABEL = b"medledger-quality/v1 facts"
+
 quality_table = Table(
     "exchange_quality_facts",
     metadata,
@@ -75,16 +93,12 @@ quality_table = Table(
     Column("sender", String(64), nullable=False),
     Column("bundle_id", String(64), nullable=False),
     Column("fact", String(16), nullable=False),  # see FACTS
-    Column("key", Text, nullable=False),  # the resource: Type/id, or bundle id # fullUrl
-    Column("ref", Text),  # what the fact points at (a Claim, a complaint)
-    Column("patient", Text),
-    Column("episode", Text),  # the Encounter
-    Column("code", Text),  # system|code
-    # FHIR dateTimes as written (unbounded: R4 allows any number of fraction digits)
-    Column("at", Text),
-    Column("until", Text),
-    Column("value", Text),
-    Column("unit", Text),
+    # The resource, what it points at, patient, episode, code, times, value and unit (PAYLOAD):
+    # patient data, so it lives in the vault like the Bundle it comes from, AES-256-GCM under
+    # a key made from the Bundle key of the version at `idx` (vault.joint_key): an erasure of
+    # any patient the Bundle names leaves these bytes unreadable wherever a copy survives (a
+    # backup, a dead row version).
+    Column("data", LargeBinary, nullable=False),
     Index("ix_exchange_quality_facts_sender", "sender", "fact"),
 )
 
@@ -375,23 +389,69 @@ def _plan_rows(
     return rows
 
 
+def _aad(bundle_id: str, index: int, fact: str) -> bytes:
+    return f"medledger-quality/v1\x00{bundle_id}\x00{index}\x00{fact}".encode()
+
+
 def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
     # Stored Bundles passed intake, so they are JSON; the reading is lenient by design.
-    return [
-        {"idx": bundle.index, "sender": bundle.sender, "bundle_id": bundle.id, **row}
-        for row in bundle_rows(json.loads(bundle.data), bundle.id)
-    ]
+    key = vault.joint_key([bundle.bundle_key], FACT_LABEL)
+    out: list[dict[str, object]] = []
+    for row in bundle_rows(json.loads(bundle.data), bundle.id):
+        payload = json.dumps({k: row[k] for k in PAYLOAD}, separators=(",", ":")).encode()
+        fact = str(row["fact"])
+        sealed = vault.seal_derived(key, payload, _aad(bundle.id, bundle.index, fact))
+        out.append(
+            {
+                "idx": bundle.index,
+                "sender": bundle.sender,
+                "bundle_id": bundle.id,
+                "fact": fact,
+                "data": sealed,
+            }
+        )
+    return out
 
 
 QUALITY = DerivedIndex("quality", KINDS, quality_table, _rows_of)
 
 
 def sender_rows(engine: Engine, sender: str) -> list[dict[str, object]]:
-    """Every fact row of one sender's Bundles, in ledger order."""
+    """Every fact row of one sender's Bundles, in ledger order, opened (the rows of a Bundle
+    whose key an erasure made unopenable are left out: they say nothing any more)."""
     t = quality_table
     with engine.connect() as conn:
         found = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.idx)).all()
-    return [dict(r._mapping) for r in found]
+        opened = vault.of(engine).bundle_keys(conn, {int(r.idx) for r in found})
+    keys = {idx: vault.joint_key([key], FACT_LABEL) for idx, key in opened.items()}
+    rows: list[dict[str, object]] = []
+    for r in found:
+        if int(r.idx) not in keys:
+            continue
+        aad = _aad(r.bundle_id, int(r.idx), r.fact)
+        payload = json.loads(vault.unseal_derived(keys[int(r.idx)], bytes(r.data), aad))
+        rows.append({"idx": r.idx, "sender": r.sender, "bundle_id": r.bundle_id,
+                     "fact": r.fact, **payload})  # fmt: skip
+    return rows
+
+
+def upgrade_schema(conn: Connection) -> bool:
+    """Replaces a fact table of an earlier format by nothing: facts in the clear (a `code`
+    column), or sealed under the first vault format's data keys (a `key_id` column). It is a
+    derived index, so the next catch-up rebuilds it, sealed under the Bundle keys, from the
+    Bundles (an erased Bundle gives no rows). Idempotent; True when it upgraded."""
+    inspector = inspect(conn)
+    if not inspector.has_table(quality_table.name):
+        return False
+    columns = {c["name"] for c in inspector.get_columns(quality_table.name)}
+    if not columns & {"code", "key_id"}:
+        return False
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero the dropped pages
+    conn.execute(text(f'DROP TABLE "{quality_table.name}"'))
+    if inspector.has_table(state_table.name):
+        conn.execute(state_table.delete().where(state_table.c.name == QUALITY.name))
+    return True
 
 
 def episode_facts(engine: Engine, sender: str, as_of: datetime) -> list[EpisodeFacts]:

@@ -6,14 +6,17 @@ NMPA's approvals. Giving a patient's data to the regulator is providing it to an
 (v3-ActReason HRESCH, or CLINTRCH). Each Bundle that used the product (the recall index,
 exchange/trace.py) is disclosed only when its patient's newest consent from the submitting
 hospital permits this regulator that purpose now, evaluated by exchange/consent.py as an
-insurer's request is; a Bundle naming no patient has no consent to permit it. The lines are
+insurer's request is (the current Consents: those of the latest version of each consent
+Bundle); a Bundle naming no patient has no consent to permit it. The export is answered at
+once, so consent is decided at the moment the data leaves; each patient disclosed gets an
+access entry of their own (exchange/routers/rwd_export.py). The lines are
 adapters/trace_export.rwd_export's: the stored bytes with insignificant whitespace removed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +26,7 @@ from adapters.trace_export import rwd_export
 from adapters.trace_index import RecallQuery
 from exchange import consent as consent_rules
 from exchange import settlement, trace
-from exchange.db import bundle_by_id
+from exchange.db import bundle_by_id, patients_of, subjects_by_index
 from exchange.intake.kind import patient_identifiers
 from exchange.services import pseudonym
 from exchange.vault import Erased
@@ -34,6 +37,10 @@ class Export:
     ndjson: bytes
     disclosed: int  # Bundles in the export
     withheld: int  # Bundles that used the product but no consent let through (or erased)
+    # Each patient an access entry names (the subject of a disclosed Bundle) -> the further
+    # patients those Bundles name (exchange.db.patients_of), and -> its Bundles.
+    patients: dict[bytes, list[bytes]] = field(default_factory=dict)
+    bundles: dict[bytes, int] = field(default_factory=dict)
 
 
 def consents_about(
@@ -55,6 +62,7 @@ def export_product(
     """The NDJSON export of `query`'s product for regulator `org`; the recall and settlement
     indexes must be fresh."""
     permitted: list[tuple[int, bytes]] = []
+    named: list[list[bytes]] = []
     withheld = 0
     for bundle_id in dict.fromkeys(h.bundle_id for h in trace.recall(engine, query, None)):
         try:
@@ -69,8 +77,13 @@ def export_product(
         req = consent_rules.Request(org=org, purpose=purpose, resource_type="Bundle", now=now)
         if consents and consent_rules.evaluate(consents, req, research=True).permit:
             permitted.append((row.index, row.data))
+            named.append(subjects_by_index(engine, [row.index]).get(row.index, []))
         else:
             withheld += 1
     permitted.sort()
     data = rwd_export(permitted, query)
-    return Export(data, data.count(b"\n"), withheld)
+    bundles: dict[bytes, int] = {}
+    for subjects in named:
+        if subjects:
+            bundles[subjects[0]] = bundles.get(subjects[0], 0) + 1
+    return Export(data, data.count(b"\n"), withheld, patients_of(named), bundles)

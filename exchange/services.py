@@ -14,9 +14,10 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from sqlalchemy import Connection, Engine, insert
 
 from exchange import db, institutions, vault
 from exchange.auth import Client, ClientCache
-from exchange.intake import IntakeError, IntakeLimits, Issue, check_bundle
+from exchange.intake import IntakeError, IntakeLimits
+from exchange.intake.worker import Checked, Refusal, check, check_in_worker, warm
 from exchange.outcome import ApiError
 from exchange.settings import Settings
 from ledger.entry import SALT_SIZE, Entry, commitment
@@ -45,76 +47,69 @@ INLINE_INTAKE_BYTES = 64 * 1024
 # --- intake -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Checked:
-    """What intake found in an accepted Bundle, as far as the ledger and the tables need it."""
-
-    kind: str
-    media: str
-    identifier: tuple[str, str] | None
-    # Every Patient.identifier (system, value) the Bundle names, in its one spelling; the first
-    # is the patient the ledger entry's `subject` names.
-    patients: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class _Refusal:
-    # IntakeError does not survive pickling (its __init__ takes the issues), so workers
-    # send back its parts.
-    status: int
-    issues: tuple[Issue, ...]
-
-
-def check(body: bytes, content_type: str | None, limits: IntakeLimits) -> Checked:
-    """The intake pipeline; raises IntakeError."""
-    intake = check_bundle(body, content_type, limits)
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    return Checked(
-        kind=intake.kind,
-        media=media,
-        identifier=intake.identifier,
-        patients=tuple(intake.patients),
-    )
-
-
-def _check_in_worker(
-    body: bytes, content_type: str | None, limits: IntakeLimits
-) -> Checked | _Refusal:
-    try:
-        return check(body, content_type, limits)
-    except IntakeError as e:
-        return _Refusal(e.status, tuple(e.issues))
-
-
-def _warm_worker() -> None:
-    # The R4B models load lazily, per resource type: pay for the common ones before traffic.
-    from exchange.demo import sample_bundles
-
-    for body in sample_bundles():
-        check(body, "application/fhir+json", IntakeLimits())
-
-
 class IntakeRunner:
-    """Runs intake inline, or in `workers` processes when started with workers > 0."""
+    """Runs intake inline, or in `workers` processes once started.
+
+    `ready` says whether a submission's intake would start at once: the models are loaded
+    (inline), or every worker has started and warmed. Starting a pool returns at once: its
+    workers are started by a thread, because starting one waits until the fork server has
+    loaded the models, and a submission that comes sooner waits for them off the event loop.
+    """
 
     def __init__(self, limits: IntakeLimits, workers: int = 0) -> None:
         self.limits = limits
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._inline_warm = False
+        # Resolves to one future per worker, each done once that worker is up and warm.
+        self._warming: Future[list[Future[int]]] = Future()
 
     def start(self) -> None:
-        if self.workers > 0 and self._pool is None:
+        if self.workers == 0:
+            if not self._inline_warm:
+                warm()
+                self._inline_warm = True
+        elif self._pool is None:
             self._pool = self._new_pool()
+
+    @property
+    def ready(self) -> bool:
+        if self.workers == 0:
+            return self._inline_warm
+        if self._pool is None or not self._warming.done() or self._warming.exception():
+            return False
+        return all(f.done() and not f.cancelled() and f.exception() is None
+                   for f in self._warming.result())  # fmt: skip
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # A fork server: the workers never inherit the server's threads or open database.
         if "forkserver" in multiprocessing.get_all_start_methods():
             ctx = multiprocessing.get_context("forkserver")
             # Not the default ["__main__"]: a script without a main guard would run again.
-            ctx.set_forkserver_preload(["exchange.intake"])
+            ctx.set_forkserver_preload(["exchange.intake.warmed"])
         else:
             ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_warm_worker)
+        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=warm)
+        warming: Future[list[Future[int]]] = Future()
+        self._warming = warming
+        threading.Thread(
+            target=self._start_workers, args=(pool, warming), name="intake-start", daemon=True
+        ).start()
+        return pool
+
+    def _start_workers(self, pool: ProcessPoolExecutor, warming: Future[list[Future[int]]]) -> None:
+        # The pool starts a worker per submission while none is idle: one probe each.
+        try:
+            warming.set_result([pool.submit(os.getpid) for _ in range(self.workers)])
+        except (RuntimeError, BrokenProcessPool) as e:  # shut down or broken meanwhile
+            warming.set_exception(e)
+
+    async def _until_started(self) -> None:
+        try:
+            probes = await asyncio.wrap_future(self._warming)
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in probes))
+        except Exception:  # noqa: BLE001  (the submission itself meets the broken pool)
+            pass
 
     def close(self) -> None:
         if self._pool is not None:
@@ -127,9 +122,12 @@ class IntakeRunner:
             if len(body) <= INLINE_INTAKE_BYTES:
                 return check(body, content_type, self.limits)
             return await run_in_threadpool(check, body, content_type, self.limits)
+        if not self.ready:
+            # Submitting now could block the event loop until the workers are up.
+            await self._until_started()
         try:
             result = await asyncio.wrap_future(
-                pool.submit(_check_in_worker, body, content_type, self.limits)
+                pool.submit(check_in_worker, body, content_type, self.limits)
             )
         except BrokenProcessPool as e:
             log.error("an intake worker died; restarting the pool")
@@ -137,7 +135,7 @@ class IntakeRunner:
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
             raise ApiError(503, "transient", "intake was interrupted: retry the request") from e
-        if isinstance(result, _Refusal):
+        if isinstance(result, Refusal):
             raise IntakeError(result.status, result.issues)
         return result
 
@@ -146,15 +144,27 @@ class IntakeRunner:
 
 
 class Admission:
-    """A cap on submissions in flight, so a burst is told to retry (429) instead of queueing
-    unbounded request bodies in memory. Used from the event loop only."""
+    """A cap on submissions in flight, shared fairly, so a burst is told to retry (429) instead
+    of queueing unbounded request bodies in memory, and no one client can take every slot.
+
+    A client may hold at most `limit // (holders + 1)` slots, `holders` being the clients that
+    hold one, itself included: alone it gets half, and a newcomer always finds a slot until
+    the cap itself is reached. Used from the event loop only.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.busy = 0
+        self._held: dict[str, int] = {}
+
+    def share(self, client: str) -> int:
+        """The slots `client` may hold while the current holders hold theirs."""
+        holders = len(self._held) + (client not in self._held)
+        return max(1, self.limit // (holders + 1))
 
     @contextmanager
-    def enter(self) -> Iterator[None]:
+    def enter(self, client: str) -> Iterator[None]:
+        mine = self._held.get(client, 0)
         if self.busy >= self.limit:
             raise ApiError(
                 429,
@@ -162,11 +172,25 @@ class Admission:
                 f"{self.limit} submissions are in flight: retry after a second",
                 headers={"Retry-After": "1"},
             )
+        if mine >= self.share(client):
+            raise ApiError(
+                429,
+                "throttled",
+                f"this client already has {mine} submissions in flight, its fair share of the "
+                f"{self.limit} slots: retry after a second",
+                headers={"Retry-After": "1"},
+            )
         self.busy += 1
+        self._held[client] = mine + 1
         try:
             yield
         finally:
             self.busy -= 1
+            left = self._held[client] - 1
+            if left:
+                self._held[client] = left
+            else:
+                del self._held[client]
 
 
 # --- the services -------------------------------------------------------------------------
@@ -191,6 +215,7 @@ class Services:
 
     def close(self) -> None:
         self.intake.close()
+        self.clients.epoch.close()
         self.log.close()
         self.engine.dispose()
 
@@ -200,25 +225,32 @@ def open_services(
     *,
     limits: IntakeLimits | None = None,
     intake_workers: int = 0,
+    intake: IntakeRunner | None = None,
     max_in_flight: int = 128,
 ) -> Services:
+    """The services of one log instance. `intake`, when given, is a runner started before
+    (its workers warm while the store opens); else one of `intake_workers` is made."""
     ledger_log = settings.open_log()
     db.create_schema(ledger_log.engine)
     institutions.create_tables(ledger_log.engine)
-    limits = limits or IntakeLimits()
-    from exchange.vault_upgrade import open_vault  # which uses this module's dedupe_keys
-
+    if intake is None:
+        intake = IntakeRunner(limits or IntakeLimits(), intake_workers)
+    limits = intake.limits
     lookup_key = db.secret(ledger_log.engine, db.PSEUDONYM_KEY)
     master = settings.vault_master_key(vault_is_empty=vault.is_empty(ledger_log.engine))
+    # It reads the indexes and uses dedupe_keys, which import this module.
+    from exchange.store_upgrade import open_vault
+
+    opened = open_vault(ledger_log.engine, master, lookup_key)
     return Services(
         settings=settings,
         log=ledger_log,
         limits=limits,
-        intake=IntakeRunner(limits, intake_workers),
+        intake=intake,
         clients=ClientCache(ledger_log.engine),
         pseudonym_key=lookup_key,
         admission=Admission(max_in_flight),
-        vault=open_vault(ledger_log.engine, master, lookup_key),
+        vault=opened,
         senders=institutions.SenderCache(ledger_log.engine),
     )
 
@@ -394,8 +426,13 @@ def conclude(services: Services, appended: Appended, pending: _Pending, version:
     """The answer to a submission the log accepted (reads the original row for a retry)."""
     if not appended.duplicate:
         return Stored(
-            pending.id, version, appended.entry.index, appended.entry.kind,
-            pending.salt, appended.receipt, True,
+            pending.id,
+            version,
+            appended.entry.index,
+            appended.entry.kind,
+            pending.salt,
+            appended.receipt,
+            True,
         )
     with services.engine.connect() as conn:
         row = db.bundle_by_index(conn, appended.entry.index)

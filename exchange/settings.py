@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from exchange.keys_store import Keyring, KeyringError, open_keyring
 from ledger import store
@@ -33,6 +38,8 @@ class Settings:
     db_url: str | None = None
     key_file: Path | None = None
     origin: str = DEFAULT_ORIGIN
+    # How long a Bulk Data export job and its files are kept after the kick-off.
+    export_ttl: timedelta = timedelta(hours=24)
 
     @property
     def database_url(self) -> str:
@@ -62,6 +69,12 @@ class Settings:
         """The log's last checkpoint, also kept beside its key (ledger.witness)."""
         return self.signing_key_path.parent / "checkpoint"
 
+    def open_engine(self) -> Engine:
+        """The database's engine; with `data_dir` the directory is made first, mode 0700."""
+        if self.db_url is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return make_engine(self.database_url)
+
     def open_log(self) -> Log:
         """Opens (creating on first use) the log with its signing key and its witness file,
         which makes the log refuse to append after the database was rolled back or replaced."""
@@ -70,9 +83,7 @@ class Settings:
     def open_log_with_keys(self) -> tuple[Log, Keyring]:
         """The log and its keyring: every checkpoint is signed by each key active at its size
         (`log.key` and the keys added since, `keys/<key id>.key` beside it; docs/operations.md)."""
-        if self.db_url is None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(self.database_url)
+        engine = self.open_engine()
         store.create_schema(engine)
         ring = open_keyring(
             engine, self.origin, self.signing_key_path, create=self.key_file is None
@@ -95,6 +106,30 @@ class Settings:
             verifiers=keys.verifiers(),
         )
         return log, ring
+
+
+def exposed_state(settings: Settings) -> list[str]:
+    """The log's private files that group or others may open, each with the command that
+    closes it: the data directory, the SQLite database with its -wal and -shm files, and
+    vault.key. (A log key so exposed is refused outright: ledger.keys.load_signer.)"""
+    private: list[tuple[Path, int]] = []
+    if settings.db_url is None:
+        private.append((settings.data_dir, 0o700))
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        private += [(Path(url.database + suffix), 0o600) for suffix in ("", "-wal", "-shm")]
+    private.append((settings.vault_key_path, 0o600))
+    found = []
+    for path, wanted in private:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            found.append(
+                f"{path} is open to group or others (mode {mode:o}): run chmod {wanted:o} {path}"
+            )
+    return found
 
 
 def add_state_options(parser: argparse.ArgumentParser) -> None:

@@ -615,10 +615,11 @@ def search_rows(engine: Engine, q: Query) -> list[Row]:
         stmt = stmt.where((s.idx > idx) | and_(s.idx == idx, s.pos > pos))
     stmt = stmt.order_by(s.idx, s.pos).limit(q.limit)
     with engine.connect() as conn:
-        return [_row(r) for r in conn.execute(stmt)]
+        return [row_of(r) for r in conn.execute(stmt)]
 
 
-def _row(r: Any) -> Row:
+def row_of(r: Any) -> Row:
+    """One indexed resource, from a row of the settlement table."""
     m = r._mapping
     return Row(
         int(m["idx"]), int(m["pos"]), m["sender"], m["bundle_id"], int(m["version"]),
@@ -662,17 +663,20 @@ class BundleBytes:
 
 
 def consents_of(engine: Engine, sender: str, subject: bytes) -> list[Row]:
-    """The index rows of the Consents the sender submitted about this patient, in submission
-    order (every Bundle version: consent evaluation takes the last version of each id)."""
+    """The index rows of the patient's current Consents from this sender, in submission order:
+    those of the latest version of each Bundle only. A Consent a newer version of its Bundle
+    no longer carries no longer exists (exchange.consent); this is the one place every reader
+    of consents (insurer search and export, the cross-border gate, the regulator's export)
+    takes them from."""
     s = settlement_table.c
     stmt = (
         select(settlement_table)
-        .where(s.resource_type == "Consent", s.sender == sender)
+        .where(s.resource_type == "Consent", s.sender == sender, _latest_version_only())
         .where(_key_filter(KEY_PATIENT, [subject]))
         .order_by(s.idx, s.pos)
     )
     with engine.connect() as conn:
-        return [_row(r) for r in conn.execute(stmt)]
+        return [row_of(r) for r in conn.execute(stmt)]
 
 
 # --- the insurer's policy -------------------------------------------------------------------

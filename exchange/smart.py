@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, Select, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from exchange.db import clients_table, smart_jti_table, smart_jwks_table, smart_tokens_table
@@ -92,30 +92,24 @@ INTERACTIONS = {"create": "c", "read": "r", "update": "u", "delete": "d", "searc
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]{1,5})")
 
-# What each role may be granted: resource type (or "*") -> permissions.
+# What each role may be granted: resource type (or "*") -> permissions. Exactly what the
+# routes each role may call need (each route's RoleGuard declares its scope; the access
+# matrix test holds the two together, and docs/smart.md shows both).
+_SETTLEMENT = ("Claim", "ClaimResponse", "Coverage", "DocumentReference", "ExplanationOfBenefit",
+               "Invoice")  # fmt: skip
+_REGISTRY = {"Organization": "rs", "MeasureReport": "s", "VerificationResult": "s"}
 ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
     "hospital": {
-        "Bundle": "cru",
-        # its own settlement resources, searched (exchange/routers/settlement.py)
-        "Claim": "rs",
-        "ClaimResponse": "rs",
-        "Coverage": "rs",
-        "ExplanationOfBenefit": "rs",
-        "Invoice": "rs",
-        "DocumentReference": "rs",
+        "Bundle": "crus",  # submit, replace, read, and the recall search (/v1/trace)
+        "Patient": "r",  # Patient/$summary
+        "AuditEvent": "s",  # the accounting of disclosures
+        # its own settlement resources: searched, and exported (read)
+        **{t: "rs" for t in _SETTLEMENT},
+        **_REGISTRY,
     },
-    "insurer": {
-        "Bundle": "rs",
-        "Claim": "rs",
-        "ClaimResponse": "rs",
-        "Coverage": "rs",
-        "Consent": "rs",
-        "Patient": "rs",
-        "ExplanationOfBenefit": "rs",
-        "Invoice": "rs",
-        "DocumentReference": "rs",
-    },
-    "auditor": {"AuditEvent": "rs", "Consent": "rs"},
+    "insurer": {**{t: "rs" for t in _SETTLEMENT}, **_REGISTRY},
+    "auditor": dict(_REGISTRY),
+    "regulator": {"Bundle": "s"},  # the RWD export of one product
     "admin": {"*": "rs"},
 }
 
@@ -293,20 +287,27 @@ def key_fits_alg(key: Mapping[str, Any], alg: str) -> bool:
 class RegisteredClient:
     client_id: str
     role: str
-    keys: list[dict[str, Any]]
+    jwks: str  # as stored: a token is issued only while it is still the client's JWKS
+
+    @property
+    def keys(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.jwks)["keys"])
+
+
+def _registered(client_id: str) -> Select[tuple[str, str, str]]:
+    """The client's row with its JWKS, if it has one and is not revoked."""
+    c, j = clients_table.c, smart_jwks_table.c
+    return (
+        select(c.client_id, c.role, j.jwks)
+        .join(smart_jwks_table, j.client_id == c.client_id)
+        .where(c.client_id == client_id, c.revoked.is_(None))
+    )
 
 
 def load_client(engine: Engine, client_id: str) -> RegisteredClient | None:
-    c, j = clients_table.c, smart_jwks_table.c
     with engine.connect() as conn:
-        row = conn.execute(
-            select(c.client_id, c.role, j.jwks)
-            .join(smart_jwks_table, j.client_id == c.client_id)
-            .where(c.client_id == client_id)
-        ).first()
-    if row is None:
-        return None
-    return RegisteredClient(row[0], row[1], json.loads(row[2])["keys"])
+        row = conn.execute(_registered(client_id)).first()
+    return None if row is None else RegisteredClient(*row)
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
     except jwt.PyJWTError as e:
         raise invalid_client(f"the client assertion is not a JWS: {e}") from None
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in KEY_TYPES:
+    if not isinstance(alg, str) or alg not in KEY_TYPES:
         raise invalid_client(f"alg {alg!r} is not accepted; use one of {', '.join(KEY_TYPES)}")
     if not isinstance(kid, str) or not kid:
         raise invalid_client("the assertion header needs the kid of a registered key")
@@ -367,6 +368,11 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
     if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
         raise invalid_client(f"jti must be a string of 1-{MAX_JTI_CHARS} characters")
     purpose = claims.get("purpose_of_use")
+    if "purpose_of_use" in claims and not isinstance(purpose, str):
+        raise TokenError(
+            "invalid_request",
+            f"purpose_of_use must be one v3-ActReason code as a string, not {_json_type(purpose)}",
+        )
     if purpose is not None and purpose not in PURPOSES:
         raise TokenError(
             "invalid_grant",
@@ -374,6 +380,19 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
             "(e.g. TREAT, HPAYMT, CLMATTCH, COVAUTH)",
         )
     return Assertion(client, jti, exp, purpose)
+
+
+def _json_type(value: object) -> str:
+    """The JSON type of a decoded value, for error messages that must not echo it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def consume_jti(engine: Engine, client_id: str, jti: str, exp: int, now: float) -> None:
@@ -423,6 +442,13 @@ def issue_token(engine: Engine, assertion: str, scope: str, token_url: str) -> I
     token = ACCESS_TOKEN_PREFIX + secrets.token_urlsafe(32)
     t = smart_tokens_table
     with store.write_transaction(engine) as conn:
+        # The client may have been revoked, or its JWKS replaced, since the assertion was
+        # checked: the token is stored only if not (the row lock waits for such a change).
+        current = conn.execute(
+            _registered(checked.client.client_id).with_for_update(of=clients_table)
+        ).first()
+        if current is None or current.jwks != checked.client.jwks:
+            raise invalid_client("the client was revoked or its keys replaced meanwhile")
         conn.execute(delete(t).where(t.c.expires < int(now)))
         conn.execute(
             insert(t).values(
@@ -456,7 +482,7 @@ def lookup_token(engine: Engine, token: str, now: float | None = None) -> TokenG
         row = conn.execute(
             select(c.client_id, c.name, c.role, c.org, t.scopes, t.purpose, t.expires)
             .join(clients_table, c.client_id == t.client_id)
-            .where(t.token_hash == hash_access_token(token))
+            .where(t.token_hash == hash_access_token(token), c.revoked.is_(None))
         ).first()
     if row is None or row[6] <= now:
         return None

@@ -26,8 +26,13 @@ tag(16)`, the key ids being those of the named patients' keys in the order the B
 them. The associated data binds the ciphertext to what it is: part (`data` or `salt`), Bundle
 id, version and ledger index, so a row's ciphertext moved to another row, or the salt swapped
 with the data, does not decrypt. Values of the first format (`MLV1`, sealed under the first
-named patient's key alone) are rewritten by exchange.vault_upgrade when the store opens; only
+named patient's key alone) are rewritten by exchange.store_upgrade when the store opens; only
 those whose key was already erased stay, and read as erased.
+
+What is derived from Bundles and kept (quality facts, the digest of an export file) is sealed
+under a :func:`joint_key` of their Bundle keys, `MLD1 ‖ nonce(12) ‖ ciphertext ‖ tag(16)`
+(:func:`seal_derived`): erasing any patient one of those Bundles names makes it unreadable too.
+A Bundle version's key is found by its ledger index (:meth:`Vault.bundle_keys`).
 """
 
 from __future__ import annotations
@@ -66,11 +71,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from exchange.db import metadata
+from exchange.db import bundles_table, metadata
 from exchange.identifiers import normalise
 from exchange.outcome import ApiError
 from ledger import store
 from ledger.errors import LogStateError
+from ledger.keys import create_private_file
 
 MAGIC = b"MLV2"
 LEGACY_MAGIC = b"MLV1"  # the first format: one key id, the data key itself seals
@@ -82,6 +88,7 @@ MAX_KEYS = 255  # patients one Bundle may name: the count is one byte
 ENV_MASTER_KEY = "MEDLEDGER_VAULT_KEY"
 LOG_DIGEST_KEY_ID = "log-digest"  # the DEK keying digests of Bundles that name no patient
 _CACHE_SIZE = 4096
+_IN_CHUNK = 500  # values per IN list: far below every backend's limit on parameters
 
 keys_table = Table(
     "exchange_vault_keys",
@@ -106,7 +113,7 @@ erased_table = Table(
 )
 
 # Further key rows of one patient: before identifiers had one spelling, two spellings of one
-# identifier could each get a key (exchange.vault_upgrade). Such a key seals nothing any more,
+# identifier could each get a key (exchange.store_upgrade). Such a key seals nothing any more,
 # but its pseudonym is the subject of the older spelling's entries: the patient's accounting
 # finds them through it, and the patient's erasure destroys it too.
 aliases_table = Table(
@@ -188,17 +195,10 @@ def load_master_key(path: Path, *, create: bool) -> MasterKey:
             raise VaultError(
                 f"no vault master key: set {ENV_MASTER_KEY} or put the key (base64) in {path}"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = base64.b64encode(os.urandom(KEY_SIZE))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            create_private_file(path, base64.b64encode(os.urandom(KEY_SIZE)) + b"\n")
         except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(value + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+            pass  # another process made it first, and wrote it whole
     return master_key_from(path.read_text())
 
 
@@ -243,9 +243,9 @@ def key_set(keys: Sequence[tuple[str, bytes]]) -> KeySet:
 def seal_parts(keys: KeySet, parts: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     """Seals the parts (plaintext, associated data) of one Bundle version under one fresh
     Bundle key, wrapped under the key set's KEK; each random 96-bit nonce (SP 800-38D 8.2.2)."""
-    bundle_key = os.urandom(KEY_SIZE)
-    head = keys.header + aes_key_wrap(keys.kek, bundle_key)
-    aead = AESGCM(bundle_key)
+    key = os.urandom(KEY_SIZE)
+    head = keys.header + aes_key_wrap(keys.kek, key)
+    aead = AESGCM(key)
     out = []
     for plaintext, aad in parts:
         nonce = os.urandom(NONCE_SIZE)
@@ -287,27 +287,93 @@ def sealed_key_ids(blob: bytes) -> tuple[str, ...]:
 
 
 def is_legacy(blob: bytes) -> bool:
-    """Whether a value is of the first format (MLV1), which exchange.vault_upgrade rewrites."""
+    """Whether a value is of the first format (MLV1), which exchange.store_upgrade rewrites."""
     return blob[:4] == LEGACY_MAGIC
 
 
-def unseal(keys: KeySet, blob: bytes, aad: bytes) -> bytes:
+def bundle_key(keys: KeySet, blob: bytes) -> bytes:
+    """The Bundle key a sealed value is sealed under, unwrapped with the key set it names."""
     ids, pos = _parse(blob)
     if is_legacy(blob):
         raise VaultError(
             "a stored value is of the first vault format (MLV1): open the store with "
-            "exchange.vault_upgrade.open_vault, which rewrites it"
+            "exchange.store_upgrade.open_vault, which rewrites it"
         )
     if ids != keys.key_ids:
         raise VaultError(f"a stored value needs keys {ids}, not {keys.key_ids}")
-    wrapped = blob[pos : pos + WRAPPED_SIZE]
-    nonce = blob[pos + WRAPPED_SIZE : pos + WRAPPED_SIZE + NONCE_SIZE]
     try:
-        bundle_key = aes_key_unwrap(keys.kek, wrapped)
-        return AESGCM(bundle_key).decrypt(nonce, blob[pos + WRAPPED_SIZE + NONCE_SIZE :], aad)
-    except (InvalidUnwrap, InvalidTag):
+        return aes_key_unwrap(keys.kek, blob[pos : pos + WRAPPED_SIZE])
+    except InvalidUnwrap:
         raise VaultError(
             "a stored value does not decrypt: wrong key, or moved from another row"
+        ) from None
+
+
+def unseal(keys: KeySet, blob: bytes, aad: bytes) -> bytes:
+    return _decrypt(bundle_key(keys, blob), blob, aad)
+
+
+def unseal_first_format(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """A value of the first format, for exchange.store_upgrade only:
+    `MLV1 ‖ len(key id) ‖ key id ‖ nonce(12) ‖ ciphertext ‖ tag(16)`, AES-256-GCM under the
+    named key itself."""
+    if not is_legacy(blob):
+        raise VaultError("a stored value is not of the first vault format (MLV1)")
+    start = _parse(blob)[1]
+    try:
+        return AESGCM(key).decrypt(
+            blob[start : start + NONCE_SIZE], blob[start + NONCE_SIZE :], aad
+        )
+    except InvalidTag:
+        raise VaultError(
+            "a first-format value does not decrypt: wrong key, or moved from another row"
+        ) from None
+
+
+def _decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    start = _parse(blob)[1] + WRAPPED_SIZE
+    try:
+        return AESGCM(key).decrypt(
+            blob[start : start + NONCE_SIZE], blob[start + NONCE_SIZE :], aad
+        )
+    except InvalidTag:
+        raise VaultError(
+            "a stored value does not decrypt: wrong key, or moved from another row"
+        ) from None
+
+
+# --- what is derived from Bundles ---------------------------------------------------------
+
+DERIVED_MAGIC = b"MLD1"
+
+
+def joint_key(keys: Iterable[bytes], label: bytes) -> bytes:
+    """A key that can be made only while every one of these Bundle keys can be opened:
+    HMAC-SHA-256 of `label` under each, in the order given, hashed together. What is sealed
+    under it (the digest of an export spanning many Bundles, a Bundle's derived facts)
+    becomes unreadable, and so confirms no guess, once any patient one of those Bundles names
+    is erased: its Bundle key needs every named patient's key (key_set)."""
+    h = hashlib.sha256(b"medledger-vault/v1 joint\x00" + label)
+    for key in keys:
+        h.update(hmac.new(key, label, hashlib.sha256).digest())
+    return h.digest()
+
+
+def seal_derived(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """A value derived from Bundles, sealed under a :func:`joint_key` of theirs:
+    `MLD1 ‖ nonce(12) ‖ AES-256-GCM ciphertext ‖ tag(16)`."""
+    nonce = os.urandom(NONCE_SIZE)
+    return DERIVED_MAGIC + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def unseal_derived(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    if blob[:4] != DERIVED_MAGIC or len(blob) < 4 + NONCE_SIZE + TAG_SIZE:
+        raise VaultError("a stored value is not a sealed derived value (MLD1)")
+    try:
+        return AESGCM(key).decrypt(blob[4 : 4 + NONCE_SIZE], blob[4 + NONCE_SIZE :], aad)
+    except InvalidTag:
+        raise VaultError(
+            "a derived value does not decrypt: wrong key, or moved from another row"
         ) from None
 
 
@@ -320,7 +386,7 @@ def keyed_digest(dek: bytes, body: bytes) -> bytes:
 
 def spelling_tag(lookup_key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
     """The HMAC of this exact spelling of an identifier: a lookup tag once normalised
-    (lookup_tag); a spelling as submitted only for exchange.vault_upgrade, which finds the
+    (lookup_tag); a spelling as submitted only for exchange.store_upgrade, which finds the
     keys made before identifiers were normalised by it."""
     system, value = patient
     return hmac.new(lookup_key, f"{sender}\x00{system}|{value}".encode(), hashlib.sha256).digest()
@@ -598,6 +664,54 @@ class Vault:
             raise self._gone(conn, missing[0])
         return found
 
+    def data_keys(self, conn: Connection, key_ids: Iterable[str]) -> dict[str, bytes]:
+        """The DEKs of those of these key ids that still exist (an erased one is absent)."""
+        return self._deks_of(conn, key_ids, missing_ok=True)
+
+    def bundle_keys(self, conn: Connection, indexes: Iterable[int]) -> dict[int, bytes]:
+        """The Bundle key of each stored Bundle version at these ledger indexes that can still
+        be opened: absent when a patient it names was erased (or a value of the first format
+        is left, erased before the upgrade). Read from the sealed salts, which are small."""
+        t = bundles_table
+        wanted = sorted(set(indexes))
+        salts: dict[int, bytes] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            for r in conn.execute(select(t.c.idx, t.c.salt).where(t.c.idx.in_(chunk))):
+                salts[int(r.idx)] = bytes(r.salt)
+        live = {idx: blob for idx, blob in salts.items() if not is_legacy(blob)}
+        deks = self._deks_of(
+            conn, {k for b in live.values() for k in sealed_key_ids(b)}, missing_ok=True
+        )
+        out: dict[int, bytes] = {}
+        for idx, blob in live.items():
+            ids = sealed_key_ids(blob)
+            if all(k in deks for k in ids):
+                out[idx] = bundle_key(self.key_set([DataKey(k, deks[k]) for k in ids]), blob)
+        return out
+
+    def joint_key_of(self, conn: Connection, indexes: Iterable[int], label: bytes) -> bytes:
+        """:func:`joint_key` over the Bundle keys of the Bundle versions at these ledger
+        indexes, in index order; Erased when one of them can no longer be opened."""
+        wanted = sorted(set(indexes))
+        keys = self.bundle_keys(conn, wanted)
+        missing = [idx for idx in wanted if idx not in keys]
+        if missing:
+            raise self._unopenable(conn, missing[0])
+        return joint_key([keys[idx] for idx in wanted], label)
+
+    def _unopenable(self, conn: Connection, index: int) -> Exception:
+        t = bundles_table
+        salt = conn.execute(select(t.c.salt).where(t.c.idx == index)).scalar()
+        if salt is None:
+            return VaultError(f"no Bundle is stored at ledger index {index}")
+        ids = sealed_key_ids(bytes(salt))
+        gone = self._deks_of(conn, ids, missing_ok=True)
+        missing = [k for k in ids if k not in gone]
+        if not missing:
+            return VaultError(f"the Bundle at ledger index {index} is of the first vault format")
+        return self._gone(conn, missing[0])
+
     def _gone(self, conn: Connection, key_id: str) -> Exception:
         row = conn.execute(
             select(erased_table.c.idx).where(erased_table.c.key_id == key_id)
@@ -607,8 +721,10 @@ class Vault:
         return Erased(key_id, int(row.idx))
 
     def _open(self, deks: dict[str, bytes], blob: bytes, aad: bytes) -> bytes:
-        ids = sealed_key_ids(blob)
-        return unseal(self.key_set([DataKey(k, deks[k]) for k in ids]), blob, aad)
+        return _decrypt(self._bundle_key(deks, blob), blob, aad)
+
+    def _bundle_key(self, deks: dict[str, bytes], blob: bytes) -> bytes:
+        return bundle_key(self.key_set([DataKey(k, deks[k]) for k in sealed_key_ids(blob)]), blob)
 
     def open_part(
         self, conn: Connection, blob: bytes, part: str, bundle_id: str, version: int, index: int
@@ -623,9 +739,16 @@ class Vault:
     ) -> list[bytes | None]:
         """The `data` of many stored Bundles (blob, id, version, index); None for erased ones.
         Reads each key row once per call."""
+        return [None if o is None else o[0] for o in self.open_bundles(conn, rows)]
+
+    def open_bundles(
+        self, conn: Connection, rows: list[tuple[bytes, str, int, int]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        """:meth:`open_many`, each with the Bundle key it was sealed under (what an index
+        seals its rows of the Bundle under: exchange.quality_facts)."""
         needs = [sealed_key_ids(blob) for blob, *_ in rows]
         deks = self._deks_of(conn, [k for ids in needs for k in ids], missing_ok=True)
-        out: list[bytes | None] = []
+        out: list[tuple[bytes, bytes] | None] = []
         for ids, (blob, bundle_id, version, index) in zip(needs, rows, strict=True):
             missing = next((k for k in ids if k not in deks), None)
             if missing is not None:
@@ -634,19 +757,20 @@ class Vault:
                     raise err
                 out.append(None)
                 continue
-            out.append(self._open(deks, blob, bundle_aad("data", bundle_id, version, index)))
+            key = self._bundle_key(deks, blob)
+            out.append((_decrypt(key, blob, bundle_aad("data", bundle_id, version, index)), key))
         return out
 
-    def subjects_of_sealed(self, conn: Connection, blobs: Iterable[bytes]) -> list[bytes]:
-        """The pseudonyms of the patients these sealed values name, in the order they name
-        them, without repeats; an erased patient has none left."""
-        ids = list(dict.fromkeys(k for blob in blobs for k in sealed_key_ids(blob)))
+    def pseudonyms(self, conn: Connection, key_ids: Iterable[str]) -> dict[str, bytes]:
+        """The pseudonym of each of these keys that is a live patient's key (a Bundle's own
+        key has none; an erased patient's is gone)."""
         t = keys_table
         rows = conn.execute(
-            select(t.c.key_id, t.c.pseudonym).where(t.c.key_id.in_(ids), t.c.pseudonym.is_not(None))
+            select(t.c.key_id, t.c.pseudonym).where(
+                t.c.key_id.in_(sorted(set(key_ids))), t.c.pseudonym.is_not(None)
+            )
         ).all()
-        by_id = {r.key_id: bytes(r.pseudonym) for r in rows}
-        return [by_id[k] for k in ids if k in by_id]
+        return {r.key_id: bytes(r.pseudonym) for r in rows}
 
     # --- erasure
 
@@ -666,7 +790,7 @@ class Vault:
 
     def forget(self, key_ids: Iterable[str] | None = None) -> None:
         """Drops cached DEKs, key sets and pseudonyms of these keys (after an erasure), or of
-        every key (after exchange.vault_upgrade rewrote key rows)."""
+        every key (after exchange.store_upgrade rewrote key rows)."""
         gone = None if key_ids is None else set(key_ids)
         with self._lock:
             if gone is None:
@@ -674,12 +798,12 @@ class Vault:
                 self._patients.clear()
                 self._sets.clear()
                 return
-            for k in [k for k in self._deks if k[0] in gone]:
-                del self._deks[k]
-            for k in [k for k, v in self._patients.items() if v.key_id in gone]:
-                del self._patients[k]
-            for k in [k for k in self._sets if gone.intersection(k)]:
-                del self._sets[k]
+            for dek in [d for d in self._deks if d[0] in gone]:
+                del self._deks[dek]
+            for patient in [p for p, v in self._patients.items() if v.key_id in gone]:
+                del self._patients[patient]
+            for ids in [s for s in self._sets if gone.intersection(s)]:
+                del self._sets[ids]
 
 
 def is_empty(engine: Engine) -> bool:

@@ -5,11 +5,11 @@ Body: ``<origin>\\n<decimal size>\\n<base64 root>\\n`` then optional extension l
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
+from .encoding import b64
 from .merkle import HASH_SIZE
+from .untrusted import InputRejected, read_base64, read_uint64
 
 
 class CheckpointError(ValueError):
@@ -25,8 +25,7 @@ class Checkpoint:
 
     def text(self) -> str:
         """The note text this checkpoint is signed as."""
-        root = base64.b64encode(self.root).decode()
-        lines = [self.origin, str(self.size), root, *self.extensions]
+        lines = [self.origin, str(self.size), b64(self.root), *self.extensions]
         return "\n".join(lines) + "\n"
 
 
@@ -44,14 +43,14 @@ def parse_checkpoint(text: str) -> Checkpoint:
     origin, size_s, root_s, *ext = lines
     if not origin:
         raise CheckpointError("checkpoint origin is empty")
-    if not size_s.isdigit() or not size_s.isascii() or (size_s != "0" and size_s[0] == "0"):
-        raise CheckpointError(f"checkpoint size {size_s!r} is not a decimal without leading zeros")
     try:
-        root = base64.b64decode(root_s, validate=True)
-    except binascii.Error as e:
-        raise CheckpointError("checkpoint root is not base64") from e
-    if len(root) != HASH_SIZE:
-        raise CheckpointError("checkpoint root is not a SHA-256 hash")
+        size = read_uint64(size_s)
+    except InputRejected as e:
+        raise CheckpointError(f"checkpoint size: {e}") from None
+    try:
+        root = read_base64(root_s, "root", size=HASH_SIZE)
+    except InputRejected as e:
+        raise CheckpointError(f"checkpoint {e}") from None
     if any(not line for line in ext):
         raise CheckpointError("checkpoint has an empty extension line")
-    return Checkpoint(origin, int(size_s), root, tuple(ext))
+    return Checkpoint(origin, size, root, tuple(ext))

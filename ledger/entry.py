@@ -6,18 +6,19 @@ by a salted hash and the patient, if any, by a keyed pseudonym.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .encoding import b64
 from .jcs import canonicalize
+from .untrusted import InputRejected, read_base64, read_json
 
 FORMAT_VERSION = 1
 SALT_SIZE = 32
+MAX_ENTRY_BYTES = 1 << 16
+"""Longer bytes are refused unread; a well-formed entry is a few hundred bytes."""
 
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _SENDER = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # a FHIR id
@@ -51,10 +52,10 @@ class Entry:
         UTF-16 code units). `canonical_bytes` is the general reference it must equal.
         """
         _check_fields(self)
-        subject = "" if self.subject is None else f',"subject":"{_b64(self.subject)}"'
+        subject = "" if self.subject is None else f',"subject":"{b64(self.subject)}"'
         return (
-            f'{{"commit":"{_b64(self.commit)}","index":{self.index},"kind":"{self.kind}",'
-            f'"media":"{self.media}","prev":"{_b64(self.prev)}","sender":"{self.sender}"'
+            f'{{"commit":"{b64(self.commit)}","index":{self.index},"kind":"{self.kind}",'
+            f'"media":"{self.media}","prev":"{b64(self.prev)}","sender":"{self.sender}"'
             f'{subject},"time":"{self.time}","v":{FORMAT_VERSION}}}'
         ).encode("ascii")
 
@@ -63,15 +64,15 @@ class Entry:
         obj: dict[str, object] = {
             "v": FORMAT_VERSION,
             "index": self.index,
-            "prev": _b64(self.prev),
+            "prev": b64(self.prev),
             "time": self.time,
             "kind": self.kind,
             "sender": self.sender,
-            "commit": _b64(self.commit),
+            "commit": b64(self.commit),
             "media": self.media,
         }
         if self.subject is not None:
-            obj["subject"] = _b64(self.subject)
+            obj["subject"] = b64(self.subject)
         _check_fields(self)
         return canonicalize(obj)
 
@@ -87,10 +88,6 @@ def format_time(t: datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-28T09:30:00.123Z."""
     t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
 
 
 def _check_fields(e: Entry) -> None:
@@ -112,37 +109,19 @@ def _check_fields(e: Entry) -> None:
         raise EntryError("subject must be a 32-byte pseudonym")
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise EntryError("entry has a duplicate key")
-    return dict(pairs)
-
-
 def _hash_field(obj: dict[str, object], name: str, allow_empty: bool = False) -> bytes:
-    v = obj[name]
-    if not isinstance(v, str):
-        raise EntryError(f"{name} must be a base64 string")
     try:
-        raw = base64.b64decode(v, validate=True)
-    except binascii.Error as e:
-        raise EntryError(f"{name} is not base64") from e
-    if not (allow_empty and raw == b"") and len(raw) != 32:
-        raise EntryError(f"{name} must be a 32-byte hash")
-    return raw
+        return read_base64(obj[name], name, size=32, empty=allow_empty)
+    except InputRejected as e:
+        raise EntryError(str(e)) from None
 
 
 def parse_entry(data: bytes) -> Entry:
     """Parses entry bytes and insists they are exactly the canonical form."""
     try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_constant=_no_float,
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EntryError(f"entry is not UTF-8 JSON: {e}") from e
+        obj = read_json(data, MAX_ENTRY_BYTES)
+    except InputRejected as e:
+        raise EntryError(f"entry is not strict JSON: {e}") from None
     if not isinstance(obj, dict):
         raise EntryError("entry is not a JSON object")
     keys = set(obj)
@@ -158,17 +137,13 @@ def parse_entry(data: bytes) -> Entry:
     entry = Entry(
         index=obj["index"],
         prev=_hash_field(obj, "prev", allow_empty=True),
-        time=obj["time"],  # type: ignore[arg-type]
-        kind=obj["kind"],  # type: ignore[arg-type]
-        sender=obj["sender"],  # type: ignore[arg-type]
+        time=obj["time"],
+        kind=obj["kind"],
+        sender=obj["sender"],
         commit=_hash_field(obj, "commit"),
-        media=obj["media"],  # type: ignore[arg-type]
+        media=obj["media"],
         subject=_hash_field(obj, "subject") if "subject" in obj else None,
     )
     if entry.to_bytes() != data:
         raise EntryError("entry bytes are not in canonical form")
     return entry
-
-
-def _no_float(s: str) -> object:
-    raise EntryError(f"entry holds a non-integer number {s!r}")

@@ -164,7 +164,9 @@ class Log:
     # --- set-up --------------------------------------------------------------------------
 
     def _init_head(self) -> None:
-        with store.write_transaction(self.engine) as conn:
+        # The first head row is part of creating the log: two processes opening an empty
+        # database at once must not both find no head and both insert one.
+        with store.schema_transaction(self.engine) as conn:
             head = store.lock_head(conn)
             if head is None:
                 note = self._sign_checkpoint(0, merkle.empty_root())

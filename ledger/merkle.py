@@ -9,15 +9,23 @@ of n leaves then needs about 2n stored hashes, and any root or proof is assemble
 O(log n) of them, whose positions are computed up front so a store can fetch them in one
 query. Functions here are pure: they compute positions and fold hashes; reading is the
 caller's job.
+
+Beside the server's side (append, proofs from stored hashes) stands the auditor's: hashing a
+run of leaves in bulk (complete_subtrees, subtree_levels, extend_frontier), checking the
+stored hashes a block of leaves wrote (postorder_levels), and rebuilding frontiers and proofs
+from subtree hashes (frontier_from_inclusion, frontier_prefix, consistency_proof_by).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import lru_cache
+from operator import itemgetter
+from typing import Literal, NamedTuple
 
 HASH_SIZE = 32
+_sha256 = hashlib.sha256
 
 Hash = bytes
 HashReader = Callable[[Sequence[int]], Sequence[Hash]]
@@ -49,13 +57,42 @@ def node_hash(left: Hash, right: Hash) -> Hash:
 def stored_hash_index(level: int, n: int) -> int:
     """Position of the hash of the n-th complete subtree of height `level`.
 
-    Level L's n-th hash is written right after level L+1's (2n+1)-th hash; level 0's n-th
-    hash sits at n + n/2 + n/4 + ... plus the hashes of higher levels completed before it.
-    That sum is m + m/2 + m/4 + ... = 2m - popcount(m) for m = (n+1)*2^level - 1, the closed
-    form of the Go checksum database's tlog StoredHashIndex.
+    The positions are a dense order in which hashes are written as leaves arrive: leaf i's
+    hash, then the hashes of the subtrees leaf i completes, lowest first. Level L's n-th hash
+    is written right after level L+1's (2n+1)-th hash; level 0's n-th hash sits at
+    n + n/2 + n/4 + ... plus the hashes of higher levels completed before it. That sum is
+    m + m/2 + m/4 + ... = 2m - popcount(m) for m = (n+1)*2^level - 1, the closed form of the
+    Go checksum database's tlog StoredHashIndex.
+
+    split_stored_hash_index is its inverse.
     """
     m = ((n + 1) << level) - 1
     return 2 * m - m.bit_count() + level
+
+
+def split_stored_hash_index(index: int) -> tuple[int, int]:
+    """The inverse of stored_hash_index: the (level, n) of the hash stored at `index`.
+
+    That is, split_stored_hash_index(stored_hash_index(level, n)) == (level, n) for every
+    level and n >= 0, and stored_hash_index(*split_stored_hash_index(i)) == i for every i >= 0.
+    The hash at `index` is written with leaf k, the last leaf whose own hash is stored at or
+    before it; it is then the (index - stored_hash_index(0, k))-th hash leaf k writes: level
+    L = that difference, subtree n = k >> L.
+    """
+    if index < 0:
+        raise ValueError(f"stored hash index {index} is negative")
+    # Leaf k's own hash is at 2k - popcount(k) <= 2k, so the leaf sought is at least
+    # index // 2 (where Go's SplitStoredHashIndex starts too) and about log2(index) leaves past
+    # it at most: leaf k writes 1 + (trailing zeros of k+1) hashes.
+    k = index // 2
+    at = stored_hash_index(0, k)
+    while True:
+        nxt = at + 1 + ((k + 1) & -(k + 1)).bit_length() - 1
+        if nxt > index:
+            break
+        k, at = k + 1, nxt
+    level = index - at
+    return level, k >> level
 
 
 def stored_hash_count(n: int) -> int:
@@ -68,6 +105,34 @@ def stored_hash_count(n: int) -> int:
         count += 1
         i >>= 1
     return count
+
+
+@lru_cache(maxsize=32)
+def postorder_levels(
+    height: int,
+) -> tuple[Callable[[Sequence[Hash | None]], tuple[Hash | None, ...]], ...]:
+    """Per level, a getter of that level's hashes among the stored hashes of an aligned block.
+
+    The 2^(height+1) - 1 hashes that an aligned block of 2^height leaves writes are stored in
+    post-order (leaf by leaf, each followed by the subtrees it completes), so level L's hashes
+    are at fixed offsets from the block's first: postorder_levels(h)[L](rows) are they, left
+    to right, equal to subtree_levels(leaves)[L].
+    """
+    positions: list[list[int]] = [[] for _ in range(height + 1)]
+    p = 0
+    for i in range(1 << height):
+        positions[0].append(p)
+        p += 1
+        level = 0
+        while i & 1:
+            level += 1
+            i >>= 1
+            positions[level].append(p)
+            p += 1
+    return tuple(
+        (lambda rows, _i=pos[0]: (rows[_i],)) if len(pos) == 1 else itemgetter(*pos)
+        for pos in positions
+    )
 
 
 def frontier_indexes(n: int) -> list[int]:
@@ -119,6 +184,60 @@ def append_leaf(
         new.append((stored_hash_index(level, n), h))
     frontier.append(h)
     return new, frontier
+
+
+def frontier_prefix(size: int, upto: int) -> tuple[int, int]:
+    """(m, t): the largest m <= upto whose tree is the first t frontier subtrees of `size`."""
+    m = t = 0
+    for level in frontier_levels(size):
+        if m + (1 << level) > upto:
+            break
+        m += 1 << level
+        t += 1
+    return m, t
+
+
+# --- hashing many leaves at once ---------------------------------------------------------
+
+
+def leaf_hashes(entries: Iterable[bytes]) -> list[Hash]:
+    """leaf_hash of each entry, in order."""
+    return [_sha256(b"\x00" + d).digest() for d in entries]
+
+
+def complete_subtrees(lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Splits leaves [lo, hi) into maximal aligned complete subtrees: (start, height) pairs."""
+    while lo < hi:
+        height = (hi - lo).bit_length() - 1
+        if lo:
+            height = min(height, (lo & -lo).bit_length() - 1)
+        yield lo, height
+        lo += 1 << height
+
+
+def subtree_levels(leaves: list[Hash]) -> list[list[Hash]]:
+    """All levels of the perfect tree over 2^k leaf hashes, leaves first, root last."""
+    levels = [leaves]
+    cur = leaves
+    while len(cur) > 1:
+        cur = [_sha256(b"\x01" + a + b).digest() for a, b in zip(cur[::2], cur[1::2], strict=True)]
+        levels.append(cur)
+    return levels
+
+
+def extend_frontier(frontier: Sequence[Hash], size: int, leaves: Sequence[Hash]) -> list[Hash]:
+    """The frontier after appending `leaves` to a tree of `size`: append_leaf for many leaves,
+    hashing each complete subtree they fill in one go. Pure: `frontier` is not modified."""
+    f = list(frontier)
+    for start, height in complete_subtrees(size, size + len(leaves)):
+        off = start - size
+        h = subtree_levels(list(leaves[off : off + (1 << height)]))[-1][0]
+        k = start >> height
+        while k & 1:
+            h = node_hash(f.pop(), h)
+            k >>= 1
+        f.append(h)
+    return f
 
 
 # --- roots, inclusion and consistency proofs (RFC 6962 section 2.1.1, 2.1.2) ------------
@@ -251,32 +370,67 @@ def consistency_proof(size1: int, size2: int, read: HashReader) -> list[Hash]:
     return _proof(consistency_plan(size1, size2), size2, read)
 
 
+def consistency_proof_by(size1: int, size2: int, mth: Callable[[int, int], Hash]) -> list[Hash]:
+    """RFC 6962 section 2.1.2 PROOF(size1, D[0:size2]), subtree hashes from mth(lo, hi).
+
+    For a reader with the leaves but not the stored hashes (an auditor rebuilding a proof
+    from what a server handed out); equal to consistency_proof over the same tree.
+    """
+    if not 0 < size1 <= size2:
+        raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+
+    def sub(m: int, lo: int, hi: int, whole: bool) -> list[Hash]:
+        if m == hi - lo:
+            return [] if whole else [mth(lo, hi)]
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        if m <= k:
+            return sub(m, lo, lo + k, whole) + [mth(lo + k, hi)]
+        return sub(m - k, lo + k, hi, False) + [mth(lo, lo + k)]
+
+    return sub(size1, 0, size2, True)
+
+
 # --- verification (RFC 9162 section 2.1.3.2 and 2.1.4.2) ---------------------------------
 
 
-def root_from_inclusion_proof(index: int, size: int, leaf: Hash, proof: Sequence[Hash]) -> Hash:
-    """The root implied by an audit path, RFC 9162 section 2.1.3.2; raises ProofError."""
+def inclusion_steps(
+    index: int, size: int, proof: Sequence[Hash]
+) -> Iterator[tuple[Literal["left", "right"], Hash]]:
+    """The walk of RFC 9162 section 2.1.3.2 up leaf `index`'s audit path in a tree of `size`.
+
+    Yields each proof hash with the side it is on: "left", the next hash is node_hash(p, r);
+    "right", node_hash(r, p). Raises ProofError where the walk fails: an index not below the
+    size (before any step), a hash past the root (too long), or the root not reached at the
+    end (too short). The one walk root_from_inclusion_proof, frontier_from_inclusion and
+    audit.explain_inclusion take.
+    """
     if not 0 <= index < size:
         raise ProofError(f"index {index} is not in a tree of size {size}")
-    if any(len(p) != HASH_SIZE for p in proof):
-        raise ProofError("proof hash of wrong length")
     fn, sn = index, size - 1
-    r = leaf
     for p in proof:
         if sn == 0:
             raise ProofError("inclusion proof is too long")
         if fn & 1 or fn == sn:
-            r = node_hash(p, r)
+            yield "left", p
             if not fn & 1:
                 while fn and not fn & 1:
                     fn >>= 1
                     sn >>= 1
         else:
-            r = node_hash(r, p)
+            yield "right", p
         fn >>= 1
         sn >>= 1
     if sn != 0:
         raise ProofError("inclusion proof is too short")
+
+
+def root_from_inclusion_proof(index: int, size: int, leaf: Hash, proof: Sequence[Hash]) -> Hash:
+    """The root implied by an audit path, RFC 9162 section 2.1.3.2; raises ProofError."""
+    if any(len(p) != HASH_SIZE for p in proof):
+        raise ProofError("proof hash of wrong length")
+    r = leaf
+    for side, p in inclusion_steps(index, size, proof):
+        r = node_hash(p, r) if side == "left" else node_hash(r, p)
     return r
 
 
@@ -288,6 +442,57 @@ def verify_inclusion(index: int, size: int, leaf: Hash, proof: Sequence[Hash], r
         raise ProofError(
             f"inclusion proof for index {index} does not lead to the root of size {size}"
         )
+
+
+def frontier_from_inclusion(
+    index: int, size: int, leaf: Hash, proof: Sequence[Hash], root: Hash
+) -> list[Hash]:
+    """The frontier of the first index+1 leaves, taken from a verified audit path.
+
+    The left siblings on leaf `index`'s path (RFC 9162 section 2.1.3.2) are the maximal
+    complete subtrees of [0, index): with the leaf they are everything needed to go on
+    hashing from index+1 without reading the leaves before it. Raises ProofError.
+    """
+    verify_inclusion(index, size, leaf, proof, root)
+    lefts = [p for side, p in inclusion_steps(index, size, proof) if side == "left"]
+    return append_leaf(lefts[::-1], index, leaf)[1]
+
+
+def consistency_steps(
+    size1: int, size2: int, root1: Hash, proof: Sequence[Hash]
+) -> Iterator[tuple[Literal["start", "both", "new"], Hash]]:
+    """The walk of RFC 9162 section 2.1.4.2 for a non-empty proof and 0 < size1 < size2.
+
+    Yields first ("start", h): the hash both roots are folded from, the old root itself when
+    size1 is a power of two (the proof then leaves it out), else the proof's first hash. Then
+    each further hash with what it extends: "both", a left sibling on both paths (old =
+    node_hash(c, old), new = node_hash(c, new)); "new", a right sibling of the new tree only
+    (new = node_hash(new, c)). Raises ProofError when the proof is too long or too short. The
+    one walk verify_consistency and audit.explain_consistency take.
+    """
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:  # size1 is a power of two: its root is the first node
+        path.insert(0, root1)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    yield "start", path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("consistency proof is too long")
+        if fn & 1 or fn == sn:
+            yield "both", c
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            yield "new", c
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("consistency proof is too short")
 
 
 def verify_consistency(
@@ -313,30 +518,14 @@ def verify_consistency(
         raise ProofError("proof hash of wrong length")
     if not proof:
         raise ProofError("empty consistency proof")
-    path = list(proof)
-    if size1 & (size1 - 1) == 0:  # size1 is a power of two: its root is the first node
-        path.insert(0, root1)
-    fn, sn = size1 - 1, size2 - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("consistency proof is too long")
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
+    fr = sr = root1
+    for step, c in consistency_steps(size1, size2, root1, proof):
+        if step == "start":
+            fr = sr = c
+        elif step == "both":
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
         else:
             sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("consistency proof is too short")
     if fr != root1:
         raise ProofError(f"consistency proof does not match the root of size {size1}")
     if sr != root2:

@@ -18,6 +18,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .encoding import b64
+from .untrusted import InputRejected, read_base64
+
 ALG_ED25519 = 0x01
 _MAX_SIGNATURES = 100
 _DASH = "\u2014 "
@@ -51,12 +54,12 @@ class Verifier:
         parts = vkey.strip().split("+", 2)
         if len(parts) != 3:
             raise NoteError("verifier key must read <name>+<hex key id>+<base64 key>")
-        name, hex_id, b64 = parts
+        name, hex_id, text64 = parts
         if not is_valid_key_name(name):
             raise NoteError(f"invalid key name {name!r}")
         try:
             kid = bytes.fromhex(hex_id)
-            raw = base64.b64decode(b64, validate=True)
+            raw = base64.b64decode(text64, validate=True)
         except (ValueError, binascii.Error) as e:
             raise NoteError(f"verifier key for {name} is not hex/base64: {e}") from e
         if len(kid) != 4 or len(hex_id) != 8:
@@ -68,10 +71,7 @@ class Verifier:
         return cls(name, kid, raw[1:])
 
     def vkey(self) -> str:
-        return (
-            f"{self.name}+{self.key_id.hex()}+"
-            + base64.b64encode(bytes([ALG_ED25519]) + self.public_key).decode()
-        )
+        return f"{self.name}+{self.key_id.hex()}+" + b64(bytes([ALG_ED25519]) + self.public_key)
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         try:
@@ -99,7 +99,7 @@ class Signer:
 
     def signature_line(self, text: str) -> str:
         sig = self.private_key.sign(text.encode("utf-8"))
-        return f"{_DASH}{self.name} {base64.b64encode(self.verifier.key_id + sig).decode()}\n"
+        return f"{_DASH}{self.name} {b64(self.verifier.key_id + sig)}\n"
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,13 @@ def split(note: str) -> tuple[str, list[Signature]]:
     for line in sig_block.splitlines():
         if not line.startswith(_DASH):
             raise NoteError(f"malformed signature line {line!r}")
-        name, sep, b64 = line[len(_DASH) :].partition(" ")
+        name, sep, text64 = line[len(_DASH) :].partition(" ")
         if not sep or not is_valid_key_name(name):
             raise NoteError(f"malformed signature line {line!r}")
         try:
-            raw = base64.b64decode(b64, validate=True)
-        except binascii.Error as e:
-            raise NoteError(f"signature by {name} is not base64") from e
+            raw = read_base64(text64, f"signature by {name}")
+        except InputRejected as e:
+            raise NoteError(str(e)) from None
         if len(raw) < 5:
             raise NoteError(f"signature by {name} is too short")
         sigs.append(Signature(name, raw[:4], raw[4:]))

@@ -15,13 +15,17 @@ the leaf, so it is bound by the inclusion proof.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
+from .encoding import b64
 from .merkle import HASH_SIZE
+from .untrusted import InputRejected, read_base64, read_uint64
 
 HEADER = "c2sp.org/tlog-proof@v1"
+
+MAX_RECEIPT_BYTES = 1 << 20
+"""Readers refuse larger receipts: one is an entry, at most 64 hashes and a checkpoint with
+its signatures, a few KiB."""
 
 
 class ReceiptError(ValueError):
@@ -39,9 +43,9 @@ class Receipt:
 def format_receipt(r: Receipt) -> str:
     lines = [HEADER]
     if r.extra is not None:
-        lines.append("extra " + base64.b64encode(r.extra).decode())
+        lines.append("extra " + b64(r.extra))
     lines.append(f"index {r.index}")
-    lines.extend(binascii.b2a_base64(h, newline=False).decode() for h in r.proof)
+    lines.extend(b64(h) for h in r.proof)
     return "\n".join(lines) + "\n\n" + r.checkpoint
 
 
@@ -56,22 +60,20 @@ def parse_receipt(text: str) -> Receipt:
     extra = None
     if pos < len(lines) and lines[pos].startswith("extra "):
         try:
-            extra = base64.b64decode(lines[pos][6:], validate=True)
-        except binascii.Error as e:
-            raise ReceiptError("receipt extra is not base64") from e
+            extra = read_base64(lines[pos][6:], "extra")
+        except InputRejected as e:
+            raise ReceiptError(f"receipt {e}") from None
         pos += 1
     if pos >= len(lines) or not lines[pos].startswith("index "):
         raise ReceiptError("receipt has no index line")
-    idx = lines[pos][6:]
-    if not idx.isascii() or not idx.isdigit() or (idx != "0" and idx[0] == "0"):
-        raise ReceiptError(f"receipt index {idx!r} is not a decimal without leading zeros")
+    try:
+        index = read_uint64(lines[pos][6:])
+    except InputRejected as e:
+        raise ReceiptError(f"receipt index: {e}") from None
     proof = []
     for line in lines[pos + 1 :]:
         try:
-            h = base64.b64decode(line, validate=True)
-        except binascii.Error as e:
-            raise ReceiptError("receipt proof line is not base64") from e
-        if len(h) != HASH_SIZE:
-            raise ReceiptError("receipt proof line is not a SHA-256 hash")
-        proof.append(h)
-    return Receipt(int(idx), tuple(proof), checkpoint, extra)
+            proof.append(read_base64(line, "proof line", size=HASH_SIZE))
+        except InputRejected as e:
+            raise ReceiptError(f"receipt {e}") from None
+    return Receipt(index, tuple(proof), checkpoint, extra)

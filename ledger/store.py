@@ -9,6 +9,7 @@ transaction leaves no gap. Ledger tables reject UPDATE and DELETE by trigger.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from .errors import LedgerUnavailable
@@ -86,8 +88,13 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with the durability settings of the design (WAL + FULL on SQLite)."""
+    """An engine with the durability settings of the design (WAL + FULL on SQLite).
+
+    A SQLite database file is created here, mode 0600, before SQLite opens it: SQLite gives
+    its -wal and -shm files the database file's mode, so all three stay the owner's alone.
+    """
     if url.startswith("sqlite"):
+        _create_private_database(make_url(url).database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -109,21 +116,61 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def _create_private_database(database: str | None) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        pass  # no such directory: SQLite names the problem when it opens the file
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction holding the log's write lock; commits on success."""
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(ledger_write=True)
+            with conn.begin():
+                yield conn
+    except OperationalError as e:
+        raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
+
+
+# The PostgreSQL advisory lock every schema change holds for its whole transaction. One key
+# for every table of every package: replicas starting together on one database must not
+# interleave CREATE TABLE, CREATE OR REPLACE FUNCTION or the first head row.
+SCHEMA_LOCK = 6962
+
+
+@contextmanager
+def schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that excludes every other schema change until it commits.
+
+    On PostgreSQL it holds the advisory lock SCHEMA_LOCK (transaction-scoped, so a crash
+    releases it); on SQLite BEGIN IMMEDIATE holds the database's write lock. Every path that
+    creates tables, triggers or a log's first rows runs in one, so processes started at the
+    same moment on an empty database wait for one another instead of failing on a duplicate
+    CREATE; whatever later replaces create_all (a migration tool) runs inside it too.
+    """
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        yield conn
+
+
 def create_schema(engine: Engine) -> None:
     """Creates the ledger tables and their append-only triggers (idempotent)."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(ledger_write=True)
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                # Concurrent first starts must not race on CREATE.
-                conn.execute(text("SELECT pg_advisory_xact_lock(6962)"))
-            metadata.create_all(conn)
-            for table in APPEND_ONLY_TABLES:
-                _create_append_only_trigger(conn, table)
+    with schema_transaction(engine) as conn:
+        metadata.create_all(conn)
+        for table in APPEND_ONLY_TABLES:
+            _create_append_only_trigger(conn, table)
 
 
 def _create_append_only_trigger(conn: Connection, table: str) -> None:
@@ -161,18 +208,6 @@ def append_only_lifted(conn: Connection, table: str) -> Iterator[None]:
         conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
     yield
     _create_append_only_trigger(conn, table)
-
-
-@contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction holding the log's write lock; commits on success."""
-    try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(ledger_write=True)
-            with conn.begin():
-                yield conn
-    except OperationalError as e:
-        raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
 
 
 # The write path's statements, built once: building a statement costs more than running it.

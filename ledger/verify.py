@@ -1,4 +1,4 @@
-"""Offline verification: checkpoints, receipts, submissions, and whole-log audits.
+"""Offline verification: checkpoints, receipts, submissions and consistency between checkpoints.
 
 Trust comes only from the verifier keys given. Rules taken from the anchors' failures:
 always bind (index, size, root) together; refuse index >= size and size-0 consistency
@@ -7,7 +7,6 @@ proofs; never trust metadata carried inside a proof; unknown signers are ignored
 
 from __future__ import annotations
 
-import base64
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -118,62 +117,3 @@ def verify_consistency(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes])
         merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
     except merkle.ProofError as e:
         raise VerificationError(f"consistency {old.size} -> {new.size}: {e}") from e
-
-
-class ChainAuditor:
-    """Streams entries in order and re-derives every leaf, the hash chain and the tree.
-
-    Memory is O(log n): the tree is kept as its frontier of complete subtrees.
-    """
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.prev = b""
-        self.frontier: list[bytes] = []
-
-    @classmethod
-    def resume(cls, size: int, frontier: Sequence[bytes], prev: bytes) -> ChainAuditor:
-        """Continues from a state saved by an earlier audit (`size`, its frontier, last leaf)."""
-        a = cls()
-        if len(frontier) != bin(size).count("1"):
-            raise MalformedInput(f"a frontier of {len(frontier)} hashes cannot have size {size}")
-        a.size, a.frontier, a.prev = size, list(frontier), prev
-        return a
-
-    def add(self, data: bytes) -> Entry:
-        """Checks the next entry; raises VerificationError naming its index."""
-        index = self.size
-        try:
-            entry = parse_entry(data)
-        except EntryError as e:
-            raise VerificationError(f"malformed entry: {e}", index) from e
-        if entry.index != index:
-            raise VerificationError(f"entry says index {entry.index}", index)
-        if entry.prev != self.prev:
-            raise VerificationError(
-                "hash chain broken: prev is "
-                f"{_b64(entry.prev) or 'empty'}, the previous leaf hash is {_b64(self.prev)}",
-                index,
-            )
-        leaf = merkle.leaf_hash(data)
-        _, self.frontier = merkle.append_leaf(self.frontier, index, leaf)
-        self.prev = leaf
-        self.size += 1
-        return entry
-
-    def root(self) -> bytes:
-        return merkle.fold_frontier(self.frontier)
-
-    def check(self, cp: Checkpoint) -> None:
-        """The tree so far must be the one the checkpoint signed."""
-        if cp.size != self.size:
-            raise VerificationError(f"checkpoint size {cp.size} but {self.size} entries audited")
-        if cp.root != self.root():
-            raise VerificationError(
-                f"root of the {self.size} entries differs from the signed checkpoint's root",
-                max(self.size - 1, 0),
-            )
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()

@@ -23,7 +23,6 @@ import httpx
 from sqlalchemy import Connection, select
 
 from ledger import merkle, store
-from ledger.audit import stored_hash_leaf
 from ledger.entry import Entry, commitment
 from ledger.log import Log, Submission
 from ledger.merkle import ProofError
@@ -33,6 +32,12 @@ from ledger.store import make_engine
 from .ledger_helpers import new_signer
 
 ORIGIN = "audit.example/log"
+
+
+def stored_hash_leaf(index: int) -> tuple[int, int]:
+    """(leaf, level) of stored hash `index`: the leaf whose append writes it, and its height."""
+    level, n = merkle.split_stored_hash_index(index)
+    return ((n + 1) << level) - 1, level
 
 
 def signer(origin: str = ORIGIN) -> Signer:
@@ -367,7 +372,22 @@ def mock_http(
             return httpx.Response(400, json={"error": str(err)})
         return httpx.Response(404, json={"error": "not found"})
 
-    return httpx.Client(transport=httpx.MockTransport(handler), base_url="http://ledger.test")
+    def streamed(request: httpx.Request) -> httpx.Response:
+        r = handler(request)
+        return httpx.Response(r.status_code, headers=r.headers, stream=_Unread(r.content))
+
+    return httpx.Client(transport=httpx.MockTransport(streamed), base_url="http://ledger.test")
+
+
+class _Unread(httpx.SyncByteStream):
+    """A body not read yet, as a server's arrives: HttpSource reads an answer's raw bytes
+    itself (to cap them), which httpx allows only before anything else has read them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
 
 
 def _b64(b: bytes) -> str:

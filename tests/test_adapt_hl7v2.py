@@ -1,6 +1,6 @@
 """HL7 v2.5.1 messages from the continuity fixtures: STRICT parsing, content, escaping, goldens.
 
-Every message built here is read back by ``adapters.hl7v2_read.read_message`` at hl7apy STRICT
+Every message built here is read back by ``adapters.hl7v2.read.read_message`` at hl7apy STRICT
 validation (``validate()`` included). The public sample messages other systems exchange are
 read by the same function, tolerantly, and compared in shape with ours.
 """
@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from adapters.base import AdaptError, AdaptOptions
 from adapters.hl7v2 import MESSAGES, adapt, build_message
-from adapters.hl7v2_read import read_message
-from adapters.hl7v2_text import dtm, escape, unescape
+from adapters.hl7v2.read import read_message
+from adapters.hl7v2.text import dtm, escape, unescape
 from adapters.ips_json import loads_bundle
 from tests.test_adapt_ips import ips_problems
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from exchange.cli import main
-from exchange.demo import instructions, seed, try_me_bundle
+from exchange.demo import instructions, seed
+from exchange.samples import try_me_bundle
 from tests.api_helpers import observation_bundle, open_api
 
 Capture = pytest.CaptureFixture[str]

@@ -201,7 +201,7 @@ def test_subprocess_and_help(receipted: Receipted) -> None:
 
 def test_verifier_path_needs_no_web_or_database_stack() -> None:
     code = (
-        "import sys, ledger.audit, ledger.audit_state, ledger.verify; "
+        "import sys, ledger.audit, ledger.audit.state, ledger.verify; "
         "bad = {'httpx', 'fastapi', 'sqlalchemy', 'starlette'} & set(sys.modules); "
         "sys.exit(sorted(bad) and f'imported {sorted(bad)}' or 0)"
     )

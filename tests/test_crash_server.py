@@ -29,7 +29,7 @@ import pytest
 
 from exchange.audit_sources import HttpSource
 from ledger.audit import audit
-from ledger.audit_state import AuditState
+from ledger.audit.state import AuditState
 from ledger.entry import parse_entry
 from ledger.faults import POINTS
 from ledger.keys import load_or_create_signer

@@ -269,3 +269,16 @@ def test_validates_against_the_ich_schemas_when_available() -> None:
     )
     document = etree.fromstring(icsr())
     assert schema.validate(document), schema.error_log
+
+
+@pytest.mark.parametrize("target", ["e2b", "epcis", "ips", "hl7v2"])
+def test_cli_adapt_refuses_a_number_python_cannot_read(
+    tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Valid JSON, but an integer longer than Python converts: every adapter reads Bundle files
+    # with the one strict reader, which refuses it as malformed input, not with a traceback.
+    path = tmp_path / "long-number.json"
+    path.write_bytes(b'{"resourceType": "Bundle", "total": ' + b"1" * 5000 + b"}")
+    args = ["adapt", target, "--in", str(path), "--now", "2026-11-28T10:00:00+08:00"]
+    assert cli_main(args) == 3
+    assert "input 1: not JSON" in capsys.readouterr().err

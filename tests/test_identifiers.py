@@ -19,8 +19,13 @@ from exchange.intake.kind import patient_identifiers
 from exchange.patients import bundles_about, patient_index
 from exchange.services import pseudonym
 from tests.api_helpers import Api, open_api, wrap
+from tests.test_bulk_export import path_of
+from tests.test_export_privacy import disclosures, finished
+from tests.test_rwd_export_api import PASSPORT as RWD_PASSPORT
+from tests.test_rwd_export_api import REGULATOR, patient_pack
 from tests.test_settlement_index import consent_bundle, settlement_bundle
 from tests.test_settlement_search import insurer, resources, search
+from tests.test_trace_api import GTIN
 from tests.test_vault_families import Admins
 
 ORG = "hospital-a"
@@ -152,3 +157,40 @@ def test_a_slash_in_an_identifier_value_works_on_the_disclosures_route(tmp_path:
         assert got.status_code == 200, got.text
         assert got.json()["total"] == 1
         assert got.json()["entry"][0]["resource"]["entity"][-1]["what"]["type"] == "Claim"
+
+
+def test_exports_and_reads_find_the_patient_by_any_spelling(tmp_path: Path) -> None:
+    """Every path that decides on a patient or records a disclosure about one takes the
+    identifier in its one spelling: an insurer's export (decided at the kick-off and again at
+    the download), a regulator's RWD export and an admin's Bundle read each release data under
+    a consent given in another spelling, and each is in the accounting under any spelling."""
+    composed = "Trần-0043"
+    spellings = [composed, unicodedata.normalize("NFD", composed), composed.replace("-", "\u200b-")]
+    passport = "555555561"
+    with open_api(tmp_path / "data") as api:
+        hospital = api.credential()
+        submit_claim_and_consent(api, spellings[1], spellings[2])
+        ins = insurer(api)
+        done = finished(api, ins, _type="Claim")
+        (item,) = done.json()["output"]
+        assert item["count"] == 1
+        assert api.client.get(path_of(item["url"]), headers=ins).status_code == 200
+
+        rwd = api.post(patient_pack(0, passport), hospital)
+        assert rwd.status_code == 201, rwd.text
+        consent = consent_bundle((RWD_PASSPORT, "\u2060" + passport), REGULATOR, purpose="HRESCH")
+        assert api.post(consent, hospital).status_code == 201
+        regulator = {**api.credential("regulator", REGULATOR), "X-Purpose-Of-Use": "HRESCH"}
+        got = api.client.get("/v1/trace/rwd-export", params={"gtin": GTIN}, headers=regulator)
+        assert got.status_code == 200 and got.content.count(b"\n") == 1, got.text
+
+        admin = api.credential("admin", None)
+        read = api.client.get(f"/fhir/Bundle/{rwd.json()['id']}", headers=admin)
+        assert read.status_code == 200
+
+        for spelled in spellings:
+            events = disclosures(api, hospital, (SYSTEM, spelled))
+            assert [e["subtype"][0]["code"] for e in events] == ["operation"], spelled
+        for spelled in (passport, passport + "\u200d", "\ufeff" + passport):
+            events = disclosures(api, hospital, (RWD_PASSPORT, spelled))
+            assert [e["subtype"][0]["code"] for e in events] == ["operation", "read"], spelled

@@ -22,7 +22,7 @@ from exchange.intake import (
     parse_strict,
     validate_bundle,
 )
-from exchange.intake.validate import element_specs, loc_to_fhirpath, resource_names
+from exchange.intake.validate import RESOURCE_TYPES, element_specs, loc_to_fhirpath
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 FHIR_JSON = "application/fhir+json"
@@ -106,6 +106,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "status": "active",
         "scope": CONCEPT,
         "category": [CONCEPT],
+        "dateTime": "2024-01-01",  # intake refuses a Consent without one (exchange.consent)
     },
     "Claim": {
         "resourceType": "Claim",
@@ -467,8 +468,24 @@ def test_unknown_resource_type(name: str) -> None:
 
 
 def test_r4b_knows_the_r4_resources_intake_classifies() -> None:
-    assert {"Consent", "Claim", "AdverseEvent", "MedicationStatement", "Bundle"} <= resource_names()
-    assert "HumanName" not in resource_names()
+    assert {"Consent", "Claim", "AdverseEvent", "MedicationStatement", "Bundle"} <= RESOURCE_TYPES
+    assert "HumanName" not in RESOURCE_TYPES
+
+
+def test_the_resource_types_are_exactly_the_models_resources() -> None:
+    """The written-out list is what the R4B models define (importing them all takes seconds,
+    which is why intake does not derive it)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir.resources.R4B.fhirtypesvalidators import MODEL_CLASSES
+    from fhir.resources.R4B.resource import Resource
+
+    derived = {
+        name
+        for name in MODEL_CLASSES
+        if name not in ("Resource", "DomainResource")
+        and issubclass(get_fhir_model_class(name), Resource)
+    }
+    assert derived == RESOURCE_TYPES
 
 
 def test_resource_without_resource_type() -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
+import uuid
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm
 
+from exchange.auth import register_client
 from exchange.ratelimit import RateLimit, TokenBuckets, refilled, retry_after_seconds
-from tests.api_helpers import open_api
+from tests.api_helpers import Api, open_api
 
 
 class Clock:
@@ -96,3 +104,61 @@ def test_no_limit_configured_means_no_throttling(tmp_path: Path) -> None:
     with open_api(tmp_path) as api:
         h = api.credential()
         assert {api.client.get("/v1/log/key", headers=h).status_code for _ in range(30)} == {200}
+
+
+# --- whose bucket: the authenticated client, else the peer ----------------------------------
+
+
+def _statuses(api: Api, authorizations: list[str]) -> list[int]:
+    """Authenticated reads (of a Bundle that does not exist: 404 once admitted)."""
+    return [
+        api.client.get("/fhir/Bundle/none", headers={"Authorization": a}).status_code
+        for a in authorizations
+    ]
+
+
+def test_header_variants_of_one_credential_share_one_bucket(tmp_path: Path) -> None:
+    with open_api(tmp_path, rate_limit=RateLimit(rate=0.01, burst=4)) as api:
+        token = api.credential()["Authorization"].removeprefix("Bearer ")
+        variants = [f"Bearer {token}", f"bearer  {token}", f"BEARER {token}", f"Bearer {token} "]
+        assert _statuses(api, [*variants, variants[1]]) == [404, 404, 404, 404, 429]
+
+
+def _smart_token(api: Api, client_id: str, key: ec.EllipticCurvePrivateKey) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": client_id, "sub": client_id, "aud": "http://testserver/auth/token",
+        "exp": now + 120, "jti": str(uuid.uuid4()),
+    }  # fmt: skip
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": jwt.encode(claims, key, algorithm="ES384", headers={"kid": "k1"}),
+        "scope": "system/Bundle.c",
+    }
+    answer = api.client.post("/auth/token", data=form)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+def test_two_tokens_of_one_smart_client_share_one_bucket(tmp_path: Path) -> None:
+    with open_api(tmp_path, rate_limit=RateLimit(rate=0.01, burst=6)) as api:
+        key = ec.generate_private_key(ec.SECP384R1())
+        jwk = {**json.loads(ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}
+        client, _ = register_client(
+            api.services.engine, "engine", "hospital", "hospital-a", json.dumps({"keys": [jwk]})
+        )
+        first, second = (_smart_token(api, client.client_id, key) for _ in range(2))
+        # Each token may do no Bundle read (403): what matters is whose bucket pays.
+        answers = _statuses(api, [f"Bearer {t}" for t in [first, second] * 3 + [first]])
+        assert answers == [403] * 6 + [429]
+
+
+def test_unknown_credentials_draw_on_their_peers_bucket(tmp_path: Path) -> None:
+    with open_api(tmp_path, rate_limit=RateLimit(rate=0.01, burst=5)) as api:
+        known = api.credential()["Authorization"]
+        assert _statuses(api, [known]) == [404]
+        guesses = [f"Bearer mlt_{secrets.token_urlsafe(32)}" for _ in range(8)]
+        # One peer gets its burst of guesses; fresh credentials do not buy fresh buckets.
+        assert _statuses(api, guesses) == [401] * 5 + [429] * 3
+        assert _statuses(api, [known]) == [404]  # a client it already knows keeps its own

@@ -26,7 +26,7 @@ from exchange.audit_sources import HttpSource
 from exchange.auth import register_client
 from exchange.settings import Settings
 from ledger.audit import audit
-from ledger.audit_state import AuditState
+from ledger.audit.state import AuditState
 from ledger.note import Verifier
 from tests.api_helpers import FHIR_JSON, observation_bundle
 

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from adapters.base import AdaptError
+from adapters.ips_json import loads_bundle
 from adapters.rwd_identity import PackIdentity, pack_identities
 from adapters.trace_export import ndjson_line, rwd_export
-from adapters.trace_fhir import FMA_EXT, GTIN_SYSTEM, TRACE_CODE_EXT, load_bundle
+from adapters.trace_fhir import FMA_EXT, GTIN_SYSTEM, TRACE_CODE_EXT
 from adapters.trace_index import RecallIndex, matches, recall_query
 from adapters.tracecode import gtin_check_digit
 
@@ -214,4 +215,4 @@ def test_rwd_export_selects_the_product() -> None:
     ]
     assert len(lines) == len(wanted) > 0
     for line in lines:
-        assert any(matches(i, q) for i in pack_identities(load_bundle(line, "line")))
+        assert any(matches(i, q) for i in pack_identities(loads_bundle(line, "line")))

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from sqlalchemy import delete, insert, select, update
 
-from exchange import db, derived, erasure, vault, vault_upgrade
+from exchange import db, derived, erasure, store_upgrade, vault
 from exchange.intake import IntakeLimits
 from exchange.intake.kind import spelled_patient_identifiers
 from exchange.patients import patient_ids_table, patient_index
@@ -219,7 +219,7 @@ def test_a_store_of_the_first_format_is_upgraded_and_still_reads(
             # A store of the first format has no mark of the current one; its patient index and
             # a pending erasure request name patients by their identifiers as spelled.
             secrets = db.secrets_table
-            conn.execute(delete(secrets).where(secrets.c.name == vault_upgrade.FORMAT_NAME))
+            conn.execute(delete(secrets).where(secrets.c.name == store_upgrade.FORMAT_NAME))
             conn.execute(
                 insert(patient_ids_table),
                 [

@@ -65,6 +65,8 @@ def check_bundle(
     kind = derive_kind(doc)
     if kind == "rwd":
         check_pack_identities(doc)
+    if kind == "consent":
+        check_consent_times(doc)
     return Intake(
         doc=doc,
         kind=kind,
@@ -85,6 +87,37 @@ def check_pack_identities(doc: dict[str, Any]) -> None:
     if errors:
         raise IntakeError(
             422, [Issue(i.severity, i.code, i.diagnostics, i.expression) for i in errors]
+        )
+
+
+def check_consent_times(doc: dict[str, Any]) -> None:
+    """Refuse (422) a Consent entry without `dateTime`.
+
+    Among a patient's current Consents the newest by dateTime decides (exchange.consent); a
+    Consent without one could only be ordered by guessing, so it is not taken at all.
+    """
+    entries = doc.get("entry")
+    missing = [
+        i
+        for i, entry in enumerate(entries if isinstance(entries, list) else [])
+        if isinstance(entry, dict)
+        and isinstance(entry.get("resource"), dict)
+        and entry["resource"].get("resourceType") == "Consent"
+        and not entry["resource"].get("dateTime")
+    ]
+    if missing:
+        raise IntakeError(
+            422,
+            [
+                Issue(
+                    "error",
+                    "required",
+                    "Consent.dateTime is required: the newest of a patient's consents decides, "
+                    "so each Consent must say when it was given (or withdrawn)",
+                    f"Bundle.entry[{i}].resource.dateTime",
+                )
+                for i in missing
+            ],
         )
 
 
@@ -142,7 +175,7 @@ def patient_identifiers(doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 def spelled_patient_identifiers(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """The same pairs as spelled in the Bundle, without repeats (before identifiers had one
-    spelling, these were the keys: exchange.vault_upgrade)."""
+    spelling, these were the keys: exchange.store_upgrade)."""
     found: list[tuple[str, str]] = []
     for resource in _resources(doc):
         if resource.get("resourceType") != "Patient":

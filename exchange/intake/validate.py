@@ -35,7 +35,6 @@ from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import fhirtypes, get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
 from pydantic.v1 import ValidationError
 
 from .outcome import IntakeError, Issue
@@ -207,22 +206,42 @@ def choice_groups(model_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     return groups
 
 
-@cache
-def resource_names() -> frozenset[str]:
-    """The concrete resource types of FHIR R4B."""
-    from fhir.resources.R4B.fhirtypesvalidators import MODEL_CLASSES
-
-    return frozenset(
-        name
-        for name in MODEL_CLASSES
-        if name not in ("Resource", "DomainResource")
-        and issubclass(get_fhir_model_class(name), Resource)
-    )
+# The concrete resource types of FHIR R4B, as the fhir.resources models define them. Written
+# out, because deriving them imports every one of the ~680 models (seconds of a fresh worker's
+# start-up); tests/test_intake_validate.py checks the list against the models.
+RESOURCE_TYPES = frozenset(
+    """
+    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
+    Appointment AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure
+    Bundle CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition
+    Citation Claim ClaimResponse ClinicalImpression ClinicalUseDefinition CodeSystem Communication
+    CommunicationRequest CompartmentDefinition Composition ConceptMap Condition Consent Contract
+    Coverage CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device
+    DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest
+    DocumentReference Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare
+    EventDefinition Evidence EvidenceReport EvidenceVariable ExampleScenario ExplanationOfBenefit
+    FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse HealthcareService
+    ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide
+    Ingredient InsurancePlan Invoice Library Linkage List Location ManufacturedItemDefinition
+    Measure MeasureReport Media Medication MedicationAdministration MedicationDispense
+    MedicationKnowledge MedicationRequest MedicationStatement MedicinalProductDefinition
+    MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionOrder NutritionProduct
+    Observation ObservationDefinition OperationDefinition OperationOutcome Organization
+    OrganizationAffiliation PackagedProductDefinition Parameters Patient PaymentNotice
+    PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure Provenance
+    Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson RequestGroup
+    ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment
+    Schedule SearchParameter ServiceRequest Slot Specimen SpecimenDefinition StructureDefinition
+    StructureMap Subscription SubscriptionStatus SubscriptionTopic Substance SubstanceDefinition
+    SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport TestScript ValueSet
+    VerificationResult VisionPrescription
+    """.split()
+)
 
 
 def is_resource_type(name: Any) -> bool:
     """True when ``name`` is a concrete R4B resource type."""
-    return isinstance(name, str) and name in resource_names()
+    return isinstance(name, str) and name in RESOURCE_TYPES
 
 
 class _Issues:

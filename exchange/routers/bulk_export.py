@@ -14,15 +14,27 @@ Only the client that kicked a job off sees it; to any other it does not exist (4
 at system level only: this server keeps no Group resources, and the patients an insurer may
 receive are not a fixed cohort but whoever's consent permits it at the job's transaction time.
 
-Access entries (insurers): the kick-off appends one (`export`, or `denied` when refused), and
-so does each file download, since that is when the data leaves (outcome 0; `denied` if the
-download is refused). Polls and deletes disclose nothing and append nothing.
+A job and its files expire :attr:`exchange.settings.Settings.export_ttl` (24 h by default)
+after the kick-off: the manifest and each file carry an `Expires` header, and afterwards the
+job is deleted and answers 404.
+
+A download is decided again at its own time (:func:`exchange.bulk_export.download`): for an
+insurer every line of the file must still be permitted by its patient's current consent and
+the cross-border gate, or the whole file is refused (403: its manifest gave its count and
+SHA-256; a new export leaves out whoever withdrew); data erased since answers 410.
+
+Access entries (insurers): the kick-off appends one (`export`, or `denied` when refused); a
+download appends one `export` entry per patient the file discloses, naming that patient's
+pseudonym, so it is in the patient's accounting of disclosures; a refused download appends
+one `denied` entry. Polls and deletes disclose nothing and append nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import re
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -30,11 +42,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from exchange import bulk_export, settlement, smart
 from exchange.access import record_access
-from exchange.auth import Client, require_role, require_scope
+from exchange.auth import Client, endpoint_scopes, require_role, require_scope
 from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.intake import Issue
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
+from exchange.public import public_url
 from exchange.routers.settlement import (
     Answer,
     PurposeHeader,
@@ -51,15 +64,46 @@ FILE_NAME = r"^[0-9]{1,6}\.ndjson$"
 RETRY_AFTER = "2"
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
-Exporter = Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))]
-Owner = Annotated[Client, Depends(require_role("hospital", "insurer"))]
+# Auditors and admins export nothing: this is patient data. The scopes depend on the types
+# exported, so the endpoints check them (exchange.auth.require_scope).
+Exporter = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.r` of each `_type` (without `_type`: the types the token reads)",
+                *(f"{t}.r" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
+Owner = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.r` of each type the job exports (of the file's type, for a file)",
+                *(f"{t}.r" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
 
 
 async def get_exports(request: Request) -> Services:
-    """FastAPI dependency: the services, with the export tables made once per app."""
+    """FastAPI dependency: the services, with the export tables made (and the jobs that
+    expired while no one asked purged) once per app."""
     state = request.app.state
     if not getattr(state, "export_schema", False):
-        await run_in_threadpool(bulk_export.create_schema, state.services.engine)
+        services = state.services
+        await run_in_threadpool(bulk_export.create_schema, services.engine)
+        await run_in_threadpool(
+            bulk_export.purge_expired, services.engine, services.settings.export_ttl
+        )
         state.export_schema = True
     return state.services
 
@@ -174,21 +218,21 @@ async def export_kickoff(
     accept: Annotated[str | None, Header(alias="Accept")] = None,
     purpose_of_use: PurposeHeader = None,
 ) -> Response:
-    if client.role in ("auditor", "admin"):
-        raise ApiError(403, "forbidden", f"a {client.role} client may not export patient data")
-    base = str(request.base_url).rstrip("/")
+    base = public_url(request)
 
     async def run(purpose: str | None) -> Answer:
         check_kickoff_headers(prefer, accept, output_format)
         types = export_types(client, type_)
         spec = bulk_export.JobSpec(
             client.client_id, client.org, client.role, purpose, types, since_param(since),
-            str(request.url),
+            _kickoff_url(base, request),
         )  # fmt: skip
         await run_in_threadpool(fresh_indexes, services, indexes)
+        ttl = services.settings.export_ttl
+        await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
         bulk_export.start_worker(services.engine, gate, job)
-        return Answer(job.id.encode(), 0, 0, None, f"$export {','.join(types)} job {job.id}")
+        return Answer(job.id.encode(), 0, 0, {}, f"$export {','.join(types)} job {job.id}")
 
     if client.role == "insurer":
         answer = await recorded_once(
@@ -205,11 +249,43 @@ async def export_kickoff(
     )
 
 
-async def _own_job(services: Services, client: Client, job_id: str) -> bulk_export.Job:
+def _kickoff_url(base: str, request: Request) -> str:
+    """The manifest's `request`: the kick-off URL as the client sent it, on the public base."""
+    query = request.url.query
+    return base + request.url.path + (f"?{query}" if query else "")
+
+
+async def _own_job(
+    services: Services, client: Client, job_id: str, *, scoped: bool = True
+) -> bulk_export.Job:
+    """The client's job, unless it expired (then it is deleted with every other that did);
+    with `scoped`, only while its token reads every type the job exports (a file download
+    checks the scope of the file's type instead)."""
     job = await run_in_threadpool(bulk_export.load_job, services.engine, job_id)
     if job is None or job.spec.client_id != client.client_id:
         raise ApiError(404, "not-found", f"no export {job_id} of this client")
+    ttl = services.settings.export_ttl
+    if bulk_export.expires(job, ttl) <= datetime.now(UTC):
+        await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
+        raise ApiError(
+            404, "not-found", f"export {job_id} expired ({ttl} after its kick-off): start a new one"
+        )
+    if scoped:
+        for rtype in job.spec.types:
+            require_scope(client, rtype, "read")
     return job
+
+
+def _expires_header(services: Services, job: bulk_export.Job) -> dict[str, str]:
+    when = bulk_export.expires(job, services.settings.export_ttl)
+    return {"Expires": format_datetime(when.astimezone(UTC), usegmt=True)}
+
+
+def _manifest_files(
+    services: Services, job: bulk_export.Job
+) -> list[tuple[bulk_export.OutputFile, str | None]]:
+    files = bulk_export.files_of(services.engine, job.id)
+    return [(f, bulk_export.file_sha256(services.engine, job.id, f)) for f in files]
 
 
 @router.get(
@@ -243,10 +319,12 @@ async def export_status(
     if job.status == bulk_export.FAILED:
         issue = Issue("error", "exception", job.error or "the export failed")
         return FhirJSONResponse(outcome_body([issue]), 500)
-    files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
-    base = str(request.base_url).rstrip("/")
+    files = await run_in_threadpool(_manifest_files, services, job)
     return FhirJSONResponse(
-        bulk_export.manifest(job, files, base), 200, media_type="application/json"
+        bulk_export.manifest(job, files, public_url(request)),
+        200,
+        _expires_header(services, job),
+        media_type="application/json",
     )
 
 
@@ -266,17 +344,22 @@ async def export_status(
 async def export_file(
     client: Owner,
     services: Exports,
+    gate: Annotated[TransferLedger, Depends(get_gate)],
+    indexes: Annotated[Indexes, Depends(get_indexes)],
     job_id: Annotated[str, Path(pattern=JOB_ID)],
     file_name: Annotated[str, Path(pattern=FILE_NAME)],
 ) -> Response:
     n = int(file_name.split(".", 1)[0])
     try:
-        job = await _own_job(services, client, job_id)
+        job = await _own_job(services, client, job_id, scoped=False)
         files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
         found = [f for f in files if f.n == n]
         if job.status != bulk_export.COMPLETED or not found:
             raise ApiError(404, "not-found", f"export {job_id} has no file {file_name}")
-        data = await run_in_threadpool(_checked_bytes, services, found[0])
+        # Consents and Bundles stored since the kick-off count: the indexes are caught up.
+        await run_in_threadpool(fresh_indexes, services, indexes)
+        require_scope(client, found[0].resource_type, "read")
+        served = await run_in_threadpool(_download, services, gate, job, found[0])
     except ApiError as refusal:
         if client.role == "insurer":
             await record_access(
@@ -285,27 +368,48 @@ async def export_file(
                 detail=f"$export file refused ({refusal.status})",
             )  # fmt: skip
         raise
-    if client.role == "insurer":
-        await record_access(
-            services, client, action="export", resource_type=found[0].resource_type,
-            patient_subject=None, purpose=job.spec.purpose, outcome="0",
-            detail=f"$export job {job_id} file {n}: {found[0].count} resources",
-        )  # fmt: skip
-    return Response(data, 200, media_type=bulk_export.NDJSON)
+    if served.patients:
+        # One entry per patient disclosed, appended together (one group commit), all before
+        # the file leaves.
+        await asyncio.gather(
+            *(
+                record_access(
+                    services,
+                    client,
+                    action="export",
+                    resource_type=found[0].resource_type,
+                    patient_subject=subject,
+                    purpose=job.spec.purpose,
+                    outcome="0",
+                    detail=f"$export job {job_id} file {n}: {served.lines[subject]} of "
+                    f"{found[0].count} resources are this patient's",
+                    other_subjects=others,
+                )  # fmt: skip
+                for subject, others in served.patients.items()
+            )
+        )
+    return Response(served.data, 200, _expires_header(services, job), media_type=bulk_export.NDJSON)
 
 
-def _checked_bytes(services: Services, f: bulk_export.OutputFile) -> bytes:
+def _download(
+    services: Services, gate: TransferLedger, job: bulk_export.Job, f: bulk_export.OutputFile
+) -> bulk_export.Disclosure:
     try:
-        data = bulk_export.file_bytes(services.engine, f)
-    except LookupError:
-        data = b""
-    if hashlib.sha256(data).hexdigest() != f.sha256:
+        return bulk_export.download(services.engine, gate, job, f, datetime.now(UTC))
+    except bulk_export.FileGone:
         raise ApiError(
             410,
             "deleted",
-            "data in this file has been erased or replaced since the export: start a new one",
-        )
-    return data
+            "data in this file has been erased since the export: start a new one",
+        ) from None
+    except bulk_export.NoLongerPermitted:
+        raise ApiError(
+            403,
+            "forbidden",
+            "consent no longer permits all of this file to this insurer (a patient withdrew, "
+            "or a consent or legal basis ended since the export): start a new export, which "
+            "includes only what is permitted now",
+        ) from None
 
 
 @router.delete(

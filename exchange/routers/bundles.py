@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from exchange import institutions
-from exchange.auth import Client, require_role, require_scope
-from exchange.db import BundleRow, bundle_by_id
+from exchange.access import record_access_per_patient_blocking
+from exchange.auth import Client, endpoint_scopes, require_role, require_scope
+from exchange.db import BundleRow, bundle_by_id, bundle_patients
 from exchange.intake import IntakeError, Issue, check_media_type
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
 from exchange.services import Services, Stored, SubmitRequest, get_services, submit
@@ -56,6 +57,11 @@ _SUBMIT_HEADERS = {
 }
 _READ_HEADERS = {k: _SUBMIT_HEADERS[k] for k in ("ETag", "X-Ledger-Index")}
 _BUNDLE_CONTENT = {FHIR_JSON: {"schema": {"type": "object", "description": "FHIR R4 Bundle"}}}
+# A submission creates a Bundle; with If-Match it replaces the latest version (a FHIR update).
+_SUBMIT_SCOPES = endpoint_scopes(
+    "`system/Bundle.c`; `system/Bundle.u` with If-Match", "Bundle.c", "Bundle.u"
+)
+Reader = Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.r"))]
 
 
 @router.post(
@@ -77,7 +83,7 @@ _BUNDLE_CONTENT = {FHIR_JSON: {"schema": {"type": "object", "description": "FHIR
 )
 async def create_bundle(
     request: Request,
-    client: Annotated[Client, Depends(require_role("hospital"))],
+    client: Annotated[Client, Depends(require_role("hospital", scope=_SUBMIT_SCOPES))],
     services: Annotated[Services, Depends(get_services)],
     idempotency_key: Annotated[
         str | None,
@@ -116,7 +122,8 @@ async def create_bundle(
     base_version = _parse_if_match(if_match)
     # The registry may bar this sender (expired licence, blacklist) before anything is stored.
     flags = await services.senders.admit(client.org, datetime.now(UTC).date())
-    with services.admission.enter():
+    # Slots are shared per hospital, whichever of its credentials it submits with.
+    with services.admission.enter(client.org or client.client_id):
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
         req = SubmitRequest(client, body, checked, idempotency_key, base_version)
@@ -142,11 +149,10 @@ async def create_bundle(
 )
 def read_bundle(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
-    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    client: Reader,
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
-    require_scope(client, "Bundle", "read")
-    return _stored_bytes(read_visible(services, client, bundle_id, None, bundle_id))
+    return _disclosed(services, client, read_visible(services, client, bundle_id, None, bundle_id))
 
 
 @router.get(
@@ -165,12 +171,11 @@ def read_bundle(
 def read_bundle_version(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
     version: Annotated[int, Path(ge=1, le=999_999_999)],
-    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    client: Reader,
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
-    require_scope(client, "Bundle", "read")
     what = f"{bundle_id}/_history/{version}"
-    return _stored_bytes(read_visible(services, client, bundle_id, version, what))
+    return _disclosed(services, client, read_visible(services, client, bundle_id, version, what))
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -264,6 +269,23 @@ def _visible(row: BundleRow | None, client: Client, what: str) -> BundleRow:
     if row is None or (client.role != "admin" and row.sender != client.org):
         raise ApiError(404, "not-found", f"no Bundle {what} visible to this client")
     return row
+
+
+def _disclosed(services: Services, client: Client, row: BundleRow) -> Response:
+    """The stored bytes, once recorded: read by anyone but the hospital that submitted them
+    (an admin), they are a disclosure, an access entry in the patient's accounting."""
+    if client.org != row.sender:
+        record_access_per_patient_blocking(
+            services,
+            client,
+            bundle_patients(services.engine, [row.index]),
+            action="read",
+            resource_type="Bundle",
+            purpose=client.purpose,
+            outcome="0",
+            detail=f"Bundle {row.id} version {row.version}",
+        )
+    return _stored_bytes(row)
 
 
 def _stored_bytes(row: BundleRow) -> Response:

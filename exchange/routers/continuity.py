@@ -23,9 +23,9 @@ from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
 from adapters.ips import build_ips
 from adapters.ips_json import dumps
-from exchange.access import record_access
+from exchange.access import record_access_per_patient
 from exchange.auth import Client, require_role
-from exchange.db import bundle_by_id, bundle_subjects
+from exchange.db import bundle_by_id, bundle_patients
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
 from exchange.patients import bundles_about, patient_index
@@ -73,15 +73,14 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
 
 def patient_bundles(
     services: Services, indexes: Indexes, sender: str, patient: tuple[str, str]
-) -> tuple[list[bytes], list[bytes]]:
+) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
     """The latest version of each of the sender's summary Bundles about the patient, and the
-    subjects of the patients those Bundles name, as their ledger entries carry them."""
+    patients those Bundles name, as their access entries name them (exchange.access)."""
     indexes.fresh(patient_index(services.pseudonym_key))
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
     found = [bundle_by_id(services.engine, bundle_id) for bundle_id in ids]
     rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
-    subjects = bundle_subjects(services.engine, [row.index for row in rows])
-    return [row.data for row in rows], subjects
+    return [row.data for row in rows], bundle_patients(services.engine, [r.index for r in rows])
 
 
 def _unprocessable(e: AdaptError) -> ApiError:
@@ -98,7 +97,7 @@ def _unprocessable(e: AdaptError) -> ApiError:
     },
 )
 async def patient_summary(
-    client: Annotated[Client, Depends(require_role("hospital"))],
+    client: Annotated[Client, Depends(require_role("hospital", scope="Patient.r"))],
     services: Annotated[Services, Depends(get_services)],
     indexes: Annotated[Indexes, Depends(get_indexes)],
     identifier: Annotated[
@@ -128,16 +127,15 @@ async def patient_summary(
     except AdaptError as e:
         raise _unprocessable(e) from None
     body = dumps(ips)
-    await record_access(
+    await record_access_per_patient(
         services,
         client,
+        subjects,
         action="transform",
         resource_type="Bundle",
-        patient_subject=subjects[0] if subjects else None,
         purpose=purpose(client, purpose_of_use),
         outcome="0",
         detail="IPS $summary",
-        other_subjects=subjects[1:],
     )
     return Response(body, 200, media_type=f"{FHIR_JSON}; charset=utf-8")
 
@@ -153,7 +151,7 @@ async def patient_summary(
 )
 async def bundle_hl7v2(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
-    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    client: Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.r"))],
     services: Annotated[Services, Depends(get_services)],
     message: Annotated[Message, Query(description="the message to build")] = "ORU_R01",
     purpose_of_use: PurposeHeader = None,
@@ -168,16 +166,15 @@ async def bundle_hl7v2(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
-    subjects = await run_in_threadpool(bundle_subjects, services.engine, [row.index])
-    await record_access(
+    subjects = await run_in_threadpool(bundle_patients, services.engine, [row.index])
+    await record_access_per_patient(
         services,
         client,
+        subjects,
         action="transform",
         resource_type="Bundle",
-        patient_subject=subjects[0] if subjects else None,
         purpose=purpose(client, purpose_of_use),
         outcome="0",
         detail=f"HL7 v2.5.1 {message}",
-        other_subjects=subjects[1:],
     )
     return Response((text + "\r").encode(), 200, media_type=f"{ER7}; charset=utf-8")

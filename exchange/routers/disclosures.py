@@ -50,7 +50,7 @@ def searchset(documents: list[tuple[int, bytes]]) -> bytes:
     },
 )
 async def patient_disclosures(
-    client: Annotated[Client, Depends(require_role("hospital"))],
+    client: Annotated[Client, Depends(require_role("hospital", scope="AuditEvent.s"))],
     services: Annotated[Services, Depends(get_services)],
     value: Annotated[
         str, Path(min_length=1, max_length=256, description="the patient identifier's value")

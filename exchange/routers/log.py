@@ -14,6 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from exchange.auth import public
 from exchange.keys_store import read_events
 from exchange.outcome import ApiError, error_responses
 from exchange.services import Services, get_services
@@ -75,6 +76,7 @@ def _beyond(size: int, current: int) -> ApiError:
     response_class=PlainTextResponse,
     responses={200: {"content": _TEXT}},
 )
+@public
 def checkpoint(services: Services_) -> PlainTextResponse:
     return PlainTextResponse(services.log.checkpoint(), headers={"Cache-Control": "no-cache"})
 
@@ -85,6 +87,7 @@ def checkpoint(services: Services_) -> PlainTextResponse:
     response_class=PlainTextResponse,
     responses={200: {"content": _TEXT}},
 )
+@public
 def key(services: Services_) -> PlainTextResponse:
     return PlainTextResponse(services.log.signer.verifier.vkey() + "\n")
 
@@ -94,6 +97,7 @@ def key(services: Services_) -> PlainTextResponse:
     summary="Every key the log ever signed with, its lifetime and its key entries' documents",
     response_model=list[LogKey],
 )
+@public
 def keys(services: Services_) -> list[LogKey]:
     with services.engine.connect() as conn:
         events = read_events(conn)
@@ -123,6 +127,7 @@ def keys(services: Services_) -> list[LogKey]:
     response_model=list[str],
     responses=error_responses(400),
 )
+@public
 def entries(services: Services_, start: Index, end: Index) -> list[str]:
     if end < start:
         raise ApiError(400, "invalid", f"end {end} is before start {start}")
@@ -136,6 +141,7 @@ def entries(services: Services_, start: Index, end: Index) -> list[str]:
     response_model=InclusionProof,
     responses=error_responses(400, 404),
 )
+@public
 def inclusion(services: Services_, index: Index, size: Index) -> InclusionProof:
     if index >= size:
         raise ApiError(400, "invalid", f"index {index} is not in a tree of size {size}")
@@ -153,6 +159,7 @@ def inclusion(services: Services_, index: Index, size: Index) -> InclusionProof:
     response_model=ConsistencyProof,
     responses=error_responses(400, 404),
 )
+@public
 def consistency(services: Services_, size1: Index, size2: Index) -> ConsistencyProof:
     if size1 == 0:
         raise ApiError(400, "invalid", "every tree extends the empty one: size1 must be > 0")
@@ -171,6 +178,7 @@ def consistency(services: Services_, size1: Index, size2: Index) -> ConsistencyP
     response_class=PlainTextResponse,
     responses={200: {"content": _TEXT}, **error_responses(400, 404)},
 )
+@public
 def receipt(
     services: Services_, index: Annotated[int, PathParam(ge=0, le=_MAX_INDEX)]
 ) -> PlainTextResponse:

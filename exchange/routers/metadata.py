@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
+from exchange.auth import public
 from exchange.intake import IntakeLimits
 from exchange.outcome import FHIR_JSON, FhirJSONResponse
 from exchange.routers import bulk_export as bulk_export_router
@@ -129,5 +130,6 @@ def capability_statement(services: Services) -> dict[str, Any]:
         }
     },
 )
+@public
 def metadata(services: Annotated[Services, Depends(get_services)]) -> FhirJSONResponse:
     return FhirJSONResponse(capability_statement(services))

@@ -18,7 +18,9 @@ from exchange.services import Services, get_services
 
 router = APIRouter(prefix="/fhir", tags=["organization"])
 
-Reader = Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))]
+_READERS = ("hospital", "insurer", "auditor", "admin")
+Searcher = Annotated[Client, Depends(require_role(*_READERS, scope="Organization.s"))]
+Reader = Annotated[Client, Depends(require_role(*_READERS, scope="Organization.r"))]
 
 
 def _today() -> Any:
@@ -31,7 +33,7 @@ def _today() -> Any:
     responses=error_responses(401, 403),
 )
 async def search_organizations(
-    _client: Reader, services: Annotated[Services, Depends(get_services)]
+    _client: Searcher, services: Annotated[Services, Depends(get_services)]
 ) -> dict[str, Any]:
     registry = await run_in_threadpool(institutions.current_registry, services.engine)
     today = _today()

@@ -37,7 +37,10 @@ from exchange.services import Services, get_services
 
 router = APIRouter(prefix="/fhir", tags=["quality"])
 
-Reader = Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))]
+Reader = Annotated[
+    Client,
+    Depends(require_role("hospital", "insurer", "auditor", "admin", scope="MeasureReport.s")),
+]
 
 SUBJECT = re.compile(r"(?:Organization/)?([A-Za-z0-9\-.]{1,64})")
 _DATE = re.compile(r"(eq|ge|gt|le|lt)?(\d{4}(?:-\d{2}(?:-\d{2})?)?)")

@@ -1,11 +1,16 @@
 """/v1/trace/rwd-export: a regulator's NDJSON of one product's RWD Bundles, under consent.
 
-Every request, disclosed or refused, appends one access entry (action `export`, or `denied`),
-naming the product but no patient: one export holds many (exchange/regulator.py).
+Consent is evaluated when the request is answered, which is when the data leaves
+(exchange/regulator.py). An export that discloses patients appends one access entry
+(`export`) per patient disclosed, naming that patient's pseudonym, so each is in the
+patient's accounting of disclosures; one that discloses nothing, or is refused, appends one
+entry naming no patient (`denied`, or `export` when the product was used by no one).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -39,7 +44,7 @@ NDJSON = "application/fhir+ndjson"
     },
 )
 async def rwd_export(
-    client: Annotated[Client, Depends(require_role("regulator"))],
+    client: Annotated[Client, Depends(require_role("regulator", scope="Bundle.s"))],
     services: Annotated[Services, Depends(get_services)],
     indexes: Annotated[Indexes, Depends(get_indexes)],
     gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],
@@ -87,24 +92,50 @@ async def rwd_export(
     detail = (
         f"RWD export of GTIN {query.gtin}: {export.disclosed} Bundles, {export.withheld} withheld"
     )
-    disclosed = export.disclosed > 0 or export.withheld == 0
-    await _record(
-        services, client, purpose, "export" if disclosed else "denied",
-        "0" if disclosed else "4", detail,
-    )  # fmt: skip
+    if export.patients:
+        # One entry per patient disclosed, appended together, all before the data leaves.
+        await asyncio.gather(
+            *(
+                _record(
+                    services,
+                    client,
+                    purpose,
+                    "export",
+                    "0",
+                    f"{detail}; {export.bundles[subject]} of them this patient's",
+                    subject,
+                    others,
+                )  # fmt: skip
+                for subject, others in export.patients.items()
+            )
+        )
+    else:
+        nothing_used = export.withheld == 0
+        await _record(
+            services, client, purpose, "export" if nothing_used else "denied",
+            "0" if nothing_used else "4", detail,
+        )  # fmt: skip
     return Response(export.ndjson, media_type=NDJSON)
 
 
 async def _record(
-    services: Services, client: Client, purpose: str | None, action: str, outcome: str, why: str
+    services: Services,
+    client: Client,
+    purpose: str | None,
+    action: str,
+    outcome: str,
+    why: str,
+    subject: bytes | None = None,
+    others: Sequence[bytes] = (),
 ) -> None:
     await record_access(
         services,
         client,
         action=action,
         resource_type="Bundle",
-        patient_subject=None,
+        patient_subject=subject,
         purpose=purpose,
         outcome=outcome,
         detail=why,
+        other_subjects=others,
     )

@@ -39,12 +39,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from exchange import db, settlement
-from exchange.access import record_access
-from exchange.auth import Client, require_role, require_scope
+from exchange.access import record_access, record_access_per_patient
+from exchange.auth import Client, endpoint_scopes, require_role, require_scope
 from exchange.consent import INSURER_PURPOSES
 from exchange.crossborder import TransferLedger
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
+from exchange.public import public_url
 from exchange.services import Services, get_services
 
 router = APIRouter(prefix="/fhir", tags=["settlement"])
@@ -131,9 +132,10 @@ async def recorded_once(
     *,
     action: str,
 ) -> Answer:
-    """Runs an insurer's request and appends exactly one access entry for it: `action` with
-    outcome 0 when data was disclosed, `denied` with outcome 4 when it was refused (an ApiError
-    raised by `run`, or nothing of what matched permitted).
+    """Runs an insurer's request and appends its access entries: `action` with outcome 0 when
+    data was disclosed, `denied` with outcome 4 when it was refused (an ApiError raised by
+    `run`, or nothing of what matched permitted); one per patient the answer is about, or one
+    naming no patient (a refusal before any match, an export kick-off).
 
     The entry is written before the answer leaves: no disclosure goes unrecorded (a ledger
     that cannot be written is a 503, and nothing is disclosed).
@@ -155,16 +157,15 @@ async def recorded_once(
         )
         raise
     disclosed = answer.disclosed > 0 or answer.withheld == 0
-    await record_access(
+    await record_access_per_patient(
         services,
         client,
+        answer.patients,
         action=action if disclosed else "denied",
         resource_type=resource_type,
-        patient_subject=answer.subject,
         purpose=purpose,
         outcome="0" if disclosed else "4",
         detail=answer.detail,
-        other_subjects=answer.others,
     )
     return answer
 
@@ -179,9 +180,10 @@ class Answer:
     body: bytes
     disclosed: int  # resources in the answer
     withheld: int  # resources that matched but the policy withheld
-    subject: bytes | None  # the patient, for the access entry
+    # The patients disclosed (else refused), for the access entries: each subject -> the
+    # further patients its Bundles name (exchange.access).
+    patients: dict[bytes, list[bytes]]
     detail: str  # for the access entry: counts only, no PHI
-    others: tuple[bytes, ...] = ()  # further patients the Bundles of the answer name
 
 
 # --- parameters ---------------------------------------------------------------------------
@@ -399,29 +401,46 @@ def run_search(
         token = make_cursor(secret, search.client.client_id, digest, (page[-1].index, page[-1].pos))
         kept = [(k, v) for k, v in search.params if k != "_cursor"]
         links.append(("next", search.base_url + "?" + urlencode([*kept, ("_cursor", token)])))
-    # The access entry names the patients as the Bundles' own entries do (the vault's
-    # pseudonyms, which an erasure unlinks), never by the index's lookup tag: first the subject
-    # of the first Bundle, then every other patient the answer's Bundles name.
-    about = [r.index for r in (*page, *withheld) if r.subject is not None]
-    subjects = db.bundle_subjects(engine, about)
+    # The access entries name each patient as the Bundles' own entries do (the vault's
+    # pseudonyms, which an erasure unlinks), never by the index's lookup tag: every patient
+    # the Bundles of the answer name (a Bundle may name a mother and her baby), and each
+    # patient an identifier names at several hospitals.
+    about = page or withheld
     return Answer(
         body=searchset(resources, links),
         disclosed=len(page),
         withheld=len(withheld),
-        subject=subjects[0] if subjects else None,
+        patients=db.bundle_patients(engine, (r.index for r in about)),
         detail=f"{search.query.resource_types[0]} search: {len(page)} returned, "
         f"{len(withheld)} withheld",
-        others=tuple(subjects[1:]),
     )
 
 
 # --- the endpoints ------------------------------------------------------------------------
 
 
+# Auditors and admins are refused (403): this is patient data. The scope is checked with the
+# request, after the purpose of use, so that an insurer's refusal is an access entry.
+Searcher = Annotated[
+    Client,
+    Depends(
+        require_role(
+            "hospital",
+            "insurer",
+            scope=endpoint_scopes(
+                "`system/<Type>.s` of the type searched (checked after the purpose of use, "
+                "so that a refusal is an access entry)",
+                *(f"{t}.s" for t in settlement.SEARCH_TYPES),
+            ),
+        )
+    ),
+]
+
+
 def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
     async def search_settlement(
         request: Request,
-        client: Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))],
+        client: Searcher,
         services: Annotated[Services, Depends(get_services)],
         indexes: Annotated[Indexes, Depends(get_indexes)],
         gate: Annotated[TransferLedger, Depends(get_gate)],
@@ -457,14 +476,6 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
         ] = None,
         purpose_of_use: PurposeHeader = None,
     ) -> Response:
-        if client.role in ("auditor", "admin"):
-            raise ApiError(
-                403,
-                "forbidden",
-                f"a {client.role} client may not read settlement data: it is patient data; "
-                "the access entries (AuditEvents) are what an auditor reads",
-            )
-
         async def run(purpose: str | None) -> Answer:
             require_scope(client, resource_type, "search")
             q = _query(resource_type, client, patient_identifier, patient, insurer, identifier)
@@ -477,7 +488,7 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
                 query=replace(q, last_updated=bounds),
                 count=n,
                 client=client,
-                base_url=str(request.url).split("?", 1)[0],
+                base_url=public_url(request) + request.url.path,
                 params=list(request.query_params.multi_items()),
             )
             await run_in_threadpool(fresh_indexes, services, indexes)

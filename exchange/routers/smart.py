@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from exchange import smart
+from exchange.auth import public
+from exchange.public import public_url
 from exchange.services import Services, get_services
 
 router = APIRouter(tags=["smart"])
@@ -59,8 +61,9 @@ _OAUTH_ERRORS = {
 
 
 def token_url(request: Request) -> str:
-    """The token endpoint's absolute URL: the `aud` every client assertion must carry."""
-    return str(request.base_url).rstrip("/") + smart.TOKEN_PATH
+    """The token endpoint's absolute URL: the `aud` every client assertion must carry. From
+    the configured public URL, never from the request's Host (exchange.public)."""
+    return public_url(request) + smart.TOKEN_PATH
 
 
 @router.get(
@@ -68,10 +71,10 @@ def token_url(request: Request) -> str:
     summary="SMART discovery: token endpoint, auth methods, algorithms, scopes",
     response_model=SmartConfiguration,
 )
+@public
 def smart_configuration(request: Request) -> SmartConfiguration:
-    base = str(request.base_url).rstrip("/")
     return SmartConfiguration(
-        issuer=base,
+        issuer=public_url(request),
         token_endpoint=token_url(request),
         token_endpoint_auth_methods_supported=["private_key_jwt"],
         token_endpoint_auth_signing_alg_values_supported=list(smart.KEY_TYPES),
@@ -158,6 +161,7 @@ _FORM_SCHEMA: dict[str, Any] = {
         }
     },
 )
+@public
 async def token(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> JSONResponse:

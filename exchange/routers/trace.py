@@ -43,7 +43,7 @@ class TraceAnswer(BaseModel):
     responses=error_responses(400, 401, 403),
 )
 async def trace_pack(
-    client: Annotated[Client, Depends(require_role("hospital", "admin"))],
+    client: Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.s"))],
     services: Annotated[Services, Depends(get_services)],
     indexes: Annotated[Indexes, Depends(get_indexes)],
     gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],

@@ -37,7 +37,10 @@ from ledger.log import Log
 
 router = APIRouter(prefix="/fhir", tags=["verification"])
 
-Reader = Annotated[Client, Depends(require_role("hospital", "insurer", "auditor", "admin"))]
+Reader = Annotated[
+    Client,
+    Depends(require_role("hospital", "insurer", "auditor", "admin", scope="VerificationResult.s")),
+]
 
 ADMIN_SYSTEM = "urn:medledger:institution-admin"
 LEDGER_ENTRY_EXTENSION = "urn:medledger:extension:ledger-entry"
