@@ -706,8 +706,8 @@ class Vault:
         if salt is None:
             return VaultError(f"no Bundle is stored at ledger index {index}")
         ids = sealed_key_ids(bytes(salt))
-        gone = self._deks_of(conn, ids, missing_ok=True)
-        missing = [k for k in ids if k not in gone]
+        live = self._deks_of(conn, ids, missing_ok=True)
+        missing = [k for k in ids if k not in live]
         if not missing:
             return VaultError(f"the Bundle at ledger index {index} is of the first vault format")
         return self._gone(conn, missing[0])
