@@ -9,8 +9,15 @@ the other.
 
 No PHI leaves into the entry or the AuditEvent: the patient appears only as the keyed pseudonym
 `subject` the ledger already uses (exchange.services.pseudonym), the client by its client id and
-organisation. The accounting of disclosures (GET /v1/patients/{id}/disclosures) is a query by
-that pseudonym.
+organisation. Whom data concerns is read from the Bundles it comes from
+(exchange.db.bundle_patients): a Bundle is about the patient its own entry names (its first
+Patient.identifier), and it names further patients too: the same person's other identifiers,
+each a patient key of its own, or another person (a baby beside its mother). So the rule is:
+one entry per patient a disclosed Bundle's entry names, as its subject, whose AuditEvent also
+names every further patient those Bundles name, each indexed in `access_event_subjects`. The
+accounting of disclosures (GET /v1/patients/{id}/disclosures) is a query by the patient's
+pseudonyms over both, so every disclosure is in the accounting of every patient the disclosed
+data names.
 
 Actions (the `action` argument):
 
@@ -30,7 +37,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Collection
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -41,12 +48,14 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     String,
     Table,
     insert,
     select,
+    union,
 )
 
 from exchange import db
@@ -103,6 +112,15 @@ access_table = Table(
     Column("data", LargeBinary, nullable=False),  # the AuditEvent, as committed to
 )
 
+# The further patients an access entry is about, beyond its subject (a Bundle naming several).
+access_subjects_table = Table(
+    "access_event_subjects",
+    db.metadata,
+    Column("idx", Integer, primary_key=True, autoincrement=False),  # the access entry
+    Column("subject", LargeBinary, primary_key=True),  # a patient's pseudonym
+    Index("ix_access_event_subjects_subject", "subject"),
+)
+
 
 class AccessError(ValueError):
     """An access entry was asked for with an unknown action or outcome (a programming error)."""
@@ -136,14 +154,16 @@ def audit_event(
     outcome: str,
     recorded: str,
     detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
 ) -> dict[str, object]:
     """The BALP-shaped AuditEvent of one access (PrivacyDisclosure when data was disclosed).
 
     BALP 1.1 "Basic Audit Log Patterns": the RESTful interaction as `subtype`, the client as
-    the requesting agent, purpose of use on the agent, the patient as an entity of role 1
-    (Patient) identified by pseudonym only, the disclosed data as an entity of role 4 (Domain
-    resource) by type. A disclosure (outcome 0 of a read/search/export/transform) also carries
-    the PrivacyDisclosure profile and DICOM 110106 "Export" as its type.
+    the requesting agent, purpose of use on the agent, the patient (and each other patient the
+    data names) as an entity of role 1 (Patient) identified by pseudonym only, the disclosed
+    data as an entity of role 4 (Domain resource) by type. A disclosure (outcome 0 of a
+    read/search/export/transform) also carries the PrivacyDisclosure profile and DICOM 110106
+    "Export" as its type.
     """
     disclosed = action != "denied" and outcome == "0"
     subtype = _SUBTYPES[action]
@@ -164,17 +184,15 @@ def audit_event(
             "description": detail if detail is not None else f"{resource_type} {action}",
         }
     ]
-    if patient_subject is not None:
-        entities.insert(
-            0,
-            {
-                "type": {"system": _ENTITY_TYPE, "code": "1"},
-                "role": {"system": _OBJECT_ROLE, "code": "1"},
-                "what": {
-                    "identifier": {"system": PSEUDONYM_SYSTEM, "value": patient_subject.hex()}
-                },
-            },
-        )
+    patients = [] if patient_subject is None else [patient_subject, *other_subjects]
+    entities[:0] = [
+        {
+            "type": {"system": _ENTITY_TYPE, "code": "1"},
+            "role": {"system": _OBJECT_ROLE, "code": "1"},
+            "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": subject.hex()}},
+        }
+        for subject in patients
+    ]
     profile = [f"{_BALP}/IHE.BasicAudit." + ("PrivacyDisclosure" if disclosed else "Query")]
     return {
         "resourceType": "AuditEvent",
@@ -210,9 +228,11 @@ def _submission(
     purpose: str | None,
     outcome: str,
     detail: str | None,
+    other_subjects: Sequence[bytes],
 ) -> Submission:
     """The ledger submission of one access; its AuditEvent is built with the entry's time."""
     _check(action, outcome)
+    others = _others(patient_subject, other_subjects)
     salt = os.urandom(SALT_SIZE)
     # The entry's time is known only inside the writer, but the commitment is made before:
     # so the AuditEvent carries its own `recorded` (the time of the request), and the stored
@@ -227,6 +247,7 @@ def _submission(
         outcome=outcome,
         recorded=recorded,
         detail=detail,
+        other_subjects=others,
     )
     AuditEvent.parse_obj(event)  # shaped as R4 requires, or not recorded at all
     data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
@@ -249,6 +270,11 @@ def _submission(
                 "data": data,
             },
         )
+        if others:
+            conn.execute(
+                insert(access_subjects_table),
+                [{"idx": entry.index, "subject": subject} for subject in others],
+            )
 
     return Submission(
         kind=ACCESS_KIND,
@@ -269,8 +295,10 @@ async def record_access(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
 ) -> int:
-    """Appends one `access` entry with its AuditEvent; returns the entry's ledger index."""
+    """Appends one `access` entry with its AuditEvent; returns the entry's ledger index.
+    `other_subjects` are the further patients the disclosed data names."""
     sub = _submission(
         client,
         action=action,
@@ -279,6 +307,7 @@ async def record_access(
         purpose=purpose,
         outcome=outcome,
         detail=detail,
+        other_subjects=other_subjects,
     )
     appended = await asyncio.wrap_future(services.log.submit(sub))
     return appended.entry.index
@@ -287,7 +316,7 @@ async def record_access(
 async def record_access_per_patient(
     services: Services,
     client: Client,
-    patient_subjects: Collection[bytes | None],
+    patients: Mapping[bytes, Sequence[bytes]],
     *,
     action: str,
     resource_type: str,
@@ -295,9 +324,42 @@ async def record_access_per_patient(
     outcome: str,
     detail: str | None = None,
 ) -> list[int]:
-    """One `access` entry per patient (one naming none when there are none), submitted
-    together so that the log commits them as one batch; returns their ledger indexes."""
-    subs = [
+    """One `access` entry per patient (subject -> the further patients its data names: see
+    the module doc), or one naming none when there are none, submitted together so that the
+    log commits them as one batch; returns their ledger indexes."""
+    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    futures = [asyncio.wrap_future(services.log.submit(sub)) for sub in subs]
+    return [appended.entry.index for appended in await asyncio.gather(*futures)]
+
+
+def record_access_per_patient_blocking(
+    services: Services,
+    client: Client,
+    patients: Mapping[bytes, Sequence[bytes]],
+    *,
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None = None,
+) -> list[int]:
+    """The same as :func:`record_access_per_patient`, for callers outside the event loop."""
+    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    futures = [services.log.submit(sub) for sub in subs]
+    return [future.result().entry.index for future in futures]
+
+
+def _per_patient(
+    client: Client,
+    patients: Mapping[bytes, Sequence[bytes]],
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None,
+) -> list[Submission]:
+    each: list[tuple[bytes | None, Sequence[bytes]]] = [*patients.items()] or [(None, ())]
+    return [
         _submission(
             client,
             action=action,
@@ -306,11 +368,10 @@ async def record_access_per_patient(
             purpose=purpose,
             outcome=outcome,
             detail=detail,
+            other_subjects=others,
         )
-        for subject in (dict.fromkeys(patient_subjects) or [None])
+        for subject, others in each
     ]
-    futures = [asyncio.wrap_future(services.log.submit(sub)) for sub in subs]
-    return [appended.entry.index for appended in await asyncio.gather(*futures)]
 
 
 def record_access_blocking(
@@ -323,6 +384,7 @@ def record_access_blocking(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
 ) -> int:
     """The same as :func:`record_access`, for callers outside the event loop."""
     sub = _submission(
@@ -333,6 +395,7 @@ def record_access_blocking(
         purpose=purpose,
         outcome=outcome,
         detail=detail,
+        other_subjects=other_subjects,
     )
     return services.log.append(sub).entry.index
 
@@ -345,11 +408,26 @@ def _row(r: object) -> AccessRow:
     )  # fmt: skip
 
 
-def disclosures_of(engine: Engine, subject: bytes, limit: int = 1000) -> list[AccessRow]:
-    """The access entries about one patient pseudonym, oldest first (accounting of disclosures)."""
+def _others(subject: bytes | None, others: Sequence[bytes]) -> list[bytes]:
+    """The further subjects, without repeats or the subject itself (none without a subject)."""
+    if subject is None:
+        return []
+    return [s for s in dict.fromkeys(others) if s != subject]
+
+
+def disclosures_of(
+    engine: Engine, subjects: bytes | Sequence[bytes], limit: int = 1000
+) -> list[AccessRow]:
+    """The access entries about any of these pseudonyms of one patient, as the entry's subject
+    or as a further patient of its data, oldest first (accounting of disclosures)."""
+    wanted = [subjects] if isinstance(subjects, bytes) else list(subjects)
+    about = union(
+        select(access_table.c.idx).where(access_table.c.subject.in_(wanted)),
+        select(access_subjects_table.c.idx).where(access_subjects_table.c.subject.in_(wanted)),
+    ).subquery()
     q = (
         select(access_table)
-        .where(access_table.c.subject == subject)
+        .where(access_table.c.idx.in_(select(about.c.idx)))
         .order_by(access_table.c.idx)
         .limit(limit)
     )

@@ -9,8 +9,9 @@ A file is kept as the list of its resources' places in the stored Bundles (Bundl
 byte span), not as a copy of the data: the patient data stays where the store keeps it (and
 encrypts it), and each download is rebuilt from it and checked against the SHA-256 the
 manifest gave. That SHA-256 is patient data too (it confirms a guess of the file), so it is
-kept only sealed under a key made from the data keys of every Bundle in the file
-(:func:`exchange.vault.joint_key`): an erasure of any one of its patients leaves it unreadable.
+kept only sealed under a key made from the Bundle keys of every Bundle version in the file
+(:func:`exchange.vault.joint_key`), each of which needs the key of every patient its Bundle
+names: an erasure of any one of those patients leaves it unreadable.
 Each line is a resource exactly as submitted, except that line breaks between JSON tokens
 become spaces (NDJSON needs one resource per line; JSON strings cannot hold a raw line break,
 so no value changes and `1200.00` stays `1200.00`).
@@ -46,7 +47,6 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
-    func,
     insert,
     inspect,
     select,
@@ -56,7 +56,7 @@ from sqlalchemy import (
 
 from exchange import settlement, vault
 from exchange.crossborder import TransferLedger
-from exchange.db import bundle_by_id, bundles_table, subjects_by_index
+from exchange.db import bundle_by_id, bundles_table, patients_of, subjects_by_index
 from ledger import store
 
 SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"
@@ -105,10 +105,12 @@ files_table = Table(
     Column("n", Integer, primary_key=True, autoincrement=False),
     Column("resource_type", String(32), nullable=False),
     Column("count", Integer, nullable=False),
-    # The file's SHA-256, sealed (vault.seal) under the joint key of `keys`; NULL when one of
-    # them was already destroyed when the store was upgraded to this format.
+    # The file's SHA-256, sealed (vault.seal_derived) under the joint key of the Bundle keys
+    # of `bundles`; NULL when one of them could no longer be opened when the store was
+    # upgraded to this format.
     Column("digest", LargeBinary),
-    Column("keys", Text, nullable=False),  # JSON [key id, ...]: the data keys of its Bundles
+    # JSON [ledger index, ...]: the Bundle versions of its lines, whose keys make the digest's.
+    Column("bundles", Text, nullable=False),
     # JSON [[bundle_id, version, start, length], ...]: where each line's resource is stored.
     Column("refs", Text, nullable=False),
 )
@@ -120,29 +122,43 @@ def create_schema(engine: Engine) -> None:
 
 
 def upgrade_schema(conn: Connection, opened: vault.Vault) -> bool:
-    """Seals the files' SHA-256 of a store written before they were sealed (a `sha256` column
-    of hex text), in place: each file's digest is sealed under the joint key of its Bundles'
-    data keys, or dropped when one of them was erased already (the file then answers 410, as
-    it did). Idempotent; True when it upgraded."""
+    """Seals again, in place, the files' SHA-256 of a store written before they were sealed
+    under the Bundle keys: a plain `sha256` column of hex text (the first format), or a
+    digest sealed under the joint key of the first vault format's data keys (a `keys`
+    column). Each file's digest is sealed under the joint key of its Bundles' Bundle keys
+    (the vault must be of its current format), or dropped when one of them can no longer be
+    opened (the file then answers 410, as it did). Idempotent; True when it upgraded."""
     inspector = inspect(conn)
     if not inspector.has_table(files_table.name):
         return False
-    if "sha256" not in {c["name"] for c in inspector.get_columns(files_table.name)}:
+    columns = {c["name"] for c in inspector.get_columns(files_table.name)}
+    plain: dict[tuple[str, int], bytes | None]  # each file's SHA-256, None when unknowable
+    if "sha256" in columns:
+        old = conn.execute(
+            text(f'SELECT job_id, n, resource_type, count, sha256, refs FROM "{files_table.name}"')
+        ).all()
+        plain = {(r.job_id, int(r.n)): bytes.fromhex(r.sha256) for r in old}
+    elif "keys" in columns:
+        old = conn.execute(
+            text(f'SELECT job_id, n, resource_type, count, digest, keys, refs '
+                 f'FROM "{files_table.name}"')
+        ).all()  # fmt: skip
+        plain = {(r.job_id, int(r.n)): _first_format_digest(conn, opened, r) for r in old}
+    else:
         return False
-    old = conn.execute(
-        text(f'SELECT job_id, n, resource_type, count, sha256, refs FROM "{files_table.name}"')
-    ).all()
     rows = []
-    for job_id, n, rtype, count, sha256, refs in old:
-        parsed = [(str(b), int(v), int(st), int(ln)) for b, v, st, ln in json.loads(refs)]
-        keys = key_ids_of(conn, parsed)
-        try:
-            digest: bytes | None = seal_digest(conn, opened, job_id, int(n), keys,
-                                               bytes.fromhex(sha256))  # fmt: skip
-        except (vault.Erased, vault.VaultError):
-            digest = None
-        rows.append({"job_id": job_id, "n": n, "resource_type": rtype, "count": count,
-                     "digest": digest, "keys": json.dumps(keys), "refs": refs})  # fmt: skip
+    for r in old:
+        parsed = [(str(b), int(v), int(st), int(ln)) for b, v, st, ln in json.loads(r.refs)]
+        bundles = bundle_indexes_of(conn, parsed)
+        digest: bytes | None = plain[(r.job_id, int(r.n))]
+        if digest is not None:
+            try:
+                digest = seal_digest(conn, opened, r.job_id, int(r.n), bundles, digest)
+            except (vault.Erased, vault.VaultError):
+                digest = None
+        rows.append({"job_id": r.job_id, "n": r.n, "resource_type": r.resource_type,
+                     "count": r.count, "digest": digest, "bundles": json.dumps(bundles),
+                     "refs": r.refs})  # fmt: skip
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero the old table's pages
     conn.execute(text(f'DROP TABLE "{files_table.name}"'))
@@ -150,6 +166,19 @@ def upgrade_schema(conn: Connection, opened: vault.Vault) -> bool:
     if rows:
         conn.execute(insert(files_table), rows)
     return True
+
+
+def _first_format_digest(conn: Connection, opened: vault.Vault, row: Any) -> bytes | None:
+    """A digest sealed under the joint key of the first vault format's data keys (the
+    patients' keys themselves), opened; None when one of them was erased."""
+    if row.digest is None:
+        return None
+    key_ids = sorted(json.loads(row.keys))
+    deks = opened.data_keys(conn, key_ids)
+    if len(deks) != len(key_ids):
+        return None
+    key = vault.joint_key([deks[k] for k in key_ids], DIGEST_LABEL)
+    return vault.unseal_first_format(key, bytes(row.digest), _digest_aad(row.job_id, int(row.n)))
 
 
 @dataclass(frozen=True)
@@ -183,7 +212,7 @@ class OutputFile:
     resource_type: str
     count: int
     digest: bytes | None  # the SHA-256, sealed (see files_table)
-    keys: list[str]
+    bundles: list[int]  # the ledger indexes of its Bundle versions
     refs: list[tuple[str, int, int, int]]
 
 
@@ -246,7 +275,7 @@ def files_of(engine: Engine, job_id: str) -> list[OutputFile]:
             r.resource_type,
             int(r.count),
             None if r.digest is None else bytes(r.digest),
-            list(json.loads(r.keys)),
+            [int(i) for i in json.loads(r.bundles)],
             [(str(b), int(v), int(s), int(n)) for b, v, s, n in json.loads(r.refs)],
         )
         for r in rows
@@ -281,19 +310,18 @@ def purge_expired(engine: Engine, ttl: timedelta, now: datetime | None = None) -
 # --- the sealed digests ---------------------------------------------------------------------
 
 
-def key_ids_of(conn: Connection, refs: Sequence[tuple[str, int, int, int]]) -> list[str]:
-    """The data keys the Bundle versions of these refs are sealed under (sorted, distinct),
-    read from the first bytes of each sealed Bundle."""
+def bundle_indexes_of(conn: Connection, refs: Sequence[tuple[str, int, int, int]]) -> list[int]:
+    """The ledger indexes of the Bundle versions of these refs (sorted, distinct): the
+    Bundle keys the digest of their file is sealed under."""
     wanted = {(b, v) for b, v, _, _ in refs}
     ids = sorted({b for b, _ in wanted})
     t = bundles_table
-    head = func.substr(t.c.data, 1, 5 + 255).label("head")
-    found: set[str] = set()
+    found: set[int] = set()
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
-        for row in conn.execute(select(t.c.id, t.c.version, head).where(t.c.id.in_(chunk))):
+        for row in conn.execute(select(t.c.id, t.c.version, t.c.idx).where(t.c.id.in_(chunk))):
             if (row.id, int(row.version)) in wanted:
-                found.add(vault.head_key_id(bytes(row.head)))
+                found.add(int(row.idx))
     return sorted(found)
 
 
@@ -302,23 +330,23 @@ def _digest_aad(job_id: str, n: int) -> bytes:
 
 
 def seal_digest(
-    conn: Connection, opened: vault.Vault, job_id: str, n: int, keys: list[str], digest: bytes
+    conn: Connection, opened: vault.Vault, job_id: str, n: int, bundles: list[int], digest: bytes
 ) -> bytes:
-    key = opened.joint_key_of(conn, keys, DIGEST_LABEL)
-    return vault.seal(key, "export-digest", digest, _digest_aad(job_id, n))
+    key = opened.joint_key_of(conn, bundles, DIGEST_LABEL)
+    return vault.seal_derived(key, digest, _digest_aad(job_id, n))
 
 
 def file_sha256(engine: Engine, job_id: str, f: OutputFile) -> str | None:
-    """The file's SHA-256 (hex), or None when it can no longer be known: a data key of one of
-    its Bundles was destroyed by an erasure (and the file can no longer be served)."""
+    """The file's SHA-256 (hex), or None when it can no longer be known: a patient one of its
+    Bundles names was erased (and the file can no longer be served)."""
     if f.digest is None:
         return None
     try:
         with engine.connect() as conn:
-            key = vault.of(engine).joint_key_of(conn, f.keys, DIGEST_LABEL)
+            key = vault.of(engine).joint_key_of(conn, f.bundles, DIGEST_LABEL)
     except vault.Erased:
         return None
-    return vault.unseal(key, f.digest, _digest_aad(job_id, f.n)).hex()
+    return vault.unseal_derived(key, f.digest, _digest_aad(job_id, f.n)).hex()
 
 
 def delete_job(engine: Engine, job_id: str) -> bool:
@@ -442,10 +470,10 @@ def build_files(engine: Engine, gate: TransferLedger, job: Job) -> list[tuple[Ou
         refs = [(r.bundle_id, r.version, r.start, r.length) for r in rows]
         n = len(out)
         with engine.connect() as conn:
-            keys = key_ids_of(conn, refs)
+            bundles = bundle_indexes_of(conn, refs)
             digest = hashlib.sha256(data).digest()
-            sealed = seal_digest(conn, vault.of(engine), job.id, n, keys, digest)
-        out.append((OutputFile(n, rtype, len(rows), sealed, keys, refs), data))
+            sealed = seal_digest(conn, vault.of(engine), job.id, n, bundles, digest)
+        out.append((OutputFile(n, rtype, len(rows), sealed, bundles, refs), data))
     return out
 
 
@@ -469,7 +497,7 @@ def finish_job(engine: Engine, job_id: str, files: Sequence[OutputFile]) -> bool
                         "resource_type": f.resource_type,
                         "count": f.count,
                         "digest": f.digest,
-                        "keys": json.dumps(f.keys),
+                        "bundles": json.dumps(f.bundles),
                         "refs": json.dumps([list(r) for r in f.refs]),
                     }
                     for f in files
@@ -528,7 +556,10 @@ class Disclosure:
     """A file as it may be served now, and whom it discloses."""
 
     data: bytes
-    patients: dict[bytes, int]  # the entry subject of each patient -> their lines
+    # Each patient an access entry names (the subject of a Bundle of its lines) -> the
+    # further patients those Bundles name (exchange.db.patients_of), and -> its lines.
+    patients: dict[bytes, list[bytes]]
+    lines: dict[bytes, int]
 
 
 class FileGone(Exception):
@@ -558,24 +589,25 @@ def download(
     if hashlib.sha256(data).hexdigest() != expected:
         raise FileGone("the file no longer rebuilds to the digest the manifest gave")
     if job.spec.role != "insurer":
-        return Disclosure(data, {})
+        return Disclosure(data, {}, {})
     assert job.spec.org is not None and job.spec.purpose is not None
     rows = rows_at(engine, f.refs)
     if any(row is None for row in rows):
         raise FileGone("a resource of this file is no longer indexed (its Bundle was erased)")
     reader = settlement.BundleBytes(engine)
     policy = settlement.InsurerPolicy(engine, gate, job.spec.org, job.spec.purpose, now, reader)
-    patients: dict[bytes, int] = {}
     subjects = subjects_by_index(engine, [row.index for row in rows if row is not None])
+    named: list[list[bytes]] = []
+    lines: dict[bytes, int] = {}
     for row in rows:
         assert row is not None
         verdict = policy.decide(row)
         if not verdict.permit:
             raise NoLongerPermitted(verdict.reason)
-        subject = subjects.get(row.index)
-        if subject is not None:
-            patients[subject] = patients.get(subject, 0) + 1
-    return Disclosure(data, patients)
+        named.append(subjects.get(row.index, []))
+        if named[-1]:
+            lines[named[-1][0]] = lines.get(named[-1][0], 0) + 1
+    return Disclosure(data, patients_of(named), lines)
 
 
 def rows_at(

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange import db, erasure, vault
 from exchange.cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.settings import add_state_options, settings_from_args
+from exchange.store_upgrade import open_vault
 from ledger.errors import LedgerError, LedgerUnavailable
 
 
@@ -65,7 +66,7 @@ def run_erase(args: argparse.Namespace) -> int:
         db.create_schema(engine)
         erasure.create_tables(engine)
         lookup_key = db.secret(engine, db.PSEUDONYM_KEY)
-        opened = vault.attach(vault.Vault(engine, settings.vault_master_key(), lookup_key))
+        opened = open_vault(engine, settings.vault_master_key(), lookup_key)
         admin = erasure.admin_by_token(engine, args.by, os.environ.get(erasure.ADMIN_TOKEN_ENV))
         if patient is not None:
             request_id = erasure.request_erasure(opened, args.org, patient, admin)

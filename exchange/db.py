@@ -14,7 +14,7 @@ per-log keys (the pseudonym key).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -121,7 +121,7 @@ secrets_table = Table(
     Column("value", LargeBinary, nullable=False),
 )
 
-APPEND_ONLY_TABLES = ("exchange_bundles", "access_events")
+APPEND_ONLY_TABLES = ("exchange_bundles", "access_events", "access_event_subjects")
 PSEUDONYM_KEY = "pseudonym-key"
 
 
@@ -222,37 +222,50 @@ def bundle_id_of_version(
     ).scalar()
 
 
-def entry_subject(engine: Engine, index: int) -> bytes | None:
-    """The patient pseudonym on the ledger entry of the Bundle at `index` (an access entry
-    about that patient names it the same way)."""
-    with engine.connect() as conn:
-        found = conn.execute(select(bundles_table.c.subject).where(bundles_table.c.idx == index))
-        value = found.scalar()
-    return None if value is None else bytes(value)
+def subjects_by_index(engine: Engine, indexes: Iterable[int]) -> dict[int, list[bytes]]:
+    """The pseudonyms of the patients each Bundle at these ledger indexes names: those whose
+    keys its bytes are sealed under (exchange.vault), in the order it names them. The first is
+    its entry's subject (for a Bundle stored under a spelling that exchange.store_upgrade made
+    an alias, the same patient's current pseudonym); a Bundle naming no patient has none, and
+    an erased patient has none left. An access entry about the Bundle's data names each."""
+    from exchange import vault
 
-
-def subjects_by_index(engine: Engine, indexes: Iterable[int]) -> dict[int, bytes]:
-    """The patient pseudonym on each of the ledger entries of the Bundles at `indexes` that
-    name a patient, in ledger order (an access entry about that patient names it the same
-    way)."""
     wanted = sorted(set(indexes))
-    found: dict[int, bytes] = {}
+    opened = vault.of(engine)
+    found: dict[int, list[bytes]] = {}
+    t = bundles_table
     with engine.connect() as conn:
         for start in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[start : start + _IN_CHUNK]
-            q = (
-                select(bundles_table.c.idx, bundles_table.c.subject)
-                .where(bundles_table.c.idx.in_(chunk), bundles_table.c.subject.is_not(None))
-                .order_by(bundles_table.c.idx)
-            )
-            found.update((int(idx), bytes(s)) for idx, s in conn.execute(q))
+            # The salt is sealed under the same keys as the bytes, and is small.
+            rows = conn.execute(select(t.c.idx, t.c.salt).where(t.c.idx.in_(chunk))).all()
+            needs = {int(r.idx): vault.sealed_key_ids(bytes(r.salt)) for r in rows}
+            pseudonyms = opened.pseudonyms(conn, {k for ids in needs.values() for k in ids})
+            for idx, ids in needs.items():
+                found[idx] = [pseudonyms[k] for k in ids if k in pseudonyms]
     return found
 
 
-def entry_subjects(engine: Engine, indexes: Iterable[int]) -> list[bytes]:
-    """The distinct patient pseudonyms on the ledger entries of the Bundles at `indexes`,
-    in ledger order (the patients a set of Bundles is about)."""
-    return list(dict.fromkeys(subjects_by_index(engine, indexes).values()))
+def patients_of(named: Iterable[Sequence[bytes]]) -> dict[bytes, list[bytes]]:
+    """Whom the access entries about some Bundles name (exchange.access), given the patients
+    each Bundle names (:func:`subjects_by_index`): one entry per Bundle's first patient (its
+    own entry's subject), in order, naming the further patients of each such Bundle, without
+    repeats."""
+    out: dict[bytes, list[bytes]] = {}
+    for subjects in named:
+        if not subjects:
+            continue
+        first, *rest = subjects
+        others = out.setdefault(first, [])
+        others.extend(s for s in dict.fromkeys(rest) if s != first and s not in others)
+    return out
+
+
+def bundle_patients(engine: Engine, indexes: Iterable[int]) -> dict[bytes, list[bytes]]:
+    """:func:`patients_of` the Bundles at `indexes`, in ledger order: whom a disclosure of
+    their data concerns."""
+    by_index = subjects_by_index(engine, indexes)
+    return patients_of(by_index[idx] for idx in sorted(by_index))
 
 
 # Values per IN list: far below every backend's limit on bound parameters.

@@ -22,7 +22,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     insert,
+    inspect,
     select,
     update,
 )
@@ -57,10 +59,10 @@ class StoredBundle:
     sender: str
     id: str
     data: bytes
-    # The data key the Bundle is sealed under, for an index that seals what it derives from
-    # the Bundle under that key (exchange.quality_facts), so an erasure reaches it too.
-    key_id: str = ""
-    dek: bytes = field(default=b"", repr=False)
+    # The Bundle key this version is sealed under (exchange.vault), for an index that seals
+    # what it derives from the Bundle under it (exchange.quality_facts): an erasure of any
+    # patient the Bundle names reaches that too.
+    bundle_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -106,19 +108,16 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
                 .limit(batch)
             ).all()
             # The bytes are sealed (exchange.vault); an erased Bundle has none left to index.
-            opened_vault = vault.of(engine)
-            opened = opened_vault.open_many(
+            opened = vault.of(engine).open_bundles(
                 conn, [(bytes(r.data), r.id, int(r.version), int(r.idx)) for r in found]
             )
-            key_ids = [vault.sealed_key_id(bytes(r.data)) for r in found]
-            deks = opened_vault.data_keys(conn, key_ids)
         if not found:
             return read
         rows: list[dict[str, object]] = []
-        for (idx, sender, bundle_id, _, _), data, kid in zip(found, opened, key_ids, strict=True):
-            if data is not None:
-                bundle = StoredBundle(int(idx), sender, bundle_id, data, kid, deks.get(kid, b""))
-                rows.extend(index.rows_of(bundle))
+        for (idx, sender, bundle_id, _, _), got in zip(found, opened, strict=True):
+            if got is not None:
+                data, key = got
+                rows.extend(index.rows_of(StoredBundle(int(idx), sender, bundle_id, data, key)))
         with store.write_transaction(engine) as conn:
             if _mark(conn, index.name, lock=True) != last:
                 continue  # another catch-up indexed these first: read again from its mark
@@ -130,6 +129,21 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
             if rows:
                 conn.execute(insert(index.table), rows)
         read += len(found)
+
+
+def reset(conn: Connection) -> int:
+    """In the caller's write transaction: forgets every index's rows and mark, so each is
+    rebuilt from the Bundles on its next use (after the keys its rows hold changed, as when
+    exchange.store_upgrade gave identifiers one spelling). Returns how many rows went."""
+    inspector = inspect(conn)
+    if not inspector.has_table(tables_table.name):
+        return 0
+    deleted = 0
+    for name in conn.execute(select(tables_table.c.name)).scalars().all():
+        if inspector.has_table(name):
+            deleted += conn.execute(delete(Table(name, MetaData()))).rowcount or 0
+    conn.execute(update(state_table).values(last_index=-1))
+    return int(deleted)
 
 
 def _mark(conn: Connection, name: str, *, lock: bool = False) -> int:

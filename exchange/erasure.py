@@ -4,8 +4,10 @@ GDPR article 17 and PIPL article 47 give a patient erasure; the ledger cannot fo
 without breaking every later proof. So the log keeps its entries and the vault forgets the keys:
 one admin *requests* the erasure of a patient (a sender org's Patient.identifier), a second,
 different admin *confirms* it, and then, in the transaction of one `kind=erasure` ledger
-entry, the vault deletes the patient's data key (and with it every salt and Bundle sealed under
-it), the pseudonym's link to the identifier, and the derived index rows of those Bundles.
+entry, the vault deletes the patient's key (and with it the salt and bytes of every Bundle that
+names the patient, whose Bundle keys need it: exchange.vault), the pseudonym's link to the
+identifier, and the derived index rows of those Bundles. Bundles that do not name the patient
+keep every key they need.
 
 What the erasure entry commits to (canonical JSON, RFC 8785) names no one: the request id, the
 two admins' client ids, the org, the pseudonym the patient's entries already carry, and counts.
@@ -38,7 +40,6 @@ from sqlalchemy import (
 
 from exchange import derived, vault
 from exchange.auth import Client, find_client, hash_token
-from exchange.db import bundles_table
 from exchange.patients import patient_ids_table, patient_index
 from ledger import store
 from ledger.entry import SALT_SIZE, Entry, commitment
@@ -201,39 +202,20 @@ class _Plan:
 
 
 def _plan(engine: Engine, vault_: vault.Vault, sender: str, tag: bytes) -> _Plan:
-    """Which keys go: the patient's own, and the key of every Bundle that names the patient
-    under any identifier (found by the patient index); and which Bundles they seal."""
+    """Which keys go: the patient's own (and its aliases: exchange.vault.aliases_table); and
+    which Bundles become unreadable with them: those still readable that name the patient,
+    which the patient index (caught up here) lists by the patient's lookup tag."""
     _catch_up_patients(vault_)
-    k, b, p = vault.keys_table.c, bundles_table.c, patient_ids_table.c
+    p = patient_ids_table.c
     with engine.connect() as conn:
-        own = conn.execute(
-            select(k.key_id, k.pseudonym).where(k.sender == sender, k.lookup == tag)
-        ).first()
-        named = (
-            conn.execute(select(p.idx).where(p.sender == sender, p.ident == tag).distinct())
-            .scalars()
-            .all()
-        )
-        key_ids = {own.key_id} if own is not None else set()
-        for blob in conn.execute(select(b.data).where(b.idx.in_(named))).scalars():
-            key_ids.add(vault.sealed_key_id(bytes(blob)))
-        live = conn.execute(
-            select(k.key_id, k.pseudonym).where(k.key_id.in_(sorted(key_ids)))
-        ).all()
-        subjects = [bytes(r.pseudonym) for r in live if r.pseudonym is not None]
-        idxs = set(int(i) for i in named)
-        if subjects:
-            idxs.update(
-                int(i)
-                for i in conn.execute(
-                    select(b.idx).where(b.sender == sender, b.subject.in_(subjects))
-                ).scalars()
-            )
+        own, aliases = vault_.patient_key_rows(conn, sender, tag)
+        named = conn.execute(select(p.idx).where(p.sender == sender, p.ident == tag)).scalars()
+        idxs = sorted({int(i) for i in named})
     return _Plan(
         lookup=tag,
-        key_ids=tuple(sorted(r.key_id for r in live)),
-        pseudonym=None if own is None else bytes(own.pseudonym),
-        bundle_idxs=tuple(sorted(idxs)),
+        key_ids=tuple(sorted(k for k, _ in ([own] if own else []) + aliases)),
+        pseudonym=None if own is None else own[1],
+        bundle_idxs=tuple(idxs),
     )
 
 

@@ -95,9 +95,9 @@ quality_table = Table(
     Column("fact", String(16), nullable=False),  # see FACTS
     # The resource, what it points at, patient, episode, code, times, value and unit (PAYLOAD):
     # patient data, so it lives in the vault like the Bundle it comes from, AES-256-GCM under
-    # a key made from the Bundle's data key (vault.joint_key): an erasure of the patient
-    # leaves these bytes unreadable wherever a copy survives (a backup, a dead row version).
-    Column("key_id", String(64), nullable=False),
+    # a key made from the Bundle key of the version at `idx` (vault.joint_key): an erasure of
+    # any patient the Bundle names leaves these bytes unreadable wherever a copy survives (a
+    # backup, a dead row version).
     Column("data", LargeBinary, nullable=False),
     Index("ix_exchange_quality_facts_sender", "sender", "fact"),
 )
@@ -395,19 +395,18 @@ def _aad(bundle_id: str, index: int, fact: str) -> bytes:
 
 def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
     # Stored Bundles passed intake, so they are JSON; the reading is lenient by design.
-    key = vault.joint_key({bundle.key_id: bundle.dek}, FACT_LABEL)
+    key = vault.joint_key([bundle.bundle_key], FACT_LABEL)
     out: list[dict[str, object]] = []
     for row in bundle_rows(json.loads(bundle.data), bundle.id):
         payload = json.dumps({k: row[k] for k in PAYLOAD}, separators=(",", ":")).encode()
         fact = str(row["fact"])
-        sealed = vault.seal(key, bundle.key_id, payload, _aad(bundle.id, bundle.index, fact))
+        sealed = vault.seal_derived(key, payload, _aad(bundle.id, bundle.index, fact))
         out.append(
             {
                 "idx": bundle.index,
                 "sender": bundle.sender,
                 "bundle_id": bundle.id,
                 "fact": fact,
-                "key_id": bundle.key_id,
                 "data": sealed,
             }
         )
@@ -419,31 +418,33 @@ QUALITY = DerivedIndex("quality", KINDS, quality_table, _rows_of)
 
 def sender_rows(engine: Engine, sender: str) -> list[dict[str, object]]:
     """Every fact row of one sender's Bundles, in ledger order, opened (the rows of a Bundle
-    whose key an erasure destroyed are left out: they say nothing any more)."""
+    whose key an erasure made unopenable are left out: they say nothing any more)."""
     t = quality_table
     with engine.connect() as conn:
         found = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.idx)).all()
-        deks = vault.of(engine).data_keys(conn, {r.key_id for r in found})
-    keys = {kid: vault.joint_key({kid: dek}, FACT_LABEL) for kid, dek in deks.items()}
+        opened = vault.of(engine).bundle_keys(conn, {int(r.idx) for r in found})
+    keys = {idx: vault.joint_key([key], FACT_LABEL) for idx, key in opened.items()}
     rows: list[dict[str, object]] = []
     for r in found:
-        if r.key_id not in keys:
+        if int(r.idx) not in keys:
             continue
         aad = _aad(r.bundle_id, int(r.idx), r.fact)
-        payload = json.loads(vault.unseal(keys[r.key_id], bytes(r.data), aad))
+        payload = json.loads(vault.unseal_derived(keys[int(r.idx)], bytes(r.data), aad))
         rows.append({"idx": r.idx, "sender": r.sender, "bundle_id": r.bundle_id,
                      "fact": r.fact, **payload})  # fmt: skip
     return rows
 
 
 def upgrade_schema(conn: Connection) -> bool:
-    """Replaces a fact table of the format before facts were sealed (code, value and times in
-    the clear) by nothing: it is a derived index, so the next catch-up rebuilds it, sealed,
-    from the Bundles (an erased Bundle gives no rows). Idempotent; True when it upgraded."""
+    """Replaces a fact table of an earlier format by nothing: facts in the clear (a `code`
+    column), or sealed under the first vault format's data keys (a `key_id` column). It is a
+    derived index, so the next catch-up rebuilds it, sealed under the Bundle keys, from the
+    Bundles (an erased Bundle gives no rows). Idempotent; True when it upgraded."""
     inspector = inspect(conn)
     if not inspector.has_table(quality_table.name):
         return False
-    if "code" not in {c["name"] for c in inspector.get_columns(quality_table.name)}:
+    columns = {c["name"] for c in inspector.get_columns(quality_table.name)}
+    if not columns & {"code", "key_id"}:
         return False
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero the dropped pages

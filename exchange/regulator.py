@@ -26,7 +26,7 @@ from adapters.trace_export import rwd_export
 from adapters.trace_index import RecallQuery
 from exchange import consent as consent_rules
 from exchange import settlement, trace
-from exchange.db import bundle_by_id, entry_subject
+from exchange.db import bundle_by_id, patients_of, subjects_by_index
 from exchange.intake.kind import patient_identifiers
 from exchange.services import pseudonym
 from exchange.vault import Erased
@@ -37,8 +37,10 @@ class Export:
     ndjson: bytes
     disclosed: int  # Bundles in the export
     withheld: int  # Bundles that used the product but no consent let through (or erased)
-    # The patients disclosed, as their entries name them (the vault's pseudonym) -> Bundles.
-    patients: dict[bytes, int] = field(default_factory=dict)
+    # Each patient an access entry names (the subject of a disclosed Bundle) -> the further
+    # patients those Bundles name (exchange.db.patients_of), and -> its Bundles.
+    patients: dict[bytes, list[bytes]] = field(default_factory=dict)
+    bundles: dict[bytes, int] = field(default_factory=dict)
 
 
 def consents_about(
@@ -60,7 +62,7 @@ def export_product(
     """The NDJSON export of `query`'s product for regulator `org`; the recall and settlement
     indexes must be fresh."""
     permitted: list[tuple[int, bytes]] = []
-    patients: dict[bytes, int] = {}
+    named: list[list[bytes]] = []
     withheld = 0
     for bundle_id in dict.fromkeys(h.bundle_id for h in trace.recall(engine, query, None)):
         try:
@@ -75,11 +77,13 @@ def export_product(
         req = consent_rules.Request(org=org, purpose=purpose, resource_type="Bundle", now=now)
         if consents and consent_rules.evaluate(consents, req, research=True).permit:
             permitted.append((row.index, row.data))
-            subject = entry_subject(engine, row.index)
-            if subject is not None:
-                patients[subject] = patients.get(subject, 0) + 1
+            named.append(subjects_by_index(engine, [row.index]).get(row.index, []))
         else:
             withheld += 1
     permitted.sort()
     data = rwd_export(permitted, query)
-    return Export(data, data.count(b"\n"), withheld, patients)
+    bundles: dict[bytes, int] = {}
+    for subjects in named:
+        if subjects:
+            bundles[subjects[0]] = bundles.get(subjects[0], 0) + 1
+    return Export(data, data.count(b"\n"), withheld, patients_of(named), bundles)

@@ -238,10 +238,10 @@ def open_services(
     limits = intake.limits
     lookup_key = db.secret(ledger_log.engine, db.PSEUDONYM_KEY)
     master = settings.vault_master_key(vault_is_empty=vault.is_empty(ledger_log.engine))
-    opened = vault.attach(vault.Vault(ledger_log.engine, master, lookup_key))
-    from exchange import store_upgrade  # it reads the indexes, which import this module
+    # It reads the indexes and uses dedupe_keys, which import this module.
+    from exchange.store_upgrade import open_vault
 
-    store_upgrade.upgrade(ledger_log.engine, opened)
+    opened = open_vault(ledger_log.engine, master, lookup_key)
     return Services(
         settings=settings,
         log=ledger_log,
@@ -311,19 +311,25 @@ def _key(prefix: str, *parts: bytes) -> str:
     return prefix + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def idempotency_dedupe_key(sender: str, key: str) -> str:
-    return _key("idem:", sender.encode(), key.encode())
-
-
-def identifier_dedupe_key(sender: str, identifier: tuple[str, str], version: int) -> str:
-    return _key("ident:", sender.encode(), ident_hash(identifier), str(version).encode())
+def dedupe_keys(
+    sender: str, idempotency_key: str | None, ident: bytes | None, version: int
+) -> tuple[str, ...]:
+    """What a retry of a Bundle version is matched by (ledger.log.Submission.dedupe_keys):
+    its Idempotency-Key, and the ident_hash of its Bundle.identifier with its version."""
+    keys = []
+    if idempotency_key is not None:
+        keys.append(_key("idem:", sender.encode(), idempotency_key.encode()))
+    if ident is not None:
+        keys.append(_key("ident:", sender.encode(), ident, str(version).encode()))
+    return tuple(keys)
 
 
 def pseudonym(key: bytes, sender: str, patient: tuple[str, str]) -> bytes:
-    """The patient's lookup tag: the same patient of the same org always gets the same.
+    """The patient's lookup tag: the same patient of the same org always gets the same, in
+    whatever spelling its identifier comes (exchange.identifiers).
 
     It finds the patient's row in the vault and in the derived patient index; the `subject`
-    on the log is the random pseudonym the vault keeps (Services.vault.subject_of), which an
+    on the log is the random pseudonym the vault keeps (Services.vault.subjects_of), which an
     erasure unlinks from the identifier for good (docs/privacy.md).
     """
     return vault.lookup_tag(key, sender, patient)
@@ -349,22 +355,16 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
             "Bundle.identifier",
         )
     salt = os.urandom(SALT_SIZE)
-    # The Bundle's data key: its patient's (which also gives the entry's subject), or, for a
-    # Bundle naming no patient, a key of its own made in the entry's transaction.
-    patient_key = (
-        services.vault.patient_key(sender, checked.patient) if checked.patient else None
-    )
-    digest_key = patient_key or services.vault.log_digest_key()
-    digest = vault.keyed_digest(digest_key.dek, req.body)
+    # The keys of every patient the Bundle names (the first gives the entry's subject): its
+    # Bundle key is wrapped under all of them. A Bundle naming no patient gets a key of its
+    # own, made in the entry's transaction.
+    patient_keys = services.vault.patient_keys(sender, checked.patients)
+    keys = services.vault.key_set(patient_keys) if patient_keys else None
+    digest_key = keys.digest_key if keys else services.vault.log_digest_key().dek
+    digest = vault.keyed_digest(digest_key, req.body)
     pending = _Pending(str(uuid.uuid4()), salt)
-    keys: list[str] = []
-    if req.idempotency_key is not None:
-        keys.append(idempotency_dedupe_key(sender, req.idempotency_key))
-    ih = None
-    if checked.identifier is not None:
-        ih = ident_hash(checked.identifier)
-        keys.append(identifier_dedupe_key(sender, checked.identifier, version))
-    subject = patient_key.pseudonym if patient_key else None
+    ih = None if checked.identifier is None else ident_hash(checked.identifier)
+    subject = patient_keys[0].pseudonym if patient_keys else None
 
     def write(conn: Connection, entry: Entry) -> None:
         if version > 1:
@@ -373,14 +373,19 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
             if found is None:
                 raise VersionNotFound(version - 1)
             pending.id = found
-        if patient_key is not None:
-            services.vault.check_live(conn, patient_key.key_id)
-            key = patient_key
+        if keys is not None:
+            services.vault.check_live(conn, keys.key_ids)
+            sealing = keys
         else:
-            key = services.vault.new_bundle_key(conn, sender)
+            sealing = services.vault.key_set([services.vault.new_bundle_key(conn, sender)])
         where = (pending.id, version, entry.index)
-        sealed_salt = vault.seal(key.dek, key.key_id, salt, vault.bundle_aad("salt", *where))
-        sealed_data = vault.seal(key.dek, key.key_id, req.body, vault.bundle_aad("data", *where))
+        sealed_salt, sealed_data = vault.seal_parts(
+            sealing,
+            [
+                (salt, vault.bundle_aad("salt", *where)),
+                (req.body, vault.bundle_aad("data", *where)),
+            ],
+        )
         conn.execute(
             _INSERT_BUNDLE,
             {
@@ -410,7 +415,7 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
         commit=commitment(salt, req.body),
         media=checked.media,
         subject=subject,
-        dedupe_keys=tuple(keys),
+        dedupe_keys=dedupe_keys(sender, req.idempotency_key, ih, version),
         digest=digest,
         write=write,
     )
@@ -421,8 +426,13 @@ def conclude(services: Services, appended: Appended, pending: _Pending, version:
     """The answer to a submission the log accepted (reads the original row for a retry)."""
     if not appended.duplicate:
         return Stored(
-            pending.id, version, appended.entry.index, appended.entry.kind,
-            pending.salt, appended.receipt, True,
+            pending.id,
+            version,
+            appended.entry.index,
+            appended.entry.kind,
+            pending.salt,
+            appended.receipt,
+            True,
         )
     with services.engine.connect() as conn:
         row = db.bundle_by_index(conn, appended.entry.index)
@@ -480,13 +490,13 @@ def _version(req: SubmitRequest) -> int:
 
 async def submit(services: Services, req: SubmitRequest) -> Stored:
     """Appends a checked Bundle to the log with its row; answers retries with the original."""
-    org, patient = req.client.org, req.checked.patient
+    org, patients = req.client.org, req.checked.patients
     if req.client.role != "hospital":
         org = None  # prepare refuses it: make no key for it
     for attempt in (1, 2):
-        if org and patient and services.vault.cached_patient_key(org, patient) is None:
-            # The patient's key is read (or made) off the event loop; prepare finds it cached.
-            await run_in_threadpool(services.vault.patient_key, org, patient)
+        if org and patients and services.vault.cached_patient_keys(org, patients) is None:
+            # The patients' keys are read (or made) off the event loop; prepare finds them cached.
+            await run_in_threadpool(services.vault.patient_keys, org, patients)
         sub, pending = prepare(services, req)
         try:
             appended = await asyncio.wrap_future(services.log.submit(sub))

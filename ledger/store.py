@@ -195,6 +195,21 @@ def _create_append_only_trigger(conn: Connection, table: str) -> None:
         )
 
 
+@contextmanager
+def append_only_lifted(conn: Connection, table: str) -> Iterator[None]:
+    """Inside the caller's write transaction, lets an in-place upgrade of the store rewrite
+    rows of an append-only table. The guard is back before the transaction commits (a
+    rollback restores it too), and, the DDL being transactional on both databases, no other
+    transaction ever sees it missing."""
+    if conn.dialect.name == "sqlite":
+        for op in ("update", "delete"):
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_no_{op}")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
+    yield
+    _create_append_only_trigger(conn, table)
+
+
 # The write path's statements, built once: building a statement costs more than running it.
 _HEAD = select(head_table.c.origin, head_table.c.size, head_table.c.checkpoint).where(
     head_table.c.id == 1

@@ -81,7 +81,8 @@ def route_rules(app: FastAPI) -> dict[Route, Rule | None]:
         for method in sorted(ctx.methods or ()):
             if method == "HEAD":
                 continue  # served with GET
-            key = (ctx.path, method.lower())
+            # As the OpenAPI schema names it: `{value:path}` is the parameter `{value}`.
+            key = (re.sub(r"\{([^}:]+):[^}]+\}", r"{\1}", ctx.path), method.lower())
             dependant = getattr(ctx, "dependant", None)
             guards = _guards(dependant) if dependant is not None else []
             if ctx.path in framework:

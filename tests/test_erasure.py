@@ -102,7 +102,7 @@ def test_erasing_a_random_patient(
         erased = submitted["patients"][victim]
         pseudonym = api.entry(erased[0][0]["index"]).subject
         assert pseudonym is not None
-        assert api.services.vault.subject_of("hospital-a", (MRN_SYSTEM, victim)) == pseudonym
+        assert api.services.vault.subjects_of("hospital-a", (MRN_SYSTEM, victim)) == [pseudonym]
         indexes = Indexes(engine)
         indexes.fresh(patient_index(api.services.pseudonym_key))
         key = api.services.pseudonym_key
@@ -179,7 +179,7 @@ def test_erasing_a_random_patient(
                 select(patient_ids_table.c.idx).where(patient_ids_table.c.idx.in_(erased_indices))
             ).all()
         assert left == []
-        assert api.services.vault.subject_of("hospital-a", (MRN_SYSTEM, victim)) is None
+        assert api.services.vault.subjects_of("hospital-a", (MRN_SYSTEM, victim)) == []
 
         # The erasure is a ledger entry with no PHI, committing to its stored record.
         entry = api.entry(erasure_index)
@@ -312,8 +312,8 @@ def test_a_key_erased_by_another_process_is_never_sealed_under(tmp_path: Path, d
 def test_erasing_by_another_identifier_of_the_patient(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Bundle is sealed under its first Patient.identifier's key; naming the patient by a
-    second identifier (the patient index finds it) erases that Bundle too."""
+    """A Bundle's key needs the key of every Patient.identifier it names: erasing the patient
+    by the second identifier erases that Bundle too."""
     data = tmp_path / "data"
     patient = {
         "resourceType": "Patient",

@@ -188,7 +188,7 @@ def test_an_export_digest_is_keyed_and_confirms_nothing_after_an_erasure(
         assert api.client.get(path_of(item["url"]), headers=ins).status_code == 410
 
 
-def test_quality_facts_are_sealed_under_the_bundles_data_key(tmp_path: Path, db_url: str) -> None:
+def test_quality_facts_are_sealed_under_the_bundle_key(tmp_path: Path, db_url: str) -> None:
     with open_api(tmp_path / "data", db_url) as api:
         hospital = api.credential()
         episode = EPISODES[0]
@@ -206,10 +206,80 @@ def test_quality_facts_are_sealed_under_the_bundles_data_key(tmp_path: Path, db_
             copy = conn.execute(select(qf.quality_table)).all()
         erase(api, "hospital-a", ("urn:example:mrn", episode.patient.upper()))
         with engine.connect() as conn:
-            alive = api.services.vault.data_keys(conn, {r.key_id for r in copy})
-            gone = {r.key_id for r in copy} - set(alive)
-            assert gone, "the patient's data key"
+            alive = api.services.vault.bundle_keys(conn, {int(r.idx) for r in copy})
+            gone = {int(r.idx) for r in copy} - set(alive)
+            assert gone, "the Bundle keys of the patient's Bundles"
             with pytest.raises(vault.Erased):
                 api.services.vault.joint_key_of(conn, gone, qf.FACT_LABEL)
         left = qf.sender_rows(engine, "hospital-a")
-        assert len(left) == sum(1 for r in copy if r.key_id not in gone) < len(copy)
+        assert len(left) == sum(1 for r in copy if int(r.idx) not in gone) < len(copy)
+
+
+# --- items 2 and 13 together: what a Bundle naming two patients leaves behind ---------------
+
+BABY = (PASSPORT, "M50000009")
+
+
+def mother_and_baby_claim() -> bytes:
+    """A Claim about the baby, in a Bundle that names the mother first (her entry's subject)."""
+    doc = json.loads(settlement_bundle(BABY, "insurer-a", tag="B1", types=("Claim",)))
+    mother = {"resourceType": "Patient", "identifier": [{"system": KIM[0], "value": KIM[1]}]}
+    doc["entry"].insert(0, {"fullUrl": "urn:uuid:00000000-0000-0000-0000-0000000000ab",
+                            "resource": mother})  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+def test_erasing_one_patient_a_bundle_names_seals_away_what_was_derived_from_it_only(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The export digests and quality facts of a Bundle naming a mother and her baby are
+    sealed under its Bundle key: erasing the baby makes them unreadable, while those of the
+    mother's own Bundle (in another file) stay readable; the download of the file holding
+    both is in both patients' accounting."""
+    with open_api(tmp_path / "data", db_url) as api:
+        hospital = api.credential()
+        both = submit(api, mother_and_baby_claim(), hospital)
+        claims = settlement_bundle(KIM, "insurer-a", tag="K1", types=("Claim", "Invoice"))
+        own = submit(api, claims, hospital)
+        for patient, tag in ((BABY, "B"), (KIM, "K")):
+            submit(api, consent_bundle(patient, "insurer-a", consent_id=f"c-{tag}"), hospital)
+        ins = insurer(api)
+        output = {o["type"]: o for o in finished(api, ins, _type="Claim,Invoice").json()["output"]}
+        assert (output["Claim"]["count"], output["Invoice"]["count"]) == (2, 1)
+        got = api.client.get(path_of(output["Claim"]["url"]), headers=ins)
+        assert got.status_code == 200, got.text
+        for patient in (KIM, BABY):
+            events = [e for e in disclosures(api, hospital, patient) if e["action"] == "E"
+                      and e["subtype"][0]["code"] == "operation"]  # fmt: skip
+            assert [e["entity"][-1]["what"]["type"] for e in events] == ["Claim"], patient
+
+        engine = api.services.engine
+        Indexes(engine).fresh(qf.QUALITY)
+        facts = {int(str(r["idx"])) for r in qf.sender_rows(engine, "hospital-a")}
+        assert {both["index"], own["index"]} <= facts
+        with engine.connect() as conn:
+            copy = conn.execute(select(qf.quality_table)).all()
+
+        erase(api, "hospital-a", BABY)
+        status = path_of(output["Claim"]["url"]).rsplit("/", 1)[0]
+        after = {o["type"]: o for o in api.client.get(status, headers=ins).json()["output"]}
+        assert "extension" not in after["Claim"]
+        assert after["Invoice"]["extension"] == output["Invoice"]["extension"]
+        assert api.client.get(path_of(output["Claim"]["url"]), headers=ins).status_code == 410
+        invoice = api.client.get(path_of(output["Invoice"]["url"]), headers=ins)
+        assert invoice.status_code == 200
+        digest = hashlib.sha256(invoice.content).hexdigest()
+        assert digest == output["Invoice"]["extension"][SHA256_EXTENSION]
+
+        opened = api.services.vault
+        with engine.connect() as conn:
+            assert set(opened.bundle_keys(conn, [both["index"], own["index"]])) == {own["index"]}
+            with pytest.raises(vault.Erased):
+                opened.joint_key_of(conn, [both["index"], own["index"]], qf.FACT_LABEL)
+            opened.joint_key_of(conn, [own["index"]], qf.FACT_LABEL)
+        # The copy's rows of the Bundle naming the baby say nothing any more; the others do.
+        left = {int(str(r["idx"])) for r in qf.sender_rows(engine, "hospital-a")}
+        assert both["index"] not in left and own["index"] in left
+        assert any(int(r.idx) == both["index"] for r in copy)
+        assert api.client.get(f"/fhir/Bundle/{own['id']}", headers=hospital).status_code == 200
+        assert api.client.get(f"/fhir/Bundle/{both['id']}", headers=hospital).status_code == 410

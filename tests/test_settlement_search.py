@@ -87,7 +87,7 @@ def test_an_insurer_reads_its_consented_claim_exactly_as_submitted(
         assert b'"value":1200.00' in claim_answer.content
         # Access entries name the patient as the Bundle entries do (the vault's pseudonym,
         # which an erasure unlinks), never by the lookup tag anyone with the DB can recompute.
-        subject = api.services.vault.subject_of(HOSPITAL, KIM)
+        (subject,) = api.services.vault.subjects_of(HOSPITAL, KIM)
         rows = disclosures_of(api.services.engine, subject)
         assert [(r.action, r.outcome) for r in rows] == [("search", "0")] * 5
         tag = pseudonym(api.services.pseudonym_key, HOSPITAL, KIM)

@@ -10,19 +10,23 @@ indicator counts.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -33,12 +37,15 @@ from sqlalchemy import (
     text,
 )
 
-from exchange import bulk_export, store_upgrade
+from exchange import bulk_export, db, store_upgrade, vault
 from exchange import quality_facts as qf
 from exchange.bulk_export import SHA256_EXTENSION
 from exchange.derived import Indexes
-from tests.api_helpers import Api, open_api, stored_values_by_table
+from exchange.intake.kind import patient_identifiers
+from ledger.entry import commitment
+from tests.api_helpers import Api, open_api, stored_values_by_table, wrap
 from tests.test_bulk_export import exported, path_of
+from tests.test_export_privacy import erase
 from tests.test_quality_facts import EPISODES, episode_bundles, indicator_counts
 from tests.test_settlement_index import PASSPORT, consent_bundle, settlement_bundle
 from tests.test_settlement_search import insurer, submit
@@ -122,7 +129,7 @@ def test_a_legacy_store_opens_upgraded(tmp_path: Path) -> None:
         assert stored and not any(b"38214-3" in v for v in stored)
 
         # Upgrading again changes nothing.
-        assert store_upgrade.upgrade(engine, api.services.vault) == []
+        assert store_upgrade.upgrade(api.services.vault) == []
     after = (data / "medledger.db").read_bytes()
     assert not any(d.encode() in after for d in digests)
     assert b"38214-3" not in after
@@ -210,7 +217,7 @@ def test_an_upgrade_in_place_on_each_database(tmp_path: Path, db_url: str) -> No
         assert again == manifest["output"]
         Indexes(engine).fresh(qf.QUALITY)
         assert indicator_counts(qf.episode_facts(engine, "hospital-a", now)) == facts
-        assert store_upgrade.upgrade(engine, api.services.vault) == []
+        assert store_upgrade.upgrade(api.services.vault) == []
 
 
 def exported_again(
@@ -226,3 +233,211 @@ def exported_again(
         assert hashlib.sha256(got.content).hexdigest() == item["extension"][SHA256_EXTENSION]
         files.append(got.content)
     return output, files
+
+
+BABY = (PASSPORT, "M30000009")
+
+
+def test_the_upgraded_legacy_store_keeps_the_erasure_promise(tmp_path: Path) -> None:
+    """After the upgrade the legacy store is in the current formats throughout: every Bundle
+    still readable is sealed under a Bundle key (MLV2) and reads back the bytes its entry
+    commits to, its retry digest keyed from its patients' keys; export digests and quality
+    facts are sealed under the Bundle keys (MLD1). And it keeps the promise of those formats:
+    a Bundle naming one of its patients beside a new one goes with either's erasure, and
+    nothing else does."""
+    data, meta = legacy_copy(tmp_path)
+    kim = (meta["patients"]["kim"][0], meta["patients"]["kim"][1])
+    with open_api(data) as api:
+        keep_jobs(api)
+        engine, opened = api.services.engine, api.services.vault
+        t = db.bundles_table
+        with engine.connect() as conn:
+            stored = conn.execute(select(t.c.idx, t.c.id, t.c.version, t.c.sender, t.c.data,
+                                         t.c.salt, t.c.digest)).all()  # fmt: skip
+        # Lee's two Bundles were erased before the upgrade: left as they were, unreadable.
+        assert sum(bytes(r.data).startswith(b"MLV1") for r in stored) == 2
+        by_index: dict[int, bytes] = {}
+        for r in stored:
+            if bytes(r.data).startswith(b"MLV1"):
+                continue
+            assert bytes(r.data)[:4] == bytes(r.salt)[:4] == b"MLV2"
+            row = db.bundle_by_id(engine, r.id, int(r.version))
+            assert row is not None and api.entry(int(r.idx)).commit == commitment(
+                row.salt, row.data
+            )
+            patients = patient_identifiers(json.loads(row.data))
+            digest_key = (
+                opened.key_set(opened.patient_keys(r.sender, patients)).digest_key
+                if patients
+                else opened.log_digest_key().dek
+            )
+            assert bytes(r.digest) == vault.keyed_digest(digest_key, row.data)
+            by_index[int(r.idx)] = row.data
+        Indexes(engine).fresh(qf.QUALITY)
+        with engine.connect() as conn:
+            digests = conn.execute(select(bulk_export.files_table.c.digest)).scalars().all()
+            facts = conn.execute(select(qf.quality_table.c.sender, qf.quality_table.c.data)).all()
+        assert digests and all(d is None or bytes(d).startswith(b"MLD1") for d in digests)
+        assert sum(f.sender == "hospital-a" for f in facts) == meta["quality"]["rows"]
+        assert all(bytes(f.data).startswith(b"MLD1") for f in facts)
+
+        # Kim, a patient of the old code, named beside a new patient in a new Bundle.
+        hospital = api.credential()
+        kims = [i for i, body in by_index.items() if kim[1].encode() in body]
+        assert len(kims) == 2  # her claim and her consent
+        both = submit(api, family_of(kim, BABY), hospital)
+        other = {"Authorization": f"Bearer {meta['hospital_b']['token']}"}
+        manifest_b = f"/fhir/$export-status/{meta['hospital_b']['job']}"
+        output_b = api.client.get(manifest_b, headers=other).json()["output"]
+
+        def readable(index: int) -> bool:
+            with engine.connect() as conn:
+                return index in opened.bundle_keys(conn, [index])
+
+        def quality() -> dict[str, list[Any]]:
+            facts = qf.episode_facts(engine, "hospital-a", datetime.fromisoformat(
+                meta["quality"]["as_of"]))  # fmt: skip
+            return {k: list(v) for k, v in indicator_counts(facts).items()}
+
+        erase(api, "hospital-a", BABY)
+        assert not readable(both["index"])
+        assert all(readable(i) for i in by_index)
+        erase(api, "hospital-a", kim)
+        assert not any(readable(i) for i in kims)
+        assert all(readable(i) for i in by_index if i not in kims)
+        # Nothing else went: the other org's export, the quality indicators.
+        assert api.client.get(manifest_b, headers=other).json()["output"] == output_b
+        for item in output_b:
+            got = api.client.get(path_of(item["url"]), headers=other)
+            assert hashlib.sha256(got.content).hexdigest() == item["extension"][SHA256_EXTENSION]
+        Indexes(engine).fresh(qf.QUALITY)
+        assert quality() == meta["quality"]["counts"]
+
+
+def family_of(*patients: tuple[str, str]) -> bytes:
+    """A record Bundle naming these patients, one Patient each, in this order."""
+    raws = [
+        json.dumps({"resourceType": "Patient", "identifier": [{"system": s, "value": v}]}).encode()
+        for s, v in patients
+    ]
+    return wrap(raws)
+
+
+# The tables as the code that sealed them under the first vault format's data keys kept them
+# (its own definitions, verbatim): a digest sealed under a joint key of the files' data keys,
+# and facts sealed under their Bundle's data key.
+_sealed = MetaData()
+FIRST_FORMAT_FILES = Table(
+    "exchange_export_files",
+    _sealed,
+    Column("job_id", String(36), primary_key=True),
+    Column("n", Integer, primary_key=True, autoincrement=False),
+    Column("resource_type", String(32), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("digest", LargeBinary),
+    Column("keys", Text, nullable=False),
+    Column("refs", Text, nullable=False),
+)
+FIRST_FORMAT_FACTS = Table(
+    "exchange_quality_facts",
+    _sealed,
+    Column("idx", BigInteger, nullable=False),
+    Column("sender", String(64), nullable=False),
+    Column("bundle_id", String(64), nullable=False),
+    Column("fact", String(16), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("ix_exchange_quality_facts_sender", "sender", "fact"),
+)
+
+
+def _first_format_joint_key(deks: dict[str, bytes], label: bytes) -> bytes:
+    h = hashlib.sha256(b"medledger-vault/v1 joint\x00" + label)
+    for key_id in sorted(deks):
+        h.update(hmac.new(deks[key_id], label, hashlib.sha256).digest())
+    return h.digest()
+
+
+def _first_format_seal(key: bytes, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+    nonce, kid = os.urandom(12), key_id.encode()
+    return b"MLV1" + bytes([len(kid)]) + kid + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def write_first_format_layout(api: Api, digests: dict[tuple[str, int], str]) -> None:
+    """Rewrites the export files and quality facts as they were kept while Bundles were sealed
+    under their first patient's data key: each file's digest under a joint key of those data
+    keys, the facts under their Bundle's."""
+    engine, opened = api.services.engine, api.services.vault
+    t = db.bundles_table
+    with engine.connect() as conn:
+        first_key = {
+            (r.id, int(r.version)): vault.sealed_key_ids(bytes(r.salt))[0]
+            for r in conn.execute(select(t.c.id, t.c.version, t.c.salt))
+        }
+        files = conn.execute(select(bulk_export.files_table)).all()
+        deks = opened.data_keys(conn, set(first_key.values()))
+        facts = conn.execute(select(qf.quality_table)).all()
+    rows = []
+    for f in files:
+        keys = sorted({first_key[(b, v)] for b, v, _, _ in json.loads(f.refs)})
+        joint = _first_format_joint_key({k: deks[k] for k in keys}, bulk_export.DIGEST_LABEL)
+        aad = f"medledger-export/v1\x00{f.job_id}\x00{f.n}".encode()
+        digest = bytes.fromhex(digests[(f.job_id, f.n)])
+        sealed = _first_format_seal(joint, "export-digest", digest, aad)
+        rows.append({"job_id": f.job_id, "n": f.n, "resource_type": f.resource_type,
+                     "count": f.count, "digest": sealed, "keys": json.dumps(keys),
+                     "refs": f.refs})  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(text('DROP TABLE "exchange_export_files"'))
+        conn.execute(text('DROP TABLE "exchange_quality_facts"'))
+        _sealed.create_all(conn)
+        conn.execute(insert(FIRST_FORMAT_FILES), rows)
+        conn.execute(
+            insert(FIRST_FORMAT_FACTS),
+            [{"idx": r.idx, "sender": r.sender, "bundle_id": r.bundle_id, "fact": r.fact,
+              "key_id": "0" * 32, "data": bytes(r.data)} for r in facts],
+        )  # fmt: skip
+
+
+def test_digests_sealed_under_first_format_data_keys_are_sealed_again(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A store whose export digests were sealed under the data keys Bundles had in the first
+    vault format opens with them sealed under the Bundle keys: a file whose data keys all
+    live keeps its digest and is served; a file with a patient erased meanwhile answers 410."""
+    lee = (PASSPORT, "M60000002")
+    with open_api(tmp_path / "data", db_url) as api:
+        engine = api.services.engine
+        hospital = api.credential()
+        submit(api, settlement_bundle(KIM, "insurer-a", types=("Claim", "Invoice")), hospital)
+        submit(api, settlement_bundle(lee, "insurer-a", tag="L1", types=("Claim",)), hospital)
+        for patient, tag in ((KIM, "K"), (lee, "L")):
+            submit(api, consent_bundle(patient, "insurer-a", consent_id=f"c-{tag}"), hospital)
+        ins = insurer(api)
+        manifest, _ = exported(api, ins, _type="Claim,Invoice")
+        job = path_of(manifest["output"][0]["url"]).split("/")[-2]
+        digests = {
+            (job, n): item["extension"][SHA256_EXTENSION]
+            for n, item in enumerate(manifest["output"])
+        }
+        Indexes(engine).fresh(qf.QUALITY)
+        facts = len(qf.sender_rows(engine, "hospital-a"))
+        write_first_format_layout(api, digests)
+        erase(api, "hospital-a", lee)
+    with open_api(tmp_path / "data", db_url) as api:
+        engine = api.services.engine
+        status = path_of(manifest["output"][0]["url"]).rsplit("/", 1)[0]
+        output = {o["type"]: o for o in api.client.get(status, headers=ins).json()["output"]}
+        before = {o["type"]: o for o in manifest["output"]}
+        assert "extension" not in output["Claim"]  # Lee's claim is in it
+        assert api.client.get(path_of(output["Claim"]["url"]), headers=ins).status_code == 410
+        assert output["Invoice"] == before["Invoice"]
+        got = api.client.get(path_of(output["Invoice"]["url"]), headers=ins)
+        assert got.status_code == 200, got.text
+        digest = hashlib.sha256(got.content).hexdigest()
+        assert digest == before["Invoice"]["extension"][SHA256_EXTENSION]
+        with engine.connect() as conn:  # dropped, to be rebuilt under the Bundle keys
+            assert not inspect(conn).has_table(qf.quality_table.name)
+        Indexes(engine).fresh(qf.QUALITY)
+        assert 0 < len(qf.sender_rows(engine, "hospital-a")) < facts  # without Lee's
+        assert store_upgrade.upgrade(api.services.vault) == []

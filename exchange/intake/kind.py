@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.rwd_identity import check_rwd_bundle
+from exchange.identifiers import normalise
 
 from .genomic import check_genomic_approval
 from .outcome import IntakeError, Issue
@@ -39,9 +40,10 @@ class Intake:
 
     ``identifier`` is Bundle.identifier as (system, value) when it has both; ``patients`` are
     the (system, value) identifiers of the Bundle's Patient resources (entries and their
-    contained resources), without repeats, in document order, skipping identifiers that lack
-    a system or a value; ``resource_types`` are the entries' resource types in entry order
-    (entries without a resource, such as a transaction's DELETE, are skipped).
+    contained resources) in their one spelling (exchange.identifiers.normalise), without
+    repeats, in document order, skipping identifiers that lack a system or a value;
+    ``resource_types`` are the entries' resource types in entry order (entries without a
+    resource, such as a transaction's DELETE, are skipped).
     """
 
     doc: dict[str, Any]
@@ -161,7 +163,19 @@ def bundle_identifier(doc: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def patient_identifiers(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """Patient.identifier (system, value) pairs of the Bundle's Patients, without repeats."""
+    """Patient.identifier (system, value) pairs of the Bundle's Patients, each in its one
+    spelling (exchange.identifiers.normalise), without repeats, in document order."""
+    found: list[tuple[str, str]] = []
+    for spelled in spelled_patient_identifiers(doc):
+        pair = normalise(spelled)
+        if all(pair) and pair not in found:
+            found.append(pair)
+    return found
+
+
+def spelled_patient_identifiers(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The same pairs as spelled in the Bundle, without repeats (before identifiers had one
+    spelling, these were the keys: exchange.store_upgrade)."""
     found: list[tuple[str, str]] = []
     for resource in _resources(doc):
         if resource.get("resourceType") != "Patient":

@@ -22,7 +22,9 @@ class Checked:
     kind: str
     media: str
     identifier: tuple[str, str] | None
-    patient: tuple[str, str] | None  # the first Patient.identifier (system, value)
+    # Every Patient.identifier (system, value) the Bundle names, in its one spelling; the first
+    # is the patient the ledger entry's `subject` names.
+    patients: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def check(body: bytes, content_type: str | None, limits: IntakeLimits) -> Checke
         kind=intake.kind,
         media=media,
         identifier=intake.identifier,
-        patient=intake.patients[0] if intake.patients else None,
+        patients=tuple(intake.patients),
     )
 
 

@@ -232,7 +232,7 @@ async def export_kickoff(
         await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
         bulk_export.start_worker(services.engine, gate, job)
-        return Answer(job.id.encode(), 0, 0, [], f"$export {','.join(types)} job {job.id}")
+        return Answer(job.id.encode(), 0, 0, {}, f"$export {','.join(types)} job {job.id}")
 
     if client.role == "insurer":
         answer = await recorded_once(
@@ -381,10 +381,11 @@ async def export_file(
                     patient_subject=subject,
                     purpose=job.spec.purpose,
                     outcome="0",
-                    detail=f"$export job {job_id} file {n}: {lines} of {found[0].count} "
-                    "resources are this patient's",
+                    detail=f"$export job {job_id} file {n}: {served.lines[subject]} of "
+                    f"{found[0].count} resources are this patient's",
+                    other_subjects=others,
                 )  # fmt: skip
-                for subject, lines in served.patients.items()
+                for subject, others in served.patients.items()
             )
         )
     return Response(served.data, 200, _expires_header(services, job), media_type=bulk_export.NDJSON)

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from exchange import institutions
-from exchange.access import record_access_blocking
+from exchange.access import record_access_per_patient_blocking
 from exchange.auth import Client, endpoint_scopes, require_role, require_scope
-from exchange.db import BundleRow, bundle_by_id, entry_subject
+from exchange.db import BundleRow, bundle_by_id, bundle_patients
 from exchange.intake import IntakeError, Issue, check_media_type
 from exchange.outcome import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
 from exchange.services import Services, Stored, SubmitRequest, get_services, submit
@@ -275,12 +275,12 @@ def _disclosed(services: Services, client: Client, row: BundleRow) -> Response:
     """The stored bytes, once recorded: read by anyone but the hospital that submitted them
     (an admin), they are a disclosure, an access entry in the patient's accounting."""
     if client.org != row.sender:
-        record_access_blocking(
+        record_access_per_patient_blocking(
             services,
             client,
+            bundle_patients(services.engine, [row.index]),
             action="read",
             resource_type="Bundle",
-            patient_subject=entry_subject(services.engine, row.index),
             purpose=client.purpose,
             outcome="0",
             detail=f"Bundle {row.id} version {row.version}",

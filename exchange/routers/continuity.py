@@ -23,9 +23,9 @@ from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
 from adapters.ips import build_ips
 from adapters.ips_json import dumps
-from exchange.access import record_access
+from exchange.access import record_access_per_patient
 from exchange.auth import Client, require_role
-from exchange.db import bundle_by_id, entry_subject
+from exchange.db import bundle_by_id, bundle_patients
 from exchange.derived import Indexes, get_indexes
 from exchange.outcome import FHIR_JSON, ApiError, error_responses
 from exchange.patients import bundles_about, patient_index
@@ -73,15 +73,14 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
 
 def patient_bundles(
     services: Services, indexes: Indexes, sender: str, patient: tuple[str, str]
-) -> tuple[list[bytes], bytes | None]:
+) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
     """The latest version of each of the sender's summary Bundles about the patient, and the
-    patient's subject as the ledger entries of those Bundles carry it."""
+    patients those Bundles name, as their access entries name them (exchange.access)."""
     indexes.fresh(patient_index(services.pseudonym_key))
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
     found = [bundle_by_id(services.engine, bundle_id) for bundle_id in ids]
     rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
-    subject = entry_subject(services.engine, rows[0].index) if rows else None
-    return [row.data for row in rows], subject
+    return [row.data for row in rows], bundle_patients(services.engine, [r.index for r in rows])
 
 
 def _unprocessable(e: AdaptError) -> ApiError:
@@ -111,7 +110,7 @@ async def patient_summary(
 ) -> Response:
     assert client.org is not None  # a hospital client always has its org
     patient = parse_token(identifier, "identifier")
-    bundles, subject = await run_in_threadpool(
+    bundles, subjects = await run_in_threadpool(
         patient_bundles, services, indexes, client.org, patient
     )
     if not bundles:
@@ -128,12 +127,12 @@ async def patient_summary(
     except AdaptError as e:
         raise _unprocessable(e) from None
     body = dumps(ips)
-    await record_access(
+    await record_access_per_patient(
         services,
         client,
+        subjects,
         action="transform",
         resource_type="Bundle",
-        patient_subject=subject,
         purpose=purpose(client, purpose_of_use),
         outcome="0",
         detail="IPS $summary",
@@ -167,13 +166,13 @@ async def bundle_hl7v2(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
-    subject = await run_in_threadpool(entry_subject, services.engine, row.index)
-    await record_access(
+    subjects = await run_in_threadpool(bundle_patients, services.engine, [row.index])
+    await record_access_per_patient(
         services,
         client,
+        subjects,
         action="transform",
         resource_type="Bundle",
-        patient_subject=subject,
         purpose=purpose(client, purpose_of_use),
         outcome="0",
         detail=f"HL7 v2.5.1 {message}",

@@ -2,10 +2,12 @@
 
 HIPAA 45 CFR 164.528 and GDPR article 15(1)(c) give a patient the list of recipients their data
 went to; PIPL article 45 the same. The patient is named as the hospital submitted them (the
-identifier value in the path, its system as a query parameter); the exchange turns that into
-the keyed pseudonym its ledger entries carry and answers every `access` entry about it, as a
-FHIR searchset Bundle of the stored AuditEvents (byte for byte the documents the ledger commits
-to, with their ledger index as the entry's fullUrl).
+identifier value in the path, `/` in it escaped as %2F, its system as a query parameter; any
+spelling of it: exchange.identifiers); the exchange turns that into the keyed pseudonyms its
+ledger entries carry and answers every `access` entry about the patient (as its subject, or as
+another patient the disclosed Bundles name), as a FHIR searchset Bundle of the stored
+AuditEvents (byte for byte the documents the ledger commits to, with their ledger index as the
+entry's fullUrl).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def searchset(documents: list[tuple[int, bytes]]) -> bytes:
     return head + b',"entry":[' + entries + b"]}"
 
 
+# `:path`: an identifier value may hold a `/` (sent as %2F, which the server decodes before
+# routing), as in "2024/0042"; the rest of the route is fixed, so the match is unambiguous.
 @router.get(
-    "/{value}/disclosures",
+    "/{value:path}/disclosures",
     summary="Accounting of disclosures: every access entry about one of the hospital's patients",
     response_class=Response,
     responses={
@@ -59,18 +63,12 @@ async def patient_disclosures(
     assert client.org is not None  # a hospital client always has its org
     # The pseudonym is keyed by the submitting hospital: another hospital's patient of the same
     # identifier is another pseudonym, so a hospital only ever sees its own patients' accounting.
-    # Entries carry the patient's vault pseudonym; entries made before the vault carry the
-    # lookup tag (pseudonym()), which was the subject then: both are the patient's.
+    # Entries carry the patient's vault pseudonyms (its key's, and its alias keys'); entries
+    # made before the vault carry the lookup tag (pseudonym()), which was the subject then:
+    # all are the patient's.
     patient = (system, value)
     subjects = [pseudonym(services.pseudonym_key, client.org, patient)]
-    current = await run_in_threadpool(services.vault.subject_of, client.org, patient)
-    if current is not None:
-        subjects.append(current)
-    found = [
-        row
-        for subject in subjects
-        for row in await run_in_threadpool(disclosures_of, services.engine, subject, MAX_ENTRIES)
-    ]
-    rows = sorted(found, key=lambda row: row.index)[:MAX_ENTRIES]
+    subjects += await run_in_threadpool(services.vault.subjects_of, client.org, patient)
+    rows = await run_in_threadpool(disclosures_of, services.engine, subjects, MAX_ENTRIES)
     body = searchset([(row.index, row.data) for row in rows])
     return Response(body, media_type=FHIR_JSON)

@@ -10,6 +10,7 @@ entry naming no patient (`denied`, or `export` when the product was used by no o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -101,10 +102,11 @@ async def rwd_export(
                     purpose,
                     "export",
                     "0",
-                    f"{detail}; {n} of them this patient's",
+                    f"{detail}; {export.bundles[subject]} of them this patient's",
                     subject,
+                    others,
                 )  # fmt: skip
-                for subject, n in export.patients.items()
+                for subject, others in export.patients.items()
             )
         )
     else:
@@ -124,6 +126,7 @@ async def _record(
     outcome: str,
     why: str,
     subject: bytes | None = None,
+    others: Sequence[bytes] = (),
 ) -> None:
     await record_access(
         services,
@@ -134,4 +137,5 @@ async def _record(
         purpose=purpose,
         outcome=outcome,
         detail=why,
+        other_subjects=others,
     )

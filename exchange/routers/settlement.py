@@ -160,7 +160,7 @@ async def recorded_once(
     await record_access_per_patient(
         services,
         client,
-        answer.subjects,
+        answer.patients,
         action=action if disclosed else "denied",
         resource_type=resource_type,
         purpose=purpose,
@@ -180,7 +180,9 @@ class Answer:
     body: bytes
     disclosed: int  # resources in the answer
     withheld: int  # resources that matched but the policy withheld
-    subjects: list[bytes]  # the patients disclosed (else refused), for the access entries
+    # The patients disclosed (else refused), for the access entries: each subject -> the
+    # further patients its Bundles name (exchange.access).
+    patients: dict[bytes, list[bytes]]
     detail: str  # for the access entry: counts only, no PHI
 
 
@@ -399,15 +401,16 @@ def run_search(
         token = make_cursor(secret, search.client.client_id, digest, (page[-1].index, page[-1].pos))
         kept = [(k, v) for k, v in search.params if k != "_cursor"]
         links.append(("next", search.base_url + "?" + urlencode([*kept, ("_cursor", token)])))
-    # The access entries name each patient as the Bundle's own entry does (the vault's
-    # pseudonym, which an erasure unlinks), never by the index's lookup tag. An identifier
-    # can name a patient at several hospitals: each such patient gets an entry.
+    # The access entries name each patient as the Bundles' own entries do (the vault's
+    # pseudonyms, which an erasure unlinks), never by the index's lookup tag: every patient
+    # the Bundles of the answer name (a Bundle may name a mother and her baby), and each
+    # patient an identifier names at several hospitals.
     about = page or withheld
     return Answer(
         body=searchset(resources, links),
         disclosed=len(page),
         withheld=len(withheld),
-        subjects=db.entry_subjects(engine, (r.index for r in about if r.subject is not None)),
+        patients=db.bundle_patients(engine, (r.index for r in about)),
         detail=f"{search.query.resource_types[0]} search: {len(page)} returned, "
         f"{len(withheld)} withheld",
     )
