@@ -578,6 +578,25 @@ class Log:
         proof = self._prove(merkle.inclusion_plan(index, size), size)
         return format_receipt(Receipt(index, tuple(proof), note, data))
 
+    def receipt_at(self, index: int, note: str) -> str:
+        """A receipt for entry `index` against `note`, a checkpoint of this log given
+        verbatim (a witnessed one keeps its cosignature lines): the inclusion proof is for
+        the note's size, whose root must be the log's. Raises ProofError when the entry is
+        not in that tree, LogStateError when the note is not of this log's tree."""
+        try:
+            cp = parse_checkpoint(split_note(note)[0])
+        except (NoteError, ValueError) as e:
+            raise LogStateError(f"not a checkpoint: {e}") from e
+        if cp.origin != self.origin:
+            raise LogStateError(f"a checkpoint of {cp.origin!r}, not of {self.origin!r}")
+        if not 0 <= index < cp.size:
+            raise merkle.ProofError(f"no entry {index} in the tree of size {cp.size}")
+        if self.root(cp.size) != cp.root:
+            raise LogStateError(f"the checkpoint's root is not this log's at size {cp.size}")
+        data = self.entries(index, index + 1)[0]
+        proof = self._prove(merkle.inclusion_plan(index, cp.size), cp.size)
+        return format_receipt(Receipt(index, tuple(proof), note, data))
+
     def original_receipt(self, index: int) -> Appended:
         """The receipt entry `index` was first answered with."""
         with self.engine.connect() as conn:
