@@ -26,10 +26,10 @@ from .entry import Entry, format_time, parse_entry
 from .errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
 from .faults import fault_point
 from .hash_cache import HashCache, RightEdgeCache
+from .last_checkpoint import read_last_checkpoint, write_last_checkpoint
 from .note import NoteError, Signer, Verifier, open_note, sign
 from .note import split as split_note
 from .receipt import Receipt, format_receipt
-from .last_checkpoint import read_last_checkpoint, write_last_checkpoint
 
 Clock = Callable[[], datetime]
 RowWriter = Callable[[Connection, Entry], None]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ledger.checkpoint import parse_checkpoint
-from ledger.note import split as split_note
 from ledger.last_checkpoint import read_last_checkpoint, write_last_checkpoint
+from ledger.note import split as split_note
 
 from ..ledger_helpers import new_signer, open_log, submission
 
