@@ -35,6 +35,9 @@ VERIFIER_PATH = {
     "ledger.note",
     "ledger.policy",
     "ledger.receipt",
+    "ledger.tiles",
+    "ledger.tiles.layout",
+    "ledger.tiles.reader",
     "ledger.untrusted",
     "ledger.verify",
 }

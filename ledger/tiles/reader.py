@@ -1,0 +1,151 @@
+"""Proofs, roots and entries of a tree of known size and root, from its tiles alone.
+
+TileReader(size, root, fetch) reads any Merkle tree hash of the tree through
+`fetch(path) -> bytes` and authenticates every tile it uses before trusting a hash in it, as
+golang.org/x/mod/sumdb/tlog's TileHashReader does: the partial tiles of the tree's right edge
+(one per level, and the top level is always partial) must fold to the signed root, and a full
+tile must hash to the hash its parent tile holds for it. Proofs and entries read through it
+are then those of the signed tree; a server that serves a wrong tile makes the read fail
+(TileError), never succeed with a wrong answer.
+
+The proofs are merkle.inclusion_proof and merkle.consistency_proof over the tile hashes: the
+same plans the store uses, reading from tiles instead of rows. Standard library only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from .. import merkle
+from ..merkle import Hash, fold_frontier, split_stored_hash_index, subtree_levels
+from .layout import ENTRIES, TILE_HEIGHT, Tile, TileError, parse_bundle, split_tile, tile_for
+
+Fetch = Callable[[str], bytes]
+"""fetch(path): the bytes at a tile path (``tile/...``); raises what it raises when absent."""
+
+
+def _mth(hashes: Sequence[Hash]) -> Hash:
+    """The root of a perfect subtree (a power of two of hashes)."""
+    return subtree_levels(list(hashes))[-1][0]
+
+
+class TileReader:
+    """The tree of `size` leaves with `root` (from a verified checkpoint), read from tiles.
+
+    Keeps up to `cache_tiles` authenticated full tiles (least recently used first out), and
+    the partial ones. Safe for use from several threads.
+    """
+
+    def __init__(self, size: int, root: Hash, fetch: Fetch, *, cache_tiles: int = 4096) -> None:
+        self.size = size
+        self.root = root
+        self.fetch = fetch
+        self._cache: OrderedDict[Tile, list[Hash]] = OrderedDict()
+        self._cache_tiles = max(cache_tiles, 1)
+        self._lock = threading.Lock()
+        self._edge: dict[Tile, list[Hash]] | None = None  # the partial tiles, once checked
+
+    # --- tiles -----------------------------------------------------------------------------
+
+    def _get(self, tile: Tile) -> list[Hash]:
+        if not tile.full:
+            return self._check_edge()[tile]
+        with self._lock:
+            hashes = self._cache.get(tile)
+            if hashes is not None:
+                self._cache.move_to_end(tile)
+                return hashes
+        hashes = split_tile(self.fetch(tile.path()), tile)
+        parent = self.tile_hashes(tile.level + 1, tile.index >> TILE_HEIGHT)
+        if _mth(hashes) != parent[tile.index & 0xFF]:
+            raise TileError(f"{tile.path()} does not hash to its parent tile's hash")
+        self._keep(tile, hashes)
+        return hashes
+
+    def _keep(self, tile: Tile, hashes: list[Hash]) -> None:
+        with self._lock:
+            self._cache[tile] = hashes
+            self._cache.move_to_end(tile)
+            while len(self._cache) > self._cache_tiles:
+                self._cache.popitem(last=False)
+
+    def _check_edge(self) -> dict[Tile, list[Hash]]:
+        """The partial tile of every level, fetched once and checked to fold to the root
+        (kept apart from the cache: proofs near the end of the tree all read them)."""
+        if self._edge is not None:
+            return self._edge
+        frontier: list[Hash] = []
+        edge: dict[Tile, list[Hash]] = {}
+        level = 0
+        while self.size >> (level * TILE_HEIGHT):
+            level += 1
+        for lvl in range(level - 1, -1, -1):  # top level first: the frontier's order
+            n = self.size >> (lvl * TILE_HEIGHT)
+            if not n & 0xFF:
+                continue
+            t = tile_for(lvl, n >> TILE_HEIGHT, self.size)
+            hashes = split_tile(self.fetch(t.path()), t)
+            edge[t] = hashes
+            pos = 0
+            for bit in range(TILE_HEIGHT - 1, -1, -1):
+                if t.width >> bit & 1:
+                    frontier.append(_mth(hashes[pos : pos + (1 << bit)]))
+                    pos += 1 << bit
+        if fold_frontier(frontier) != self.root:
+            raise TileError(f"the partial tiles of size {self.size} do not fold to its root")
+        self._edge = edge
+        return edge
+
+    def tile_hashes(self, level: int, index: int) -> list[Hash]:
+        """The authenticated hashes of tile `index` at `level`, as the tree has it."""
+        return self._get(tile_for(level, index, self.size))
+
+    # --- hashes and proofs ---------------------------------------------------------------
+
+    def hash_at(self, height: int, n: int) -> Hash:
+        """The hash of the n-th complete subtree of `height` (it must lie within the tree)."""
+        if (n + 1) << height > self.size:
+            raise TileError(f"no complete subtree {n} of height {height} in size {self.size}")
+        level, sub = divmod(height, TILE_HEIGHT)
+        lo = n << sub  # the first of the tile-level hashes this subtree covers
+        hashes = self.tile_hashes(level, lo >> TILE_HEIGHT)
+        off = lo & 0xFF
+        return hashes[off] if sub == 0 else _mth(hashes[off : off + (1 << sub)])
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[Hash]:
+        """merkle.HashReader over the tiles: the hashes at stored-hash indexes."""
+        return [self.hash_at(*split_stored_hash_index(i)) for i in indexes]
+
+    def tree_root(self) -> Hash:
+        """The root recomputed from tiles (equal to `root`, or a TileError was raised)."""
+        return merkle.tree_hash(self.size, self.read_hashes)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[Hash]:
+        """RFC 6962 PATH(index, D[0:size]) for size <= the reader's (default: its size)."""
+        return merkle.inclusion_proof(index, self._size(size), self.read_hashes)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[Hash]:
+        """RFC 6962 PROOF(size1, D[0:size2]) for size2 <= the reader's (default: its size)."""
+        return merkle.consistency_proof(size1, self._size(size2), self.read_hashes)
+
+    def _size(self, size: int | None) -> int:
+        if size is None:
+            return self.size
+        if not 0 < size <= self.size:
+            raise merkle.ProofError(f"size {size} is not within the tree of size {self.size}")
+        return size
+
+    # --- entries ---------------------------------------------------------------------------
+
+    def entries(self, bundle: int) -> list[bytes]:
+        """The entries of bundle `bundle` (entries 256*bundle on), each checked against its
+        leaf hash in the authenticated level-0 tile."""
+        t = tile_for(ENTRIES, bundle, self.size)
+        got = parse_bundle(self.fetch(t.path()), t)
+        leaves = self.tile_hashes(0, bundle)
+        for i, (e, leaf) in enumerate(zip(got, leaves, strict=True)):
+            if merkle.leaf_hash(e) != leaf:
+                raise TileError(f"{t.path()}: entry {t.start + i} does not hash to its leaf")
+        return got
