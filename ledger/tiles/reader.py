@@ -15,83 +15,90 @@ same plans the store uses, reading from tiles instead of rows. Standard library 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from .. import merkle
-from ..merkle import Hash, fold_frontier, split_stored_hash_index, subtree_levels
-from .layout import ENTRIES, TILE_HEIGHT, Tile, TileError, parse_bundle, split_tile, tile_for
+from ..merkle import Hash, fold_frontier, split_stored_hash_index
+from .layout import ENTRIES, TILE_HEIGHT, TileError, parse_bundle, split_tile, tile_for
 
 Fetch = Callable[[str], bytes]
 """fetch(path): the bytes at a tile path (``tile/...``); raises what it raises when absent."""
 
 
-def _mth(hashes: Sequence[Hash]) -> Hash:
-    """The root of a perfect subtree (a power of two of hashes)."""
-    return subtree_levels(list(hashes))[-1][0]
+Levels = list[list[Hash]]
+"""A tile's hashes (level 0) and those of the complete subtrees among them, level by level:
+levels[s][j] is the hash of the tile's hashes [j * 2^s, (j+1) * 2^s)."""
+
+
+def _levels(hashes: list[Hash]) -> Levels:
+    levels = [hashes]
+    while len(levels[-1]) > 1:
+        cur = levels[-1]
+        levels.append([merkle.node_hash(cur[2 * j], cur[2 * j + 1]) for j in range(len(cur) // 2)])
+    return levels
 
 
 class TileReader:
     """The tree of `size` leaves with `root` (from a verified checkpoint), read from tiles.
 
-    Keeps up to `cache_tiles` authenticated full tiles (least recently used first out), and
-    the partial ones. Safe for use from several threads.
+    Keeps up to `cache_tiles` authenticated full tiles, with the hashes of the subtrees
+    inside them (about 33 KB a tile; the oldest out first), and the partial ones. Safe for
+    use from several threads.
     """
 
-    def __init__(self, size: int, root: Hash, fetch: Fetch, *, cache_tiles: int = 4096) -> None:
+    def __init__(self, size: int, root: Hash, fetch: Fetch, *, cache_tiles: int = 1024) -> None:
         self.size = size
         self.root = root
         self.fetch = fetch
-        self._cache: OrderedDict[Tile, list[Hash]] = OrderedDict()
+        self._cache: dict[tuple[int, int], Levels] = {}  # (level, index): full tiles
         self._cache_tiles = max(cache_tiles, 1)
         self._lock = threading.Lock()
-        self._edge: dict[Tile, list[Hash]] | None = None  # the partial tiles, once checked
+        self._edge: dict[tuple[int, int], Levels] | None = None  # partial tiles, once checked
 
     # --- tiles -----------------------------------------------------------------------------
 
-    def _get(self, tile: Tile) -> list[Hash]:
-        if not tile.full:
-            return self._check_edge()[tile]
-        with self._lock:
-            hashes = self._cache.get(tile)
-            if hashes is not None:
-                self._cache.move_to_end(tile)
-                return hashes
-        hashes = split_tile(self.fetch(tile.path()), tile)
-        parent = self.tile_hashes(tile.level + 1, tile.index >> TILE_HEIGHT)
-        if _mth(hashes) != parent[tile.index & 0xFF]:
+    def _levels_of(self, level: int, index: int) -> Levels:
+        """The authenticated levels of tile `index` at `level` (a dict lookup once read)."""
+        key = (level, index)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
+        edge = self._check_edge()
+        if key in edge:
+            return edge[key]
+        tile = tile_for(level, index, self.size)
+        if not tile.full:  # a partial tile the tree has is on its edge
+            raise TileError(f"{tile.path()} is not on the edge of size {self.size}")
+        levels = _levels(split_tile(self.fetch(tile.path()), tile))
+        parent = self._levels_of(level + 1, index >> TILE_HEIGHT)
+        if levels[-1][0] != parent[0][index & 0xFF]:
             raise TileError(f"{tile.path()} does not hash to its parent tile's hash")
-        self._keep(tile, hashes)
-        return hashes
-
-    def _keep(self, tile: Tile, hashes: list[Hash]) -> None:
         with self._lock:
-            self._cache[tile] = hashes
-            self._cache.move_to_end(tile)
+            self._cache[key] = levels
             while len(self._cache) > self._cache_tiles:
-                self._cache.popitem(last=False)
+                del self._cache[next(iter(self._cache))]
+        return levels
 
-    def _check_edge(self) -> dict[Tile, list[Hash]]:
+    def _check_edge(self) -> dict[tuple[int, int], Levels]:
         """The partial tile of every level, fetched once and checked to fold to the root
         (kept apart from the cache: proofs near the end of the tree all read them)."""
         if self._edge is not None:
             return self._edge
         frontier: list[Hash] = []
-        edge: dict[Tile, list[Hash]] = {}
-        level = 0
-        while self.size >> (level * TILE_HEIGHT):
-            level += 1
-        for lvl in range(level - 1, -1, -1):  # top level first: the frontier's order
+        edge: dict[tuple[int, int], Levels] = {}
+        top = 0
+        while self.size >> (top * TILE_HEIGHT):
+            top += 1
+        for lvl in range(top - 1, -1, -1):  # top level first: the frontier's order
             n = self.size >> (lvl * TILE_HEIGHT)
             if not n & 0xFF:
                 continue
             t = tile_for(lvl, n >> TILE_HEIGHT, self.size)
-            hashes = split_tile(self.fetch(t.path()), t)
-            edge[t] = hashes
-            pos = 0
+            levels = edge[lvl, t.index] = _levels(split_tile(self.fetch(t.path()), t))
+            pos = 0  # the tile's width in binary: its maximal complete subtrees, left first
             for bit in range(TILE_HEIGHT - 1, -1, -1):
                 if t.width >> bit & 1:
-                    frontier.append(_mth(hashes[pos : pos + (1 << bit)]))
+                    frontier.append(levels[bit][pos >> bit])
                     pos += 1 << bit
         if fold_frontier(frontier) != self.root:
             raise TileError(f"the partial tiles of size {self.size} do not fold to its root")
@@ -100,7 +107,7 @@ class TileReader:
 
     def tile_hashes(self, level: int, index: int) -> list[Hash]:
         """The authenticated hashes of tile `index` at `level`, as the tree has it."""
-        return self._get(tile_for(level, index, self.size))
+        return self._levels_of(level, index)[0]
 
     # --- hashes and proofs ---------------------------------------------------------------
 
@@ -110,9 +117,7 @@ class TileReader:
             raise TileError(f"no complete subtree {n} of height {height} in size {self.size}")
         level, sub = divmod(height, TILE_HEIGHT)
         lo = n << sub  # the first of the tile-level hashes this subtree covers
-        hashes = self.tile_hashes(level, lo >> TILE_HEIGHT)
-        off = lo & 0xFF
-        return hashes[off] if sub == 0 else _mth(hashes[off : off + (1 << sub)])
+        return self._levels_of(level, lo >> TILE_HEIGHT)[sub][(lo & 0xFF) >> sub]
 
     def read_hashes(self, indexes: Sequence[int]) -> list[Hash]:
         """merkle.HashReader over the tiles: the hashes at stored-hash indexes."""
