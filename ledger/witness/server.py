@@ -136,8 +136,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self) -> None:
-        if self.path.partition("?")[0] != "/add-checkpoint":
-            self._text(405 if _MONITOR_PATH.fullmatch(self.path) else 404, "not found")
+        path = self.path.partition("?")[0]
+        if _MONITOR_PATH.fullmatch(path):
+            self._text(405, "use GET", Allow="GET, HEAD")
+            return
+        if path != "/add-checkpoint":
+            self._text(404, "not found")
             return
         body = self._body()
         if body is None:

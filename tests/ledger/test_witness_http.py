@@ -191,6 +191,8 @@ def test_body_caps(env) -> None:
         s.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 411")
     assert client.get("/add-checkpoint").status_code == 405
+    r = client.post(monitor_path("test.example/log"), content=b"x")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     assert client.post("/elsewhere", content=b"x").status_code == 404
 
 
