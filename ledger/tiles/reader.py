@@ -14,39 +14,52 @@ same plans the store uses, reading from tiles instead of rows. Standard library 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 
 from .. import merkle
-from ..merkle import Hash, fold_frontier, split_stored_hash_index
-from .layout import ENTRIES, TILE_HEIGHT, TileError, parse_bundle, split_tile, tile_for
+from ..merkle import HASH_SIZE, Hash, fold_frontier, split_stored_hash_index
+from .layout import ENTRIES, TILE_HEIGHT, Tile, TileError, parse_bundle, tile_for
 
 Fetch = Callable[[str], bytes]
 """fetch(path): the bytes at a tile path (``tile/...``); raises what it raises when absent."""
 
 
-Levels = list[list[Hash]]
-"""A tile's hashes (level 0) and those of the complete subtrees among them, level by level:
-levels[s][j] is the hash of the tile's hashes [j * 2^s, (j+1) * 2^s)."""
+Levels = list[bytes]
+"""A tile's hashes (level 0) and those of the complete subtrees among them, level by level,
+each level one string of 32-byte hashes: levels[s][32j : 32j + 32] is the hash of the tile's
+hashes [j * 2^s, (j+1) * 2^s)."""
+
+_sha256 = hashlib.sha256
 
 
-def _levels(hashes: list[Hash]) -> Levels:
-    levels = [hashes]
-    while len(levels[-1]) > 1:
+def _levels(data: bytes) -> Levels:
+    levels = [data]
+    while len(levels[-1]) > HASH_SIZE:
         cur = levels[-1]
-        levels.append([merkle.node_hash(cur[2 * j], cur[2 * j + 1]) for j in range(len(cur) // 2)])
+        levels.append(
+            b"".join(
+                _sha256(b"\x01" + cur[i : i + 2 * HASH_SIZE]).digest()
+                for i in range(0, len(cur) - 2 * HASH_SIZE + 1, 2 * HASH_SIZE)
+            )
+        )
     return levels
+
+
+def _at(level: bytes, j: int) -> Hash:
+    return level[j * HASH_SIZE : (j + 1) * HASH_SIZE]
 
 
 class TileReader:
     """The tree of `size` leaves with `root` (from a verified checkpoint), read from tiles.
 
     Keeps up to `cache_tiles` authenticated full tiles, with the hashes of the subtrees
-    inside them (about 33 KB a tile; the oldest out first), and the partial ones. Safe for
-    use from several threads.
+    inside them (16 KiB a tile: 4,096 tiles, 64 MiB, cover 2^20 leaves; the oldest out
+    first), and the partial ones. Safe for use from several threads.
     """
 
-    def __init__(self, size: int, root: Hash, fetch: Fetch, *, cache_tiles: int = 1024) -> None:
+    def __init__(self, size: int, root: Hash, fetch: Fetch, *, cache_tiles: int = 4096) -> None:
         self.size = size
         self.root = root
         self.fetch = fetch
@@ -69,9 +82,9 @@ class TileReader:
         tile = tile_for(level, index, self.size)
         if not tile.full:  # a partial tile the tree has is on its edge
             raise TileError(f"{tile.path()} is not on the edge of size {self.size}")
-        levels = _levels(split_tile(self.fetch(tile.path()), tile))
+        levels = _levels(self._fetch(tile))
         parent = self._levels_of(level + 1, index >> TILE_HEIGHT)
-        if levels[-1][0] != parent[0][index & 0xFF]:
+        if levels[-1] != _at(parent[0], index & 0xFF):
             raise TileError(f"{tile.path()} does not hash to its parent tile's hash")
         with self._lock:
             self._cache[key] = levels
@@ -94,20 +107,27 @@ class TileReader:
             if not n & 0xFF:
                 continue
             t = tile_for(lvl, n >> TILE_HEIGHT, self.size)
-            levels = edge[lvl, t.index] = _levels(split_tile(self.fetch(t.path()), t))
+            levels = edge[lvl, t.index] = _levels(self._fetch(t))
             pos = 0  # the tile's width in binary: its maximal complete subtrees, left first
             for bit in range(TILE_HEIGHT - 1, -1, -1):
                 if t.width >> bit & 1:
-                    frontier.append(levels[bit][pos >> bit])
+                    frontier.append(_at(levels[bit], pos >> bit))
                     pos += 1 << bit
         if fold_frontier(frontier) != self.root:
             raise TileError(f"the partial tiles of size {self.size} do not fold to its root")
         self._edge = edge
         return edge
 
+    def _fetch(self, tile: Tile) -> bytes:
+        data = self.fetch(tile.path())
+        if len(data) != tile.width * HASH_SIZE:
+            raise TileError(f"{tile.path()} is {len(data):,} bytes, not {tile.width * HASH_SIZE:,}")
+        return data
+
     def tile_hashes(self, level: int, index: int) -> list[Hash]:
         """The authenticated hashes of tile `index` at `level`, as the tree has it."""
-        return self._levels_of(level, index)[0]
+        data = self._levels_of(level, index)[0]
+        return [_at(data, j) for j in range(len(data) // HASH_SIZE)]
 
     # --- hashes and proofs ---------------------------------------------------------------
 
@@ -117,7 +137,7 @@ class TileReader:
             raise TileError(f"no complete subtree {n} of height {height} in size {self.size}")
         level, sub = divmod(height, TILE_HEIGHT)
         lo = n << sub  # the first of the tile-level hashes this subtree covers
-        return self._levels_of(level, lo >> TILE_HEIGHT)[sub][(lo & 0xFF) >> sub]
+        return _at(self._levels_of(level, lo >> TILE_HEIGHT)[sub], (lo & 0xFF) >> sub)
 
     def read_hashes(self, indexes: Sequence[int]) -> list[Hash]:
         """merkle.HashReader over the tiles: the hashes at stored-hash indexes."""
