@@ -27,7 +27,7 @@ from ..audit.evidence import Evidence
 from ..checkpoint import CheckpointError, parse_checkpoint
 from ..note import NoteError
 from ..note import split as split_note
-from ..policy import Policy, PolicyWitness
+from ..policy import CheckpointRefused, Policy, PolicyWitness
 from .client import (
     Prove,
     WitnessClient,
@@ -153,7 +153,9 @@ class CosignatureCollector:
     `latest()` returns the log's latest signed checkpoint note; `prove(size1, size2)` its
     consistency proof between two sizes (both are called from the collector's threads).
     Witnesses without a URL in the policy are not contacted. `on_witnessed`, when given, is
-    called with each newly witnessed note.
+    called with each newly witnessed note; such a note kept by the caller and given back as
+    `initial` after a restart is served until a newer one is witnessed; it must meet the
+    policy, whose log lines must then list the log (ValueError otherwise).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class CosignatureCollector:
         max_backoff: float = 30.0,
         poll: float = 1.0,
         on_witnessed: Witnessed | None = None,
+        initial: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         reachable = [w for w in policy.witnesses if w.url]
@@ -192,6 +195,12 @@ class CosignatureCollector:
         self._round_at = float("-inf")
         self._cosigs: dict[int, dict[str, str]] = {}  # size -> witness name -> line
         self._witnessed: tuple[int, str] | None = None
+        if initial is not None:
+            try:
+                ev = policy.require(initial)
+            except CheckpointRefused as e:
+                raise ValueError(f"the initial witnessed checkpoint: {e}") from e
+            self._witnessed = (ev.checkpoint.size, initial)
         self._error: str | None = None
         self._thread = threading.Thread(target=self._run, name="witness-rounds", daemon=True)
 

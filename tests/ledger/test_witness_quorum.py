@@ -183,3 +183,30 @@ def test_a_quorum_the_reachable_witnesses_cannot_meet_is_refused(tmp_path: Path)
             CosignatureCollector(load_policy(tmp_path / "p"), str, lambda a, b: [])
     finally:
         server.stop()
+
+
+def test_a_kept_witnessed_checkpoint_is_served_after_a_restart(setup) -> None:
+    """A log restarted while its witnesses are down still serves the last witnessed
+    checkpoint it kept (on_witnessed), and only one that meets the policy."""
+    log, _, servers, build, tmp_path = setup
+    kept: list[str] = []
+    c, policy = build(2, "group both all W0 W1\nquorum both", on_witnessed=kept.append)
+    size, _ = _append(log, c, 3)
+    _wait(lambda: _size(c.witnessed()) >= size, DEADLINE)
+    c.close()
+    for server, _ in servers:
+        server.stop()
+    _append(log, c, 2)
+    again = CosignatureCollector(
+        policy, log.checkpoint, log.consistency_proof, initial=kept[-1], max_backoff=0.5
+    ).start()
+    try:
+        assert again.witnessed() == kept[-1] and policy.require(kept[-1]).met
+        time.sleep(0.5)
+        assert again.witnessed() == kept[-1]  # no witness answers: the kept one stays
+    finally:
+        again.close()
+    with pytest.raises(ValueError, match="initial witnessed checkpoint"):
+        CosignatureCollector(
+            policy, log.checkpoint, log.consistency_proof, initial=log.checkpoint()
+        )
