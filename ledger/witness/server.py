@@ -112,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name.replace("_", "-"), value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -137,11 +139,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.partition("?")[0]
-        if _MONITOR_PATH.fullmatch(path):
-            self._text(405, "use GET", Allow="GET, HEAD")
-            return
         if path != "/add-checkpoint":
-            self._text(404, "not found")
+            # The body stays unread: the connection cannot carry another request.
+            self.close_connection = True
+            if _MONITOR_PATH.fullmatch(path):
+                self._text(405, "use GET", Allow="GET, HEAD")
+            else:
+                self._text(404, "not found")
             return
         body = self._body()
         if body is None:

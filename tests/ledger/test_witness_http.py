@@ -400,3 +400,20 @@ def test_stop_closes_kept_alive_connections(env) -> None:
     server.stop()
     with pytest.raises(httpx.TransportError):
         _post(client, body(1, [], _grow(log, 1)))
+
+
+def test_an_unread_body_never_becomes_the_next_request(env) -> None:
+    """A POST refused before its body is read (wrong path) closes the connection: the body
+    is not taken for a second request on it."""
+    server = env[2]
+    smuggled = b"GET /nothing HTTP/1.1\r\nHost: w\r\n\r\n"
+    with socket.create_connection(server.address, timeout=5) as s:
+        s.sendall(
+            b"POST /elsewhere HTTP/1.1\r\nHost: w\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+            + smuggled
+        )
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 404") and answer.count(b"HTTP/1.1 ") == 1
+    assert b"Connection: close" in answer
