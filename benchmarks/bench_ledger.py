@@ -30,6 +30,11 @@ resource.getrusage(RUSAGE_SELF).ru_maxrss, is its own; the parent imports only t
   passes 2-4 find every hash they need cached (each one's best case) and are reported as
   "pass 2", the median of each statistic. A medledger proof is O(log n) stored hashes, read
   in one query when any is not cached.
+- Proofs from tiles: the log's tiles written to disk by ledger.tiles.sync (timed once), then
+  the same proof queries answered by ledger.tiles.TileReader from those files, every tile
+  authenticated against the signed root before use (pass 1 a fresh reader, passes 2-4 its
+  tile cache warm), side by side with the DB path's proofs/s and the ratio tiles/DB; the
+  tile proofs are compared with the DB path's, untimed.
 - Agreement, untimed: both roots of all n leaves (and of 20 random prefixes) compared with
   each other and with medledger's signed checkpoint; 200 inclusion proofs compared hash by
   hash (pymerkle's path is the leaf hash followed by the RFC 6962 audit path); 200
@@ -494,6 +499,78 @@ def child_check(spec: dict) -> dict:
     }
 
 
+def child_tiles(spec: dict) -> dict:
+    """Tiles on disk: ledger.tiles.sync writes the log's tiles to a directory (timed), then
+    the proof queries of child_proofs are answered by ledger.tiles.TileReader reading those
+    files, every tile authenticated against the signed root before use. Pass 1 is a fresh
+    reader (empty tile cache: each tile a proof needs is read from disk and checked once);
+    passes 2-4 find every tile cached. The proofs are compared with the DB path's, untimed."""
+    from ledger.checkpoint import parse_checkpoint
+    from ledger.note import open_note
+    from ledger.tiles import TileReader
+    from ledger.tiles.sync import sync
+
+    d, n, kind = Path(spec["dir"]), spec["n"], spec["kind"]
+    log, _ = open_log(d)
+    out = d / "tiles"
+    base = ru_maxrss_mb()
+    t0 = time.perf_counter()
+    synced = sync(log, out)
+    sync_s = time.perf_counter() - t0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    cp = parse_checkpoint(open_note(log.checkpoint(), [log.signer.verifier]).text)
+    assert cp.size == n
+    fetched = {"n": 0, "bytes": 0}
+
+    def fetch(path: str) -> bytes:
+        data = (out / path).read_bytes()
+        fetched["n"] += 1
+        fetched["bytes"] += len(data)
+        return data
+
+    if kind == "inclusion":
+        queries = inclusion_queries(n, spec["count"], spec["seed"])
+    else:
+        queries = consistency_queries(n, spec["count"], spec["seed"])
+    reader = TileReader(cp.size, cp.root, fetch)
+    call = reader.inclusion_proof if kind == "inclusion" else reader.consistency_proof
+    passes = []
+    perf = time.perf_counter
+    for _ in range(1 + WARM_PASSES):
+        fetched["n"] = fetched["bytes"] = 0
+        lat = []
+        for a, b in queries:
+            t = perf()
+            call(a, b)
+            lat.append(perf() - t)
+        lat.sort()
+        passes.append(
+            {
+                "p50_ms": pct(lat, 50) * 1e3,
+                "p99_ms": pct(lat, 99) * 1e3,
+                "total_s": sum(lat),
+                "rate": len(lat) / sum(lat),
+                "tiles_per_proof": fetched["n"] / len(lat),
+                "kib_per_proof": fetched["bytes"] / len(lat) / 1024,
+            }
+        )
+    warm = {k: statistics.median(p[k] for p in passes[1:]) for k in ("p50_ms", "p99_ms", "rate")}
+    same = 0
+    prove = log.inclusion_proof if kind == "inclusion" else log.consistency_proof
+    for a, b in queries[: spec["check"]]:
+        same += call(a, b) == prove(a, b)
+    return {
+        "passes": [passes[0], warm],
+        "sync_s": sync_s,
+        "files": len(files),
+        "mb": sum(f.stat().st_size for f in files) / 2**20,
+        "written": len(synced.written),
+        "same": same,
+        "checked": min(spec["check"], len(queries)),
+        "base_mb": base,
+    }
+
+
 CHILDREN = {
     "ml-durable": child_ml_durable,
     "pm-durable": child_pm_durable,
@@ -501,6 +578,7 @@ CHILDREN = {
     "pm-build": child_pm_build,
     "proofs": child_proofs,
     "check": child_check,
+    "tiles": child_tiles,
 }
 
 
@@ -676,6 +754,21 @@ def run(args: argparse.Namespace, sizes: list[int], work: Path, t_run: float) ->
                         "seed": seed,
                     }
                 )
+        log_progress(f"n = {label(n)}: proofs from tiles ...")
+        for kind in ("inclusion", "consistency"):
+            seed = 6962 + n + (0 if kind == "inclusion" else 1)
+            r[("tiles", kind)] = spawn(
+                {
+                    "job": "tiles",
+                    "dir": str(d),
+                    "n": n,
+                    "kind": kind,
+                    "count": args.queries,
+                    "seed": seed,
+                    "check": args.check,
+                }
+            )
+            shutil.rmtree(d / "tiles", ignore_errors=True)
         log_progress(f"n = {label(n)}: agreement check ...")
         r["check"] = spawn(
             {"job": "check", "dir": str(d), "n": n, "count": args.check, "seed": 9162 + n}
@@ -906,6 +999,88 @@ def report(args, sizes, header, fsync_ms, dur, results, elapsed) -> None:
             ]
         )
     out.append(table(["n", "measure", "pass 1", "pass 2"], rows, right={2, 3}))
+    out.append("")
+
+    out.append(
+        "Proofs served from tiles on disk (C2SP tlog-tiles written by ledger.tiles.sync, read "
+        "by ledger.tiles.TileReader, every tile checked against the signed root) beside the "
+        "DB path (Log.inclusion_proof / consistency_proof over the stored hashes); the same "
+        f"{args.queries:,} queries; pass 1 = fresh process, pass 2 = median of "
+        f"{WARM_PASSES} more passes"
+    )
+    rows = []
+    for n in sizes:
+        r = results[n]
+        for kind in ("inclusion", "consistency"):
+            db, tl = r[("medledger", kind)], r[("tiles", kind)]
+            db_rates = [args.queries / p["total_s"] for p in db["warm_passes"]]
+            db1 = args.queries / db["passes"][0]["total_s"]
+            t1, t2 = tl["passes"]
+            rows.append(
+                [
+                    label(n),
+                    kind,
+                    "DB",
+                    f0(db1),
+                    f0(statistics.median(db_rates)),
+                    f3(db["passes"][1]["p50_ms"]),
+                    f3(db["passes"][1]["p99_ms"]),
+                    "-",
+                    f0(db["rss_mb"]),
+                ]
+            )
+            rows.append(
+                [
+                    label(n),
+                    kind,
+                    "tiles",
+                    f0(t1["rate"]),
+                    f0(t2["rate"]),
+                    f3(t2["p50_ms"]),
+                    f3(t2["p99_ms"]),
+                    f"{t1['tiles_per_proof']:.1f} ({t1['kib_per_proof']:.0f} KiB)",
+                    f0(tl["rss_mb"]),
+                ]
+            )
+            rows.append(
+                [
+                    label(n),
+                    kind,
+                    "tiles/DB",
+                    ratio(t1["rate"] / db1),
+                    ratio(t2["rate"] / statistics.median(db_rates)),
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+    out.append(
+        table(
+            [
+                "n",
+                "proof",
+                "path",
+                "proofs/s (1)",
+                "proofs/s (2)",
+                "p50 ms (2)",
+                "p99 ms (2)",
+                "tiles read/proof (1)",
+                "peak RSS MB",
+            ],
+            rows,
+            right={3, 4, 5, 6, 7, 8},
+        )
+    )
+    for n in sizes:
+        r = results[n]
+        tl = r[("tiles", "inclusion")]
+        same = sum(r[("tiles", k)]["same"] for k in ("inclusion", "consistency"))
+        checked = sum(r[("tiles", k)]["checked"] for k in ("inclusion", "consistency"))
+        out.append(
+            f"  {label(n)}: tiles sync wrote {tl['written']:,} files ({tl['mb']:,.1f} MB) in "
+            f"{tl['sync_s']:.1f} s; {same}/{checked} tile proofs identical to the DB path's"
+        )
     out.append("")
 
     out.append("Agreement (untimed)")

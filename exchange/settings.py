@@ -66,7 +66,7 @@ class Settings:
 
     @property
     def witness_path(self) -> Path:
-        """The log's last checkpoint, also kept beside its key (ledger.witness)."""
+        """The log's last checkpoint, also kept beside its key (ledger.last_checkpoint)."""
         return self.signing_key_path.parent / "checkpoint"
 
     def open_engine(self) -> Engine:
@@ -101,7 +101,7 @@ class Settings:
             engine,
             held[0],
             origin=self.origin,
-            witness=self.witness_path,
+            checkpoint_file=self.witness_path,
             signers_at=ring.signers_at,
             verifiers=keys.verifiers(),
         )

@@ -2,5 +2,5 @@
 
 The verifier path (merkle, note, checkpoint, receipt, entry, keyset, jcs, encoding, untrusted,
 verify, and the audit package) needs only the standard library and ``cryptography``. The writer
-path (store and log, with keys, hash_cache, witness and faults) adds SQLAlchemy.
+path (store and log, with keys, hash_cache, last_checkpoint and faults) adds SQLAlchemy.
 """

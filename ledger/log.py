@@ -26,10 +26,10 @@ from .entry import Entry, format_time, parse_entry
 from .errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
 from .faults import fault_point
 from .hash_cache import HashCache, RightEdgeCache
+from .last_checkpoint import read_last_checkpoint, write_last_checkpoint
 from .note import NoteError, Signer, Verifier, open_note, sign
 from .note import split as split_note
 from .receipt import Receipt, format_receipt
-from .witness import read_witness, write_witness
 
 Clock = Callable[[], datetime]
 RowWriter = Callable[[Connection, Entry], None]
@@ -122,7 +122,7 @@ class Log:
         origin: str | None = None,
         clock: Clock = _system_clock,
         max_batch: int = 1024,
-        witness: Path | None = None,
+        checkpoint_file: Path | None = None,
         signers_at: SignersAt | None = None,
         verifiers: Sequence[Verifier] = (),
     ) -> None:
@@ -134,9 +134,9 @@ class Log:
         keys of the latest checkpoint, and `verifiers` (the log's other public keys) are
         trusted when a stored checkpoint is reopened.
 
-        `witness` is a file outside the database where every signed checkpoint is also
-        kept; when the store is behind it or contradicts it, the log opens read-only and
-        `read_only_reason` says why.
+        `checkpoint_file` is a file outside the database where every signed checkpoint is
+        also kept (ledger/last_checkpoint.py); when the store is behind it or contradicts it,
+        the log opens read-only and `read_only_reason` says why.
         """
         self.engine = engine
         self.signer = signer
@@ -149,17 +149,17 @@ class Log:
         self._queue: queue.SimpleQueue[tuple[Submission, _Delivery] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
-        self.witness = witness
-        self._witness_lock = threading.Lock()
-        self._witness_size = -1
+        self.checkpoint_file = checkpoint_file
+        self._file_lock = threading.Lock()
+        self._file_size = -1
         self.read_only_reason: str | None = None
         self._hash_cache = HashCache()
         self._edges = RightEdgeCache()
         self._known_size = 0  # a size the log has reached; it only grows
         store.create_schema(engine)
         self._init_head()
-        if witness is not None:
-            self.read_only_reason = self._check_witness(witness)
+        if checkpoint_file is not None:
+            self.read_only_reason = self._check_checkpoint_file(checkpoint_file)
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -198,21 +198,21 @@ class Log:
         self.signers, self.signer = signers, signers[0]
         return note
 
-    def _advance_witness(self, note: str) -> None:
-        # Batches may finish out of order across threads: never move the witness back.
+    def _advance_checkpoint_file(self, note: str) -> None:
+        # Batches may finish out of order across threads: never move the file back.
         size = parse_checkpoint(split_note(note)[0]).size
-        with self._witness_lock:
-            if size > self._witness_size and self.witness is not None:
-                write_witness(self.witness, note)
-                self._witness_size = size
+        with self._file_lock:
+            if size > self._file_size and self.checkpoint_file is not None:
+                write_last_checkpoint(self.checkpoint_file, note)
+                self._file_size = size
 
-    def _check_witness(self, path: Path) -> str | None:
+    def _check_checkpoint_file(self, path: Path) -> str | None:
         """Why the store cannot be trusted to extend what was already signed, or None."""
-        note = read_witness(path)
+        note = read_last_checkpoint(path)
         if note is None:
             current = self.checkpoint()
-            write_witness(path, current)
-            self._witness_size = parse_checkpoint(split_note(current)[0]).size
+            write_last_checkpoint(path, current)
+            self._file_size = parse_checkpoint(split_note(current)[0]).size
             return None
         try:
             cp = parse_checkpoint(open_note(note, self._trusted).text)
@@ -232,7 +232,7 @@ class Log:
                 "Restore the original database; appending now would fork the log"
             )
         # What the file holds is the floor: a later batch must not write an older checkpoint.
-        self._witness_size = cp.size
+        self._file_size = cp.size
         return None
 
     # --- appending -----------------------------------------------------------------------
@@ -334,10 +334,10 @@ class Log:
         # Committed now: the next batch starts from this tip without reading it back.
         self._hash_cache.keep(tip)
         # Only a fresh entry carries this batch's checkpoint; a duplicate carries the older
-        # checkpoint it was first answered with, which must never replace a newer witness.
+        # checkpoint it was first answered with, which must never replace a newer one.
         fresh = next((r for r in results if isinstance(r, Appended) and not r.duplicate), None)
-        if self.witness is not None and fresh is not None:
-            self._advance_witness(fresh.checkpoint)
+        if self.checkpoint_file is not None and fresh is not None:
+            self._advance_checkpoint_file(fresh.checkpoint)
         fault_point("after-commit")
         return results
 
@@ -576,6 +576,25 @@ class Log:
             size, note = head[1], head[2]
             data = store.read_entries(conn, index, index + 1)[0]
         proof = self._prove(merkle.inclusion_plan(index, size), size)
+        return format_receipt(Receipt(index, tuple(proof), note, data))
+
+    def receipt_at(self, index: int, note: str) -> str:
+        """A receipt for entry `index` against `note`, a checkpoint of this log given
+        verbatim (a witnessed one keeps its cosignature lines): the inclusion proof is for
+        the note's size, whose root must be the log's. Raises ProofError when the entry is
+        not in that tree, LogStateError when the note is not of this log's tree."""
+        try:
+            cp = parse_checkpoint(split_note(note)[0])
+        except (NoteError, ValueError) as e:
+            raise LogStateError(f"not a checkpoint: {e}") from e
+        if cp.origin != self.origin:
+            raise LogStateError(f"a checkpoint of {cp.origin!r}, not of {self.origin!r}")
+        if not 0 <= index < cp.size:
+            raise merkle.ProofError(f"no entry {index} in the tree of size {cp.size}")
+        if self.root(cp.size) != cp.root:
+            raise LogStateError(f"the checkpoint's root is not this log's at size {cp.size}")
+        data = self.entries(index, index + 1)[0]
+        proof = self._prove(merkle.inclusion_plan(index, cp.size), cp.size)
         return format_receipt(Receipt(index, tuple(proof), note, data))
 
     def original_receipt(self, index: int) -> Appended:

@@ -22,7 +22,8 @@ from .encoding import b64
 from .untrusted import InputRejected, read_base64
 
 ALG_ED25519 = 0x01
-_MAX_SIGNATURES = 100
+MAX_SIGNATURES = 100
+"""Verifiers refuse notes with more signatures (signed-note: at least 16 must be accepted)."""
 _DASH = "\u2014 "
 
 
@@ -40,6 +41,28 @@ def is_valid_key_name(name: str) -> bool:
     return bool(name) and "+" not in name and not any(c.isspace() for c in name)
 
 
+def split_vkey(vkey: str) -> tuple[str, bytes, bytes]:
+    """The parts of a verifier key ``<name>+<hex key id>+<base64(type || key)>``: the name,
+    the 4-byte key id and the decoded type byte and key material, which the caller checks
+    against its own signature type (0x01 here, 0x04 for cosignatures)."""
+    parts = vkey.strip().split("+", 2)
+    if len(parts) != 3:
+        raise NoteError("verifier key must read <name>+<hex key id>+<base64 key>")
+    name, hex_id, text64 = parts
+    if not is_valid_key_name(name):
+        raise NoteError(f"invalid key name {name!r}")
+    try:
+        kid = bytes.fromhex(hex_id)
+        raw = base64.b64decode(text64, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise NoteError(f"verifier key for {name} is not hex/base64: {e}") from e
+    if len(kid) != 4 or len(hex_id) != 8:
+        raise NoteError(f"verifier key id for {name} must be 8 hex digits")
+    if not raw:
+        raise NoteError(f"verifier key for {name} holds no key")
+    return name, kid, raw
+
+
 @dataclass(frozen=True)
 class Verifier:
     """An Ed25519 verifier key for signed notes."""
@@ -51,19 +74,7 @@ class Verifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> Verifier:
         """Parses ``name+hexid+base64key``; the id must match the key and the name."""
-        parts = vkey.strip().split("+", 2)
-        if len(parts) != 3:
-            raise NoteError("verifier key must read <name>+<hex key id>+<base64 key>")
-        name, hex_id, text64 = parts
-        if not is_valid_key_name(name):
-            raise NoteError(f"invalid key name {name!r}")
-        try:
-            kid = bytes.fromhex(hex_id)
-            raw = base64.b64decode(text64, validate=True)
-        except (ValueError, binascii.Error) as e:
-            raise NoteError(f"verifier key for {name} is not hex/base64: {e}") from e
-        if len(kid) != 4 or len(hex_id) != 8:
-            raise NoteError(f"verifier key id for {name} must be 8 hex digits")
+        name, kid, raw = split_vkey(vkey)
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise NoteError(f"verifier key for {name} is not an Ed25519 key")
         if key_id(name, raw[1:]) != kid:
@@ -108,6 +119,10 @@ class Signature:
     key_id: bytes
     signature: bytes
 
+    def line(self) -> str:
+        """The signature line ``— <name> <base64(key id || signature)>`` with its newline."""
+        return f"{_DASH}{self.name} {b64(self.key_id + self.signature)}\n"
+
 
 @dataclass(frozen=True)
 class Note:
@@ -143,10 +158,18 @@ def split(note: str) -> tuple[str, list[Signature]]:
     cut = note.rfind("\n\n")
     if cut < 0:
         raise NoteError("signed note has no blank line before its signatures")
-    text, sig_block = note[: cut + 1], note[cut + 2 :]
+    text = note[: cut + 1]
     _check_text(text)
+    return text, parse_signature_lines(note[cut + 2 :])
+
+
+def parse_signature_lines(block: str) -> list[Signature]:
+    """The signatures of a block of newline-terminated signature lines (a note's, or a
+    witness's answer to add-checkpoint); at least one, at most the verifier's limit."""
+    if not block.endswith("\n"):
+        raise NoteError("signature lines must end in a newline")
     sigs = []
-    for line in sig_block.splitlines():
+    for line in block[:-1].split("\n"):
         if not line.startswith(_DASH):
             raise NoteError(f"malformed signature line {line!r}")
         name, sep, text64 = line[len(_DASH) :].partition(" ")
@@ -159,11 +182,9 @@ def split(note: str) -> tuple[str, list[Signature]]:
         if len(raw) < 5:
             raise NoteError(f"signature by {name} is too short")
         sigs.append(Signature(name, raw[:4], raw[4:]))
-    if not sigs:
-        raise NoteError("signed note has no signatures")
-    if len(sigs) > _MAX_SIGNATURES:
-        raise NoteError("signed note has too many signatures")
-    return text, sigs
+        if len(sigs) > MAX_SIGNATURES:
+            raise NoteError(f"more than {MAX_SIGNATURES} signatures")
+    return sigs
 
 
 def open_note(note: str, verifiers: Iterable[Verifier]) -> Note:

@@ -24,8 +24,8 @@ def main() -> None:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     signer = load_or_create_signer(Path(key_file), origin)
-    witness = Path(key_file).with_name("checkpoint")
-    log = Log(make_engine(url), signer, origin=origin, witness=witness)
+    cp_file = Path(key_file).with_name("checkpoint")
+    log = Log(make_engine(url), signer, origin=origin, checkpoint_file=cp_file)
     out_lock = threading.Lock()
 
     def worker() -> None:

@@ -51,7 +51,7 @@ def _run_and_kill(url: str, key: Path, rng: random.Random, fault: str = "") -> l
 
 def _check(url: str, key: Path, receipts: list[str]) -> None:
     signer = load_signer(key, ORIGIN)
-    log = Log(make_engine(url), signer, origin=ORIGIN, witness=key.with_name("checkpoint"))
+    log = Log(make_engine(url), signer, origin=ORIGIN, checkpoint_file=key.with_name("checkpoint"))
     assert log.read_only_reason is None
     size = log.size()
     entries = log.entries(0, size)

@@ -1,4 +1,4 @@
-"""The writer thread survives cancelled callers, and the witness file never moves backwards."""
+"""The writer thread survives cancelled callers, and the checkpoint file never moves backwards."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ledger.checkpoint import parse_checkpoint
+from ledger.last_checkpoint import read_last_checkpoint, write_last_checkpoint
 from ledger.note import split as split_note
-from ledger.witness import read_witness, write_witness
 
 from ..ledger_helpers import new_signer, open_log, submission
 
@@ -73,48 +73,48 @@ def _in_threads(work, n: int) -> list[BaseException]:
     return errors
 
 
-def _witness_size(path: Path) -> int:
-    note = read_witness(path)
+def _file_size(path: Path) -> int:
+    note = read_last_checkpoint(path)
     assert note is not None
     return parse_checkpoint(split_note(note)[0]).size
 
 
-def test_duplicate_first_in_batch_keeps_witness_current(tmp_path: Path) -> None:
+def test_duplicate_first_in_batch_keeps_checkpoint_file_current(tmp_path: Path) -> None:
     signer = new_signer()
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    witness = tmp_path / "checkpoint"
-    log = open_log(url, signer, witness=witness)
+    cp_file = tmp_path / "checkpoint"
+    log = open_log(url, signer, checkpoint_file=cp_file)
     log.append(submission(b"A", keys=("k-a",)))
     for i in range(4):
         log.append(submission(b"%d" % i))
     log.close()
-    reopened = open_log(url, signer, witness=witness)
+    reopened = open_log(url, signer, checkpoint_file=cp_file)
     assert reopened.read_only_reason is None
     out = reopened.append_batch([submission(b"A", keys=("k-a",)), submission(b"new")])
     assert out[0].duplicate and not out[1].duplicate
-    assert _witness_size(witness) == 6
-    assert read_witness(witness) == reopened.checkpoint()
+    assert _file_size(cp_file) == 6
+    assert read_last_checkpoint(cp_file) == reopened.checkpoint()
 
 
-def test_batch_of_duplicates_leaves_witness_alone(tmp_path: Path) -> None:
+def test_batch_of_duplicates_leaves_checkpoint_file_alone(tmp_path: Path) -> None:
     signer = new_signer()
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    witness = tmp_path / "checkpoint"
-    log = open_log(url, signer, witness=witness)
+    cp_file = tmp_path / "checkpoint"
+    log = open_log(url, signer, checkpoint_file=cp_file)
     log.append(submission(b"A", keys=("k-a",)))
     log.append(submission(b"B"))
-    before = read_witness(witness)
+    before = read_last_checkpoint(cp_file)
     out = log.append_batch([submission(b"A", keys=("k-a",))])
     assert out[0].duplicate
-    assert read_witness(witness) == before and _witness_size(witness) == 2
+    assert read_last_checkpoint(cp_file) == before and _file_size(cp_file) == 2
 
 
-def test_concurrent_witness_writers_do_not_collide(tmp_path: Path) -> None:
+def test_concurrent_checkpoint_file_writers_do_not_collide(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint"
 
     def writer(t: int) -> None:
         for i in range(100):
-            write_witness(path, f"note {t} {i}\n")
+            write_last_checkpoint(path, f"note {t} {i}\n")
 
     assert _in_threads(writer, 6) == []
     text = path.read_text()
@@ -136,41 +136,41 @@ def test_bulk_batch_without_receipts_stores_the_same_log(tmp_path: Path) -> None
         assert v.entry == o.entry and v.checkpoint.size == 50
 
 
-def test_every_answer_is_already_witnessed(tmp_path: Path) -> None:
-    """The witness file is written beside the database commits, not in their way, but no
+def test_every_answer_is_already_in_the_checkpoint_file(tmp_path: Path) -> None:
+    """The checkpoint file is written beside the database commits, not in their way, but no
     caller hears of an entry before the file holds a checkpoint that covers it."""
-    witness = tmp_path / "checkpoint"
-    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), witness=witness)
+    cp_file = tmp_path / "checkpoint"
+    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), checkpoint_file=cp_file)
     short: list[tuple[int, int]] = []
 
     def appender(t: int) -> None:
         for i in range(40):
             r = log.append(submission(b"%d-%d" % (t, i)))
-            seen = _witness_size(witness)
+            seen = _file_size(cp_file)
             if seen <= r.entry.index:
                 short.append((r.entry.index, seen))
 
     assert _in_threads(appender, 8) == [] and short == []
     log.close()
-    assert _witness_size(witness) == 320
-    assert read_witness(witness) == log.checkpoint()
+    assert _file_size(cp_file) == 320
+    assert read_last_checkpoint(cp_file) == log.checkpoint()
 
 
-def test_a_failing_witness_write_reaches_the_callers(tmp_path: Path) -> None:
+def test_a_failing_checkpoint_file_write_reaches_the_callers(tmp_path: Path) -> None:
     import shutil
 
-    witness = tmp_path / "w" / "checkpoint"
-    witness.parent.mkdir()
-    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), witness=witness)
+    cp_file = tmp_path / "w" / "checkpoint"
+    cp_file.parent.mkdir()
+    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer(), checkpoint_file=cp_file)
     log.append(submission(b"first"))
-    shutil.rmtree(witness.parent)
-    witness.parent.write_text("not a directory")  # refuses the temp file, even to root
+    shutil.rmtree(cp_file.parent)
+    cp_file.parent.write_text("not a directory")  # refuses the temp file, even to root
     with pytest.raises(OSError):
         log.submit(submission(b"second")).result(WAIT)
-    witness.parent.unlink()
-    witness.parent.mkdir()
+    cp_file.parent.unlink()
+    cp_file.parent.mkdir()
     # The entry is committed all the same; the next batch brings the file up to date.
     assert log.size() == 2
     assert log.append(submission(b"third")).entry.index == 2
     log.close()
-    assert _witness_size(witness) == 3
+    assert _file_size(cp_file) == 3

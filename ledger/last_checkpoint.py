@@ -1,4 +1,4 @@
-"""The last signed checkpoint, kept outside the database.
+"""The log's last signed checkpoint, kept in a file outside the database.
 
 A database restored from an old backup, or rolled back by hand, would let a log sign a
 checkpoint that contradicts one it already gave out: the distrust event of several CT logs.
@@ -13,14 +13,14 @@ import threading
 from pathlib import Path
 
 
-def read_witness(path: Path) -> str | None:
+def read_last_checkpoint(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
 
 
-def write_witness(path: Path, note: str) -> None:
+def write_last_checkpoint(path: Path, note: str) -> None:
     """Replaces the file atomically and durably: temp file, fsync, rename, fsync directory."""
     # Unique per process and thread: two writers sharing a directory must not clobber one
     # another's half-written temp file before the atomic rename.

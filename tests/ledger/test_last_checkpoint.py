@@ -22,21 +22,21 @@ def _copy_db(src: Path, dst: Path) -> None:
 def test_restored_older_copy_opens_read_only(tmp_path: Path) -> None:
     signer = new_signer()
     db = tmp_path / "l.db"
-    witness = tmp_path / "checkpoint"
-    log = open_log(f"sqlite:///{db}", signer, witness=witness)
+    cp_file = tmp_path / "checkpoint"
+    log = open_log(f"sqlite:///{db}", signer, checkpoint_file=cp_file)
     for i in range(5):
         log.append(submission(b"%d" % i))
     log.close()
     log.engine.dispose()
     _copy_db(db, tmp_path / "backup.db")
-    log = open_log(f"sqlite:///{db}", signer, witness=witness)
+    log = open_log(f"sqlite:///{db}", signer, checkpoint_file=cp_file)
     for i in range(5):
         log.append(submission(b"later %d" % i))
     log.close()
     log.engine.dispose()
     # The operator restores yesterday's backup over the live database.
     _copy_db(tmp_path / "backup.db", db)
-    restored = open_log(f"sqlite:///{db}", signer, witness=witness)
+    restored = open_log(f"sqlite:///{db}", signer, checkpoint_file=cp_file)
     assert restored.read_only_reason is not None
     assert "older copy" in restored.read_only_reason
     with pytest.raises(LogStateError, match="read-only"):
@@ -47,29 +47,29 @@ def test_restored_older_copy_opens_read_only(tmp_path: Path) -> None:
 
 def test_replaced_store_opens_read_only(tmp_path: Path) -> None:
     signer = new_signer()
-    witness = tmp_path / "checkpoint"
-    log = open_log(f"sqlite:///{tmp_path / 'a.db'}", signer, witness=witness)
+    cp_file = tmp_path / "checkpoint"
+    log = open_log(f"sqlite:///{tmp_path / 'a.db'}", signer, checkpoint_file=cp_file)
     for i in range(3):
         log.append(submission(b"%d" % i))
     # Another database, same key, same size or larger, different entries.
     other = open_log(f"sqlite:///{tmp_path / 'b.db'}", signer)
     for i in range(4):
         other.append(submission(b"other %d" % i))
-    reopened = open_log(f"sqlite:///{tmp_path / 'b.db'}", signer, witness=witness)
+    reopened = open_log(f"sqlite:///{tmp_path / 'b.db'}", signer, checkpoint_file=cp_file)
     assert reopened.read_only_reason and "do not have the root" in reopened.read_only_reason
 
 
 def test_healthy_log_stays_writable(tmp_path: Path) -> None:
     signer = new_signer()
-    witness = tmp_path / "checkpoint"
+    cp_file = tmp_path / "checkpoint"
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    log = open_log(url, signer, witness=witness)
+    log = open_log(url, signer, checkpoint_file=cp_file)
     log.append(submission(b"x"))
-    assert witness.read_text() == log.checkpoint()
-    again = open_log(url, signer, witness=witness)
+    assert cp_file.read_text() == log.checkpoint()
+    again = open_log(url, signer, checkpoint_file=cp_file)
     assert again.read_only_reason is None
     again.append(submission(b"y"))
-    assert again.size() == 2 and witness.read_text() == again.checkpoint()
+    assert again.size() == 2 and cp_file.read_text() == again.checkpoint()
 
 
 def test_durability_settings_checked(db_url: str) -> None:
