@@ -21,12 +21,14 @@ from ledger.store import make_engine
 
 def main() -> None:
     url, key_file, origin = sys.argv[1:4]
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
     signer = load_or_create_signer(Path(key_file), origin)
     cp_file = Path(key_file).with_name("checkpoint")
     log = Log(make_engine(url), signer, origin=origin, checkpoint_file=cp_file)
     out_lock = threading.Lock()
+    # Ready once the log is open, so the parent's random kill lands among appends however slow
+    # the machine is to start a process.
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
 
     def worker() -> None:
         while True:
