@@ -7,24 +7,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from exchange.auth import authenticate
+from exchange.identity.clients import authenticate
 from exchange.intake import IntakeLimits
-from exchange.outcome import document_outcomes, install_handlers
-from exchange.public import ForwardedHeaders, Network, PublicBase, parse_public_url
-from exchange.query_params import refuse_unknown_query
-from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
-from exchange.routers import bulk_export as bulk_export_router
-from exchange.routers import bundles, continuity, health, log, metadata, trace
-from exchange.routers import disclosures as disclosures_router
-from exchange.routers import organization as organization_router
-from exchange.routers import quality as quality_router
-from exchange.routers import rwd_export as rwd_export_router
-from exchange.routers import settlement as settlement_router
-from exchange.routers import smart as smart_router
-from exchange.routers import verification as verification_router
-from exchange.routers.metadata import SOFTWARE_VERSION
-from exchange.services import Services, open_services
-from exchange.settings import Settings
+from exchange.http.errors import document_outcomes, install_handlers
+from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
+from exchange.http.query import refuse_unknown_query
+from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
+from exchange.http.routes import bulk_export as bulk_export_router
+from exchange.http.routes import bundles, continuity, health, log, metadata, trace
+from exchange.http.routes import disclosures as disclosures_router
+from exchange.http.routes import organization as organization_router
+from exchange.http.routes import quality as quality_router
+from exchange.http.routes import rwd_export as rwd_export_router
+from exchange.http.routes import settlement as settlement_router
+from exchange.http.routes import smart as smart_router
+from exchange.http.routes import verification as verification_router
+from exchange.http.routes.metadata import SOFTWARE_VERSION
+from exchange.bootstrap import Services, open_services
+from exchange.config import Settings
 
 # `medledger serve`'s default address, which clients on the same machine reach it by.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"

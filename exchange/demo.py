@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from exchange import crossborder, institutions
-from exchange.auth import Client, register_client
+from exchange.consent import crossborder
+from exchange.registry import institutions
+from exchange.identity.clients import Client, register_client
 from exchange.intake.worker import check
-from exchange.samples import HOSPITAL_ORG, INSURER_ORG, KIM_MRN, sample_bundles, try_me_bundle
-from exchange.services import Services, Stored, SubmitRequest, submit_blocking
+from exchange.intake.samples import HOSPITAL_ORG, INSURER_ORG, KIM_MRN, sample_bundles, try_me_bundle
+from exchange.bootstrap import Services, Stored, SubmitRequest, submit_blocking
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from exchange.app import create_app
-from exchange.settings import Settings
+from exchange.config import Settings
 
 
 def openapi_document() -> dict[str, Any]:

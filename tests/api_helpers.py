@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, inspect, select, text
 
 from exchange.app import create_app
-from exchange.auth import register_client
-from exchange.db import bundles_table
-from exchange.services import Services
-from exchange.settings import Settings
+from exchange.identity.clients import register_client
+from exchange.bundles.store import bundles_table
+from exchange.bootstrap import Services
+from exchange.config import Settings
 from ledger.entry import Entry, parse_entry
 from ledger.note import Verifier
 from ledger.verify import verify_receipt, verify_submission

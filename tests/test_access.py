@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from exchange.access import (
+from exchange.privacy.access import (
     PSEUDONYM_SYSTEM,
     AccessError,
     access_count,
@@ -18,8 +18,8 @@ from exchange.access import (
     record_access,
     record_access_blocking,
 )
-from exchange.auth import register_client
-from exchange.services import pseudonym
+from exchange.identity.clients import register_client
+from exchange.bootstrap import pseudonym
 from tests.api_helpers import is_outcome, open_api
 
 MRN = ("urn:example:mrn", "MRN-0042")

@@ -32,10 +32,10 @@ from fastapi.routing import iter_route_contexts
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import select
 
-from exchange import smart
-from exchange.access import access_count, access_table
-from exchange.auth import ROLES, EndpointScopes, RoleGuard, Scope, register_client
-from exchange.db import bundle_by_id, bundles_table
+from exchange.identity import smart
+from exchange.privacy.access import access_count, access_table
+from exchange.identity.clients import ROLES, EndpointScopes, RoleGuard, Scope, register_client
+from exchange.bundles.store import bundle_by_id, bundles_table
 from tests.api_helpers import Api, observation_bundle, open_api, wrap
 from tests.test_rwd_export_api import REGULATOR
 from tests.test_settlement_index import PASSPORT, _uuid, consent_bundle, settlement_bundle

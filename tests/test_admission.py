@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.outcome import ApiError
-from exchange.services import Admission
+from exchange.http.errors import ApiError
+from exchange.bootstrap import Admission
 
 CLIENTS = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from exchange.samples import sample_bundles
+from exchange.intake.samples import sample_bundles
 from tests.api_helpers import (
     FHIR_JSON,
     HOSPITAL_ORG,

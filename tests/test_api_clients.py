@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cli import main
+from exchange.cli.main import main
 from exchange.demo import instructions, seed
-from exchange.samples import try_me_bundle
+from exchange.intake.samples import try_me_bundle
 from tests.api_helpers import observation_bundle, open_api
 
 Capture = pytest.CaptureFixture[str]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.audit_sources import HttpSource
+from exchange.audit.sources import HttpSource
 from ledger import merkle
 from ledger.audit import audit
 from ledger.checkpoint import Checkpoint

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from exchange.intake import IntakeLimits
-from exchange.routers.metadata import LIMITS_EXTENSION
+from exchange.http.routes.metadata import LIMITS_EXTENSION
 from tests.api_helpers import FHIR_JSON, Api, is_outcome, open_api
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cli import (
+from exchange.cli.main import (
     EXIT_MALFORMED,
     EXIT_MISBEHAVIOUR,
     EXIT_OK,
@@ -263,7 +263,7 @@ def test_exit_codes_through_a_subprocess(setup: Setup, tmp_path: Path) -> None:
 
 def test_http_audit_reads_only_public_log_endpoints(setup: Setup) -> None:
     """No personal data and no credential: only /v1/log/* reads, no token unless given."""
-    from exchange.audit_sources import HttpSource
+    from exchange.audit.sources import HttpSource
     from ledger.audit import audit
 
     from .audit_helpers import mock_http
@@ -288,8 +288,8 @@ def test_against_the_service_app(tmp_path: Path) -> None:
     app_mod = pytest.importorskip("exchange.app")
     from fastapi.testclient import TestClient
 
-    from exchange.audit_sources import HttpSource
-    from exchange.settings import Settings
+    from exchange.audit.sources import HttpSource
+    from exchange.config import Settings
     from ledger.audit import audit
     from ledger.keys import load_signer
 

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from exchange import bulk_export
-from exchange.access import access_count
-from exchange.bulk_export import SHA256_EXTENSION
-from exchange.crossborder import TransferLedger
+from exchange.settlement import bulk_export
+from exchange.privacy.access import access_count
+from exchange.settlement.bulk_export import SHA256_EXTENSION
+from exchange.consent.crossborder import TransferLedger
 from tests.api_helpers import VECTORS, Api, is_outcome, open_api
 from tests.test_settlement_index import PASSPORT, consent_bundle, settlement_bundle
 from tests.test_settlement_search import insurer, submit

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from exchange.cli import main
-from exchange.keys_store import KeyringError, append_key_event, key_events_table
-from exchange.settings import DEFAULT_ORIGIN, Settings
+from exchange.cli.main import main
+from exchange.keys.keyring import KeyringError, append_key_event, key_events_table
+from exchange.config import DEFAULT_ORIGIN, Settings
 from ledger.keyset import sign_key_document
 from ledger.note import Verifier
 from tests.ledger_helpers import new_signer

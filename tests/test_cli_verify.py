@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cli import main
+from exchange.cli.main import main
 from ledger.entry import commitment
 from ledger.log import Submission
 from ledger.note import Signer

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.consent import ConsentError, Request, evaluate
+from exchange.consent.rules import ConsentError, Request, evaluate
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ORGS = ("insurer-a", "insurer-b")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from exchange import consent as consent_rules
-from exchange.crossborder import LegalBasis
+from exchange.consent import rules as consent_rules
+from exchange.consent.crossborder import LegalBasis
 from tests.api_helpers import Api, is_outcome, open_api
 from tests.test_rwd_export_api import PASSPORT as RWD_PASSPORT
 from tests.test_rwd_export_api import REGULATOR, patient_pack

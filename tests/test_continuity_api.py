@@ -8,7 +8,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle as R4BBundle
 
 from adapters.hl7v2.read import read_message
-from exchange.access import access_count, disclosures_of
+from exchange.privacy.access import access_count, disclosures_of
 from tests.api_helpers import is_outcome, open_api
 from tests.test_adapt_ips import ips_problems, section
 

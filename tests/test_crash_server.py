@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exchange.audit_sources import HttpSource
+from exchange.audit.sources import HttpSource
 from ledger.audit import audit
 from ledger.audit.state import AuditState
 from ledger.entry import parse_entry

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import inspect, text
 
-from exchange import auth, db
-from exchange.cli import main
+from exchange.identity import clients as auth
+from exchange.bundles import store as db
+from exchange.cli.main import main
 from tests.api_helpers import Api, observation_bundle, open_api
 
 Capture = pytest.CaptureFixture[str]

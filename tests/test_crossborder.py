@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.cli import main
-from exchange.crossborder import (
+from exchange.cli.main import main
+from exchange.consent.crossborder import (
     GateConfig,
     LegalBasis,
     Recipient,
@@ -21,7 +21,7 @@ from exchange.crossborder import (
     recipient_of,
     set_recipient,
 )
-from exchange.db import create_schema
+from exchange.bundles.store import create_schema
 from ledger.store import make_engine
 
 CONTRACT = LegalBasis("standard-contract", "粤网信备20260001")

@@ -20,7 +20,7 @@ from lxml import etree
 
 from adapters.base import AdaptError, AdaptOptions
 from adapters.e2b import adapt, build_icsr
-from exchange.cli import main as cli_main
+from exchange.cli.main import main as cli_main
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "trace"

@@ -33,7 +33,7 @@ from adapters.epcis import (
     location_uri,
     prehash,
 )
-from exchange.cli import main as cli_main
+from exchange.cli.main import main as cli_main
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "trace"

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from exchange import vault
-from exchange.auth import register_client
-from exchange.cli import EXIT_OK, EXIT_USAGE, main
-from exchange.derived import Indexes
-from exchange.erasure import ADMIN_TOKEN_ENV, requests_table
-from exchange.patients import bundles_about, patient_ids_table, patient_index
+from exchange.vault import vault
+from exchange.identity.clients import register_client
+from exchange.cli.main import EXIT_OK, EXIT_USAGE, main
+from exchange.indexes.derived import Indexes
+from exchange.privacy.erasure import ADMIN_TOKEN_ENV, requests_table
+from exchange.indexes.patients import bundles_about, patient_ids_table, patient_index
 from ledger.verify import verify_receipt, verify_submission
 from tests.api_helpers import (
     Api,
@@ -281,7 +281,7 @@ def test_two_admins_are_needed(
 
 def test_a_key_erased_by_another_process_is_never_sealed_under(tmp_path: Path, db_url: str) -> None:
     """The server caches a patient's key; an erasure by another process must win."""
-    from exchange.erasure import confirm_erasure, request_erasure
+    from exchange.privacy.erasure import confirm_erasure, request_erasure
 
     with open_api(tmp_path / "data", db_url) as api:
         engine = api.services.engine

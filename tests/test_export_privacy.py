@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from exchange import bulk_export, erasure, vault
-from exchange import quality_facts as qf
-from exchange.auth import register_client
-from exchange.bulk_export import SHA256_EXTENSION
-from exchange.derived import Indexes
+from exchange.settlement import bulk_export
+from exchange.privacy import erasure
+from exchange.vault import vault
+from exchange.quality import facts as qf
+from exchange.identity.clients import register_client
+from exchange.settlement.bulk_export import SHA256_EXTENSION
+from exchange.indexes.derived import Indexes
 from tests.api_helpers import Api, is_outcome, open_api, stored_values_by_table
 from tests.test_bulk_export import kickoff, path_of, wait_done
 from tests.test_quality_facts import EPISODES, episode_bundles

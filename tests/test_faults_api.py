@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import event
 
-from exchange.audit_sources import HttpSource
+from exchange.audit.sources import HttpSource
 from ledger.audit import audit
 from tests.api_helpers import Api, is_outcome, observation_bundle, open_api
 

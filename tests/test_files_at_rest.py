@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from exchange.settings import Settings, exposed_state
+from exchange.config import Settings, exposed_state
 from tests.api_helpers import observation_bundle, open_api
 from tests.test_serve_uvicorn import ROOT, free_port, serving
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from exchange.app import create_app
-from exchange.auth import register_client
-from exchange.settings import Settings
+from exchange.identity.clients import register_client
+from exchange.config import Settings
 from tests.api_helpers import FHIR_JSON, is_outcome, observation_bundle, open_api
 
 

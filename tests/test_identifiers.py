@@ -14,10 +14,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.derived import Indexes
+from exchange.indexes.derived import Indexes
 from exchange.intake.kind import patient_identifiers
-from exchange.patients import bundles_about, patient_index
-from exchange.services import pseudonym
+from exchange.indexes.patients import bundles_about, patient_index
+from exchange.bootstrap import pseudonym
 from tests.api_helpers import Api, open_api, wrap
 from tests.test_bulk_export import path_of
 from tests.test_export_privacy import disclosures, finished

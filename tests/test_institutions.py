@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange import institutions as inst
+from exchange.registry import institutions as inst
 from tests.ledger_helpers import new_signer, open_log
 
 JCI = inst.Accreditation("JCI", "hospital", date(2024, 1, 1), date(2026, 12, 31), date(2025, 6, 1))

@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fhir.resources.R4B.organization import Organization
 
-from exchange import institutions as inst
+from exchange.registry import institutions as inst
 from tests.api_helpers import is_outcome, open_api
 from tests.test_institutions import BASE
 

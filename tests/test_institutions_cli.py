@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from exchange.cli import main
+from exchange.cli.main import main
 from tests.test_institutions import BASE
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from exchange.audit_sources import HttpSource
-from exchange.cli import main
-from exchange.keys_store import source_keyset
-from exchange.settings import DEFAULT_ORIGIN
+from exchange.audit.sources import HttpSource
+from exchange.cli.main import main
+from exchange.keys.keyring import source_keyset
+from exchange.config import DEFAULT_ORIGIN
 from ledger.audit import audit
 from ledger.keys import load_signer
 from ledger.keyset import KeySet

@@ -21,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from exchange.auth import register_client
-from exchange.public import (
+from exchange.identity.clients import register_client
+from exchange.http.public import (
     SCOPE_KEY,
     ForwardedHeaders,
     PublicBase,

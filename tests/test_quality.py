@@ -9,8 +9,8 @@ from fhir.resources.R4B.measurereport import MeasureReport
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.quality import EpisodeFacts, measure_report
-from exchange.quality_plot import monthly_scores, plot_indicator
+from exchange.quality.indicators import EpisodeFacts, measure_report
+from exchange.quality.plot import monthly_scores, plot_indicator
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ from fhir.resources.R4B.measurereport import MeasureReport
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.outcome import ApiError
+from exchange.http.errors import ApiError
 from tests.api_helpers import HOSPITAL_ORG, Api, is_outcome, open_api
 from tests.test_quality_facts import expected_counts, submit_all
 
@@ -132,7 +132,7 @@ def test_capability_statement_lists_the_registry_and_quality_reads(tmp_path: Pat
     st.integers(0, 4000),
 )
 def test_a_ge_le_range_is_the_period(first: date, days: int) -> None:
-    from exchange.routers.quality import period_of
+    from exchange.http.routes.quality import period_of
 
     last = min(first + timedelta(days=days), date(2099, 12, 31))
     assert period_of([f"ge{first}", f"le{last}"]) == (first, last)

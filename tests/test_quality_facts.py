@@ -18,9 +18,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange import quality_facts as qf
-from exchange.derived import Indexes
-from exchange.quality import INDICATORS, counts, in_period
+from exchange.quality import facts as qf
+from exchange.indexes.derived import Indexes
+from exchange.quality.indicators import INDICATORS, counts, in_period
 from tests.api_helpers import HOSPITAL_ORG, Api, open_api
 
 LOINC = "http://loinc.org"

@@ -25,7 +25,14 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from exchange import bulk_export, crossborder, db, derived, erasure, institutions, keys_store, trace
+from exchange.settlement import bulk_export
+from exchange.consent import crossborder
+from exchange.bundles import store as db
+from exchange.indexes import derived
+from exchange.privacy import erasure
+from exchange.registry import institutions
+from exchange.keys import keyring as keys_store
+from exchange.indexes import trace
 from ledger import store
 from ledger.keys import generate_key_file
 from ledger.note import Verifier

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cli import main
-from exchange.quality import INDICATORS
+from exchange.cli.main import main
+from exchange.quality.indicators import INDICATORS
 from tests.api_helpers import HOSPITAL_ORG, open_api
 from tests.test_quality_facts import expected_counts, submit_all
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from adapters.trace_export import ndjson_line
-from exchange.access import access_count
-from exchange.db import bundle_by_id
+from exchange.privacy.access import access_count
+from exchange.bundles.store import bundle_by_id
 from tests.api_helpers import is_outcome, open_api
 from tests.test_settlement_index import consent_bundle
 from tests.test_trace_api import GTIN, pack
@@ -90,7 +90,7 @@ def test_only_consented_bundles_leave_and_each_request_is_one_access_entry(
 
 
 def test_a_regulator_needs_an_org(tmp_path: Path) -> None:
-    from exchange.auth import ClientError, check_client
+    from exchange.identity.clients import ClientError, check_client
 
     try:
         check_client("nmpa", "regulator", None)

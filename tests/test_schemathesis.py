@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from exchange.app import create_app
-from exchange.auth import register_client
-from exchange.settings import Settings
+from exchange.identity.clients import register_client
+from exchange.config import Settings
 
 SOAK = os.environ.get("MEDLEDGER_SOAK", "") not in ("", "0")
 QUICK = os.environ.get("MEDLEDGER_QUICK", "") not in ("", "0")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from exchange.samples import sample_bundles
+from exchange.intake.samples import sample_bundles
 from ledger.note import Verifier
 from ledger.verify import verify_receipt, verify_submission
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange import settlement
-from exchange.derived import Indexes
-from exchange.services import pseudonym
+from exchange.settlement import index as settlement
+from exchange.indexes.derived import Indexes
+from exchange.bootstrap import pseudonym
 from tests.api_helpers import open_api
 
 HOSPITAL = "hospital-a"

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fhir.resources.R4B.bundle import Bundle as FhirBundle
 from jwt.algorithms import ECAlgorithm
 
-from exchange import crossborder
-from exchange.access import access_count, disclosures_of
-from exchange.auth import register_client
-from exchange.crossborder import LegalBasis, Recipient
-from exchange.services import pseudonym
+from exchange.consent import crossborder
+from exchange.privacy.access import access_count, disclosures_of
+from exchange.identity.clients import register_client
+from exchange.consent.crossborder import LegalBasis, Recipient
+from exchange.bootstrap import pseudonym
 from tests.api_helpers import Api, is_outcome, open_api
 from tests.test_settlement_index import (
     HOSPITAL,
@@ -125,7 +125,7 @@ def test_without_consent_or_for_another_payer_nothing_is_disclosed(tmp_path: Pat
 def _all_access(api: Api) -> list[Any]:
     from sqlalchemy import select
 
-    from exchange.access import _row, access_table
+    from exchange.privacy.access import _row, access_table
 
     with api.services.engine.connect() as conn:
         return [_row(r) for r in conn.execute(select(access_table).order_by(access_table.c.idx))]

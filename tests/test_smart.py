@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import func, select, update
 
-from exchange import smart
-from exchange.auth import Client, register_client, require_scope
-from exchange.cli import main
-from exchange.db import smart_jti_table, smart_tokens_table
-from exchange.outcome import ApiError
+from exchange.identity import smart
+from exchange.identity.clients import Client, register_client, require_scope
+from exchange.cli.main import main
+from exchange.bundles.store import smart_jti_table, smart_tokens_table
+from exchange.http.errors import ApiError
 from tests.api_helpers import Api, is_outcome, observation_bundle, open_api
 
 TOKEN_URL = "http://testserver/auth/token"

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from exchange.app import create_app
-from exchange.audit_sources import HttpSource
-from exchange.auth import register_client
-from exchange.settings import Settings
+from exchange.audit.sources import HttpSource
+from exchange.identity.clients import register_client
+from exchange.config import Settings
 from ledger.audit import audit
 from ledger.audit.state import AuditState
 from ledger.note import Verifier

@@ -37,10 +37,13 @@ from sqlalchemy import (
     text,
 )
 
-from exchange import bulk_export, db, store_upgrade, vault
-from exchange import quality_facts as qf
-from exchange.bulk_export import SHA256_EXTENSION
-from exchange.derived import Indexes
+from exchange.settlement import bulk_export
+from exchange.bundles import store as db
+from exchange.privacy import upgrade as store_upgrade
+from exchange.vault import vault
+from exchange.quality import facts as qf
+from exchange.settlement.bulk_export import SHA256_EXTENSION
+from exchange.indexes.derived import Indexes
 from exchange.intake.kind import patient_identifiers
 from ledger.entry import commitment
 from tests.api_helpers import Api, open_api, stored_values_by_table, wrap

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm
 
-from exchange import smart
-from exchange.auth import register_client
+from exchange.identity import smart
+from exchange.identity.clients import register_client
 from tests.api_helpers import Api, open_api
 
 TOKEN_URL = "http://testserver/auth/token"

@@ -11,8 +11,9 @@ from sqlalchemy import Engine, insert
 
 from adapters.rwd_identity import PackIdentity
 from adapters.trace_index import matches, recall_query
-from exchange import derived, trace
-from exchange.db import create_schema
+from exchange.indexes import derived
+from exchange.indexes import trace
+from exchange.bundles.store import create_schema
 from ledger.store import make_engine
 from tests.api_helpers import is_outcome, open_api
 

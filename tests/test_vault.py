@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from exchange import vault
-from exchange.db import bundle_by_id, bundles_table
-from exchange.settings import Settings
+from exchange.vault import vault
+from exchange.bundles.store import bundle_by_id, bundles_table
+from exchange.config import Settings
 from tests.api_helpers import observation_bundle, open_api, patient_bundle
 
 bundle_ids = st.text("abcdef0123456789-", min_size=1, max_size=64)

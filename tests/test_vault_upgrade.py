@@ -21,11 +21,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from sqlalchemy import delete, insert, select, update
 
-from exchange import db, derived, erasure, store_upgrade, vault
+from exchange.bundles import store as db
+from exchange.indexes import derived
+from exchange.privacy import erasure
+from exchange.privacy import upgrade as store_upgrade
+from exchange.vault import vault
 from exchange.intake import IntakeLimits
 from exchange.intake.kind import spelled_patient_identifiers
-from exchange.patients import patient_ids_table, patient_index
-from exchange.services import check, dedupe_keys, ident_hash
+from exchange.indexes.patients import patient_ids_table, patient_index
+from exchange.bootstrap import check, dedupe_keys, ident_hash
 from ledger import store
 from ledger.entry import SALT_SIZE, commitment
 from ledger.log import Submission

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from exchange.intake.strict_json import IntakeLimits
 from exchange.intake.worker import check
-from exchange.samples import sample_bundles
+from exchange.intake.samples import sample_bundles
 
 
 def _warm() -> None:
