@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from exchange.identity.clients import authenticate
-from exchange.intake import IntakeLimits
+from exchange.bootstrap import Services, open_services
+from exchange.config import Settings
 from exchange.http.errors import document_outcomes, install_handlers
 from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
 from exchange.http.query import refuse_unknown_query
@@ -23,8 +23,8 @@ from exchange.http.routes import settlement as settlement_router
 from exchange.http.routes import smart as smart_router
 from exchange.http.routes import verification as verification_router
 from exchange.http.routes.metadata import SOFTWARE_VERSION
-from exchange.bootstrap import Services, open_services
-from exchange.config import Settings
+from exchange.identity.clients import authenticate
+from exchange.intake import IntakeLimits
 
 # `medledger serve`'s default address, which clients on the same machine reach it by.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"

@@ -28,13 +28,20 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, insert
 
 from exchange.bundles import store as db
-from exchange.registry import institutions
-from exchange.vault import vault
+from exchange.config import Settings
+from exchange.errors import (
+    Conflict,
+    Forbidden,
+    PreconditionFailed,
+    Throttled,
+    Unavailable,
+    Unprocessable,
+)
 from exchange.identity.clients import Client, ClientCache
 from exchange.intake import IntakeError, IntakeLimits
 from exchange.intake.worker import Checked, Refusal, check, check_in_worker, warm
-from exchange.http.errors import ApiError
-from exchange.config import Settings
+from exchange.registry import institutions
+from exchange.vault import vault
 from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
 from ledger.log import Appended, Log, Submission
@@ -136,7 +143,7 @@ class IntakeRunner:
             if self._pool is pool:
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
-            raise ApiError(503, "transient", "intake was interrupted: retry the request") from e
+            raise Unavailable("intake was interrupted: retry the request") from e
         if isinstance(result, Refusal):
             raise IntakeError(result.status, result.issues)
         return result
@@ -168,19 +175,15 @@ class Admission:
     def enter(self, client: str) -> Iterator[None]:
         mine = self._held.get(client, 0)
         if self.busy >= self.limit:
-            raise ApiError(
-                429,
-                "throttled",
+            raise Throttled(
                 f"{self.limit} submissions are in flight: retry after a second",
-                headers={"Retry-After": "1"},
+                retry_after=1,
             )
         if mine >= self.share(client):
-            raise ApiError(
-                429,
-                "throttled",
+            raise Throttled(
                 f"this client already has {mine} submissions in flight, its fair share of the "
                 f"{self.limit} slots: retry after a second",
-                headers={"Retry-After": "1"},
+                retry_after=1,
             )
         self.busy += 1
         self._held[client] = mine + 1
@@ -345,16 +348,15 @@ def prepare(services: Services, req: SubmitRequest) -> tuple[Submission, _Pendin
     """The ledger submission of a request, and the row it writes."""
     sender = req.client.org
     if req.client.role != "hospital" or sender is None:
-        raise ApiError(403, "forbidden", "only hospital clients with an org submit Bundles")
+        raise Forbidden("only hospital clients with an org submit Bundles")
     checked = req.checked
     version = 1 if req.base_version is None else req.base_version + 1
     if req.base_version is not None and checked.identifier is None:
-        raise ApiError(
-            422,
-            "required",
+        raise Unprocessable(
             "If-Match names the version this Bundle replaces, which is found by "
             "Bundle.identifier: give the Bundle its identifier (system and value)",
             "Bundle.identifier",
+            code="required",
         )
     salt = os.urandom(SALT_SIZE)
     # The keys of every patient the Bundle names (the first gives the entry's subject): its
@@ -447,42 +449,36 @@ def refusal(err: BaseException, req: SubmitRequest) -> BaseException:
     """The HTTP answer to a submission the log refused."""
     if isinstance(err, DuplicateConflict):
         if err.key.startswith("idem:"):
-            return ApiError(
-                422,
-                "duplicate",
+            return Unprocessable(
                 f"Idempotency-Key {req.idempotency_key!r} was already used for entry "
                 f"{err.index} with other content: use a new key for a new submission",
+                code="duplicate",
             )
         if req.base_version is not None:
-            return ApiError(
-                412,
-                "conflict",
+            return PreconditionFailed(
                 f"version {req.base_version} is not the latest: version "
                 f"{req.base_version + 1} was already submitted (entry {err.index}) with other "
                 "content. Read the latest version and send If-Match with its ETag",
                 "Bundle.identifier",
             )
-        return ApiError(
-            409,
-            "conflict",
+        return Conflict(
             f"this Bundle.identifier was already submitted (entry {err.index}) with other "
             'content. To submit a new version, send If-Match: W/"<latest version>" (the ETag '
             "of the latest version)",
             "Bundle.identifier",
         )
     if isinstance(err, VersionNotFound):
-        return ApiError(
-            412,
-            "not-found",
+        return PreconditionFailed(
             f"If-Match names version {err.version}, but {err}",
             "Bundle.identifier",
+            code="not-found",
         )
     if isinstance(err, LogStateError):
-        return ApiError(503, "transient", str(err))
+        return Unavailable(str(err))
     if isinstance(err, LedgerUnavailable):
-        return ApiError(503, "transient", str(err), headers={"Retry-After": "1"})
+        return Unavailable(str(err), retry_after=1)
     if isinstance(err, LedgerError):
-        return ApiError(409, "conflict", str(err))
+        return Conflict(str(err))
     return err
 
 

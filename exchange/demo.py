@@ -10,12 +10,18 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from exchange.consent import crossborder
-from exchange.registry import institutions
-from exchange.identity.clients import Client, register_client
-from exchange.intake.worker import check
-from exchange.intake.samples import HOSPITAL_ORG, INSURER_ORG, KIM_MRN, sample_bundles, try_me_bundle
 from exchange.bootstrap import Services, Stored, SubmitRequest, submit_blocking
+from exchange.consent import crossborder
+from exchange.identity.clients import Client, register_client
+from exchange.intake.samples import (
+    HOSPITAL_ORG,
+    INSURER_ORG,
+    KIM_MRN,
+    sample_bundles,
+    try_me_bundle,
+)
+from exchange.intake.worker import check
+from exchange.registry import institutions
 
 
 @dataclass(frozen=True)
@@ -73,15 +79,14 @@ def instructions(demo: Demo, base_url: str, vkey: str) -> str:
         "",
         "Try:",
         f"  curl -s {base_url}/fhir/metadata",
-        f"  curl -s -i -X POST {base_url}/fhir/Bundle -H \"Authorization: Bearer "
+        f'  curl -s -i -X POST {base_url}/fhir/Bundle -H "Authorization: Bearer '
         f"$HOSPITAL_TOKEN\" -H 'Content-Type: application/fhir+json' --data-binary "
         f"@{q(str(files / 'try-me.json'))}",
         "  # the same seeded Bundle again is a retry: 200 with the original Location",
-        f"  curl -s -i -X POST {base_url}/fhir/Bundle -H \"Authorization: Bearer "
+        f'  curl -s -i -X POST {base_url}/fhir/Bundle -H "Authorization: Bearer '
         f"$HOSPITAL_TOKEN\" -H 'Content-Type: application/fhir+json' --data-binary "
         f"@{q(str(files / 'settlement-1.json'))}",
-        f"  curl -s {base_url}/fhir/Bundle/{first.id} -H \"Authorization: Bearer "
-        "$HOSPITAL_TOKEN\"",
+        f'  curl -s {base_url}/fhir/Bundle/{first.id} -H "Authorization: Bearer $HOSPITAL_TOKEN"',
         f"  curl -s {base_url}/v1/log/checkpoint",
         f"  curl -s {base_url}/v1/log/key > log.vkey",
         f"  curl -s {base_url}/v1/log/entries/{first.index}/receipt > entry.tlog-proof",

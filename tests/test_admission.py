@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.http.errors import ApiError
 from exchange.bootstrap import Admission
+from exchange.errors import MedledgerError
+from exchange.http.errors import headers_of, status_of
 
 CLIENTS = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
 
@@ -29,8 +30,8 @@ def test_no_client_holds_more_than_half_and_a_newcomer_gets_in(
             slot = ExitStack()
             try:
                 slot.enter_context(admission.enter(client))
-            except ApiError as e:
-                assert e.status == 429 and e.headers["Retry-After"] == "1"
+            except MedledgerError as e:
+                assert status_of(e) == 429 and headers_of(e)["Retry-After"] == "1"
                 # Refused only when every slot is taken, or when it holds its share already.
                 assert admission.busy == limit or not newcomer
                 continue
@@ -44,9 +45,9 @@ def test_no_client_holds_more_than_half_and_a_newcomer_gets_in(
 def test_a_lone_client_gets_half_and_the_next_one_gets_in() -> None:
     admission = Admission(4)
     with admission.enter("hospital-a"), admission.enter("hospital-a"):
-        with pytest.raises(ApiError) as refused, admission.enter("hospital-a"):
+        with pytest.raises(MedledgerError) as refused, admission.enter("hospital-a"):
             pass
-        assert refused.value.status == 429 and "fair share" in refused.value.issue.diagnostics
+        assert status_of(refused.value) == 429 and "fair share" in refused.value.diagnostics
         with admission.enter("hospital-b"):
             assert admission.busy == 3
     assert admission.busy == 0

@@ -26,11 +26,12 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import func, select, update
 
+from exchange.bundles.store import smart_jti_table, smart_tokens_table
+from exchange.cli.main import main
+from exchange.errors import MedledgerError
+from exchange.http.errors import status_of
 from exchange.identity import smart
 from exchange.identity.clients import Client, register_client, require_scope
-from exchange.cli.main import main
-from exchange.bundles.store import smart_jti_table, smart_tokens_table
-from exchange.http.errors import ApiError
 from tests.api_helpers import Api, is_outcome, observation_bundle, open_api
 
 TOKEN_URL = "http://testserver/auth/token"
@@ -280,9 +281,9 @@ def test_require_scope_helper() -> None:
     scoped = Client("cl-1", "x", "insurer", "payer-1", frozenset({"system/Claim.rs"}), "HPAYMT")
     require_scope(scoped, "Claim", "read")
     require_scope(scoped, "Claim", "s")
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(MedledgerError) as e:
         require_scope(scoped, "Consent", "read")
-    assert e.value.status == 403 and "system/Consent.r" in e.value.issue.diagnostics
+    assert status_of(e.value) == 403 and "system/Consent.r" in e.value.diagnostics
     require_scope(Client("a", "x", "admin", None, frozenset({"system/*.rs"})), "AuditEvent", "read")
 
 

@@ -127,7 +127,6 @@ PSEUDONYM_KEY = "pseudonym-key"
 
 def create_schema(engine: Engine) -> None:
     """Creates the exchange tables and their append-only triggers (idempotent)."""
-    from exchange.privacy import access
     from exchange.vault import vault  # noqa: F401  (define their tables on this metadata)
 
     # The ledger's schema first: on PostgreSQL it defines the trigger function used here.

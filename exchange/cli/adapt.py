@@ -32,8 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--now 2026-11-28T10:00:00Z --control-id MSG0001",
     )
     p.add_argument("target", choices=sorted(TARGETS))
-    p.add_argument("--in", dest="inputs", type=Path, action="append", required=True,
-                   metavar="FILE", help="a Bundle file (repeat for several)")
+    p.add_argument(
+        "--in",
+        dest="inputs",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a Bundle file (repeat for several)",
+    )
     p.add_argument("--out", type=Path, help="write here instead of standard output")
     p.add_argument("--message", help="HL7 v2 message: ORU_R01, ADT_A08, MDM_T02, RDS_O13")
     p.add_argument("--now", help="RFC 3339 time to stamp the output with (default: now)")
@@ -49,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"medledger adapt: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
         return EXIT_MALFORMED
     now = datetime.fromisoformat(args.now.replace("Z", "+00:00")) if args.now else datetime.now(UTC)
-    options = AdaptOptions(now=now, message=args.message, control_id=args.control_id,
-                           language=args.language)
+    options = AdaptOptions(
+        now=now, message=args.message, control_id=args.control_id, language=args.language
+    )
     module = importlib.import_module(TARGETS[args.target])
     try:
         out: bytes = module.adapt(bundles, options)

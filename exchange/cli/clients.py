@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.identity import clients as auth
 from exchange.bundles import store as db
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.config import Settings, add_state_options, settings_from_args
+from exchange.identity import clients as auth
 from exchange.identity.smart import JwksError
 from ledger.errors import LedgerUnavailable
 from ledger.store import sqlite_url

@@ -21,11 +21,11 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.bundles import store as db
-from exchange.privacy import erasure
-from exchange.vault import vault
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.config import add_state_options, settings_from_args
+from exchange.privacy import erasure
 from exchange.privacy.upgrade import open_vault
+from exchange.vault import vault
 from ledger.errors import LedgerError, LedgerUnavailable
 
 

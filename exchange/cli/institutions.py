@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.bundles import store as db
-from exchange.registry import institutions
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.config import add_state_options, settings_from_args
+from exchange.registry import institutions
 from ledger.errors import LedgerUnavailable
 from ledger.log import Log
 

@@ -17,8 +17,8 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.keys.keyring import KeyChange, KeyringError, add_key, current_keyset, retire_key
 from exchange.config import add_state_options, settings_from_args
+from exchange.keys.keyring import KeyChange, KeyringError, add_key, current_keyset, retire_key
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.keys import KeyFileError
 

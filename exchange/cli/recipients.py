@@ -14,11 +14,17 @@ import sys
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.consent import crossborder
 from exchange.bundles import store as db
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.consent.crossborder import BASIS_KINDS, LegalBasis, Recipient, recipient_of, set_recipient
 from exchange.config import add_state_options, settings_from_args
+from exchange.consent import crossborder
+from exchange.consent.crossborder import (
+    BASIS_KINDS,
+    LegalBasis,
+    Recipient,
+    recipient_of,
+    set_recipient,
+)
 from ledger.errors import LedgerUnavailable
 
 EPILOG = """\

@@ -19,15 +19,15 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.quality import indicators as quality
-from exchange.quality import facts as quality_facts
+from exchange.bootstrap import open_services
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import add_state_options, settings_from_args
+from exchange.http.routes.quality import known_org
 from exchange.indexes.derived import Indexes
 from exchange.keys.keyring import KeyringError
+from exchange.quality import facts as quality_facts
+from exchange.quality import indicators as quality
 from exchange.quality.plot import plot_indicators
-from exchange.http.routes.quality import known_org
-from exchange.bootstrap import open_services
-from exchange.config import add_state_options, settings_from_args
 from exchange.vault.vault import VaultError
 from ledger.errors import LedgerUnavailable
 

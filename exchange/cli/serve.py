@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.http.errors import ApiError
+from exchange.config import Settings, add_state_options, exposed_state, settings_from_args
+from exchange.errors import MedledgerError
 from exchange.http.public import (
     LOOPBACK_PROXIES,
     default_public_url,
@@ -24,7 +25,6 @@ from exchange.http.public import (
     parse_public_url,
 )
 from exchange.http.ratelimit import RateLimit
-from exchange.config import Settings, add_state_options, exposed_state, settings_from_args
 from exchange.vault.vault import VaultError
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.store import durability_problems
@@ -132,8 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=20.0,
         metavar="S",
-        help="seconds a request body may take, plus one per KiB received (%(default)s; "
-        "then 408)",
+        help="seconds a request body may take, plus one per KiB received (%(default)s; then 408)",
     )
     p.add_argument(
         "--max-header-bytes",
@@ -161,9 +160,9 @@ def _default_workers() -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from exchange.bootstrap import IntakeRunner, open_services
     from exchange.http.connections import ConnectionLimits, protocol_class
     from exchange.intake import IntakeLimits
-    from exchange.bootstrap import IntakeRunner, open_services
 
     if args.export_ttl <= 0:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
@@ -205,8 +204,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for problem in exposed:
         print(f"medledger: warning: {problem}", file=sys.stderr)
     if services.log.read_only_reason:
-        print(f"medledger: warning: serving reads only: {services.log.read_only_reason}",
-              file=sys.stderr)
+        print(
+            f"medledger: warning: serving reads only: {services.log.read_only_reason}",
+            file=sys.stderr,
+        )
     if args.host in ("0.0.0.0", "::") and args.public_url is None:
         print(f"medledger: warning: absolute URLs (the SMART token audience among them) name "
               f"{public_url}: give --public-url, the address clients use",
@@ -221,12 +222,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.demo:
         try:
             demo = seed(services, _demo_dir(settings))
-        except (ApiError, LedgerError) as e:
+        except (MedledgerError, LedgerError) as e:
             services.close()
             return _fail(f"cannot seed the demo: {e}", EXIT_MALFORMED)
         print(instructions(demo, base_url, vkey), flush=True)
-    print(f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
-          flush=True)
+    print(
+        f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
+        flush=True,
+    )
     print(f"medledger: serving {base_url}/fhir (Ctrl-C to stop)", flush=True)
     if public_url != base_url:
         print(f"medledger: public URL {public_url}", flush=True)
@@ -261,4 +264,3 @@ def _open_failure(e: Exception) -> int:
 
 def _demo_dir(settings: Settings) -> Path:
     return settings.data_dir / "demo"
-

@@ -1,9 +1,11 @@
 """HTTP-level FHIR OperationOutcomes: every error the service answers, whatever raised it.
 
-Intake refusals carry their own OperationOutcome (exchange.intake.IntakeError); everything
-else the service refuses is an :class:`ApiError`. The handlers installed by
-:func:`install_handlers` turn those, FastAPI's own errors (404, 405, bad query parameters)
-and any unexpected exception into an OperationOutcome, so no answer is ever a non-FHIR error.
+Domain code raises exchange.errors' kinds; :data:`STATUS` is the one table from kind to HTTP
+status (the OperationOutcome's issue code is the error's own `code`). Intake refusals carry
+their own status and one issue per problem (exchange.intake.IntakeError). The handlers
+installed by :func:`install_handlers` turn those, the ledger's unavailability, FastAPI's own
+errors (404, 405, bad query parameters) and any unexpected exception into an
+OperationOutcome, so no answer is ever a non-FHIR error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from exchange.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    MedledgerError,
+    NotFound,
+    PreconditionFailed,
+    Throttled,
+    Unauthenticated,
+    Unavailable,
+    Unprocessable,
+)
 from exchange.intake import IntakeError, Issue
 from ledger.errors import LedgerUnavailable
 
@@ -75,21 +90,47 @@ class OperationOutcome(BaseModel):
     issue: list[OutcomeIssue]
 
 
-class ApiError(Exception):
-    """A refusal of the HTTP layer (auth, conflicts, missing resources, overload)."""
+# The one table from a domain error's kind to the HTTP status it is answered with (the most
+# specific kind an error is wins; IntakeError brings its own status).
+STATUS: Mapping[type[MedledgerError], int] = {
+    Invalid: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Gone: 410,
+    PreconditionFailed: 412,
+    Unprocessable: 422,
+    Throttled: 429,
+    Unavailable: 503,
+}
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        diagnostics: str,
-        expression: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(f"{status}: {diagnostics}")
-        self.status = status
-        self.issue = Issue("error", code, diagnostics, expression)
-        self.headers = dict(headers or {})
+
+def status_of(err: MedledgerError) -> int:
+    """The HTTP status `err` is answered with."""
+    if isinstance(err, IntakeError):
+        return err.status
+    for kind in type(err).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]  # type: ignore[index]  # a MedledgerError subclass, by STATUS
+    return 500
+
+
+def headers_of(err: MedledgerError) -> dict[str, str]:
+    """What the answer to `err` carries beside its body: when to retry, how to log in."""
+    headers: dict[str, str] = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    if isinstance(err, Unauthenticated):
+        challenge = err.challenge_error
+        headers["WWW-Authenticate"] = 'Bearer realm="medledger"' + (
+            f', error="{challenge}"' if challenge else ""
+        )
+    return headers
+
+
+def issue_of(err: MedledgerError) -> Issue:
+    return Issue("error", err.code, err.diagnostics, err.expression)
 
 
 def outcome_body(issues: list[Issue]) -> dict[str, Any]:
@@ -127,14 +168,11 @@ _REASONS = {
 # --- handlers -----------------------------------------------------------------------------
 
 
-async def _api_error(_: Request, exc: Exception) -> FhirJSONResponse:
-    assert isinstance(exc, ApiError)
-    return outcome_response(exc.status, [exc.issue], exc.headers)
-
-
-async def _intake_error(_: Request, exc: Exception) -> FhirJSONResponse:
-    assert isinstance(exc, IntakeError)
-    return FhirJSONResponse(exc.operation_outcome(), status_code=exc.status)
+async def _domain_error(_: Request, exc: Exception) -> FhirJSONResponse:
+    assert isinstance(exc, MedledgerError)
+    if isinstance(exc, IntakeError):
+        return FhirJSONResponse(exc.operation_outcome(), status_code=exc.status)
+    return outcome_response(status_of(exc), [issue_of(exc)], headers_of(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> FhirJSONResponse:
@@ -226,8 +264,7 @@ def _operations(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(IntakeError, _intake_error)
+    app.add_exception_handler(MedledgerError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _unavailable)

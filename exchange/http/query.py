@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 
-from exchange.http.errors import ApiError
+from exchange.errors import Invalid
 
 GENERAL = frozenset({"_format", "_pretty"})
 
@@ -40,9 +40,8 @@ async def refuse_unknown_query(request: Request) -> None:
     unknown = sorted(set(request.query_params) - declared(request) - GENERAL)
     if unknown:
         known = ", ".join(sorted(declared(request))) or "none"
-        raise ApiError(
-            400,
-            "not-supported",
+        raise Invalid(
             f"unknown query parameter {', '.join(unknown)}: this operation takes {known}",
             unknown[0],
+            code="not-supported",
         )

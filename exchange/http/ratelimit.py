@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from exchange.http.errors import outcome_response
 from exchange.identity.clients import bearer_token
 from exchange.intake.outcome import Issue
-from exchange.http.errors import outcome_response
 from ledger.errors import LedgerUnavailable
 
 log = logging.getLogger("medledger.exchange")

@@ -29,14 +29,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBearer
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from exchange.identity import smart
 from exchange.bundles.store import (
     clients_table,
     credential_epoch_table,
     smart_jwks_table,
     smart_tokens_table,
 )
-from exchange.http.errors import ApiError
+from exchange.errors import Forbidden, Unauthenticated
+from exchange.identity import smart
 
 if TYPE_CHECKING:
     from exchange.bootstrap import Services
@@ -431,9 +431,8 @@ def _settle(target: asyncio.Future[int], done: asyncio.Future[int]) -> None:
 # --- FastAPI dependencies ----------------------------------------------------------------
 
 
-def _unauthorized(diagnostics: str, error: str | None = None) -> ApiError:
-    challenge = 'Bearer realm="medledger"' + (f', error="{error}"' if error else "")
-    return ApiError(401, "login", diagnostics, headers={"WWW-Authenticate": challenge})
+def _unauthorized(diagnostics: str, error: str | None = None) -> Unauthenticated:
+    return Unauthenticated(diagnostics, error)
 
 
 @dataclass(frozen=True)
@@ -501,9 +500,7 @@ class RoleGuard(HTTPBearer):
         if client is None:
             raise _unauthorized("the bearer credential is not valid", "invalid_token")
         if client.role not in self.roles:
-            raise ApiError(
-                403,
-                "forbidden",
+            raise Forbidden(
                 f"a {client.role} client may not do this; it needs the role "
                 + " or ".join(self.roles),
             )
@@ -558,9 +555,7 @@ def require_scope(client: Client, resource_type: str, interaction: str) -> None:
     """
     if client.scopes is None or smart.scope_permits(client.scopes, resource_type, interaction):
         return
-    raise ApiError(
-        403,
-        "forbidden",
+    raise Forbidden(
         f"the access token lacks the scope {smart.needed_scope(resource_type, interaction)} "
         f"(granted: {' '.join(sorted(client.scopes)) or 'none'}); request it at the token "
         "endpoint",

@@ -23,7 +23,12 @@ import jwt
 from sqlalchemy import Engine, Select, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from exchange.bundles.store import clients_table, smart_jti_table, smart_jwks_table, smart_tokens_table
+from exchange.bundles.store import (
+    clients_table,
+    smart_jti_table,
+    smart_jwks_table,
+    smart_tokens_table,
+)
 from ledger import store
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -29,8 +29,8 @@ from sqlalchemy import (
     update,
 )
 
-from exchange.vault import vault
 from exchange.bundles.store import bundles_table
+from exchange.vault import vault
 from ledger import store
 
 metadata = MetaData()

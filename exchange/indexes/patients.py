@@ -24,9 +24,9 @@ from sqlalchemy import (
     select,
 )
 
+from exchange.bootstrap import pseudonym
 from exchange.indexes.derived import DerivedIndex, StoredBundle
 from exchange.intake.kind import patient_identifiers
-from exchange.bootstrap import pseudonym
 
 metadata = MetaData()
 

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from exchange.errors import MedledgerError
+
 SEVERITIES = frozenset({"fatal", "error", "warning", "information"})
 
 # The subset of the FHIR R4 IssueType value set (http://hl7.org/fhir/issue-type) intake uses.
@@ -57,8 +59,9 @@ class Issue:
         return out
 
 
-class IntakeError(Exception):
-    """A refused submission.
+class IntakeError(MedledgerError):
+    """A refused submission (a MedledgerError whose status intake decides, one issue per
+    problem found).
 
     ``status`` is the HTTP status to answer with: 400 (not acceptable JSON), 413 (too large),
     415 (media type), 422 (well-formed JSON that is not an acceptable FHIR Bundle).
@@ -75,7 +78,9 @@ class IntakeError(Exception):
         first = self.issues[0]
         where = f" (at {first.expression})" if first.expression else ""
         more = f" [+{len(self.issues) - 1} more]" if len(self.issues) > 1 else ""
-        super().__init__(f"{status}: {first.diagnostics}{where}{more}")
+        super().__init__(
+            f"{status}: {first.diagnostics}{where}{more}", first.expression, code=first.code
+        )
 
     @classmethod
     def one(

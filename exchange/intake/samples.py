@@ -162,51 +162,123 @@ def sample_bundles() -> list[bytes]:
     h, i = HOSPITAL_ORG, INSURER_ORG
     return [
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b1001", "2026-03-02T09:30:00.000Z", _KIM,
-            _ENCOUNTER % ("AMB", _KIM_REF, "2026-03-02T08:00:00.000Z",
-                          "2026-03-02T09:15:00.000Z"),
-            _OBSERVATION % ("8310-5", "Body temperature", _KIM_REF,
-                            "2026-03-02T08:20:00.000Z", "37.50", "Cel", "Cel"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b1001",
+            "2026-03-02T09:30:00.000Z",
+            _KIM,
+            _ENCOUNTER % ("AMB", _KIM_REF, "2026-03-02T08:00:00.000Z", "2026-03-02T09:15:00.000Z"),
+            _OBSERVATION
+            % (
+                "8310-5",
+                "Body temperature",
+                _KIM_REF,
+                "2026-03-02T08:20:00.000Z",
+                "37.50",
+                "Cel",
+                "Cel",
+            ),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b1002", "2026-03-05T14:00:00.000Z", _IVANOV,
-            _CONDITION % ("E11.9", "Type 2 diabetes mellitus without complications",
-                          _IVANOV_REF, "2026-03-05T13:40:00.000Z"),
-            _OBSERVATION % ("4548-4", "Hemoglobin A1c", _IVANOV_REF,
-                            "2026-03-05T13:10:00.000Z", "7.20", "%", "%"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b1002",
+            "2026-03-05T14:00:00.000Z",
+            _IVANOV,
+            _CONDITION
+            % (
+                "E11.9",
+                "Type 2 diabetes mellitus without complications",
+                _IVANOV_REF,
+                "2026-03-05T13:40:00.000Z",
+            ),
+            _OBSERVATION
+            % (
+                "4548-4",
+                "Hemoglobin A1c",
+                _IVANOV_REF,
+                "2026-03-05T13:10:00.000Z",
+                "7.20",
+                "%",
+                "%",
+            ),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b2001", "2026-03-02T09:40:00.000Z", _KIM,
-            _CONSENT % (_KIM_REF, "2026-03-02T09:35:00.000Z", h, "2026-03-02",
-                        "2026-12-31", i, "HPAYMT"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b2001",
+            "2026-03-02T09:40:00.000Z",
+            _KIM,
+            _CONSENT
+            % (_KIM_REF, "2026-03-02T09:35:00.000Z", h, "2026-03-02", "2026-12-31", i, "HPAYMT"),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b2002", "2026-03-05T14:10:00.000Z", _IVANOV,
-            _CONSENT % (_IVANOV_REF, "2026-03-05T14:05:00.000Z", h, "2026-03-05",
-                        "2027-03-04", i, "HPAYMT"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b2002",
+            "2026-03-05T14:10:00.000Z",
+            _IVANOV,
+            _CONSENT
+            % (_IVANOV_REF, "2026-03-05T14:05:00.000Z", h, "2026-03-05", "2027-03-04", i, "HPAYMT"),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b3001", "2026-03-03T10:00:00.000Z", _KIM,
-            _MED_ADMIN % ("L04AC10", "secukinumab", "Secukinumab", _KIM_REF,
-                          "2026-03-03T09:30:00.000Z", "subcutaneous", "150.00"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b3001",
+            "2026-03-03T10:00:00.000Z",
+            _KIM,
+            _MED_ADMIN
+            % (
+                "L04AC10",
+                "secukinumab",
+                "Secukinumab",
+                _KIM_REF,
+                "2026-03-03T09:30:00.000Z",
+                "subcutaneous",
+                "150.00",
+            ),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b3002", "2026-03-06T11:00:00.000Z", _IVANOV,
-            _MED_ADMIN % ("A10BJ06", "semaglutide", "Semaglutide", _IVANOV_REF,
-                          "2026-03-05T15:00:00.000Z", "subcutaneous", "0.25"),
-            _ADVERSE_EVENT % ("Nausea after the first dose", _IVANOV_REF,
-                              "2026-03-06T08:00:00.000Z"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b3002",
+            "2026-03-06T11:00:00.000Z",
+            _IVANOV,
+            _MED_ADMIN
+            % (
+                "A10BJ06",
+                "semaglutide",
+                "Semaglutide",
+                _IVANOV_REF,
+                "2026-03-05T15:00:00.000Z",
+                "subcutaneous",
+                "0.25",
+            ),
+            _ADVERSE_EVENT
+            % ("Nausea after the first dose", _IVANOV_REF, "2026-03-06T08:00:00.000Z"),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b4001", "2026-03-03T16:00:00.000Z", _KIM,
-            _CLAIM % (_KIM_REF, "2026-03-03T16:00:00.000Z", i, h, "Policy GHI-7731",
-                      "Secukinumab 150 mg, administration", "1200.00", "1200.00", "1200.00"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b4001",
+            "2026-03-03T16:00:00.000Z",
+            _KIM,
+            _CLAIM
+            % (
+                _KIM_REF,
+                "2026-03-03T16:00:00.000Z",
+                i,
+                h,
+                "Policy GHI-7731",
+                "Secukinumab 150 mg, administration",
+                "1200.00",
+                "1200.00",
+                "1200.00",
+            ),
             _INVOICE % (_KIM_REF, "2026-03-03T16:00:00.000Z", h, "1200.00", "1200.00"),
         ),
         _bundle(
-            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b4002", "2026-03-06T17:00:00.000Z", _IVANOV,
-            _CLAIM % (_IVANOV_REF, "2026-03-06T17:00:00.000Z", i, h, "Policy GHI-9012",
-                      "Outpatient consultation", "850.50", "850.50", "850.50"),
+            "6b3d1c8e-2f0a-4c61-9e57-5d1a7c3b4002",
+            "2026-03-06T17:00:00.000Z",
+            _IVANOV,
+            _CLAIM
+            % (
+                _IVANOV_REF,
+                "2026-03-06T17:00:00.000Z",
+                i,
+                h,
+                "Policy GHI-9012",
+                "Outpatient consultation",
+                "850.50",
+                "850.50",
+                "850.50",
+            ),
         ),
     ]
 

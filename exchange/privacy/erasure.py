@@ -38,10 +38,10 @@ from sqlalchemy import (
     update,
 )
 
-from exchange.indexes import derived
-from exchange.vault import vault
 from exchange.identity.clients import Client, find_client, hash_token
+from exchange.indexes import derived
 from exchange.indexes.patients import patient_ids_table, patient_index
+from exchange.vault import vault
 from ledger import store
 from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import LedgerError

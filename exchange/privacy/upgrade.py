@@ -51,15 +51,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
 
-from exchange.settlement import bulk_export
-from exchange.indexes import derived
-from exchange.privacy import erasure
-from exchange.quality import facts as quality_facts
-from exchange.vault import vault
+from exchange.bootstrap import dedupe_keys
 from exchange.bundles.store import bundles_table, secrets_table
+from exchange.indexes import derived
 from exchange.intake.identifiers import normalise
 from exchange.intake.kind import patient_identifiers, spelled_patient_identifiers
-from exchange.bootstrap import dedupe_keys
+from exchange.privacy import erasure
+from exchange.quality import facts as quality_facts
+from exchange.settlement import bulk_export
+from exchange.vault import vault
 from ledger import store
 
 log = logging.getLogger("medledger.exchange")

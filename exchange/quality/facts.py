@@ -55,9 +55,9 @@ from sqlalchemy import (
     text,
 )
 
-from exchange.vault import vault
 from exchange.indexes.derived import DerivedIndex, StoredBundle, state_table
 from exchange.quality.indicators import EpisodeFacts
+from exchange.vault import vault
 
 LOINC = "http://loinc.org"
 QUALITY_SYSTEM = "urn:medledger:quality"

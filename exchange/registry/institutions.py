@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 
+from exchange.errors import Forbidden
 from ledger import store
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
 from ledger.jcs import canonicalize
@@ -431,11 +432,9 @@ def admit_sender(record: Institution | None, org: str, today: date) -> tuple[str
     Called before anything is appended, so a refusal leaves the log unchanged. The entry
     format has no metadata field, so flags travel in the response header FLAGS_HEADER.
     """
-    from exchange.http.errors import ApiError  # the HTTP layer's error type; kept out of replay
-
     verdict = check_sender(record, today, strict=strict_mode())
     if verdict.refused is not None:
-        raise ApiError(403, "forbidden", f"sender {org}: {verdict.refused}")
+        raise Forbidden(f"sender {org}: {verdict.refused}")
     return tuple(f for f in verdict.flags if f != "unregistered")
 
 

@@ -54,10 +54,10 @@ from sqlalchemy import (
     update,
 )
 
+from exchange.bundles.store import bundle_by_id, bundles_table, patients_of, subjects_by_index
+from exchange.consent.crossborder import TransferLedger
 from exchange.settlement import index as settlement
 from exchange.vault import vault
-from exchange.consent.crossborder import TransferLedger
-from exchange.bundles.store import bundle_by_id, bundles_table, patients_of, subjects_by_index
 from ledger import store
 
 SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"

@@ -44,11 +44,11 @@ from sqlalchemy import (
     select,
 )
 
+from exchange.bootstrap import pseudonym
+from exchange.bundles.store import bundle_by_id, bundles_table
 from exchange.consent import rules as consent_rules
 from exchange.consent.crossborder import CHINA, TransferLedger, recipient_of
-from exchange.bundles.store import bundle_by_id, bundles_table
 from exchange.indexes.derived import DerivedIndex, StoredBundle
-from exchange.bootstrap import pseudonym
 
 SEARCH_TYPES = (
     "Claim",

@@ -24,12 +24,12 @@ from sqlalchemy import Engine
 
 from adapters.trace_export import rwd_export
 from adapters.trace_index import RecallQuery
-from exchange.consent import rules as consent_rules
-from exchange.settlement import index as settlement
-from exchange.indexes import trace
-from exchange.bundles.store import bundle_by_id, patients_of, subjects_by_index
-from exchange.intake.kind import patient_identifiers
 from exchange.bootstrap import pseudonym
+from exchange.bundles.store import bundle_by_id, patients_of, subjects_by_index
+from exchange.consent import rules as consent_rules
+from exchange.indexes import trace
+from exchange.intake.kind import patient_identifiers
+from exchange.settlement import index as settlement
 from exchange.vault.vault import Erased
 
 

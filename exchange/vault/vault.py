@@ -72,8 +72,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from exchange.bundles.store import bundles_table, metadata
+from exchange.errors import Gone
 from exchange.intake.identifiers import normalise
-from exchange.http.errors import ApiError
 from ledger import store
 from ledger.errors import LogStateError
 from ledger.keys import create_private_file
@@ -138,7 +138,7 @@ class VaultError(Exception):
     """The vault cannot do what was asked: a missing or wrong master key, a damaged record."""
 
 
-class Erased(ApiError):
+class Erased(Gone):
     """The data sealed under a destroyed key: answered 410 Gone wherever it is read."""
 
     def __init__(self, key_id: str, erasure_index: int | None) -> None:
@@ -148,8 +148,6 @@ class Erased(ApiError):
             else "the erasure is being recorded"
         )
         super().__init__(
-            410,
-            "deleted",
             f"this record was erased at the patient's request ({where}); its bytes and salt "
             "no longer exist, while its ledger entry and every proof stay verifiable",
         )

@@ -40,15 +40,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.settlement import bulk_export
-from exchange.settlement import index as settlement
-from exchange.identity import smart
-from exchange.privacy.access import record_access
-from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
+from exchange.bootstrap import Services
 from exchange.consent.crossborder import TransferLedger
-from exchange.indexes.derived import Indexes, get_indexes
-from exchange.intake import Issue
-from exchange.http.errors import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
+from exchange.errors import Forbidden, Gone, Invalid, MedledgerError, NotFound
+from exchange.http.errors import (
+    FHIR_JSON,
+    FhirJSONResponse,
+    error_responses,
+    outcome_body,
+    status_of,
+)
 from exchange.http.public import public_url
 from exchange.http.routes.settlement import (
     Answer,
@@ -57,7 +58,13 @@ from exchange.http.routes.settlement import (
     get_gate,
     recorded_once,
 )
-from exchange.bootstrap import Services
+from exchange.identity import smart
+from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
+from exchange.indexes.derived import Indexes, get_indexes
+from exchange.intake import Issue
+from exchange.privacy.access import record_access
+from exchange.settlement import bulk_export
+from exchange.settlement import index as settlement
 
 router = APIRouter(prefix="/fhir", tags=["bulk export"])
 
@@ -123,9 +130,7 @@ def export_types(client: Client, requested: list[str] | None) -> tuple[str, ...]
             if client.scopes is None or smart.scope_permits(client.scopes, t, "read")
         )
         if not types:
-            raise ApiError(
-                403,
-                "forbidden",
+            raise Forbidden(
                 "the access token grants no read scope of a settlement type "
                 f"({', '.join(settlement.SEARCH_TYPES)}): request system/<Type>.r",
             )
@@ -133,12 +138,11 @@ def export_types(client: Client, requested: list[str] | None) -> tuple[str, ...]
     chosen: list[str] = []
     for part in (p.strip() for value in requested for p in value.split(",")):
         if part not in settlement.SEARCH_TYPES:
-            raise ApiError(
-                400,
-                "not-supported",
+            raise Invalid(
                 f"_type {part!r} is not exported here; the types are "
                 + ", ".join(settlement.SEARCH_TYPES),
                 "_type",
+                code="not-supported",
             )
         require_scope(client, part, "read")
         if part not in chosen:
@@ -151,37 +155,35 @@ def since_param(value: str | None) -> str | None:
     if value is None:
         return None
     if not _INSTANT.fullmatch(value):
-        raise ApiError(
-            400, "value", f"_since {value!r} is not an instant (YYYY-MM-DDThh:mm:ss[.f]Z)", "_since"
+        raise Invalid(
+            f"_since {value!r} is not an instant (YYYY-MM-DDThh:mm:ss[.f]Z)", "_since", code="value"
         )
     try:
         return settlement.utc_instant(value)
     except ValueError as e:
-        raise ApiError(400, "value", f"_since {value!r}: {e}", "_since") from None
+        raise Invalid(f"_since {value!r}: {e}", "_since", code="value") from None
 
 
 def check_kickoff_headers(
     prefer: str | None, accept: str | None, output_format: str | None
 ) -> None:
     if prefer is None or "respond-async" not in [p.strip() for p in prefer.split(",")]:
-        raise ApiError(
-            400,
-            "required",
+        raise Invalid(
             "a Bulk Data export runs asynchronously: send Prefer: respond-async",
             "Prefer",
+            code="required",
         )
     if accept is not None and not any(
         a.split(";")[0].strip() in (FHIR_JSON, "application/json", "*/*") for a in accept.split(",")
     ):
-        raise ApiError(
-            400, "not-supported", f"Accept {accept!r}: only application/fhir+json", "Accept"
+        raise Invalid(
+            f"Accept {accept!r}: only application/fhir+json", "Accept", code="not-supported"
         )
     if output_format is not None and output_format not in bulk_export.OUTPUT_FORMATS:
-        raise ApiError(
-            400,
-            "not-supported",
+        raise Invalid(
             f"_outputFormat {output_format!r}: only {bulk_export.NDJSON}",
             "_outputFormat",
+            code="not-supported",
         )
 
 
@@ -265,13 +267,11 @@ async def _own_job(
     checks the scope of the file's type instead)."""
     job = await run_in_threadpool(bulk_export.load_job, services.engine, job_id)
     if job is None or job.spec.client_id != client.client_id:
-        raise ApiError(404, "not-found", f"no export {job_id} of this client")
+        raise NotFound(f"no export {job_id} of this client")
     ttl = services.settings.export_ttl
     if bulk_export.expires(job, ttl) <= datetime.now(UTC):
         await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
-        raise ApiError(
-            404, "not-found", f"export {job_id} expired ({ttl} after its kick-off): start a new one"
-        )
+        raise NotFound(f"export {job_id} expired ({ttl} after its kick-off): start a new one")
     if scoped:
         for rtype in job.spec.types:
             require_scope(client, rtype, "read")
@@ -357,17 +357,17 @@ async def export_file(
         files = await run_in_threadpool(bulk_export.files_of, services.engine, job_id)
         found = [f for f in files if f.n == n]
         if job.status != bulk_export.COMPLETED or not found:
-            raise ApiError(404, "not-found", f"export {job_id} has no file {file_name}")
+            raise NotFound(f"export {job_id} has no file {file_name}")
         # Consents and Bundles stored since the kick-off count: the indexes are caught up.
         await run_in_threadpool(fresh_indexes, services, indexes)
         require_scope(client, found[0].resource_type, "read")
         served = await run_in_threadpool(_download, services, gate, job, found[0])
-    except ApiError as refusal:
+    except MedledgerError as refusal:
         if client.role == "insurer":
             await record_access(
                 services, client, action="denied", resource_type="Bundle",
                 patient_subject=None, purpose=client.purpose, outcome="4",
-                detail=f"$export file refused ({refusal.status})",
+                detail=f"$export file refused ({status_of(refusal)})",
             )  # fmt: skip
         raise
     if served.patients:
@@ -399,15 +399,11 @@ def _download(
     try:
         return bulk_export.download(services.engine, gate, job, f, datetime.now(UTC))
     except bulk_export.FileGone:
-        raise ApiError(
-            410,
-            "deleted",
+        raise Gone(
             "data in this file has been erased since the export: start a new one",
         ) from None
     except bulk_export.NoLongerPermitted:
-        raise ApiError(
-            403,
-            "forbidden",
+        raise Forbidden(
             "consent no longer permits all of this file to this insurer (a patient withdrew, "
             "or a consent or legal basis ended since the export): start a new export, which "
             "includes only what is permitted now",

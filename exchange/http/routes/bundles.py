@@ -16,13 +16,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, Field
 
-from exchange.registry import institutions
-from exchange.privacy.access import record_access_per_patient_blocking
-from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
-from exchange.bundles.store import BundleRow, bundle_by_id, bundle_patients
-from exchange.intake import IntakeError, Issue, check_media_type
-from exchange.http.errors import FHIR_JSON, ApiError, FhirJSONResponse, error_responses, outcome_body
 from exchange.bootstrap import Services, Stored, SubmitRequest, get_services, submit
+from exchange.bundles.store import BundleRow, bundle_by_id, bundle_patients
+from exchange.errors import Invalid, NotFound
+from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses, outcome_body
+from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
+from exchange.intake import IntakeError, Issue, check_media_type
+from exchange.privacy.access import record_access_per_patient_blocking
+from exchange.registry import institutions
 from exchange.vault.vault import Erased
 
 router = APIRouter(prefix="/fhir", tags=["Bundle"])
@@ -186,9 +187,7 @@ def _parse_if_match(value: str | None) -> int | None:
         return None
     m = _WEAK_ETAG.fullmatch(value.strip())
     if m is None:
-        raise ApiError(
-            400,
-            "invalid",
+        raise Invalid(
             f'If-Match {value!r} is not a version ETag: send W/"<n>", the ETag of the latest '
             "version of the Bundle this one replaces",
         )
@@ -259,7 +258,7 @@ def read_visible(
         row = bundle_by_id(services.engine, bundle_id, version)
     except Erased as e:
         if client.role != "admin" and e.sender != client.org:
-            raise ApiError(404, "not-found", f"no Bundle {what} visible to this client") from None
+            raise NotFound(f"no Bundle {what} visible to this client") from None
         raise
     return _visible(row, client, what)
 
@@ -267,7 +266,7 @@ def read_visible(
 def _visible(row: BundleRow | None, client: Client, what: str) -> BundleRow:
     # Another org's Bundle is answered as absent: its existence is not the reader's to learn.
     if row is None or (client.role != "admin" and row.sender != client.org):
-        raise ApiError(404, "not-found", f"no Bundle {what} visible to this client")
+        raise NotFound(f"no Bundle {what} visible to this client")
     return row
 
 

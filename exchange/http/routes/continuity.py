@@ -23,14 +23,15 @@ from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
 from adapters.ips import build_ips
 from adapters.ips_json import dumps
-from exchange.privacy.access import record_access_per_patient
-from exchange.identity.clients import Client, require_role
-from exchange.bundles.store import bundle_by_id, bundle_patients
-from exchange.indexes.derived import Indexes, get_indexes
-from exchange.http.errors import FHIR_JSON, ApiError, error_responses
-from exchange.indexes.patients import bundles_about, patient_index
-from exchange.http.routes.bundles import read_visible
 from exchange.bootstrap import Services, get_services
+from exchange.bundles.store import bundle_by_id, bundle_patients
+from exchange.errors import Invalid, NotFound, Unprocessable
+from exchange.http.errors import FHIR_JSON, error_responses
+from exchange.http.routes.bundles import read_visible
+from exchange.identity.clients import Client, require_role
+from exchange.indexes.derived import Indexes, get_indexes
+from exchange.indexes.patients import bundles_about, patient_index
+from exchange.privacy.access import record_access_per_patient
 
 router = APIRouter(prefix="/fhir", tags=["continuity"])
 
@@ -61,12 +62,11 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
     """A FHIR token search value `system|value`, both parts required."""
     system, bar, code = value.partition("|")
     if not bar or not system or not code:
-        raise ApiError(
-            400,
-            "value",
+        raise Invalid(
             f"{name} must be system|value (e.g. urn:oid:2.16.156.1|MRN-1): the patient is "
             "matched by the identifier the hospital submitted",
             name,
+            code="value",
         )
     return system, code
 
@@ -83,8 +83,8 @@ def patient_bundles(
     return [row.data for row in rows], bundle_patients(services.engine, [r.index for r in rows])
 
 
-def _unprocessable(e: AdaptError) -> ApiError:
-    return ApiError(422, "processing", f"the stored Bundles cannot be adapted: {e}")
+def _unprocessable(e: AdaptError) -> Unprocessable:
+    return Unprocessable(f"the stored Bundles cannot be adapted: {e}")
 
 
 @router.get(
@@ -114,9 +114,7 @@ async def patient_summary(
         patient_bundles, services, indexes, client.org, patient
     )
     if not bundles:
-        raise ApiError(
-            404, "not-found", "this hospital submitted no clinical Bundle about that patient"
-        )
+        raise NotFound("this hospital submitted no clinical Bundle about that patient")
     docs = [json.loads(b) for b in bundles]
     try:
         ips = await run_in_threadpool(

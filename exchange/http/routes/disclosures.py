@@ -17,10 +17,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.privacy.access import disclosures_of
-from exchange.identity.clients import Client, require_role
-from exchange.http.errors import FHIR_JSON, error_responses
 from exchange.bootstrap import Services, get_services, pseudonym
+from exchange.http.errors import FHIR_JSON, error_responses
+from exchange.identity.clients import Client, require_role
+from exchange.privacy.access import disclosures_of
 
 router = APIRouter(prefix="/v1/patients", tags=["disclosures"])
 

@@ -17,10 +17,10 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from exchange.bootstrap import Services, get_services
+from exchange.http.errors import error_responses, outcome_response
 from exchange.identity.clients import public
 from exchange.intake import Issue
-from exchange.http.errors import error_responses, outcome_response
-from exchange.bootstrap import Services, get_services
 
 router = APIRouter(prefix="/health", tags=["health"])
 

@@ -14,10 +14,11 @@ from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from exchange.bootstrap import Services, get_services
+from exchange.errors import Invalid, NotFound
+from exchange.http.errors import error_responses
 from exchange.identity.clients import public
 from exchange.keys.keyring import read_events
-from exchange.http.errors import ApiError, error_responses
-from exchange.bootstrap import Services, get_services
 from ledger.keyset import derive_keyset, parse_key_document
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
@@ -66,8 +67,8 @@ def _b64(items: list[bytes]) -> list[str]:
     return [base64.b64encode(h).decode() for h in items]
 
 
-def _beyond(size: int, current: int) -> ApiError:
-    return ApiError(404, "not-found", f"the log has {current} entries, not {size}")
+def _beyond(size: int, current: int) -> NotFound:
+    return NotFound(f"the log has {current} entries, not {size}")
 
 
 @router.get(
@@ -130,7 +131,7 @@ def keys(services: Services_) -> list[LogKey]:
 @public
 def entries(services: Services_, start: Index, end: Index) -> list[str]:
     if end < start:
-        raise ApiError(400, "invalid", f"end {end} is before start {start}")
+        raise Invalid(f"end {end} is before start {start}")
     end = min(end, start + MAX_ENTRIES_PER_PAGE, services.log.size())
     return _b64(services.log.entries(start, end)) if end > start else []
 
@@ -144,7 +145,7 @@ def entries(services: Services_, start: Index, end: Index) -> list[str]:
 @public
 def inclusion(services: Services_, index: Index, size: Index) -> InclusionProof:
     if index >= size:
-        raise ApiError(400, "invalid", f"index {index} is not in a tree of size {size}")
+        raise Invalid(f"index {index} is not in a tree of size {size}")
     current = services.log.size()
     if size > current:
         raise _beyond(size, current)
@@ -162,9 +163,9 @@ def inclusion(services: Services_, index: Index, size: Index) -> InclusionProof:
 @public
 def consistency(services: Services_, size1: Index, size2: Index) -> ConsistencyProof:
     if size1 == 0:
-        raise ApiError(400, "invalid", "every tree extends the empty one: size1 must be > 0")
+        raise Invalid("every tree extends the empty one: size1 must be > 0")
     if size1 > size2:
-        raise ApiError(400, "invalid", f"size1 {size1} is larger than size2 {size2}")
+        raise Invalid(f"size1 {size1} is larger than size2 {size2}")
     current = services.log.size()
     if size2 > current:
         raise _beyond(size2, current)
@@ -184,5 +185,5 @@ def receipt(
 ) -> PlainTextResponse:
     current = services.log.size()
     if index >= current:
-        raise ApiError(404, "not-found", f"no entry {index}: the log has {current} entries")
+        raise NotFound(f"no entry {index}: the log has {current} entries")
     return PlainTextResponse(services.log.receipt(index))

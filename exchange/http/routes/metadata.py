@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from exchange.identity.clients import public
-from exchange.intake import IntakeLimits
+from exchange.bootstrap import Services, get_services
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse
 from exchange.http.routes import bulk_export as bulk_export_router
 from exchange.http.routes import quality as quality_router
 from exchange.http.routes import settlement as settlement_router
-from exchange.bootstrap import Services, get_services
+from exchange.identity.clients import public
+from exchange.intake import IntakeLimits
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
 

@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.registry import institutions
-from exchange.identity.clients import Client, require_role
-from exchange.http.errors import ApiError, error_responses
 from exchange.bootstrap import Services, get_services
+from exchange.errors import NotFound
+from exchange.http.errors import error_responses
+from exchange.identity.clients import Client, require_role
+from exchange.registry import institutions
 
 router = APIRouter(prefix="/fhir", tags=["organization"])
 
@@ -56,5 +57,5 @@ async def read_organization(
 ) -> dict[str, Any]:
     record = await run_in_threadpool(institutions.lookup, services.engine, org)
     if record is None:
-        raise ApiError(404, "not-found", f"no institution {org!r} in the registry")
+        raise NotFound(f"no institution {org!r} in the registry")
     return institutions.organization_resource(record, _today())

@@ -28,14 +28,15 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
 
-from exchange.registry import institutions
-from exchange.quality import indicators as quality
-from exchange.quality import facts as quality_facts
-from exchange.identity.clients import Client, require_role
-from exchange.bundles.store import bundles_table
-from exchange.indexes.derived import Indexes, get_indexes
-from exchange.http.errors import FHIR_JSON, ApiError, FhirJSONResponse, error_responses
 from exchange.bootstrap import Services, get_services
+from exchange.bundles.store import bundles_table
+from exchange.errors import Forbidden, Invalid, NotFound
+from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
+from exchange.identity.clients import Client, require_role
+from exchange.indexes.derived import Indexes, get_indexes
+from exchange.quality import facts as quality_facts
+from exchange.quality import indicators as quality
+from exchange.registry import institutions
 
 router = APIRouter(prefix="/fhir", tags=["quality"])
 
@@ -52,11 +53,10 @@ def subject_org(value: str, param: str = "subject") -> str:
     """The organisation id of `subject=Organization/{id}` (or a bare id)."""
     match = SUBJECT.fullmatch(value)
     if match is None:
-        raise ApiError(
-            400,
-            "value",
+        raise Invalid(
             f"{param} {value!r} is not Organization/<id> (id: 1-64 of A-Z a-z 0-9 - .)",
             param,
+            code="value",
         )
     return match.group(1)
 
@@ -65,11 +65,10 @@ def _bounds(value: str) -> tuple[date, date]:
     try:
         return quality.parse_period(value)
     except quality.PeriodError:
-        raise ApiError(
-            400,
-            "value",
+        raise Invalid(
             f"period {value!r} is not a calendar date (YYYY, YYYY-MM or YYYY-MM-DD)",
             "period",
+            code="value",
         ) from None
 
 
@@ -90,11 +89,10 @@ def period_of(values: list[str]) -> tuple[date, date]:
     for value in values:
         match = _DATE.fullmatch(value)
         if match is None:
-            raise ApiError(
-                400,
-                "value",
+            raise Invalid(
                 f"period {value!r} is not [eq|ge|gt|le|lt]YYYY[-MM[-DD]]",
                 "period",
+                code="value",
             )
         prefix, when = match.group(1) or "eq", match.group(2)
         low, high = _bounds(when)
@@ -105,20 +103,17 @@ def period_of(values: list[str]) -> tuple[date, date]:
         else:
             new = (None, high if prefix == "le" else _last_before(when))
         if (new[0] is not None and start is not None) or (new[1] is not None and end is not None):
-            raise ApiError(
-                400, "value", f"period {value!r} repeats a bound already given", "period"
-            )
+            raise Invalid(f"period {value!r} repeats a bound already given", "period", code="value")
         start = new[0] if new[0] is not None else start
         end = new[1] if new[1] is not None else end
     if start is None or end is None:
-        raise ApiError(
-            400,
-            "required",
+        raise Invalid(
             "period needs both ends: period=2026, or period=ge2026-01-01&period=le2026-06-30",
             "period",
+            code="required",
         )
     if end < start:
-        raise ApiError(400, "value", f"period ends ({end}) before it starts ({start})", "period")
+        raise Invalid(f"period ends ({end}) before it starts ({start})", "period", code="value")
     return start, end
 
 
@@ -167,17 +162,15 @@ async def search_measure_reports(
 ) -> FhirJSONResponse:
     org = subject_org(subject)
     if len(period) > 2:
-        raise ApiError(400, "value", "period: at most two values (a lower and an upper bound)")
+        raise Invalid("period: at most two values (a lower and an upper bound)", code="value")
     start, end = period_of(period)
     if client.role == "hospital" and client.org != org:
-        raise ApiError(
-            403,
-            "forbidden",
+        raise Forbidden(
             f"a hospital reads its own organisation's indicators ({client.org}), not {org}'s",
             "subject",
         )
     if not await run_in_threadpool(known_org, services.engine, org):
-        raise ApiError(404, "not-found", f"no institution {org!r} in the registry or the ledger")
+        raise NotFound(f"no institution {org!r} in the registry or the ledger")
     await run_in_threadpool(indexes.fresh, quality_facts.QUALITY)
     now = datetime.now(UTC)
     reports = await run_in_threadpool(quality_reports, services, org, start, end, now)

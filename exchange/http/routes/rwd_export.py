@@ -18,15 +18,16 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from adapters.trace_index import recall_query
-from exchange.settlement import regulator
-from exchange.indexes import trace
-from exchange.privacy.access import record_access
-from exchange.identity.clients import Client, require_role
-from exchange.consent.rules import REGULATOR_PURPOSES
-from exchange.indexes.derived import Indexes, get_indexes
-from exchange.http.errors import ApiError, error_responses
-from exchange.http.routes.settlement import fresh_indexes
 from exchange.bootstrap import Services, get_services
+from exchange.consent.rules import REGULATOR_PURPOSES
+from exchange.errors import Forbidden, Invalid, MedledgerError
+from exchange.http.errors import error_responses, status_of
+from exchange.http.routes.settlement import fresh_indexes
+from exchange.identity.clients import Client, require_role
+from exchange.indexes import trace
+from exchange.indexes.derived import Indexes, get_indexes
+from exchange.privacy.access import record_access
+from exchange.settlement import regulator
 
 router = APIRouter(prefix="/v1", tags=["trace"])
 NDJSON = "application/fhir+ndjson"
@@ -67,17 +68,15 @@ async def rwd_export(
     try:
         query = recall_query(gtin, lot, serial)
         if purpose not in REGULATOR_PURPOSES:
-            raise ApiError(
-                403,
-                "forbidden",
+            raise Forbidden(
                 "a regulator must state a research purpose of use: send X-Purpose-Of-Use "
                 f"{' or '.join(sorted(REGULATOR_PURPOSES))}",
             )
     except ValueError as e:
         await _record(services, client, purpose, "denied", "4", f"bad query ({e})")
-        raise ApiError(400, "value", str(e), "gtin") from None
-    except ApiError as refusal:
-        await _record(services, client, purpose, "denied", "4", f"refused ({refusal.status})")
+        raise Invalid(str(e), "gtin", code="value") from None
+    except MedledgerError as refusal:
+        await _record(services, client, purpose, "denied", "4", f"refused ({status_of(refusal)})")
         raise
     await run_in_threadpool(indexes.fresh, trace.TRACE)
     await run_in_threadpool(fresh_indexes, services, indexes)

@@ -38,16 +38,17 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.bundles import store as db
-from exchange.settlement import index as settlement
-from exchange.privacy.access import record_access, record_access_per_patient
-from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
-from exchange.consent.rules import INSURER_PURPOSES
-from exchange.consent.crossborder import TransferLedger
-from exchange.indexes.derived import Indexes, get_indexes
-from exchange.http.errors import FHIR_JSON, ApiError, error_responses
-from exchange.http.public import public_url
 from exchange.bootstrap import Services, get_services
+from exchange.bundles import store as db
+from exchange.consent.crossborder import TransferLedger
+from exchange.consent.rules import INSURER_PURPOSES
+from exchange.errors import Forbidden, Invalid, MedledgerError
+from exchange.http.errors import FHIR_JSON, error_responses, status_of
+from exchange.http.public import public_url
+from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
+from exchange.indexes.derived import Indexes, get_indexes
+from exchange.privacy.access import record_access, record_access_per_patient
+from exchange.settlement import index as settlement
 
 router = APIRouter(prefix="/fhir", tags=["settlement"])
 
@@ -99,25 +100,19 @@ def insurer_purpose(client: Client, header: str | None) -> str:
     when both are given (a 403 otherwise: consent is given for a purpose)."""
     header = header.strip() if header is not None else None
     if client.purpose is None and not header:
-        raise ApiError(
-            403,
-            "forbidden",
+        raise Forbidden(
             "an insurer must state its purpose of use: send X-Purpose-Of-Use (e.g. HPAYMT) "
             "or bind purpose_of_use into the access token",
         )
     if client.purpose is not None and header and header != client.purpose:
-        raise ApiError(
-            403,
-            "forbidden",
+        raise Forbidden(
             f"X-Purpose-Of-Use {header!r} differs from the purpose bound into the access "
             f"token ({client.purpose!r}): send the token's purpose or none",
         )
     chosen = client.purpose or header
     assert chosen is not None
     if chosen not in INSURER_PURPOSES:
-        raise ApiError(
-            403,
-            "forbidden",
+        raise Forbidden(
             f"purpose of use {chosen!r} is not a payment purpose; an insurer reads settlement "
             f"data for one of {', '.join(sorted(INSURER_PURPOSES))}",
         )
@@ -134,7 +129,7 @@ async def recorded_once(
     action: str,
 ) -> Answer:
     """Runs an insurer's request and appends its access entries: `action` with outcome 0 when
-    data was disclosed, `denied` with outcome 4 when it was refused (an ApiError raised by
+    data was disclosed, `denied` with outcome 4 when it was refused (a MedledgerError raised by
     `run`, or nothing of what matched permitted); one per patient the answer is about, or one
     naming no patient (a refusal before any match, an export kick-off).
 
@@ -145,7 +140,7 @@ async def recorded_once(
     try:
         purpose = insurer_purpose(client, purpose_header)
         answer = await run(purpose)
-    except ApiError as refusal:
+    except MedledgerError as refusal:
         await record_access(
             services,
             client,
@@ -154,7 +149,7 @@ async def recorded_once(
             patient_subject=None,
             purpose=_loggable(purpose),
             outcome="4",
-            detail=f"refused ({refusal.status})",
+            detail=f"refused ({status_of(refusal)})",
         )
         raise
     disclosed = answer.disclosed > 0 or answer.withheld == 0
@@ -196,7 +191,7 @@ def token_param(key: bytes, value: str, name: str) -> tuple[str, bytes]:
     if not bar:
         system, code = "", value
     if not code:
-        raise ApiError(400, "value", f"{name} must be system|value, |value or value", name)
+        raise Invalid(f"{name} must be system|value, |value or value", name, code="value")
     if not bar:
         return settlement.KEY_IDENT_VALUE, settlement.ident_value_key(key, code)
     return settlement.KEY_IDENT, settlement.ident_key(key, system, code)
@@ -205,12 +200,11 @@ def token_param(key: bytes, value: str, name: str) -> tuple[str, bytes]:
 def patient_identifier_param(value: str) -> tuple[str, str]:
     system, bar, code = value.partition("|")
     if not bar or not system or not code:
-        raise ApiError(
-            400,
-            "value",
+        raise Invalid(
             "patient.identifier must be system|value (e.g. urn:oid:2.16.156.1|MRN-1): the "
             "patient is matched by an identifier the hospital submitted",
             "patient.identifier",
+            code="value",
         )
     return system, code
 
@@ -218,7 +212,7 @@ def patient_identifier_param(value: str) -> tuple[str, str]:
 def insurer_param(value: str) -> str:
     org = value.removeprefix("Organization/")
     if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", org):
-        raise ApiError(400, "value", "insurer must be Organization/<id> or <id>", "insurer")
+        raise Invalid("insurer must be Organization/<id> or <id>", "insurer", code="value")
     return org
 
 
@@ -229,18 +223,17 @@ def date_bounds(values: list[str]) -> tuple[settlement.DateBound, ...]:
     for value in values:
         m = _DATE_PARAM.fullmatch(value)
         if m is None:
-            raise ApiError(
-                400,
-                "value",
+            raise Invalid(
                 f"_lastUpdated {value!r} is not [eq|ge|gt|le|lt]YYYY[-MM[-DD[Thh:mm[:ss]"
                 "(Z|+hh:mm)]]]",
                 "_lastUpdated",
+                code="value",
             )
         op, text = m.group(1) or "eq", m.group(2)
         try:
             low, high = _range_of(text)
         except (ValueError, OverflowError) as e:
-            raise ApiError(400, "value", f"_lastUpdated {value!r}: {e}", "_lastUpdated") from None
+            raise Invalid(f"_lastUpdated {value!r}: {e}", "_lastUpdated", code="value") from None
         if op in ("eq", "ge"):
             bounds.append(settlement.DateBound("ge", low))
         if op in ("eq", "le"):
@@ -297,12 +290,11 @@ def make_cursor(secret: bytes, client_id: str, digest: str, after: tuple[int, in
 
 def read_cursor(secret: bytes, client_id: str, digest: str, cursor: str) -> tuple[int, int]:
     """The position a cursor names; 400 if it was altered, or made for another query/client."""
-    bad = ApiError(
-        400,
-        "value",
+    bad = Invalid(
         "_cursor is not a cursor this server issued for this search and client: follow the "
         "`next` link exactly as given",
         "_cursor",
+        code="value",
     )
     payload_text, dot, tag_text = cursor.partition(".")
     try:
@@ -524,28 +516,24 @@ def _query(
     if patient_identifier is not None:
         patient_identifier_param(patient_identifier)
     if patient is not None and not _PSEUDONYM.fullmatch(patient):
-        raise ApiError(
-            400,
-            "value",
+        raise Invalid(
             "patient must be the patient's pseudonym (64 lower-case hex digits, as in the "
             "AuditEvents); to name the patient by identifier use patient.identifier=system|value",
             "patient",
+            code="value",
         )
     wanted = insurer_param(insurer) if insurer is not None else None
     if client.role == "insurer":
         if patient_identifier is None and patient is None:
-            raise ApiError(
-                400,
-                "required",
+            raise Invalid(
                 "an insurer's search names one patient (patient.identifier=system|value): "
                 "consent and the accounting of disclosures are per patient; use $export for "
                 "all the patients whose consent covers this insurer",
                 "patient.identifier",
+                code="required",
             )
         if wanted is not None and wanted != client.org:
-            raise ApiError(
-                403,
-                "forbidden",
+            raise Forbidden(
                 f"an insurer searches only its own resources (insurer={client.org})",
             )
         wanted = client.org

@@ -14,10 +14,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from exchange.bootstrap import Services, get_services
+from exchange.http.public import public_url
 from exchange.identity import smart
 from exchange.identity.clients import public
-from exchange.http.public import public_url
-from exchange.bootstrap import Services, get_services
 
 router = APIRouter(tags=["smart"])
 

@@ -15,11 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from adapters.trace_index import recall_query
-from exchange.indexes import trace
-from exchange.identity.clients import Client, require_role
-from exchange.indexes.derived import Indexes, get_indexes
-from exchange.http.errors import ApiError, error_responses
 from exchange.bootstrap import Services, get_services
+from exchange.errors import Invalid
+from exchange.http.errors import error_responses
+from exchange.identity.clients import Client, require_role
+from exchange.indexes import trace
+from exchange.indexes.derived import Indexes, get_indexes
 
 router = APIRouter(prefix="/v1", tags=["trace"])
 
@@ -53,7 +54,7 @@ async def trace_pack(
     try:
         query = recall_query(gtin, lot, serial)
     except ValueError as e:
-        raise ApiError(400, "value", str(e), "gtin") from None
+        raise Invalid(str(e), "gtin", code="value") from None
     await run_in_threadpool(indexes.fresh, trace.TRACE)
     sender = client.org if client.role == "hospital" else None
     hits = await run_in_threadpool(trace.recall, services.engine, query, sender)

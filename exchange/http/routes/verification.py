@@ -27,11 +27,12 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from exchange.registry import institutions
-from exchange.identity.clients import Client, require_role
-from exchange.http.errors import FHIR_JSON, ApiError, FhirJSONResponse, error_responses
-from exchange.http.routes.quality import subject_org
 from exchange.bootstrap import Services, get_services
+from exchange.errors import Conflict, NotFound
+from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
+from exchange.http.routes.quality import subject_org
+from exchange.identity.clients import Client, require_role
+from exchange.registry import institutions
 from ledger.entry import commitment, parse_entry
 from ledger.log import Log
 
@@ -187,11 +188,9 @@ async def search_verification_results(
     try:
         attested = await run_in_threadpool(attested_record, services.log, org)
     except institutions.RegistryError as e:
-        raise ApiError(
-            409, "conflict", f"the registry record of {org} does not match the ledger: {e}"
-        ) from None
+        raise Conflict(f"the registry record of {org} does not match the ledger: {e}") from None
     if attested is None:
-        raise ApiError(404, "not-found", f"no institution {org!r} in the registry", "target")
+        raise NotFound(f"no institution {org!r} in the registry", "target")
     results = verification_results(attested, datetime.now(UTC))
     return FhirJSONResponse(
         {
