@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 
 from exchange.bootstrap import Services, open_services
 from exchange.config import Settings
+from exchange.http.deps import ExchangeApp
 from exchange.http.errors import document_outcomes, install_handlers
 from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
 from exchange.http.query import refuse_unknown_query
@@ -23,7 +24,7 @@ from exchange.http.routes import settlement as settlement_router
 from exchange.http.routes import smart as smart_router
 from exchange.http.routes import verification as verification_router
 from exchange.http.routes.metadata import SOFTWARE_VERSION
-from exchange.identity.clients import authenticate
+from exchange.identity.cache import authenticate
 from exchange.intake import IntakeLimits
 
 # `medledger serve`'s default address, which clients on the same machine reach it by.
@@ -47,7 +48,7 @@ def create_app(
     rate_limit: RateLimit | None = None,
     public_url: str = DEFAULT_PUBLIC_URL,
     trusted_proxies: tuple[Network, ...] = (),
-) -> FastAPI:
+) -> ExchangeApp:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
     `intake_workers` > 0 validates submissions in that many processes, started with the app;
@@ -69,20 +70,20 @@ def create_app(
         finally:
             services.close()
 
-    app = FastAPI(
+    public = PublicBase(parse_public_url(public_url), trusted_proxies)
+    app = ExchangeApp(
+        services,
+        public,
         title="medledger",
         version=SOFTWARE_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
         dependencies=[Depends(refuse_unknown_query)],
     )
-    app.state.services = services
-    public = PublicBase(parse_public_url(public_url), trusted_proxies)
-    app.state.public = public
     if rate_limit is not None:
 
         async def identify(token: str) -> str | None:
-            client = await authenticate(services, token)
+            client = await authenticate(services.clients, token)
             return None if client is None else client.client_id
 
         app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit), identify=identify)

@@ -1,28 +1,72 @@
-"""Where a log instance keeps its state: the --data / --db / --key-file options of every command."""
+"""Every setting of a log instance, and every environment variable the exchange reads.
+
+:class:`Environment` reads the environment, once per process start (`medledger` reads it
+before it parses its arguments): nothing else in the exchange looks at os.environ.
+:class:`Settings` is one log instance's configuration, made from the command line and the
+environment (:func:`settings_from_args`) or directly. docs/operations.md lists each
+variable.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from exchange.keys.keyring import Keyring, KeyringError, open_keyring
-from ledger import store
-from ledger.log import Log
 from ledger.store import make_engine, sqlite_url
-
-if TYPE_CHECKING:
-    from exchange.vault.vault import MasterKey
 
 DEFAULT_DATA_DIR = Path("medledger-data")
 DEFAULT_ORIGIN = "medledger.example/log"
+VAULT_KEY_ENV = "MEDLEDGER_VAULT_KEY"
+INSTITUTIONS_STRICT_ENV = "MEDLEDGER_INSTITUTIONS_STRICT"
+ADMIN_TOKEN_ENV = "MEDLEDGER_ADMIN_TOKEN"
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The environment variables the exchange reads (docs/operations.md), read once."""
+
+    data: str | None = None  # MEDLEDGER_DATA: --data
+    db: str | None = None  # MEDLEDGER_DB: --db
+    origin: str | None = None  # MEDLEDGER_ORIGIN: --origin
+    vault_key: str | None = field(default=None, repr=False)  # MEDLEDGER_VAULT_KEY
+    institutions_strict: bool = False  # MEDLEDGER_INSTITUTIONS_STRICT
+    production: bool = False  # MEDLEDGER_PRODUCTION: serve --production
+    rate_limit: str | None = None  # MEDLEDGER_RATE_LIMIT: serve --rate-limit
+    burst: str | None = None  # MEDLEDGER_RATE_BURST: serve --burst
+    export_ttl: str | None = None  # MEDLEDGER_EXPORT_TTL: serve --export-ttl
+    public_url: str | None = None  # MEDLEDGER_PUBLIC_URL: serve --public-url
+    token: str | None = field(default=None, repr=False)  # MEDLEDGER_TOKEN: audit --token
+    admin_token: str | None = field(default=None, repr=False)  # MEDLEDGER_ADMIN_TOKEN: erase
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
+        env = os.environ if environ is None else environ
+        return cls(
+            data=env.get("MEDLEDGER_DATA"),
+            db=env.get("MEDLEDGER_DB"),
+            origin=env.get("MEDLEDGER_ORIGIN"),
+            vault_key=env.get(VAULT_KEY_ENV) or None,
+            institutions_strict=_flag(env.get(INSTITUTIONS_STRICT_ENV)),
+            production=env.get("MEDLEDGER_PRODUCTION", "") not in ("", "0"),
+            rate_limit=env.get("MEDLEDGER_RATE_LIMIT"),
+            burst=env.get("MEDLEDGER_RATE_BURST"),
+            export_ttl=env.get("MEDLEDGER_EXPORT_TTL"),
+            public_url=env.get("MEDLEDGER_PUBLIC_URL"),
+            token=env.get("MEDLEDGER_TOKEN"),
+            admin_token=env.get(ADMIN_TOKEN_ENV),
+        )
 
 
 @dataclass(frozen=True)
@@ -40,6 +84,10 @@ class Settings:
     origin: str = DEFAULT_ORIGIN
     # How long a Bulk Data export job and its files are kept after the kick-off.
     export_ttl: timedelta = timedelta(hours=24)
+    # The vault's master key, base64 (MEDLEDGER_VAULT_KEY); None: the file vault.key.
+    vault_key: str | None = field(default=None, repr=False)
+    # A sender without an institution registry record is refused (MEDLEDGER_INSTITUTIONS_STRICT).
+    institutions_strict: bool = False
 
     @property
     def database_url(self) -> str:
@@ -54,16 +102,6 @@ class Settings:
         """The vault's master key (base64), beside the signing key (exchange.vault)."""
         return self.signing_key_path.parent / "vault.key"
 
-    def vault_master_key(self, *, vault_is_empty: bool = False) -> MasterKey:
-        """MEDLEDGER_VAULT_KEY, else `vault_key_path`, created on first use (mode 0600). With
-        an explicit --key-file it is created only while the vault holds no key yet, so a
-        forgotten key file is never silently replaced. Losing it loses every stored Bundle:
-        back it up apart from the database (docs/privacy.md)."""
-        from exchange.vault.vault import load_master_key
-
-        create = self.key_file is None or vault_is_empty
-        return load_master_key(self.vault_key_path, create=create)
-
     @property
     def witness_path(self) -> Path:
         """The log's last checkpoint, also kept beside its key (ledger.witness)."""
@@ -74,38 +112,6 @@ class Settings:
         if self.db_url is None:
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return make_engine(self.database_url)
-
-    def open_log(self) -> Log:
-        """Opens (creating on first use) the log with its signing key and its witness file,
-        which makes the log refuse to append after the database was rolled back or replaced."""
-        return self.open_log_with_keys()[0]
-
-    def open_log_with_keys(self) -> tuple[Log, Keyring]:
-        """The log and its keyring: every checkpoint is signed by each key active at its size
-        (`log.key` and the keys added since, `keys/<key id>.key` beside it; docs/operations.md)."""
-        engine = self.open_engine()
-        store.create_schema(engine)
-        ring = open_keyring(
-            engine, self.origin, self.signing_key_path, create=self.key_file is None
-        )
-        with engine.connect() as conn:
-            head = store.read_head(conn)
-            keys = ring.keyset(conn)
-        active = keys.active_at(0 if head is None else head[1])
-        held = [s for k in active if (s := ring.signer_for(k.verifier.key_id)) is not None]
-        if not held:
-            raise KeyringError(
-                f"none of the log's active keys is held in {ring.first_key} or {ring.keys_dir}"
-            )
-        log = Log(
-            engine,
-            held[0],
-            origin=self.origin,
-            witness=self.witness_path,
-            signers_at=ring.signers_at,
-            verifiers=keys.verifiers(),
-        )
-        return log, ring
 
 
 def exposed_state(settings: Settings) -> list[str]:
@@ -132,27 +138,36 @@ def exposed_state(settings: Settings) -> list[str]:
     return found
 
 
-def add_state_options(parser: argparse.ArgumentParser) -> None:
+def add_state_options(parser: argparse.ArgumentParser, env: Environment) -> None:
     """The options every command that touches a log's local state takes."""
     g = parser.add_argument_group("log state")
     g.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("MEDLEDGER_DATA", DEFAULT_DATA_DIR)),
+        default=Path(env.data) if env.data else DEFAULT_DATA_DIR,
         help="directory of the embedded SQLite database and log.key (default ./medledger-data)",
     )
     g.add_argument(
         "--db",
-        default=os.environ.get("MEDLEDGER_DB"),
+        default=env.db,
         help="database URL instead of --data, e.g. postgresql+psycopg://user@host/db",
     )
     g.add_argument("--key-file", type=Path, help="the log's PKCS#8 Ed25519 key (with --db)")
+    parser.set_defaults(environment=env)
     g.add_argument(
         "--origin",
-        default=os.environ.get("MEDLEDGER_ORIGIN", DEFAULT_ORIGIN),
+        default=env.origin or DEFAULT_ORIGIN,
         help="the log's checkpoint origin and key name (default %(default)s)",
     )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(data_dir=args.data, db_url=args.db, key_file=args.key_file, origin=args.origin)
+    env: Environment = args.environment
+    return Settings(
+        data_dir=args.data,
+        db_url=args.db,
+        key_file=args.key_file,
+        origin=args.origin,
+        vault_key=env.vault_key,
+        institutions_strict=env.institutions_strict,
+    )

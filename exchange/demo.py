@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from exchange.bootstrap import Services, Stored, SubmitRequest, submit_blocking
+from exchange.bootstrap import Services
+from exchange.bundles.submit import Stored, SubmitRequest, submit_blocking
 from exchange.consent import crossborder
 from exchange.identity.clients import Client, register_client
 from exchange.intake.samples import (
@@ -48,11 +49,12 @@ def seed(services: Services, files: Path) -> Demo:
     kinds = ["record", "record", "consent", "consent", "rwd", "rwd", "settlement", "settlement"]
     for n, (kind, body) in enumerate(zip(kinds, sample_bundles(), strict=True)):
         checked = check(body, "application/fhir+json", services.limits)
-        stored.append(submit_blocking(services, SubmitRequest(hospital, body, checked)))
+        stored.append(
+            submit_blocking(services.log, services.vault, SubmitRequest(hospital, body, checked))
+        )
         (files / f"{kind}-{n % 2 + 1}.json").write_bytes(body)
     (files / "try-me.json").write_bytes(try_me_bundle())
     # The insurer is a domestic recipient: settlement pull needs its country on record.
-    crossborder.create_schema(engine)
     crossborder.set_recipient(engine, crossborder.Recipient(INSURER_ORG, "CN", None))
     return Demo(clients, stored, files)
 

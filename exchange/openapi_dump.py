@@ -24,7 +24,7 @@ def openapi_document() -> dict[str, Any]:
         try:
             return app.openapi()
         finally:
-            app.state.services.close()
+            app.services.close()
 
 
 class _Dumper(yaml.SafeDumper):

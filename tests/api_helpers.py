@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, inspect, select, text
 
 from exchange.app import create_app
-from exchange.identity.clients import register_client
-from exchange.bundles.store import bundles_table
 from exchange.bootstrap import Services
 from exchange.config import Settings
+from exchange.identity.clients import register_client
+from exchange.store.tables import bundles_table
 from ledger.entry import Entry, parse_entry
 from ledger.note import Verifier
 from ledger.verify import verify_receipt, verify_submission
@@ -82,7 +82,7 @@ def open_api(data: Path, db_url: str | None = None, **app_options: Any) -> Itera
     app_options.setdefault("public_url", "http://testserver")
     app = create_app(Settings(data_dir=data, db_url=db_url), **app_options)
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield Api(client, app.state.services)
+        yield Api(client, app.services)
 
 
 def wrap(raws: list[bytes], identifier: str | None = None) -> bytes:

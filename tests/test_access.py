@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from exchange.identity.clients import register_client
 from exchange.privacy.access import (
     PSEUDONYM_SYSTEM,
     AccessError,
@@ -18,8 +19,7 @@ from exchange.privacy.access import (
     record_access,
     record_access_blocking,
 )
-from exchange.identity.clients import register_client
-from exchange.bootstrap import pseudonym
+from exchange.vault import lookup_tag as pseudonym
 from tests.api_helpers import is_outcome, open_api
 
 MRN = ("urn:example:mrn", "MRN-0042")
@@ -38,7 +38,7 @@ def test_each_recorded_request_is_one_access_entry(tmp_path: Path, db_url: str) 
             outcome = "4" if action == "denied" else "0"
             indices.append(
                 record_access_blocking(
-                    api.services,
+                    api.services.log,
                     client,
                     action=action,
                     resource_type="Claim",
@@ -73,7 +73,7 @@ def test_the_async_recorder_returns_the_ledger_index(tmp_path: Path) -> None:
         client, _ = register_client(api.services.engine, "auditor", "auditor", None)
         index = asyncio.run(
             record_access(
-                api.services,
+                api.services.log,
                 client,
                 action="search",
                 resource_type="Invoice",
@@ -92,7 +92,7 @@ def test_an_unknown_action_appends_nothing(tmp_path: Path) -> None:
         size = api.log_size()
         with pytest.raises(AccessError, match="unknown access action 'peek'"):
             record_access_blocking(
-                api.services, client, action="peek", resource_type="Claim",
+                api.services.log, client, action="peek", resource_type="Claim",
                 patient_subject=None, purpose="HPAYMT", outcome="0",
             )  # fmt: skip
         assert api.log_size() == size
@@ -105,7 +105,7 @@ def test_a_hospital_gets_the_accounting_of_disclosures_of_its_patient(tmp_path: 
         subject = pseudonym(api.services.pseudonym_key, "hospital-a", MRN)
         for action, outcome in (("search", "0"), ("denied", "4")):
             record_access_blocking(
-                api.services, insurer, action=action, resource_type="Claim",
+                api.services.log, insurer, action=action, resource_type="Claim",
                 patient_subject=subject, purpose="HPAYMT", outcome=outcome,
             )  # fmt: skip
         url = f"/v1/patients/{MRN[1]}/disclosures"

@@ -32,10 +32,12 @@ from fastapi.routing import iter_route_contexts
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import select
 
+from exchange.bundles.read import bundle_by_id
+from exchange.http.guards import EndpointScopes, RoleGuard, Scope
 from exchange.identity import smart
-from exchange.privacy.access import access_count, access_table
-from exchange.identity.clients import ROLES, EndpointScopes, RoleGuard, Scope, register_client
-from exchange.bundles.store import bundle_by_id, bundles_table
+from exchange.identity.clients import ROLES, register_client
+from exchange.privacy.access import access_count
+from exchange.store.tables import access_table, bundles_table
 from tests.api_helpers import Api, observation_bundle, open_api, wrap
 from tests.test_rwd_export_api import REGULATOR
 from tests.test_settlement_index import PASSPORT, _uuid, consent_bundle, settlement_bundle
@@ -280,7 +282,7 @@ def built_world(data: Path, db_url: str | None = None) -> Iterator[World]:
             rows = conn.execute(select(bundles_table.c.id, bundles_table.c.subject)).all()
         subjects: dict[str, set[bytes]] = {p.name: set() for p in PATIENTS}
         for bundle_id, subject in rows:
-            stored = bundle_by_id(engine, bundle_id)
+            stored = bundle_by_id(api.services.vault, bundle_id)
             assert stored is not None and subject is not None
             for p in PATIENTS:
                 if any(m in stored.data for m in p.markers()):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.bootstrap import Admission
+from exchange.bundles.admission import Admission
 from exchange.errors import MedledgerError
 from exchange.http.errors import headers_of, status_of
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
-from exchange.intake import IntakeLimits
 from exchange.http.routes.metadata import LIMITS_EXTENSION
+from exchange.intake import IntakeLimits
 from tests.api_helpers import FHIR_JSON, Api, is_outcome, open_api
 
 

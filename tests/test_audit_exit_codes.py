@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cli.main import (
+from exchange.cli.exits import (
     EXIT_MALFORMED,
     EXIT_MISBEHAVIOUR,
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
-    main,
 )
+from exchange.cli.main import main
 from ledger.note import Signer
 
 from .audit_helpers import (

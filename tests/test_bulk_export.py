@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from exchange.settlement import bulk_export
 from exchange.privacy.access import access_count
+from exchange.settlement import bulk_export
 from exchange.settlement.bulk_export import SHA256_EXTENSION
-from exchange.consent.crossborder import TransferLedger
 from tests.api_helpers import VECTORS, Api, is_outcome, open_api
 from tests.test_settlement_index import PASSPORT, consent_bundle, settlement_bundle
 from tests.test_settlement_search import insurer, submit
@@ -184,7 +183,7 @@ def test_status_is_202_while_running_and_a_cancelled_job_keeps_no_files(tmp_path
         hold = threading.Event()
         spec = bulk_export.JobSpec(client_id, "hospital-a", "hospital", None, ("Claim",), None, "x")
         job = bulk_export.start_job(engine, spec)
-        bulk_export.start_worker(engine, TransferLedger(engine), job, before=hold.wait)
+        bulk_export.start_worker(api.services.vault, api.services.gate, job, before=hold.wait)
         running = api.client.get(f"/fhir/$export-status/{job.id}", headers=hospital)
         assert running.status_code == 202
         assert running.headers["X-Progress"] == "queued" and running.headers["Retry-After"] == "2"

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from exchange.cli.main import main
-from exchange.keys.keyring import KeyringError, append_key_event, key_events_table
 from exchange.config import DEFAULT_ORIGIN, Settings
+from exchange.keys.keyring import KeyringError, append_key_event
+from exchange.store.tables import key_events_table
 from ledger.keyset import sign_key_document
 from ledger.note import Verifier
 from tests.ledger_helpers import new_signer

@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import inspect, text
 
-from exchange.identity import clients as auth
-from exchange.bundles import store as db
 from exchange.cli.main import main
+from exchange.identity import cache as identity_cache
+from exchange.identity import clients as auth
+from exchange.store import tables
 from tests.api_helpers import Api, observation_bundle, open_api
 
 Capture = pytest.CaptureFixture[str]
@@ -274,7 +275,7 @@ def test_a_plain_client_can_be_given_a_jwks(
 # --- the cache and the epoch -----------------------------------------------------------------
 
 
-class CountedReads(auth.EpochReader):
+class CountedReads(identity_cache.EpochReader):
     """The real reader, counting its reads."""
 
     reads = 0
@@ -290,7 +291,7 @@ def test_each_lookup_sees_changes_made_before_it_and_threads_share_reads(
     with open_api(tmp_path / "data", db_url) as api:
         engine = api.services.engine
         client, token = auth.register_client(engine, "his", "hospital", "hospital-a")
-        cache = auth.ClientCache(engine)
+        cache = identity_cache.ClientCache(engine)
         cache.epoch = counted = CountedReads(engine)
 
         async def burst() -> list[auth.Client | None]:
@@ -320,5 +321,5 @@ def test_a_database_of_an_earlier_version_gains_the_new_columns(
     with open_api(tmp_path / "data", db_url) as api:
         columns = {c["name"] for c in inspect(api.services.engine).get_columns("exchange_clients")}
         assert {"expires", "revoked"} <= columns
-        assert db.credential_epoch_table.name in inspect(api.services.engine).get_table_names()
+        assert tables.credential_epoch_table.name in inspect(api.services.engine).get_table_names()
         assert submits(api, token) == 201

@@ -21,7 +21,7 @@ from exchange.consent.crossborder import (
     recipient_of,
     set_recipient,
 )
-from exchange.bundles.store import create_schema
+from exchange.store import migrate
 from ledger.store import make_engine
 
 CONTRACT = LegalBasis("standard-contract", "粤网信备20260001")
@@ -35,7 +35,7 @@ def patient(n: int) -> bytes:
 @pytest.fixture
 def gate(db_url: str) -> TransferLedger:
     engine = make_engine(db_url)
-    create_schema(engine)
+    migrate.upgrade(engine)
     return TransferLedger(engine, GateConfig(threshold=THRESHOLD))
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from exchange.vault import vault
+from exchange import vault
+from exchange.cli.exits import EXIT_OK, EXIT_USAGE
+from exchange.cli.main import main
 from exchange.identity.clients import register_client
-from exchange.cli.main import EXIT_OK, EXIT_USAGE, main
-from exchange.indexes.derived import Indexes
-from exchange.privacy.erasure import ADMIN_TOKEN_ENV, requests_table
-from exchange.indexes.patients import bundles_about, patient_ids_table, patient_index
+from exchange.indexes.patients import bundles_about, patient_index
+from exchange.privacy.erasure import ADMIN_TOKEN_ENV
+from exchange.store.tables import patient_ids_table, requests_table
 from ledger.verify import verify_receipt, verify_submission
 from tests.api_helpers import (
     Api,
@@ -103,7 +104,7 @@ def test_erasing_a_random_patient(
         pseudonym = api.entry(erased[0][0]["index"]).subject
         assert pseudonym is not None
         assert api.services.vault.subjects_of("hospital-a", (MRN_SYSTEM, victim)) == [pseudonym]
-        indexes = Indexes(engine)
+        indexes = api.services.indexes
         indexes.fresh(patient_index(api.services.pseudonym_key))
         key = api.services.pseudonym_key
         about = bundles_about(engine, key, "hospital-a", (MRN_SYSTEM, victim))

@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from exchange.settlement import bulk_export
-from exchange.privacy import erasure
-from exchange.vault import vault
-from exchange.quality import facts as qf
+from exchange import vault
 from exchange.identity.clients import register_client
+from exchange.privacy import erasure
+from exchange.quality import facts as qf
+from exchange.settlement import bulk_export
 from exchange.settlement.bulk_export import SHA256_EXTENSION
-from exchange.indexes.derived import Indexes
 from tests.api_helpers import Api, is_outcome, open_api, stored_values_by_table
 from tests.test_bulk_export import kickoff, path_of, wait_done
 from tests.test_quality_facts import EPISODES, episode_bundles
@@ -197,8 +196,8 @@ def test_quality_facts_are_sealed_under_the_bundle_key(tmp_path: Path, db_url: s
         for body in episode_bundles(episode):
             assert api.post(body, hospital).status_code == 201
         engine = api.services.engine
-        Indexes(engine).fresh(qf.QUALITY)
-        facts = qf.sender_rows(engine, "hospital-a")
+        api.services.indexes.fresh(qf.QUALITY)
+        facts = qf.sender_rows(api.services.vault, "hospital-a")
         assert {"38214-3", "4548-4"} <= {str(r["code"]).rsplit("|", 1)[-1] for r in facts}
         stored = stored_values_by_table(api)[qf.quality_table.name]
         for clear in (b"38214-3", b"4548-4", b"6.5", episode.start.encode(), b"Encounter/e1"):
@@ -213,7 +212,7 @@ def test_quality_facts_are_sealed_under_the_bundle_key(tmp_path: Path, db_url: s
             assert gone, "the Bundle keys of the patient's Bundles"
             with pytest.raises(vault.Erased):
                 api.services.vault.joint_key_of(conn, gone, qf.FACT_LABEL)
-        left = qf.sender_rows(engine, "hospital-a")
+        left = qf.sender_rows(api.services.vault, "hospital-a")
         assert len(left) == sum(1 for r in copy if int(r.idx) not in gone) < len(copy)
 
 
@@ -256,8 +255,8 @@ def test_erasing_one_patient_a_bundle_names_seals_away_what_was_derived_from_it_
             assert [e["entity"][-1]["what"]["type"] for e in events] == ["Claim"], patient
 
         engine = api.services.engine
-        Indexes(engine).fresh(qf.QUALITY)
-        facts = {int(str(r["idx"])) for r in qf.sender_rows(engine, "hospital-a")}
+        api.services.indexes.fresh(qf.QUALITY)
+        facts = {int(str(r["idx"])) for r in qf.sender_rows(api.services.vault, "hospital-a")}
         assert {both["index"], own["index"]} <= facts
         with engine.connect() as conn:
             copy = conn.execute(select(qf.quality_table)).all()
@@ -280,7 +279,7 @@ def test_erasing_one_patient_a_bundle_names_seals_away_what_was_derived_from_it_
                 opened.joint_key_of(conn, [both["index"], own["index"]], qf.FACT_LABEL)
             opened.joint_key_of(conn, [own["index"]], qf.FACT_LABEL)
         # The copy's rows of the Bundle naming the baby say nothing any more; the others do.
-        left = {int(str(r["idx"])) for r in qf.sender_rows(engine, "hospital-a")}
+        left = {int(str(r["idx"])) for r in qf.sender_rows(api.services.vault, "hospital-a")}
         assert both["index"] not in left and own["index"] in left
         assert any(int(r.idx) == both["index"] for r in copy)
         assert api.client.get(f"/fhir/Bundle/{own['id']}", headers=hospital).status_code == 200

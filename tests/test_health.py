@@ -13,8 +13,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from exchange.app import create_app
-from exchange.identity.clients import register_client
 from exchange.config import Settings
+from exchange.identity.clients import register_client
 from tests.api_helpers import FHIR_JSON, is_outcome, observation_bundle, open_api
 
 
@@ -29,7 +29,7 @@ def test_live_and_ready_need_no_credential_and_say_nothing_more(tmp_path: Path) 
 
 def test_ready_waits_for_warm_intake_workers(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "data"), intake_workers=1)
-    _, token = register_client(app.state.services.engine, "his", "hospital", "hospital-a")
+    _, token = register_client(app.services.engine, "his", "hospital", "hospital-a")
     # Without its lifespan the app has not started its intake workers.
     cold = TestClient(app, raise_server_exceptions=False)
     assert cold.get("/health/live").status_code == 200
@@ -42,7 +42,7 @@ def test_ready_waits_for_warm_intake_workers(tmp_path: Path) -> None:
             assert status == 503 and time.monotonic() < deadline
             time.sleep(0.05)
         # Ready: the workers are up and warm, and a submission is served by them.
-        assert app.state.services.intake.ready
+        assert app.services.intake.ready
         headers = {"Authorization": f"Bearer {token}", "Content-Type": FHIR_JSON}
         answer = client.post("/fhir/Bundle", content=observation_bundle(), headers=headers)
         assert answer.status_code == 201, answer.text

@@ -14,10 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.indexes.derived import Indexes
-from exchange.intake.kind import patient_identifiers
 from exchange.indexes.patients import bundles_about, patient_index
-from exchange.bootstrap import pseudonym
+from exchange.intake.kind import patient_identifiers
+from exchange.vault import lookup_tag as pseudonym
 from tests.api_helpers import Api, open_api, wrap
 from tests.test_bulk_export import path_of
 from tests.test_export_privacy import disclosures, finished
@@ -91,7 +90,7 @@ def test_every_spelling_names_the_same_patient_through_the_api(tmp_path: Path) -
         hospital = api.credential()
         admins = Admins(api)
         key = api.services.pseudonym_key
-        indexes = Indexes(api.services.engine)
+        indexes = api.services.indexes
 
         @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(spellings(min_size=2))

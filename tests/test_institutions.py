@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exchange.registry import institutions as inst
+from exchange.store import migrate
 from tests.ledger_helpers import new_signer, open_log
 
 JCI = inst.Accreditation("JCI", "hospital", date(2024, 1, 1), date(2026, 12, 31), date(2025, 6, 1))
@@ -29,7 +30,7 @@ BASE = inst.Institution(
 @pytest.fixture
 def log(db_url: str):
     lg = open_log(db_url, new_signer())
-    inst.create_tables(lg.engine)
+    migrate.upgrade(lg.engine)
     yield lg
     lg.close()
 

@@ -22,7 +22,8 @@ from exchange.intake import (
     parse_strict,
     validate_bundle,
 )
-from exchange.intake.validate import RESOURCE_TYPES, element_specs, loc_to_fhirpath
+from exchange.intake.models import loc_to_fhirpath
+from exchange.intake.validate import RESOURCE_TYPES, element_specs
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 FHIR_JSON = "application/fhir+json"

@@ -12,8 +12,8 @@ import pytest
 
 from exchange.audit.sources import HttpSource
 from exchange.cli.main import main
-from exchange.keys.keyring import source_keyset
 from exchange.config import DEFAULT_ORIGIN
+from exchange.keys.keyring import source_keyset
 from ledger.audit import audit
 from ledger.keys import load_signer
 from ledger.keyset import KeySet

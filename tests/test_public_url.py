@@ -21,7 +21,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from exchange.identity.clients import register_client
 from exchange.http.public import (
     SCOPE_KEY,
     ForwardedHeaders,
@@ -30,6 +29,7 @@ from exchange.http.public import (
     parse_proxies,
     parse_public_url,
 )
+from exchange.identity.clients import register_client
 from tests.api_helpers import Api, open_api
 from tests.test_bulk_export import KIM, kickoff, wait_done
 from tests.test_serve_uvicorn import serving

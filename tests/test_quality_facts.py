@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange.quality import facts as qf
-from exchange.indexes.derived import Indexes
 from exchange.quality.indicators import INDICATORS, counts, in_period
 from tests.api_helpers import HOSPITAL_ORG, Api, open_api
 
@@ -454,15 +453,15 @@ def test_each_indicator_from_stored_bundles(tmp_path: Path, db_url: str) -> None
     now = datetime.now(UTC)
     with open_api(tmp_path, db_url) as api:
         submit_all(api, api.credential(), now)
-        indexes = Indexes(api.services.engine)
+        indexes = api.services.indexes
         indexes.fresh(qf.QUALITY)
-        facts = qf.episode_facts(api.services.engine, HOSPITAL_ORG, now)
+        facts = qf.episode_facts(api.services.vault, HOSPITAL_ORG, now)
         assert indicator_counts(facts) == expected_counts(now)
         # Another sender's Bundles are not this sender's episodes.
-        assert qf.episode_facts(api.services.engine, "someone-else", now) == []
+        assert qf.episode_facts(api.services.vault, "someone-else", now) == []
         # Caught up twice: no row is indexed twice, the counts stay the same.
         indexes.fresh(qf.QUALITY)
-        again = qf.episode_facts(api.services.engine, HOSPITAL_ORG, now)
+        again = qf.episode_facts(api.services.vault, HOSPITAL_ORG, now)
         assert indicator_counts(again) == expected_counts(now)
 
 

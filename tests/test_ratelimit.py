@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm
 
-from exchange.identity.clients import register_client
 from exchange.http.ratelimit import RateLimit, TokenBuckets, refilled, retry_after_seconds
+from exchange.identity.clients import register_client
 from tests.api_helpers import Api, open_api
 
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from adapters.trace_export import ndjson_line
+from exchange.bundles.read import bundle_by_id
 from exchange.privacy.access import access_count
-from exchange.bundles.store import bundle_by_id
 from tests.api_helpers import is_outcome, open_api
 from tests.test_settlement_index import consent_bundle
 from tests.test_trace_api import GTIN, pack
@@ -53,7 +53,7 @@ def test_only_consented_bundles_leave_and_each_request_is_one_access_entry(
         assert got.status_code == 200, got.text
         assert got.headers["content-type"].startswith("application/fhir+ndjson")
         expected = [
-            ndjson_line(bundle_by_id(api.services.engine, bundle_id).data)
+            ndjson_line(bundle_by_id(api.services.vault, bundle_id).data)
             for bundle_id in (posted["111111111"], other_lot.json()["id"])
         ]
         assert got.content == b"".join(expected)

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from exchange.app import create_app
-from exchange.identity.clients import register_client
 from exchange.config import Settings
+from exchange.identity.clients import register_client
 
 SOAK = os.environ.get("MEDLEDGER_SOAK", "") not in ("", "0")
 QUICK = os.environ.get("MEDLEDGER_QUICK", "") not in ("", "0")
@@ -52,7 +52,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, 
         creds: dict[str, Any] = {"anonymous": None}
         for role, org in ROLES.items():
             if role != "anonymous":
-                _, token = register_client(app.state.services.engine, role, role, org)
+                _, token = register_client(app.services.engine, role, role, org)
                 creds[role] = {"Authorization": f"Bearer {token}"}
         yield app, creds
 

@@ -17,8 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange.settlement import index as settlement
-from exchange.indexes.derived import Indexes
-from exchange.bootstrap import pseudonym
+from exchange.vault import lookup_tag as pseudonym
 from tests.api_helpers import open_api
 
 HOSPITAL = "hospital-a"
@@ -306,7 +305,7 @@ def test_the_index_rows_and_keys_on_both_databases(tmp_path: Path, db_url: str) 
         assert api.post(settlement_bundle(patient, "insurer-a"), hospital).status_code == 201
         assert api.post(consent_bundle(patient, "insurer-a"), hospital).status_code == 201
         engine, key = api.services.engine, api.services.pseudonym_key
-        indexes = Indexes(engine)
+        indexes = api.services.indexes
         indexes.fresh(settlement.settlement_index(engine, key))
         indexes.fresh(settlement.settlement_keys_index(key))
         subject = pseudonym(key, HOSPITAL, patient)
@@ -316,7 +315,7 @@ def test_the_index_rows_and_keys_on_both_databases(tmp_path: Path, db_url: str) 
         )
         assert [r.resource_type for r in rows] == list(settlement.SEARCH_TYPES)
         assert {r.subject for r in rows} == {subject}
-        reader = settlement.BundleBytes(engine)
+        reader = settlement.BundleBytes(api.services.vault)
         assert b"1200.00" in reader.resource(rows[0])
         (consent,) = settlement.consents_of(engine, HOSPITAL, subject)
         assert json.loads(reader.resource(consent))["resourceType"] == "Consent"

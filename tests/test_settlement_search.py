@@ -16,10 +16,10 @@ from fhir.resources.R4B.bundle import Bundle as FhirBundle
 from jwt.algorithms import ECAlgorithm
 
 from exchange.consent import crossborder
-from exchange.privacy.access import access_count, disclosures_of
-from exchange.identity.clients import register_client
 from exchange.consent.crossborder import LegalBasis, Recipient
-from exchange.bootstrap import pseudonym
+from exchange.identity.clients import register_client
+from exchange.privacy.access import access_count, disclosures_of
+from exchange.vault import lookup_tag as pseudonym
 from tests.api_helpers import Api, is_outcome, open_api
 from tests.test_settlement_index import (
     HOSPITAL,
@@ -34,7 +34,6 @@ PAY = {"X-Purpose-Of-Use": "HPAYMT"}
 
 
 def recipient(api: Api, org: str, country: str = "CN", basis: LegalBasis | None = None) -> None:
-    crossborder.create_schema(api.services.engine)
     crossborder.set_recipient(api.services.engine, Recipient(org, country, basis))
 
 
@@ -125,7 +124,8 @@ def test_without_consent_or_for_another_payer_nothing_is_disclosed(tmp_path: Pat
 def _all_access(api: Api) -> list[Any]:
     from sqlalchemy import select
 
-    from exchange.privacy.access import _row, access_table
+    from exchange.privacy.access import _row
+    from exchange.store.tables import access_table
 
     with api.services.engine.connect() as conn:
         return [_row(r) for r in conn.execute(select(access_table).order_by(access_table.c.idx))]

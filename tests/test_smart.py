@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import func, select, update
 
-from exchange.bundles.store import smart_jti_table, smart_tokens_table
 from exchange.cli.main import main
 from exchange.errors import MedledgerError
 from exchange.http.errors import status_of
 from exchange.identity import smart
 from exchange.identity.clients import Client, register_client, require_scope
+from exchange.store.tables import smart_jti_table, smart_tokens_table
 from tests.api_helpers import Api, is_outcome, observation_bundle, open_api
 
 TOKEN_URL = "http://testserver/auth/token"

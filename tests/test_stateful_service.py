@@ -23,8 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from exchange.app import create_app
 from exchange.audit.sources import HttpSource
-from exchange.identity.clients import register_client
 from exchange.config import Settings
+from exchange.identity.clients import register_client
 from ledger.audit import audit
 from ledger.audit.state import AuditState
 from ledger.note import Verifier
@@ -41,7 +41,7 @@ class Service(RuleBasedStateMachine):
         self.state: AuditState | None = None
         self.checkpoints: list[str] = []
         self._open()
-        _, token = register_client(self.app.state.services.engine, "sm", "hospital", "hospital-a")
+        _, token = register_client(self.app.services.engine, "sm", "hospital", "hospital-a")
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": FHIR_JSON}
 
     def _open(self) -> None:
@@ -115,7 +115,7 @@ class Service(RuleBasedStateMachine):
 
     @invariant()
     def log_size_matches_model(self) -> None:
-        assert self.app.state.services.log.size() == len(self.model)
+        assert self.app.services.log.size() == len(self.model)
 
 
 TestService = Service.TestCase

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
     Column,
-    Engine,
     Index,
     Integer,
     LargeBinary,
@@ -37,14 +36,13 @@ from sqlalchemy import (
     text,
 )
 
-from exchange.settlement import bulk_export
-from exchange.bundles import store as db
-from exchange.privacy import upgrade as store_upgrade
-from exchange.vault import vault
-from exchange.quality import facts as qf
-from exchange.settlement.bulk_export import SHA256_EXTENSION
-from exchange.indexes.derived import Indexes
+from exchange import vault
+from exchange.bundles import read as db
 from exchange.intake.kind import patient_identifiers
+from exchange.quality import facts as qf
+from exchange.settlement import bulk_export
+from exchange.settlement.bulk_export import SHA256_EXTENSION
+from exchange.store import migrate, tables
 from ledger.entry import commitment
 from tests.api_helpers import Api, open_api, stored_values_by_table, wrap
 from tests.test_bulk_export import exported, path_of
@@ -122,17 +120,17 @@ def test_a_legacy_store_opens_upgraded(tmp_path: Path) -> None:
             assert api.client.get(path_of(item["url"]), headers=insurer).status_code == 410
 
         # Quality facts are rebuilt, sealed, and say what they said.
-        Indexes(engine).fresh(qf.QUALITY)
+        api.services.indexes.fresh(qf.QUALITY)
         as_of = datetime.fromisoformat(meta["quality"]["as_of"])
-        facts = qf.episode_facts(engine, "hospital-a", as_of)
+        facts = qf.episode_facts(api.services.vault, "hospital-a", as_of)
         counts = {k: list(v) for k, v in indicator_counts(facts).items()}
         assert counts == meta["quality"]["counts"]
-        assert len(qf.sender_rows(engine, "hospital-a")) == meta["quality"]["rows"]
+        assert len(qf.sender_rows(api.services.vault, "hospital-a")) == meta["quality"]["rows"]
         stored = stored_values_by_table(api)[qf.quality_table.name]
         assert stored and not any(b"38214-3" in v for v in stored)
 
         # Upgrading again changes nothing.
-        assert store_upgrade.upgrade(api.services.vault) == []
+        assert migrate.upgrade(api.services.engine) == []
     after = (data / "medledger.db").read_bytes()
     assert not any(d.encode() in after for d in digests)
     assert b"38214-3" not in after
@@ -170,11 +168,14 @@ LEGACY_FACTS = Table(
 )
 
 
-def write_legacy_layout(engine: Engine, digests: dict[tuple[str, int], str]) -> None:
+def write_legacy_layout(api: Api, digests: dict[tuple[str, int], str]) -> None:
     """Rewrites the export files and quality facts as the code before the upgrade stored
-    them: plain SHA-256 hex, and facts in the clear."""
-    facts = qf.sender_rows(engine, "hospital-a")
+    them: plain SHA-256 hex, and facts in the clear; and, as that code made no
+    alembic_version, drops it."""
+    engine = api.services.engine
+    facts = qf.sender_rows(api.services.vault, "hospital-a")
     with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
         files = conn.execute(select(bulk_export.files_table)).all()
         conn.execute(text('DROP TABLE "exchange_export_files"'))
         conn.execute(text('DROP TABLE "exchange_quality_facts"'))
@@ -193,7 +194,6 @@ def write_legacy_layout(engine: Engine, digests: dict[tuple[str, int], str]) -> 
 def test_an_upgrade_in_place_on_each_database(tmp_path: Path, db_url: str) -> None:
     now = datetime.now(UTC)
     with open_api(tmp_path / "data", db_url) as api:
-        engine = api.services.engine
         hospital = api.credential()
         submit(api, settlement_bundle(KIM, "insurer-a", types=("Claim", "Invoice")), hospital)
         submit(api, consent_bundle(KIM, "insurer-a"), hospital)
@@ -206,21 +206,20 @@ def test_an_upgrade_in_place_on_each_database(tmp_path: Path, db_url: str) -> No
         }
         for body in (b for e in EPISODES[:3] for b in episode_bundles(e)):
             assert api.post(body, hospital).status_code == 201
-        Indexes(engine).fresh(qf.QUALITY)
-        facts = indicator_counts(qf.episode_facts(engine, "hospital-a", now))
-        write_legacy_layout(engine, digests)
+        api.services.indexes.fresh(qf.QUALITY)
+        facts = indicator_counts(qf.episode_facts(api.services.vault, "hospital-a", now))
+        write_legacy_layout(api, digests)
         values = [v for vs in stored_values_by_table(api).values() for v in vs]
         assert any(d.encode() in v for d in digests.values() for v in values)
     with open_api(tmp_path / "data", db_url) as api:
-        engine = api.services.engine
         values = [v for vs in stored_values_by_table(api).values() for v in vs]
         for digest in digests.values():
             assert not any(digest.encode() in v or bytes.fromhex(digest) in v for v in values)
         again, _ = exported_again(api, ins, manifest)
         assert again == manifest["output"]
-        Indexes(engine).fresh(qf.QUALITY)
-        assert indicator_counts(qf.episode_facts(engine, "hospital-a", now)) == facts
-        assert store_upgrade.upgrade(api.services.vault) == []
+        api.services.indexes.fresh(qf.QUALITY)
+        assert indicator_counts(qf.episode_facts(api.services.vault, "hospital-a", now)) == facts
+        assert migrate.upgrade(api.services.engine) == []
 
 
 def exported_again(
@@ -253,7 +252,7 @@ def test_the_upgraded_legacy_store_keeps_the_erasure_promise(tmp_path: Path) -> 
     with open_api(data) as api:
         keep_jobs(api)
         engine, opened = api.services.engine, api.services.vault
-        t = db.bundles_table
+        t = tables.bundles_table
         with engine.connect() as conn:
             stored = conn.execute(select(t.c.idx, t.c.id, t.c.version, t.c.sender, t.c.data,
                                          t.c.salt, t.c.digest)).all()  # fmt: skip
@@ -264,7 +263,7 @@ def test_the_upgraded_legacy_store_keeps_the_erasure_promise(tmp_path: Path) -> 
             if bytes(r.data).startswith(b"MLV1"):
                 continue
             assert bytes(r.data)[:4] == bytes(r.salt)[:4] == b"MLV2"
-            row = db.bundle_by_id(engine, r.id, int(r.version))
+            row = db.bundle_by_id(api.services.vault, r.id, int(r.version))
             assert row is not None and api.entry(int(r.idx)).commit == commitment(
                 row.salt, row.data
             )
@@ -276,7 +275,7 @@ def test_the_upgraded_legacy_store_keeps_the_erasure_promise(tmp_path: Path) -> 
             )
             assert bytes(r.digest) == vault.keyed_digest(digest_key, row.data)
             by_index[int(r.idx)] = row.data
-        Indexes(engine).fresh(qf.QUALITY)
+        api.services.indexes.fresh(qf.QUALITY)
         with engine.connect() as conn:
             digests = conn.execute(select(bulk_export.files_table.c.digest)).scalars().all()
             facts = conn.execute(select(qf.quality_table.c.sender, qf.quality_table.c.data)).all()
@@ -298,7 +297,7 @@ def test_the_upgraded_legacy_store_keeps_the_erasure_promise(tmp_path: Path) -> 
                 return index in opened.bundle_keys(conn, [index])
 
         def quality() -> dict[str, list[Any]]:
-            facts = qf.episode_facts(engine, "hospital-a", datetime.fromisoformat(
+            facts = qf.episode_facts(api.services.vault, "hospital-a", datetime.fromisoformat(
                 meta["quality"]["as_of"]))  # fmt: skip
             return {k: list(v) for k, v in indicator_counts(facts).items()}
 
@@ -313,7 +312,7 @@ def test_the_upgraded_legacy_store_keeps_the_erasure_promise(tmp_path: Path) -> 
         for item in output_b:
             got = api.client.get(path_of(item["url"]), headers=other)
             assert hashlib.sha256(got.content).hexdigest() == item["extension"][SHA256_EXTENSION]
-        Indexes(engine).fresh(qf.QUALITY)
+        api.services.indexes.fresh(qf.QUALITY)
         assert quality() == meta["quality"]["counts"]
 
 
@@ -371,7 +370,7 @@ def write_first_format_layout(api: Api, digests: dict[tuple[str, int], str]) -> 
     under their first patient's data key: each file's digest under a joint key of those data
     keys, the facts under their Bundle's."""
     engine, opened = api.services.engine, api.services.vault
-    t = db.bundles_table
+    t = tables.bundles_table
     with engine.connect() as conn:
         first_key = {
             (r.id, int(r.version)): vault.sealed_key_ids(bytes(r.salt))[0]
@@ -423,8 +422,8 @@ def test_digests_sealed_under_first_format_data_keys_are_sealed_again(
             (job, n): item["extension"][SHA256_EXTENSION]
             for n, item in enumerate(manifest["output"])
         }
-        Indexes(engine).fresh(qf.QUALITY)
-        facts = len(qf.sender_rows(engine, "hospital-a"))
+        api.services.indexes.fresh(qf.QUALITY)
+        facts = len(qf.sender_rows(api.services.vault, "hospital-a"))
         write_first_format_layout(api, digests)
         erase(api, "hospital-a", lee)
     with open_api(tmp_path / "data", db_url) as api:
@@ -441,6 +440,6 @@ def test_digests_sealed_under_first_format_data_keys_are_sealed_again(
         assert digest == before["Invoice"]["extension"][SHA256_EXTENSION]
         with engine.connect() as conn:  # dropped, to be rebuilt under the Bundle keys
             assert not inspect(conn).has_table(qf.quality_table.name)
-        Indexes(engine).fresh(qf.QUALITY)
-        assert 0 < len(qf.sender_rows(engine, "hospital-a")) < facts  # without Lee's
-        assert store_upgrade.upgrade(api.services.vault) == []
+        api.services.indexes.fresh(qf.QUALITY)
+        assert 0 < len(qf.sender_rows(api.services.vault, "hospital-a")) < facts  # without Lee's
+        assert migrate.upgrade(api.services.engine) == []

@@ -11,9 +11,8 @@ from sqlalchemy import Engine, insert
 
 from adapters.rwd_identity import PackIdentity
 from adapters.trace_index import matches, recall_query
-from exchange.indexes import derived
-from exchange.indexes import trace
-from exchange.bundles.store import create_schema
+from exchange.indexes import derived, trace
+from exchange.store import migrate
 from ledger.store import make_engine
 from tests.api_helpers import is_outcome, open_api
 
@@ -94,8 +93,8 @@ def big_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, list[St
     """10,000 RWD entries of 3 senders over 40 products, 200 lots, some packs serialised."""
     rng = random.Random(20261129)
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('trace') / 'm.db'}")
-    create_schema(engine)
-    derived.create_schema(engine, trace.TRACE)
+    migrate.upgrade(engine)
+    derived.register(engine, trace.TRACE)
     gtins = [f"0031234{n:06d}" for n in range(40)]
     gtins = [g + str(_check_digit(g)) for g in gtins]
     stored: list[Stored] = []

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from exchange.vault import vault
-from exchange.bundles.store import bundle_by_id, bundles_table
-from exchange.config import Settings
+from exchange import vault
+from exchange.bundles.read import bundle_by_id
+from exchange.config import Environment, Settings
+from exchange.store.tables import bundles_table
 from tests.api_helpers import observation_bundle, open_api, patient_bundle
 
 bundle_ids = st.text("abcdef0123456789-", min_size=1, max_size=64)
@@ -125,12 +126,14 @@ def test_the_environment_wins_and_is_checked(
 ) -> None:
     key = os.urandom(32)
     monkeypatch.setenv(vault.ENV_MASTER_KEY, base64.b64encode(key).decode())
-    assert vault.load_master_key(tmp_path / "absent", create=False).key == key
+    given = Environment.read().vault_key  # read once, by exchange.config
+    assert vault.load_master_key(tmp_path / "absent", create=False, given=given).key == key
     assert not (tmp_path / "absent").exists()
     for bad, why in (("not base64!", "not base64"), (base64.b64encode(b"short").decode(), "32")):
         monkeypatch.setenv(vault.ENV_MASTER_KEY, bad)
         with pytest.raises(vault.VaultError, match=why):
-            vault.load_master_key(tmp_path / "absent", create=False)
+            given = Environment.read().vault_key
+            vault.load_master_key(tmp_path / "absent", create=False, given=given)
 
 
 def test_stored_bundles_are_sealed_and_read_back_exactly(tmp_path: Path, db_url: str) -> None:
@@ -152,7 +155,7 @@ def test_stored_bundles_are_sealed_and_read_back_exactly(tmp_path: Path, db_url:
             assert body not in data and base64.b64decode(answer["salt"]) not in salt
             assert vault.sealed_key_ids(salt) == vault.sealed_key_ids(data)
             key_of[answer["index"]] = vault.sealed_key_ids(data)
-            row = bundle_by_id(engine, answer["id"])
+            row = bundle_by_id(api.services.vault, answer["id"])
             assert row is not None and row.data == body
             assert row.salt == base64.b64decode(answer["salt"])
             api.check_receipt(answer, body)

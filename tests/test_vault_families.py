@@ -187,7 +187,7 @@ def test_no_bundle_is_sealed_under_a_key_another_process_erased(
     """The server holds the keys of both patients cached; the baby (second in the Bundle) is
     erased by another process: the next Bundle naming both is sealed under a new key of the
     baby's, never the destroyed one."""
-    from exchange.vault import vault
+    from exchange import vault
 
     with open_api(tmp_path / "data", db_url) as api:
         hospital = api.credential()
@@ -212,7 +212,7 @@ def test_concurrent_first_uses_of_a_family_make_one_key_per_patient(
     key per patient (whichever made it first)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from exchange.vault import vault
+    from exchange import vault
 
     with open_api(tmp_path / "data", db_url) as api:
         services = api.services

@@ -19,17 +19,19 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 
-from exchange.bundles import store as db
+from exchange import vault
+from exchange.bundles import read as db
+from exchange.bundles.submit import dedupe_keys, ident_hash
 from exchange.indexes import derived
-from exchange.privacy import erasure
-from exchange.privacy import upgrade as store_upgrade
-from exchange.vault import vault
+from exchange.indexes.patients import patient_index
 from exchange.intake import IntakeLimits
 from exchange.intake.kind import spelled_patient_identifiers
-from exchange.indexes.patients import patient_ids_table, patient_index
-from exchange.bootstrap import check, dedupe_keys, ident_hash
+from exchange.intake.worker import check
+from exchange.privacy import erasure
+from exchange.store import tables
+from exchange.store.tables import patient_ids_table
 from ledger import store
 from ledger.entry import SALT_SIZE, commitment
 from ledger.log import Submission
@@ -142,7 +144,7 @@ class LegacyWriter:
                 conn.execute(insert(vault.keys_table), self._key_row(key_id, dek, None, None))
             where = (bundle_id, 1, entry.index)
             conn.execute(
-                insert(db.bundles_table),
+                insert(tables.bundles_table),
                 {
                     "id": bundle_id,
                     "version": 1,
@@ -179,7 +181,7 @@ class LegacyWriter:
 
 
 def _stored(api: Api) -> dict[int, tuple[bytes, bytes, bytes]]:
-    t = db.bundles_table
+    t = tables.bundles_table
     with api.services.engine.connect() as conn:
         rows = conn.execute(select(t.c.idx, t.c.data, t.c.salt, t.c.digest)).all()
     return {int(r.idx): (bytes(r.data), bytes(r.salt), bytes(r.digest)) for r in rows}
@@ -215,15 +217,16 @@ def test_a_store_of_the_first_format_is_upgraded_and_still_reads(
         assert written["both"].key_id == written["mother"].key_id
         assert written["decomposed"].key_id != written["composed"].key_id
         engine, key = api.services.engine, api.services.pseudonym_key
-        derived.create_schema(engine, patient_index(key))
-        erasure.create_tables(engine)
+        derived.register(engine, patient_index(key))
         requester = Admins(api).first
         with store.write_transaction(engine) as conn:
             api.services.vault.destroy(conn, [written["erased"].key_id], "er-old", 0)
             # A store of the first format has no mark of the current one; its patient index and
             # a pending erasure request name patients by their identifiers as spelled.
-            secrets = db.secrets_table
-            conn.execute(delete(secrets).where(secrets.c.name == store_upgrade.FORMAT_NAME))
+            secrets = tables.secrets_table
+            conn.execute(delete(secrets).where(secrets.c.name == "vault-format"))
+            # ... and is at the schema revision before the vault's second format.
+            conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
             conn.execute(
                 insert(patient_ids_table),
                 [
@@ -234,8 +237,8 @@ def test_a_store_of_the_first_format_is_upgraded_and_still_reads(
                 ],
             )  # fmt: skip
             conn.execute(
-                update(derived.state_table)
-                .where(derived.state_table.c.name == "patients")
+                update(tables.state_table)
+                .where(tables.state_table.c.name == "patients")
                 .values(last_index=max(w.index for w in written.values()))
             )
             conn.execute(
@@ -257,7 +260,7 @@ def test_a_store_of_the_first_format_is_upgraded_and_still_reads(
                 assert status(api, w.id, hospital) == 410
                 continue
             assert blob.startswith(b"MLV2") and salt_blob.startswith(b"MLV2"), name
-            row = db.bundle_by_id(api.services.engine, w.id)
+            row = db.bundle_by_id(api.services.vault, w.id)
             assert row is not None and row.data == w.body and row.salt == w.salt, name
             read = api.client.get(f"/fhir/Bundle/{w.id}/_history/1", headers=hospital)
             assert read.status_code == 200 and read.content == w.body

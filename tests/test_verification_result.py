@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import update
 
-from exchange.registry import institutions as inst
 from exchange.http.routes import verification as vr
+from exchange.registry import institutions as inst
 from ledger.entry import parse_entry
 from ledger.jcs import canonicalize
 from tests.api_helpers import Api, is_outcome, open_api

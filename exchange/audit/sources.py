@@ -17,8 +17,9 @@ import threading
 import time
 import weakref
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, Engine, create_engine, inspect, select
@@ -28,6 +29,9 @@ from ledger import merkle, store
 from ledger.audit import SourceMalformed, SourceUnavailable
 from ledger.merkle import ProofError
 from ledger.untrusted import InputRejected, read_json
+
+_T = TypeVar("_T")
+_Reader = Callable[[Sequence[int]], list[bytes]]  # stored hashes by index (ledger.store)
 
 HTTP_PAGE = 1000
 DB_PAGE = 4096
@@ -107,7 +111,7 @@ class DbSource:
         except DBAPIError as e:
             raise _unavailable(self.description, e) from e
 
-    def _run(self, fn: Any) -> Any:
+    def _run(self, fn: Callable[[Connection], _T]) -> _T:
         try:
             with self._conn() as conn:
                 return fn(conn)
@@ -136,7 +140,7 @@ class DbSource:
             cur = dbapi.cursor()
             try:
                 cur.execute(sql_, params)
-                return cur.fetchall()
+                return list(cur.fetchall())
             finally:
                 cur.close()
 
@@ -199,7 +203,7 @@ class DbSource:
                 return entry, cp
         return None, None  # the log keeps growing under the audit: nothing provably extra
 
-    def _proof(self, fn: Any) -> list[bytes]:
+    def _proof(self, fn: Callable[[_Reader], list[bytes]]) -> list[bytes]:
         def q(conn: Connection) -> list[bytes]:
             try:
                 return fn(lambda ix: store.read_hashes(conn, ix))

@@ -11,9 +11,11 @@ import importlib
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from adapters.base import AdaptError, AdaptOptions
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK
+from exchange.config import Environment
 
 TARGETS = {
     "ips": "adapters.ips",
@@ -23,7 +25,7 @@ TARGETS = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser(
         "adapt",
         help="turn Bundle files into IPS, HL7 v2.5.1, EPCIS 2.0 or E2B(R3), offline",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from exchange.cli.main import (
+from exchange.audit.sources import DbSource, HttpSource, NotALog
+from exchange.cli.exits import (
     EXIT_MALFORMED,
     EXIT_MISBEHAVIOUR,
     EXIT_OK,
@@ -26,6 +26,8 @@ from exchange.cli.main import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
+from exchange.config import Environment
+from exchange.keys.keyring import source_keyset
 from ledger.audit import (
     MAX_EVIDENCE_BYTES,
     AuditResult,
@@ -110,7 +112,7 @@ exit: 5 misbehaviour confirmed; 1 usage; 3 malformed file or key; 4 the file pro
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
         "verify",
@@ -162,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--page-size", type=_count, metavar="N", help="entries per read")
     p.add_argument(
         "--token",
-        default=os.environ.get("MEDLEDGER_TOKEN"),
+        default=env.token,
         help="auditor bearer token, only if the server asks for one (env MEDLEDGER_TOKEN)",
     )
     p.add_argument(
@@ -404,23 +406,23 @@ def _verify(args: argparse.Namespace) -> int:
         bundle_ok = str(args.bundle)
     leaf = leaf_hash(v.entry_bytes)
     steps = explain_inclusion(r.index, v.checkpoint.size, leaf, r.proof) if args.explain else []
-    e = v.entry
+    entry = v.entry
     if args.json:
         out = {
             "result": "ok",
             "exit": EXIT_OK,
             "origin": v.checkpoint.origin,
-            "index": e.index,
+            "index": entry.index,
             "size": v.checkpoint.size,
             "root": _b64(v.checkpoint.root),
             "leaf": _b64(leaf),
             "entry": {
-                "kind": e.kind,
-                "sender": e.sender,
-                "time": e.time,
-                "media": e.media,
-                "commit": _b64(e.commit),
-                "prev": _b64(e.prev),
+                "kind": entry.kind,
+                "sender": entry.sender,
+                "time": entry.time,
+                "media": entry.media,
+                "commit": _b64(entry.commit),
+                "prev": _b64(entry.prev),
             },
             "bundle": bundle_ok,
         }
@@ -429,10 +431,10 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return EXIT_OK
     print(
-        f"OK: entry {e.index} is in log {v.checkpoint.origin} at size {v.checkpoint.size} "
+        f"OK: entry {entry.index} is in log {v.checkpoint.origin} at size {v.checkpoint.size} "
         f"(root {_b64(v.checkpoint.root)}), signed by its key"
     )
-    print(f"  entry: {e.kind} from {e.sender} at {e.time}, commit {_b64(e.commit)}")
+    print(f"  entry: {entry.kind} from {entry.sender} at {entry.time}, commit {_b64(entry.commit)}")
     if bundle_ok:
         print(f"  bundle: the entry commits to exactly the bytes of {bundle_ok} with this salt")
     for line in steps:
@@ -478,7 +480,6 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
 
 
 def _open_source(args: argparse.Namespace) -> Any:
-    from exchange.audit.sources import DbSource, HttpSource, NotALog
 
     try:
         if args.url:
@@ -502,10 +503,10 @@ def _source_failure(e: SourceUnavailable) -> _Failure:
 
 def _evidence_path(args: argparse.Namespace) -> Path:
     if args.evidence is not None:
-        return args.evidence
+        return Path(args.evidence)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if args.state is not None:
-        return args.state.with_name(f"{args.state.name}.evidence-{stamp}.json")
+        return Path(args.state).with_name(f"{args.state.name}.evidence-{stamp}.json")
     return Path(f"medledger-evidence-{stamp}.json")
 
 
@@ -586,7 +587,6 @@ def _audit(args: argparse.Namespace) -> int:
 def _log_keyset(source: Any, keys: list[Verifier]) -> KeySet | None:
     """The key set of the log's own key entries (None if it never rotated), anchored in
     --key: each key document is checked against its entry and its authorising keys."""
-    from exchange.keys.keyring import source_keyset
 
     try:
         return source_keyset(source, keys)

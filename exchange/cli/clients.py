@@ -22,9 +22,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.bundles import store as db
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import Settings, add_state_options, settings_from_args
+from exchange.bootstrap import open_engine
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import Environment, Settings, add_state_options, settings_from_args
 from exchange.identity import clients as auth
 from exchange.identity.smart import JwksError
 from ledger.errors import LedgerUnavailable
@@ -36,7 +36,7 @@ EXPIRES_HELP = (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     clients = sub.add_parser("clients", help="API clients and their bearer credentials")
     csub = clients.add_subparsers(dest="clients_command", required=True)
     add = csub.add_parser(
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: medledger clients add --name 'Boao HIS' --role hospital "
         "--org boao-lecheng-intl --expires 365d --json",
     )
-    add_state_options(add)
+    add_state_options(add, env)
     add.add_argument("--name", required=True, help="a label for people reading the list")
     add.add_argument("--role", required=True, choices=auth.ROLES)
     add.add_argument(
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = csub.add_parser(
         "list", help="list registered clients and their status (never their credentials)"
     )
-    add_state_options(ls)
+    add_state_options(ls, env)
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=run_list)
 
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokens and its JWKS stop working on the next request, also of a running server. "
         "Revoking a revoked client changes nothing (exit 0).",
     )
-    add_state_options(revoke)
+    add_state_options(revoke, env)
     revoke.add_argument("client_id", help="as medledger clients list shows it (cl-…)")
     revoke.add_argument("--json", action="store_true", help="print JSON")
     revoke.set_defaults(func=run_revoke)
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "assertions signed by the old keys are refused and the access tokens they got stop "
         "working. Either way the client's issued SMART access tokens die.",
     )
-    add_state_options(rotate)
+    add_state_options(rotate, env)
     rotate.add_argument("client_id", help="as medledger clients list shows it (cl-…)")
     which = rotate.add_mutually_exclusive_group()
     which.add_argument("--expires", metavar="WHEN", help=EXPIRES_HELP)
@@ -112,9 +112,7 @@ def _open_tables(settings: Settings, *, create: bool) -> Engine:
     if settings.db_url is None:
         if not create and not Path(sqlite_url(settings.data_dir)[len("sqlite:///") :]).is_file():
             raise FileNotFoundError(f"no medledger database in {settings.data_dir}")
-    engine = settings.open_engine()
-    db.create_schema(engine)
-    return engine
+    return open_engine(settings)
 
 
 def _read(path: Path, what: str) -> str:

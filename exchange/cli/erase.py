@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.bundles import store as db
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import add_state_options, settings_from_args
+from exchange import vault
+from exchange.bootstrap import open_log, open_store
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import Environment, add_state_options, settings_from_args
 from exchange.privacy import erasure
-from exchange.privacy.upgrade import open_vault
-from exchange.vault import vault
 from ledger.errors import LedgerError, LedgerUnavailable
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser(
         "erase",
         help="erase a patient's stored Bundles (two admins: request, then confirm)",
@@ -42,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--org", help="request: the org that submitted the patient's Bundles")
     p.add_argument("--by", required=True, metavar="ADMIN", help="the acting admin's client id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_state_options(p)
+    add_state_options(p, env)
     p.set_defaults(func=run_erase)
 
 
@@ -63,13 +62,9 @@ def run_erase(args: argparse.Namespace) -> int:
         return _fail(EXIT_USAGE, "--patient needs --org: the org that submitted the patient")
     settings = settings_from_args(args)
     try:
-        log = settings.open_log()
-        engine = log.engine
-        db.create_schema(engine)
-        erasure.create_tables(engine)
-        lookup_key = db.secret(engine, db.PSEUDONYM_KEY)
-        opened = open_vault(engine, settings.vault_master_key(), lookup_key)
-        admin = erasure.admin_by_token(engine, args.by, os.environ.get(erasure.ADMIN_TOKEN_ENV))
+        engine, opened = open_store(settings)
+        log, _ = open_log(settings, engine)
+        admin = erasure.admin_by_token(engine, args.by, args.environment.admin_token)
         if patient is not None:
             request_id = erasure.request_erasure(opened, args.org, patient, admin)
             return _done(

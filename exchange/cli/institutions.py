@@ -13,45 +13,44 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.bundles import store as db
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import add_state_options, settings_from_args
+from exchange.bootstrap import open_engine, open_log
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import Environment, add_state_options, settings_from_args
 from exchange.registry import institutions
 from ledger.errors import LedgerUnavailable
 from ledger.log import Log
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser("institutions", help="change or show the signed institution registry")
     actions = p.add_subparsers(dest="action", required=True)
     k = actions.add_parser("register-key", help="register an admin's Ed25519 key (PEM)")
     k.add_argument("--admin", required=True)
     k.add_argument("--key", required=True, type=Path, help="the admin's private key (PEM)")
-    add_state_options(k)
+    add_state_options(k, env)
     k.set_defaults(func=run_register_key)
     s = actions.add_parser("set", help="sign and append a new record for an institution")
     s.add_argument("--record", required=True, type=Path, help="the record as JSON")
     s.add_argument("--admin", required=True)
     s.add_argument("--key", required=True, type=Path, help="the admin's private key (PEM)")
-    add_state_options(s)
+    add_state_options(s, env)
     s.set_defaults(func=run_set)
     show = actions.add_parser("show", help="print a record (replayed from the log)")
     show.add_argument("--org", required=True)
     show.add_argument("--as-of", type=date.fromisoformat, help="YYYY-MM-DD (default: now)")
-    add_state_options(show)
+    add_state_options(show, env)
     show.set_defaults(func=run_show)
 
 
 def _log(args: argparse.Namespace) -> Log:
-    log = settings_from_args(args).open_log()
-    db.create_schema(log.engine)
-    institutions.create_tables(log.engine)
-    return log
+    settings = settings_from_args(args)
+    return open_log(settings, open_engine(settings))[0]
 
 
 def _private_key(path: Path) -> Ed25519PrivateKey:

@@ -13,32 +13,47 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import add_state_options, settings_from_args
-from exchange.keys.keyring import KeyChange, KeyringError, add_key, current_keyset, retire_key
+from exchange.bootstrap import open_engine, open_log
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import Environment, add_state_options, settings_from_args
+from exchange.keys.keyring import (
+    KeyChange,
+    Keyring,
+    KeyringError,
+    add_key,
+    current_keyset,
+    retire_key,
+)
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.keys import KeyFileError
+from ledger.log import Log
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser("keys", help="rotate the log's signing keys (add, retire, list)")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("add", help="generate a key and start signing with it (overlap)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
-    add_state_options(a)
+    add_state_options(a, env)
     a.set_defaults(func=run_add)
     r = actions.add_parser("retire", help="stop signing with a key from the next checkpoint")
     r.add_argument("key_id", metavar="KEYID", help="the key's 8 hex digit id (keys list)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
-    add_state_options(r)
+    add_state_options(r, env)
     r.set_defaults(func=run_retire)
     ls = actions.add_parser("list", help="every key the log ever used, with its lifetime")
     ls.add_argument("--json", action="store_true", help="print the JSON of GET /v1/log/keys")
-    add_state_options(ls)
+    add_state_options(ls, env)
     ls.set_defaults(func=run_list)
+
+
+def _open(args: argparse.Namespace) -> tuple[Log, Keyring]:
+    settings = settings_from_args(args)
+    return open_log(settings, open_engine(settings))
 
 
 def _fail(code: int, message: str) -> int:
@@ -56,7 +71,7 @@ def _change(args: argparse.Namespace, change: KeyChange) -> None:
 
 def _run(args: argparse.Namespace, action: str) -> int:
     try:
-        log, ring = settings_from_args(args).open_log_with_keys()
+        log, ring = _open(args)
         try:
             if action == "add":
                 change = add_key(log, ring)
@@ -86,7 +101,7 @@ def run_retire(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     try:
-        log, ring = settings_from_args(args).open_log_with_keys()
+        log, ring = _open(args)
         try:
             keys = current_keyset(log, ring)
         finally:

@@ -1,35 +1,32 @@
 """`medledger`: a thin command line over the library. Each command group lives in its own module.
 
-Exit codes everywhere: 0 ok; 1 usage; 2 network/unavailable; 3 malformed input or local state;
-4 verification failed; 5 proven log misbehaviour.
+Exit codes everywhere (exchange.cli.exits): 0 ok; 1 usage; 2 network/unavailable; 3 malformed
+input or local state; 4 verification failed; 5 proven log misbehaviour. The environment is
+read once, here (exchange.config.Environment), and gives the options' defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-EXIT_OK = 0
-EXIT_USAGE = 1
-EXIT_UNAVAILABLE = 2
-EXIT_MALFORMED = 3
-EXIT_VERIFY_FAILED = 4
-EXIT_MISBEHAVIOUR = 5
-
-# Modules that add subcommands: each has register(subparsers) -> None.
-COMMAND_MODULES = (
-    "exchange.cli.serve",
-    "exchange.cli.clients",
-    "exchange.cli.audit",
-    "exchange.cli.adapt",
-    "exchange.cli.recipients",
-    "exchange.cli.institutions",
-    "exchange.cli.keys",
-    "exchange.cli.erase",
-    "exchange.cli.report",
+from exchange.cli import (
+    adapt,
+    audit,
+    clients,
+    erase,
+    institutions,
+    keys,
+    recipients,
+    report,
+    serve,
 )
+from exchange.cli.exits import EXIT_USAGE
+from exchange.config import Environment
+
+# The command groups, each a module with register(subparsers, environment) -> None.
+COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    env = Environment.read()
+    for command in COMMANDS:
+        command.register(sub, env)
     return parser
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.bundles import store as db
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import add_state_options, settings_from_args
-from exchange.consent import crossborder
+from exchange.bootstrap import open_engine
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import Environment, add_state_options, settings_from_args
 from exchange.consent.crossborder import (
     BASIS_KINDS,
     LegalBasis,
@@ -36,7 +36,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser(
         "recipients",
         help="record where data recipients are and the legal basis of transfers to them",
@@ -49,20 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--country", required=True, help="ISO 3166-1 alpha-2, e.g. KR")
     s.add_argument("--basis", choices=BASIS_KINDS, help="the PIPL art. 38 legal basis")
     s.add_argument("--reference", help="the filing, assessment or certification number")
-    add_state_options(s)
+    add_state_options(s, env)
     s.set_defaults(func=run_set)
     show = actions.add_parser("show", help="print a recipient's record")
     show.add_argument("--org", required=True)
     show.add_argument("--json", action="store_true", help="print JSON")
-    add_state_options(show)
+    add_state_options(show, env)
     show.set_defaults(func=run_show)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    engine = settings_from_args(args).open_engine()
-    db.create_schema(engine)
-    crossborder.create_schema(engine)
-    return engine
+    return open_engine(settings_from_args(args))
 
 
 def run_set(args: argparse.Namespace) -> int:

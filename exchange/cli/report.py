@@ -16,19 +16,19 @@ import json
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.bootstrap import open_services
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import add_state_options, settings_from_args
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import Environment, add_state_options, settings_from_args
 from exchange.http.routes.quality import known_org
-from exchange.indexes.derived import Indexes
 from exchange.keys.keyring import KeyringError
 from exchange.quality import facts as quality_facts
 from exchange.quality import indicators as quality
 from exchange.quality.plot import plot_indicators
-from exchange.vault.vault import VaultError
+from exchange.vault import VaultError
 from ledger.errors import LedgerUnavailable
 
 PLOT_FORMATS = (".png", ".svg")
@@ -41,7 +41,7 @@ def _period(text: str) -> tuple[date, date]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser("report", help="reports computed from the ledger")
     kinds = p.add_subparsers(dest="report", required=True)
     q = kinds.add_parser("quality", help="an institution's quality indicators over a period")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--plot", type=Path, help="also draw the monthly scores: FILE.png or FILE.svg")
     q.add_argument("--json", action="store_true", help="machine-readable output")
-    add_state_options(q)
+    add_state_options(q, env)
     # The same as --data, under the name some deployments script with.
     q.add_argument("--data-dir", dest="data", type=Path, default=argparse.SUPPRESS, help="= --data")
     q.set_defaults(func=run_quality)
@@ -66,7 +66,8 @@ def quality_rows(
     """(indicator, title, numerator, denominator, score) of each MeasureReport."""
     rows = []
     for report in reports:
-        (group,) = report["group"]  # type: ignore[misc]
+        groups: Any = report["group"]  # a MeasureReport as exchange.quality.indicators made it
+        (group,) = groups
         pops = {p["code"]["coding"][0]["code"]: p["count"] for p in group["population"]}
         score = group.get("measureScore", {}).get("value")
         rows.append(
@@ -111,8 +112,8 @@ def run_quality(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_MALFORMED
-            Indexes(engine).fresh(quality_facts.QUALITY)
-            facts = quality_facts.episode_facts(engine, args.org, now)
+            services.indexes.fresh(quality_facts.QUALITY)
+            facts = quality_facts.episode_facts(services.vault, args.org, now)
         finally:
             services.close()
     except (KeyringError, VaultError) as e:

@@ -12,12 +12,24 @@ import sys
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.cli.main import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.config import Settings, add_state_options, exposed_state, settings_from_args
+from exchange.app import create_app
+from exchange.bootstrap import open_services
+from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from exchange.config import (
+    Environment,
+    Settings,
+    add_state_options,
+    exposed_state,
+    settings_from_args,
+)
+from exchange.demo import instructions, seed
 from exchange.errors import MedledgerError
+from exchange.http.connections import ConnectionLimits, protocol_class
 from exchange.http.public import (
     LOOPBACK_PROXIES,
     default_public_url,
@@ -25,7 +37,9 @@ from exchange.http.public import (
     parse_public_url,
 )
 from exchange.http.ratelimit import RateLimit
-from exchange.vault.vault import VaultError
+from exchange.intake import IntakeLimits
+from exchange.intake.runner import IntakeRunner
+from exchange.vault import VaultError
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.store import durability_problems
 
@@ -37,7 +51,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p = sub.add_parser(
         "serve",
         help="run the exchange service (FHIR API and log reads)",
@@ -46,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_state_options(p)
+    add_state_options(p, env)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
     p.add_argument(
@@ -66,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--production",
         action="store_true",
-        default=os.environ.get("MEDLEDGER_PRODUCTION", "") not in ("", "0"),
+        default=env.production,
         help="refuse to start when the database could lose committed entries in a crash "
         "(PostgreSQL fsync, synchronous_commit, full_page_writes; SQLite WAL + synchronous=FULL) "
         "or when the data directory, the database files or vault.key are open to group or "
@@ -75,27 +89,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rate-limit",
         type=float,
-        default=float(os.environ.get("MEDLEDGER_RATE_LIMIT", "50")),
+        default=float(env.rate_limit or "50"),
         metavar="PER_S",
         help="requests per second each client may sustain (%(default)s; 0 disables)",
     )
     p.add_argument(
         "--burst",
         type=int,
-        default=int(os.environ.get("MEDLEDGER_RATE_BURST", "100")),
+        default=int(env.burst or "100"),
         help="requests each client may send at once above its rate (%(default)s)",
     )
     p.add_argument(
         "--export-ttl",
         type=float,
-        default=float(os.environ.get("MEDLEDGER_EXPORT_TTL", "24")),
+        default=float(env.export_ttl or "24"),
         metavar="HOURS",
         help="how long a Bulk Data export and its files are kept after the kick-off "
         "(%(default)s hours)",
     )
     p.add_argument(
         "--public-url",
-        default=os.environ.get("MEDLEDGER_PUBLIC_URL"),
+        default=env.public_url,
         metavar="URL",
         help="the base URL clients reach the service at, e.g. https://ledger.example: every "
         "absolute URL it gives out (the SMART token audience, Bulk Data and search links) is "
@@ -160,9 +174,6 @@ def _default_workers() -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from exchange.bootstrap import IntakeRunner, open_services
-    from exchange.http.connections import ConnectionLimits, protocol_class
-    from exchange.intake import IntakeLimits
 
     if args.export_ttl <= 0:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
@@ -186,11 +197,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except (LedgerError, SQLAlchemyError, VaultError) as e:
         intake.close()
         return _open_failure(e)
-
-    import uvicorn
-
-    from exchange.app import create_app
-    from exchange.demo import instructions, seed
 
     durability = durability_problems(services.engine)
     exposed = exposed_state(settings)

@@ -19,19 +19,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import (
-    Column,
     Engine,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
     func,
     insert,
     select,
     update,
 )
 
+from exchange.store.tables import recipients_table, transfers_table
 from ledger import store
 
 BasisKind = Literal[
@@ -123,33 +118,6 @@ def decide(
     return Decision(True, "allowed", counted=True)
 
 
-metadata = MetaData()
-
-transfers_table = Table(
-    "exchange_crossborder_patients",
-    metadata,
-    Column("year", Integer, primary_key=True, autoincrement=False),
-    Column("subject", LargeBinary, primary_key=True),  # the patient's pseudonym
-    Column("first_recipient", String(64), nullable=False),
-)
-
-
-recipients_table = Table(
-    "exchange_crossborder_recipients",
-    metadata,
-    Column("org", String(64), primary_key=True),  # Organization/<org> in consents and claims
-    Column("country", String(2), nullable=False),  # ISO 3166-1 alpha-2
-    Column("basis", String(32)),
-    Column("reference", String(128)),
-)
-
-
-def create_schema(engine: Engine) -> None:
-    """The gate's tables (idempotent)."""
-    with store.schema_transaction(engine) as conn:
-        metadata.create_all(conn)
-
-
 @dataclass(frozen=True)
 class Recipient:
     org: str
@@ -194,7 +162,6 @@ class TransferLedger:
     def __init__(self, engine: Engine, config: GateConfig | None = None) -> None:
         self.engine = engine
         self.config = config or GateConfig()
-        create_schema(engine)
 
     def distinct_patients(self, year: int) -> int:
         with self.engine.connect() as conn:

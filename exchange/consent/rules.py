@@ -167,7 +167,7 @@ def provision_decision(provision: Mapping[str, Any], req: Request) -> str | None
     if own not in ("permit", "deny"):
         # R4: a provision without a type only groups its exceptions; it decides nothing.
         return None
-    return own
+    return str(own)
 
 
 class UndatedConsent(ConsentError):

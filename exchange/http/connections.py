@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -199,7 +199,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             # The app is waiting for the body: it sees a disconnect and logs it, with this.
-            self.scope[CUT_OFF] = "its body arrived too slowly: the server cut it off"
+            # An extension key of the ASGI scope, which HTTPScope's TypedDict does not list.
+            scope = cast(dict[str, Any], self.scope)
+            scope[CUT_OFF] = "its body arrived too slowly: the server cut it off"
             self._close_with(408, "Request Timeout", diagnostics)
         else:
             log.warning("closed a connection from %s: %s", self._peer(), diagnostics)

@@ -19,7 +19,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,15 +79,6 @@ class PublicBase:
         except ValueError:
             return False
         return any(address in net for net in self.trusted_proxies)
-
-
-def public_url(request: Request) -> str:
-    """The base of the absolute URLs in the answer to `request`."""
-    named = request.scope.get(SCOPE_KEY)
-    if named is not None:
-        return str(named)
-    public: PublicBase = request.app.state.public
-    return public.url
 
 
 class ForwardedHeaders:

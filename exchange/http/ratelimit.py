@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.http.errors import outcome_response
-from exchange.identity.clients import bearer_token
+from exchange.http.guards import bearer_token
 from exchange.intake.outcome import Issue
 from ledger.errors import LedgerUnavailable
 

@@ -14,35 +14,25 @@ roles it admits and the SMART scope an access token needs (require_role), or is 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPBearer
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from exchange.bundles.store import (
+from exchange.errors import Forbidden
+from exchange.identity import smart
+from exchange.store.tables import (
     clients_table,
     credential_epoch_table,
     smart_jwks_table,
     smart_tokens_table,
 )
-from exchange.errors import Forbidden, Unauthenticated
-from exchange.identity import smart
-
-if TYPE_CHECKING:
-    from exchange.bootstrap import Services
 from ledger import store
 from ledger.entry import format_time
-from ledger.errors import LedgerUnavailable
 
 # A regulator (NMPA, the pilot zone's medical products administration) reads one product's
 # real-world data under each patient's research consent (exchange/regulator.py).
@@ -183,7 +173,8 @@ def _locked(conn: Connection, client_id: str) -> str | None:
     row = conn.execute(select(c.revoked).where(c.client_id == client_id).with_for_update()).first()
     if row is None:
         raise ClientStateError(client_id, "is not registered (see medledger clients list)")
-    return row.revoked
+    revoked: str | None = row.revoked
+    return revoked
 
 
 def _changeable(conn: Connection, client_id: str) -> None:
@@ -283,7 +274,7 @@ def find_credential(engine: Engine, token_hash: bytes) -> tuple[Client, int | No
     return None if row is None else (Client(*row[:4]), row[4])
 
 
-def _live(found: tuple[Client, int | None] | None) -> Client | None:
+def live(found: tuple[Client, int | None] | None) -> Client | None:
     if found is None:
         return None
     client, expires = found
@@ -292,259 +283,7 @@ def _live(found: tuple[Client, int | None] | None) -> Client | None:
 
 def find_client(engine: Engine, token_hash: bytes) -> Client | None:
     """The client behind a credential that is neither revoked nor expired."""
-    return _live(find_credential(engine, token_hash))
-
-
-class EpochReader:
-    """Reads the credential epoch over a database connection of its own, in autocommit so that
-    each read sees every commit before it. A pooled connection per read would cost ten times
-    the read; ClientCache runs one read at a time, so one connection serves it.
-
-    On SQLite the read is a few microseconds of a local file in WAL mode, where readers do not
-    wait for writers: it runs `inline`, on the event loop, since a thread hop would cost
-    twenty times more. Elsewhere it is a network round trip, run in a thread.
-    """
-
-    _SQL = f"SELECT epoch FROM {credential_epoch_table.name} WHERE id = 1"
-    # How long an inline read may wait for a lock (a WAL reader seldom waits at all).
-    _SQLITE_BUSY_MS = 200
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.inline = engine.dialect.name == "sqlite"
-        self._conn: Any = None
-
-    def read(self) -> int:
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-            cur = self._conn.cursor()
-            try:
-                cur.execute(self._SQL)
-                row = cur.fetchone()
-            finally:
-                cur.close()
-        except self.engine.dialect.dbapi.Error as e:  # type: ignore[union-attr]
-            self.close()  # a broken connection is replaced on the next read
-            raise LedgerUnavailable(f"the credential epoch cannot be read: {e}") from e
-        return int(row[0])
-
-    def _connect(self) -> Any:
-        conn = self.engine.raw_connection()
-        driver = conn.driver_connection
-        conn.detach()  # not returned to the pool: it stays open for the next read
-        if self.inline:
-            # make_engine's SQLite connections run without implicit transactions already.
-            cur = conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={self._SQLITE_BUSY_MS}")
-            cur.close()
-        else:
-            driver.autocommit = True
-        return conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                conn.close()
-            except self.engine.dialect.dbapi.Error:  # type: ignore[union-attr]
-                pass  # already broken
-
-
-class ClientCache:
-    """Known credentials, kept so a busy client costs no lookup of its credential per request,
-    and trusted only while the credential epoch is the one they were found under.
-
-    Each request reads the epoch with a query started after the request arrived, so any change
-    committed before it (a revocation, a rotation, by this process or the CLI) is seen: no
-    request is answered on a credential that was already revoked. Requests arriving together
-    share one read: while a read is running, newcomers wait for the next one, which starts
-    when it ends. Only hits are kept (random guesses cannot fill it).
-    """
-
-    def __init__(self, engine: Engine, max_size: int = 10_000) -> None:
-        self.engine = engine
-        self.max_size = max_size
-        self.epoch = EpochReader(engine)
-        self._hits: dict[bytes, tuple[Client, int | None]] = {}
-        self._epoch: int | None = None  # the epoch the hits were found under
-        self._running: asyncio.Future[int] | None = None
-        self._next: asyncio.Future[int] | None = None
-
-    async def lookup(self, token: str) -> Client | None:
-        if len(token) > _MAX_TOKEN_CHARS:
-            return None
-        epoch = await self._fresh_epoch()
-        if epoch != self._epoch:
-            self._hits.clear()
-            self._epoch = epoch
-        key = hash_token(token)
-        hit = self._hits.get(key)
-        if hit is None:
-            hit = await run_in_threadpool(find_credential, self.engine, key)
-            if hit is None:
-                return None
-            # Kept only if no newer epoch was seen meanwhile: this lookup may predate it.
-            if self._epoch == epoch:
-                if len(self._hits) >= self.max_size:
-                    self._hits.clear()
-                self._hits[key] = hit
-        return _live(hit)
-
-    async def _fresh_epoch(self) -> int:
-        """The epoch as read by a query that started after this call."""
-        if self.epoch.inline:
-            return self.epoch.read()
-        if self._running is None:
-            self._running = self._start_read()
-            waited = self._running
-        else:
-            if self._next is None:
-                self._next = asyncio.get_running_loop().create_future()
-            waited = self._next
-        # Shielded: a request that goes away must not cancel a read others wait for.
-        return await asyncio.shield(waited)
-
-    def _start_read(self) -> asyncio.Future[int]:
-        read = asyncio.ensure_future(run_in_threadpool(self.epoch.read))
-        read.add_done_callback(self._read_done)
-        return read
-
-    def _read_done(self, read: asyncio.Future[int]) -> None:
-        waiting, self._next = self._next, None
-        if waiting is None:
-            self._running = None
-            return
-        self._running = self._start_read()
-        self._running.add_done_callback(lambda done: _settle(waiting, done))
-
-
-def _settle(target: asyncio.Future[int], done: asyncio.Future[int]) -> None:
-    if done.cancelled():
-        target.cancel()
-    elif done.exception() is not None:
-        target.set_exception(done.exception())  # type: ignore[arg-type]
-    else:
-        target.set_result(done.result())
-
-
-# --- FastAPI dependencies ----------------------------------------------------------------
-
-
-def _unauthorized(diagnostics: str, error: str | None = None) -> Unauthenticated:
-    return Unauthenticated(diagnostics, error)
-
-
-@dataclass(frozen=True)
-class Scope:
-    """A SMART v2 system scope of one resource type and one permission: `system/Bundle.r`."""
-
-    resource_type: str
-    permission: str  # one letter of smart.PERMISSIONS
-
-    @classmethod
-    def parse(cls, text: str) -> Scope:
-        """`Bundle.r` -> Scope("Bundle", "r")."""
-        rtype, _, letter = text.partition(".")
-        if not rtype or len(letter) != 1 or letter not in smart.PERMISSIONS:
-            raise ValueError(f"{text!r} is not <Type>.<one of {smart.PERMISSIONS}>")
-        return cls(rtype, letter)
-
-    def __str__(self) -> str:
-        return smart.needed_scope(self.resource_type, self.permission)
-
-
-@dataclass(frozen=True)
-class EndpointScopes:
-    """Scopes an endpoint checks itself with require_scope, and `when` each applies: used
-    where the scope depends on the request (the types exported, an If-Match), or where a
-    refusal must first be recorded as an access entry."""
-
-    scopes: tuple[Scope, ...]
-    when: str
-
-
-def endpoint_scopes(when: str, *scopes: str) -> EndpointScopes:
-    return EndpointScopes(tuple(Scope.parse(s) for s in scopes), when)
-
-
-class RoleGuard(HTTPBearer):
-    """A dependency admitting clients of the given roles whose access token holds `scope`:
-    401 without a valid bearer credential, 403 for other roles or a missing scope.
-
-    Every guarded route declares both, so no route reads data on a role alone; a route
-    without a guard is declared @public. One dependency, not a chain of them: it runs on
-    every request, and each level of FastAPI dependency costs more than the lookup itself.
-    Being an HTTPBearer, it still declares the bearer scheme in the OpenAPI document.
-    """
-
-    def __init__(self, *roles: str, scope: str | EndpointScopes) -> None:
-        super().__init__(
-            auto_error=False,
-            scheme_name="bearer",
-            description="a credential from `medledger clients add`",
-        )
-        unknown = set(roles) - set(ROLES)
-        if not roles or unknown:
-            raise ValueError(f"a guard needs roles of {ROLES}, not {sorted(unknown)}")
-        self.roles = roles
-        self.scope = scope if isinstance(scope, EndpointScopes) else Scope.parse(scope)
-
-    async def __call__(self, request: Request) -> Client:  # type: ignore[override]
-        token = bearer_token(request.headers.get("authorization"))
-        if token is None:
-            raise _unauthorized(
-                "send Authorization: Bearer <credential from medledger clients add>"
-            )
-        client = await authenticate(request.app.state.services, token)
-        if client is None:
-            raise _unauthorized("the bearer credential is not valid", "invalid_token")
-        if client.role not in self.roles:
-            raise Forbidden(
-                f"a {client.role} client may not do this; it needs the role "
-                + " or ".join(self.roles),
-            )
-        if isinstance(self.scope, Scope):
-            require_scope(client, self.scope.resource_type, self.scope.permission)
-        return client
-
-
-def require_role(*roles: str, scope: str | EndpointScopes) -> RoleGuard:
-    """The guard of a route: its roles, and the scope an access token needs (`Bundle.r`)."""
-    return RoleGuard(*roles, scope=scope)
-
-
-E = TypeVar("E", bound=Callable[..., Any])
-
-
-def public(endpoint: E) -> E:
-    """Declares a route that needs no credential (it serves nothing about any patient: log
-    reads, discovery, the token endpoint). Every route is either guarded or declared so."""
-    endpoint.access_rule = "public"  # type: ignore[attr-defined]
-    return endpoint
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The credential of an `Authorization: Bearer <credential>` value, else None.
-
-    The scheme is case-insensitive and the credential may have blanks around it (RFC 9110
-    §11.1); the rate limiter reads headers with this too, so both agree whose credential a
-    header carries however it is spelt.
-    """
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
-async def authenticate(services: Services, token: str) -> Client | None:
-    """The client behind an `mlt_` credential or a live SMART access token."""
-    if token.startswith(TOKEN_PREFIX):
-        return await services.clients.lookup(token)
-    engine = services.engine
-    grant = await run_in_threadpool(smart.lookup_token, engine, token)
-    if grant is None:
-        return None
-    return Client(grant.client_id, grant.name, grant.role, grant.org, grant.scopes, grant.purpose)
+    return live(find_credential(engine, token_hash))
 
 
 def require_scope(client: Client, resource_type: str, interaction: str) -> None:

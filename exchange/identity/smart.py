@@ -23,7 +23,7 @@ import jwt
 from sqlalchemy import Engine, Select, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from exchange.bundles.store import (
+from exchange.store.tables import (
     clients_table,
     smart_jti_table,
     smart_jwks_table,
@@ -264,7 +264,7 @@ def _check_key(key: dict[str, Any], where: str) -> None:
     if alg is not None and (alg not in KEY_TYPES or KEY_TYPES[alg][0] != kty):
         raise JwksError(f"{where}: alg {alg!r} does not fit kty {kty!r}")
     try:
-        parsed = jwt.PyJWK(key, algorithm=alg or _alg_for(kty))
+        parsed = jwt.PyJWK(key, algorithm=alg or _alg_for(str(kty)))
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as e:
         raise JwksError(f"{where}: not a usable key: {e}") from None
     if kty == "RSA" and parsed.key.key_size < _MIN_RSA_BITS:
@@ -312,7 +312,7 @@ def _registered(client_id: str) -> Select[tuple[str, str, str]]:
 def load_client(engine: Engine, client_id: str) -> RegisteredClient | None:
     with engine.connect() as conn:
         row = conn.execute(_registered(client_id)).first()
-    return None if row is None else RegisteredClient(*row)
+    return None if row is None else RegisteredClient(row.client_id, row.role, row.jwks)
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fastapi import Request
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
     Engine,
     MetaData,
-    String,
     Table,
     delete,
     insert,
@@ -28,27 +24,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
-from exchange.bundles.store import bundles_table
-from exchange.vault import vault
+from exchange.store.tables import bundles_table, state_table, tables_table
+from exchange.vault import Vault
 from ledger import store
-
-metadata = MetaData()
-
-state_table = Table(
-    "exchange_derived_state",
-    metadata,
-    Column("name", String(32), primary_key=True),
-    Column("last_index", BigInteger, nullable=False),  # -1: nothing read yet
-)
-
-# Every index's table, by name: an erasure (exchange.erasure) deletes the rows derived from
-# the erased Bundles from each, by their `idx` column.
-tables_table = Table(
-    "exchange_derived_tables",
-    metadata,
-    Column("name", String(64), primary_key=True),
-)
 
 CATCH_UP_BATCH = 500
 
@@ -76,21 +56,28 @@ class DerivedIndex:
     rows_of: Callable[[StoredBundle], list[dict[str, object]]]
 
 
-def create_schema(engine: Engine, index: DerivedIndex) -> None:
-    """The index's table and mark (idempotent); the exchange schema must exist."""
-    with store.schema_transaction(engine) as conn:
-        metadata.create_all(conn)
-        index.table.create(conn, checkfirst=True)
-        found = conn.execute(select(state_table.c.name).where(state_table.c.name == index.name))
-        if found.first() is None:
-            conn.execute(insert(state_table).values(name=index.name, last_index=-1))
-        name = index.table.name
+def register(engine: Engine, index: DerivedIndex) -> None:
+    """The index's mark and its table's name in the registry, once (its table is made by the
+    schema: exchange.store.migrate)."""
+    name = index.table.name
+    with engine.connect() as conn:
+        marked = conn.execute(select(state_table.c.name).where(state_table.c.name == index.name))
         known = conn.execute(select(tables_table.c.name).where(tables_table.c.name == name))
-        if known.first() is None:
-            conn.execute(insert(tables_table).values(name=name))
+        if marked.first() is not None and known.first() is not None:
+            return
+    try:
+        with store.write_transaction(engine) as conn:
+            found = conn.execute(select(state_table.c.name).where(state_table.c.name == index.name))
+            if found.first() is None:
+                conn.execute(insert(state_table).values(name=index.name, last_index=-1))
+            known = conn.execute(select(tables_table.c.name).where(tables_table.c.name == name))
+            if known.first() is None:
+                conn.execute(insert(tables_table).values(name=name))
+    except IntegrityError:
+        pass  # another process registered it first
 
 
-def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -> int:
+def catch_up(vault_: Vault, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -> int:
     """Index the Bundles stored since the last catch-up; returns how many were read.
 
     Bundles are read and parsed outside the write transaction (on SQLite it holds the log's
@@ -98,6 +85,7 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
     """
     read = 0
     t = bundles_table
+    engine = vault_.engine
     while True:
         with engine.connect() as conn:
             last = _mark(conn, index.name)
@@ -108,7 +96,7 @@ def catch_up(engine: Engine, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -
                 .limit(batch)
             ).all()
             # The bytes are sealed (exchange.vault); an erased Bundle has none left to index.
-            opened = vault.of(engine).open_bundles(
+            opened = vault_.open_bundles(
                 conn, [(bytes(r.data), r.id, int(r.version), int(r.idx)) for r in found]
             )
         if not found:
@@ -154,26 +142,18 @@ def _mark(conn: Connection, name: str, *, lock: bool = False) -> int:
 
 
 class Indexes:
-    """The derived indexes of one open log: each created on first use, caught up before use."""
+    """The derived indexes of one open log: each registered on first use, caught up before use."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._created: set[str] = set()
+    def __init__(self, vault_: Vault) -> None:
+        self.vault = vault_
+        self.engine = vault_.engine
+        self._registered: set[str] = set()
         self._lock = threading.Lock()
 
     def fresh(self, index: DerivedIndex) -> None:
         """Make the index cover every Bundle stored so far (blocking: run it in a thread)."""
         with self._lock:
-            if index.name not in self._created:
-                create_schema(self.engine, index)
-                self._created.add(index.name)
-        catch_up(self.engine, index)
-
-
-async def get_indexes(request: Request) -> Indexes:
-    """FastAPI dependency: the app's derived indexes (async: made once, on the event loop)."""
-    state = request.app.state
-    indexes = getattr(state, "derived_indexes", None)
-    if indexes is None:
-        indexes = state.derived_indexes = Indexes(state.services.engine)
-    return indexes
+            if index.name not in self._registered:
+                register(self.engine, index)
+                self._registered.add(index.name)
+        catch_up(self.vault, index)

@@ -13,32 +13,14 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Engine,
-    Index,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
     select,
 )
 
-from exchange.bootstrap import pseudonym
 from exchange.indexes.derived import DerivedIndex, StoredBundle
 from exchange.intake.kind import patient_identifiers
-
-metadata = MetaData()
-
-patient_ids_table = Table(
-    "exchange_patient_ids",
-    metadata,
-    Column("idx", BigInteger, nullable=False),
-    Column("sender", String(64), nullable=False),
-    Column("bundle_id", String(64), nullable=False),
-    Column("ident", LargeBinary, nullable=False),  # pseudonym of one (system, value)
-    Index("ix_exchange_patient_ids", "sender", "ident"),
-)
+from exchange.store.tables import patient_ids_table
+from exchange.vault import lookup_tag
 
 
 def patient_index(key: bytes) -> DerivedIndex:
@@ -51,7 +33,7 @@ def patient_index(key: bytes) -> DerivedIndex:
                 "idx": bundle.index,
                 "sender": bundle.sender,
                 "bundle_id": bundle.id,
-                "ident": pseudonym(key, bundle.sender, pair),
+                "ident": lookup_tag(key, bundle.sender, pair),
             }
             for pair in patient_identifiers(doc)
         ]
@@ -65,7 +47,7 @@ def bundles_about(engine: Engine, key: bytes, sender: str, patient: tuple[str, s
     t = patient_ids_table
     q = (
         select(t.c.bundle_id, t.c.idx)
-        .where(t.c.sender == sender, t.c.ident == pseudonym(key, sender, patient))
+        .where(t.c.sender == sender, t.c.ident == lookup_tag(key, sender, patient))
         .order_by(t.c.idx)
     )
     with engine.connect() as conn:

@@ -12,29 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, String, Table, Text, select
+from sqlalchemy import Engine, select
 
 from adapters.rwd_identity import PackIdentity, pack_identities
 from adapters.trace_index import RecallQuery
 from exchange.indexes.derived import DerivedIndex, StoredBundle
-
-metadata = MetaData()
-
-trace_table = Table(
-    "exchange_trace",
-    metadata,
-    Column("idx", BigInteger, nullable=False),  # the ledger entry that used the pack
-    Column("sender", String(64), nullable=False),
-    Column("bundle_id", String(64), nullable=False),
-    Column("gtin", String(14), nullable=False),
-    Column("lot", Text),
-    Column("serial", Text),
-    Column("expiry", String(10)),
-    Column("cn_code", String(20)),
-    Index("ix_exchange_trace_gtin_lot", "gtin", "lot"),
-    Index("ix_exchange_trace_gtin_serial", "gtin", "serial"),
-    Index("ix_exchange_trace_idx", "idx"),
-)
+from exchange.store.tables import trace_table
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
     Engine,
-    LargeBinary,
-    MetaData,
-    Table,
-    Text,
     func,
     inspect,
     select,
 )
 
-from ledger import store
+from exchange.store.tables import key_events_table
 from ledger.audit import SourceMalformed
 from ledger.checkpoint import CheckpointError, parse_checkpoint
 from ledger.entry import SALT_SIZE, Entry, commitment
@@ -56,16 +50,6 @@ from ledger.log import Log, RowWriter, Submission
 from ledger.note import NoteError, Signer, Verifier
 from ledger.note import split as split_note
 
-metadata = MetaData()
-
-key_events_table = Table(
-    "ledger_key_events",
-    metadata,
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
-    Column("note", Text, nullable=False),
-    Column("salt", LargeBinary, nullable=False),
-)
-
 KEY_SENDER = "log"  # key entries are the log's own: no organisation sends them
 KEY_MEDIA = "text/plain"  # a signed note (C2SP signed-note) is UTF-8 text
 
@@ -76,12 +60,6 @@ class KeyringError(LedgerError):
 
 # Read once per batch inside the write lock: built once.
 _KEY_EVENTS_MARK = select(func.count(), func.coalesce(func.max(key_events_table.c.idx), -1))
-
-
-def create_table(engine: Engine) -> None:
-    with store.schema_transaction(engine) as conn:
-        metadata.create_all(conn)
-        store._create_append_only_trigger(conn, key_events_table.name)  # noqa: SLF001
 
 
 def read_events(conn: Connection) -> list[KeyEvent]:
@@ -183,7 +161,6 @@ class Keyring:
 
 def open_keyring(engine: Engine, origin: str, first_key: Path, *, create: bool) -> Keyring:
     """The keyring of a log: its key files, checked against the key entries in `engine`."""
-    create_table(engine)
     with engine.connect() as conn:
         rotated = bool(conn.execute(select(func.count()).select_from(key_events_table)).scalar())
     # Once the log has rotated, a missing log.key was retired and removed: never recreate it.
@@ -337,11 +314,11 @@ def source_keyset(source: Any, trusted: Sequence[Verifier]) -> KeySet | None:
         origin = parse_checkpoint(split_note(source.checkpoint())[0]).origin
     except (NoteError, CheckpointError) as e:
         raise KeyRuleError(f"the log's latest checkpoint is malformed: {e}") from e
-    for e in events:
-        got = source.entries(e.index, e.index + 1)
+    for event in events:
+        got = source.entries(event.index, event.index + 1)
         if not got:
-            raise KeyRuleError(f"the source has no entry {e.index} for its key document")
-        check_event_entry(e, got[0])
+            raise KeyRuleError(f"the source has no entry {event.index} for its key document")
+        check_event_entry(event, got[0])
     keys = derive_keyset(origin, events, trusted)
     if not is_anchored(keys, trusted):
         raise KeyRuleError(

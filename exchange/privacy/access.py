@@ -8,11 +8,12 @@ Log Patterns (BALP) profiles, in the same transaction as the entry, so neither e
 the other.
 
 No PHI leaves into the entry or the AuditEvent: the patient appears only as the keyed pseudonym
-`subject` the ledger already uses (exchange.services.pseudonym), the client by its client id and
+`subject` the ledger already uses (exchange.vault.lookup_tag), the client by its client id and
 organisation. Whom data concerns is read from the Bundles it comes from
-(exchange.db.bundle_patients): a Bundle is about the patient its own entry names (its first
-Patient.identifier), and it names further patients too: the same person's other identifiers,
-each a patient key of its own, or another person (a baby beside its mother). So the rule is:
+(exchange.bundles.read.bundle_patients): a Bundle is about the patient its own entry names
+(its first Patient.identifier), and it names further patients too: the same person's other
+identifiers, each a patient key of its own, or another person (a baby beside its mother). So
+the rule is:
 one entry per patient a disclosed Bundle's entry names, as its subject, whose AuditEvent also
 names every further patient those Bundles name, each indexed in `access_event_subjects`. The
 accounting of disclosures (GET /v1/patients/{id}/disclosures) is a query by the patient's
@@ -40,31 +41,21 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import (
-    Column,
     Connection,
-    DateTime,
     Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
+    func,
     insert,
     select,
     union,
 )
 
-from exchange.bundles import store as db
 from exchange.identity.clients import Client
+from exchange.store.tables import access_subjects_table, access_table
 from ledger.entry import SALT_SIZE, Entry, commitment
-from ledger.log import Submission
-
-if TYPE_CHECKING:
-    from exchange.bootstrap import Services
+from ledger.log import Log, Submission
 
 ACCESS_KIND = "access"
 ACTIONS = frozenset({"read", "search", "export", "transform", "denied"})
@@ -94,32 +85,6 @@ _SUBTYPES = {
 }
 # AuditEvent.action (R4 audit-event-action): R read, E execute.
 _ACTION_CODES = {"read": "R", "search": "E", "export": "E", "transform": "E", "denied": "E"}
-
-access_table = Table(
-    "access_events",
-    db.metadata,
-    Column("idx", Integer, primary_key=True, autoincrement=False),  # the ledger index
-    Column("client_id", String(64), nullable=False),
-    Column("org", String(64)),
-    Column("role", String(16), nullable=False),
-    Column("action", String(16), nullable=False),
-    Column("resource_type", String(64), nullable=False),
-    Column("subject", LargeBinary, index=True),  # the patient's pseudonym, as in the entry
-    Column("purpose", String(64)),
-    Column("outcome", String(2), nullable=False),
-    Column("recorded", DateTime(timezone=True), nullable=False),
-    Column("salt", LargeBinary, nullable=False),
-    Column("data", LargeBinary, nullable=False),  # the AuditEvent, as committed to
-)
-
-# The further patients an access entry is about, beyond its subject (a Bundle naming several).
-access_subjects_table = Table(
-    "access_event_subjects",
-    db.metadata,
-    Column("idx", Integer, primary_key=True, autoincrement=False),  # the access entry
-    Column("subject", LargeBinary, primary_key=True),  # a patient's pseudonym
-    Index("ix_access_event_subjects_subject", "subject"),
-)
 
 
 class AccessError(ValueError):
@@ -285,8 +250,13 @@ def _submission(
     )
 
 
+def _one(subject: bytes | None, others: Sequence[bytes]) -> dict[bytes, Sequence[bytes]]:
+    """The patients of an access about `subject` (none: an entry naming no patient)."""
+    return {} if subject is None else {subject: others}
+
+
 async def record_access(
-    services: Services,
+    log: Log,
     client: Client,
     *,
     action: str,
@@ -299,22 +269,16 @@ async def record_access(
 ) -> int:
     """Appends one `access` entry with its AuditEvent; returns the entry's ledger index.
     `other_subjects` are the further patients the disclosed data names."""
-    sub = _submission(
-        client,
-        action=action,
-        resource_type=resource_type,
-        patient_subject=patient_subject,
-        purpose=purpose,
-        outcome=outcome,
-        detail=detail,
-        other_subjects=other_subjects,
-    )
-    appended = await asyncio.wrap_future(services.log.submit(sub))
-    return appended.entry.index
+    patients = _one(patient_subject, other_subjects)
+    found = await record_access_per_patient(
+        log, client, patients, action=action, resource_type=resource_type,
+        purpose=purpose, outcome=outcome, detail=detail,
+    )  # fmt: skip
+    return found[0]
 
 
 async def record_access_per_patient(
-    services: Services,
+    log: Log,
     client: Client,
     patients: Mapping[bytes, Sequence[bytes]],
     *,
@@ -328,12 +292,12 @@ async def record_access_per_patient(
     the module doc), or one naming none when there are none, submitted together so that the
     log commits them as one batch; returns their ledger indexes."""
     subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
-    futures = [asyncio.wrap_future(services.log.submit(sub)) for sub in subs]
+    futures = [asyncio.wrap_future(log.submit(sub)) for sub in subs]
     return [appended.entry.index for appended in await asyncio.gather(*futures)]
 
 
 def record_access_per_patient_blocking(
-    services: Services,
+    log: Log,
     client: Client,
     patients: Mapping[bytes, Sequence[bytes]],
     *,
@@ -343,10 +307,31 @@ def record_access_per_patient_blocking(
     outcome: str,
     detail: str | None = None,
 ) -> list[int]:
-    """The same as :func:`record_access_per_patient`, for callers outside the event loop."""
+    """:func:`record_access_per_patient`, for callers outside the event loop (the same
+    submissions; this waits for the log's batch in the calling thread)."""
     subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
-    futures = [services.log.submit(sub) for sub in subs]
+    futures = [log.submit(sub) for sub in subs]
     return [future.result().entry.index for future in futures]
+
+
+def record_access_blocking(
+    log: Log,
+    client: Client,
+    *,
+    action: str,
+    resource_type: str,
+    patient_subject: bytes | None,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None = None,
+    other_subjects: Sequence[bytes] = (),
+) -> int:
+    """:func:`record_access`, for callers outside the event loop."""
+    patients = _one(patient_subject, other_subjects)
+    return record_access_per_patient_blocking(
+        log, client, patients, action=action, resource_type=resource_type,
+        purpose=purpose, outcome=outcome, detail=detail,
+    )[0]  # fmt: skip
 
 
 def _per_patient(
@@ -372,32 +357,6 @@ def _per_patient(
         )
         for subject, others in each
     ]
-
-
-def record_access_blocking(
-    services: Services,
-    client: Client,
-    *,
-    action: str,
-    resource_type: str,
-    patient_subject: bytes | None,
-    purpose: str | None,
-    outcome: str,
-    detail: str | None = None,
-    other_subjects: Sequence[bytes] = (),
-) -> int:
-    """The same as :func:`record_access`, for callers outside the event loop."""
-    sub = _submission(
-        client,
-        action=action,
-        resource_type=resource_type,
-        patient_subject=patient_subject,
-        purpose=purpose,
-        outcome=outcome,
-        detail=detail,
-        other_subjects=other_subjects,
-    )
-    return services.log.append(sub).entry.index
 
 
 def _row(r: object) -> AccessRow:
@@ -437,7 +396,5 @@ def disclosures_of(
 
 def access_count(engine: Engine) -> int:
     """How many access entries are stored (one per recorded request)."""
-    from sqlalchemy import func
-
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(access_table)).scalar_one())

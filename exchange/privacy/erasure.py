@@ -27,9 +27,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
-    LargeBinary,
     MetaData,
-    String,
     Table,
     delete,
     insert,
@@ -38,10 +36,12 @@ from sqlalchemy import (
     update,
 )
 
+from exchange import vault
+from exchange.config import ADMIN_TOKEN_ENV
 from exchange.identity.clients import Client, find_client, hash_token
 from exchange.indexes import derived
-from exchange.indexes.patients import patient_ids_table, patient_index
-from exchange.vault import vault
+from exchange.indexes.patients import patient_index
+from exchange.store.tables import keys_table, patient_ids_table, requests_table, tables_table
 from ledger import store
 from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import LedgerError
@@ -50,25 +50,6 @@ from ledger.log import Log, Submission
 
 KIND = "erasure"
 MEDIA = "application/json"
-ADMIN_TOKEN_ENV = "MEDLEDGER_ADMIN_TOKEN"
-
-metadata = MetaData()
-
-requests_table = Table(
-    "exchange_erasure_requests",
-    metadata,
-    Column("request_id", String(64), primary_key=True),
-    Column("sender", String(64), nullable=False),
-    # The patient's lookup tag while the request is pending; cleared when it is carried out.
-    Column("lookup", LargeBinary),
-    Column("requested_by", String(64), nullable=False),
-    Column("requested", String(32), nullable=False),
-    Column("confirmed_by", String(64)),
-    Column("confirmed", String(32)),
-    Column("idx", BigInteger),  # the erasure's ledger entry
-    Column("salt", LargeBinary),  # the entry commits to SHA-256(salt || data)
-    Column("data", LargeBinary),  # the erasure record (canonical JSON, no PHI)
-)
 
 
 class ErasureError(Exception):
@@ -123,12 +104,6 @@ def _check_admin(client: Client) -> Client:
     return client
 
 
-def create_tables(engine: Engine) -> None:
-    """The erasure requests table (idempotent); the exchange schema must exist."""
-    with store.schema_transaction(engine) as conn:
-        metadata.create_all(conn)
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -137,13 +112,12 @@ def request_erasure(vault_: vault.Vault, org: str, patient: tuple[str, str], adm
     """Records a pending erasure of the org's patient; returns its request id."""
     _check_admin(admin)
     engine = vault_.engine
-    create_tables(engine)
     _catch_up_patients(vault_)
     tag = vault.lookup_tag(vault_.lookup_key, org, patient)
     with engine.connect() as conn:
         known = conn.execute(
-            select(vault.keys_table.c.key_id).where(
-                vault.keys_table.c.sender == org, vault.keys_table.c.lookup == tag
+            select(keys_table.c.key_id).where(
+                keys_table.c.sender == org, keys_table.c.lookup == tag
             )
         ).first()
         indexed = (
@@ -203,7 +177,7 @@ class _Plan:
 
 
 def _plan(engine: Engine, vault_: vault.Vault, sender: str, tag: bytes) -> _Plan:
-    """Which keys go: the patient's own (and its aliases: exchange.vault.aliases_table); and
+    """Which keys go: the patient's own (and its aliases: exchange.aliases_table); and
     which Bundles become unreadable with them: those still readable that name the patient,
     which the patient index (caught up here) lists by the patient's lookup tag."""
     _catch_up_patients(vault_)
@@ -248,7 +222,6 @@ def confirm_erasure(log: Log, vault_: vault.Vault, request_id: str, admin: Clien
     transaction the keys, pseudonym link and derived index rows are deleted."""
     _check_admin(admin)
     engine = log.engine
-    create_tables(engine)
     req = pending_request(engine, request_id)
     if req.index is not None:
         raise ErasureError(f"erasure request {request_id} was carried out in entry {req.index}")
@@ -321,8 +294,8 @@ def _checkpoint_wal(engine: Engine) -> None:
 
 def _catch_up_patients(vault_: vault.Vault) -> None:
     index = patient_index(vault_.lookup_key)
-    derived.create_schema(vault_.engine, index)
-    derived.catch_up(vault_.engine, index)
+    derived.register(vault_.engine, index)
+    derived.catch_up(vault_, index)
 
 
 def _has_table(conn: Connection, table: Table) -> bool:
@@ -339,9 +312,9 @@ def _delete_derived(conn: Connection, sender: str, tag: bytes, idxs: Iterable[in
         deleted += conn.execute(
             delete(p).where((p.c.sender == sender) & (p.c.ident == tag))
         ).rowcount
-    if not wanted or not _has_table(conn, derived.tables_table):
+    if not wanted or not _has_table(conn, tables_table):
         return int(deleted)
-    names = conn.execute(select(derived.tables_table.c.name)).scalars().all()
+    names = conn.execute(select(tables_table.c.name)).scalars().all()
     inspector = inspect(conn)
     for name in names:
         if not inspector.has_table(name):

@@ -1,106 +1,58 @@
-"""In-place upgrades of a store to the current formats, run whenever a store opens.
+"""The vault's first format upgraded in place (revision 0004 of exchange/store/migrations).
 
-Until the schema has versioned migrations, a change to what a table stores is upgraded here,
-idempotently: a store written by an earlier version opens upgraded, an interrupted upgrade
-resumes where it stopped, and one already upgraded costs a few reads. :func:`open_vault` is
-the one way a store's vault is opened (the services, the erasure CLI), so no code reads a
-store before it is upgraded. The steps run in this order, each needing those before it:
+The first format (`MLV1`) sealed each Bundle under the key of the first patient it named: a
+Bundle naming a mother and her baby was the mother's alone to the vault, and erasing the baby
+destroyed the mother's key, so every other Bundle of the mother went with it. It also keyed
+patients by their identifier exactly as spelled, so one MRN in two Unicode spellings was two
+patients. For each stored Bundle value still in that format whose key is live,
+:func:`upgrade_vault`
 
-1. **The vault** (exchange.vault). The first format (`MLV1`) sealed each Bundle under the key
-   of the first patient it named: a Bundle naming a mother and her baby was the mother's alone
-   to the vault, and erasing the baby destroyed the mother's key, so every other Bundle of the
-   mother went with it. It also keyed patients by their identifier exactly as spelled, so one
-   MRN in two Unicode spellings was two patients. For each stored Bundle value still in that
-   format whose key is live, the upgrade
+a. gives every key row of an identifier that was not in its one spelling
+   (exchange.intake.identifiers) the lookup tag of that spelling; when that spelling already
+   has a key, the row becomes an alias of it (`exchange_vault_aliases`): its pseudonym stays
+   the subject of the older entries, the patient's accounting finds them, and the patient's
+   erasure destroys it;
+b. seals the bytes and salt again in the current format, under a Bundle key that needs the
+   key of every patient the Bundle names (made for those that had none), and keys its retry
+   digest (here and in ledger_dedupe) the way a new submission of the same bytes would be;
+c. when it renamed a key, empties the derived indexes, which keyed on the old spellings: each
+   rebuilds from the Bundles on its next use.
 
-   a. gives every key row of an identifier that was not in its one spelling
-      (exchange.identifiers) the lookup tag of that spelling; when that spelling already has
-      a key, the row becomes an alias of it (exchange.vault.aliases_table): its pseudonym
-      stays the subject of the older entries, the patient's accounting finds them, and the
-      patient's erasure destroys it;
-   b. seals the bytes and salt again in the current format, under a Bundle key that needs
-      the key of every patient the Bundle names (made for those that had none), and keys its
-      retry digest (here and in ledger_dedupe) the way a new submission of the same bytes
-      would be;
-   c. when it renamed a key, empties the derived indexes, which keyed on the old spellings:
-      each rebuilds from the Bundles on its next use.
-
-   A value whose key was erased stays as it was: nothing can open it any more, and it reads
-   as erased. The rows are rewritten in batches, each in its own transaction, with the
-   append-only guards of the two tables lifted inside it (ledger.store.append_only_lifted).
-   The store is marked (`exchange_secrets` row `vault-format`) once nothing is left to do.
-2. **Bulk export digests** (exchange.bulk_export.upgrade_schema): each file's SHA-256, kept
-   in the clear by the first format (it would confirm a guess of the file after an erasure),
-   or sealed under the first vault format's data keys, is sealed under the joint key of the
-   Bundle keys of the file's Bundle versions, which step 1 made.
-3. **Quality facts** (exchange.quality_facts.upgrade_schema): a fact table with codes, values
-   and times in the clear, or sealed under the first format's data keys, is dropped; as a
-   derived index it is rebuilt, sealed under the Bundle keys, by the next catch-up.
-
-Every transaction is a ledger.store.schema_transaction (one advisory lock on PostgreSQL, the
-write lock on SQLite), so processes opening one store at once upgrade it once. On SQLite,
-`secure_delete` zeroes the old values' pages, and the write-ahead log that held them is
-emptied afterwards (as after an erasure, exchange.erasure).
+A value whose key was erased stays as it was: nothing can open it any more, and it reads as
+erased. It runs inside the schema upgrade's transaction (exchange.store.migrate: one
+advisory lock on PostgreSQL, the write lock on SQLite), with the append-only guards of the
+two tables lifted inside it (ledger.store.append_only_lifted); on SQLite `secure_delete`
+zeroes the old values' pages, and the write-ahead log that held them is emptied afterwards.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
+from sqlalchemy import Connection, func, insert, inspect, select, update
 
-from exchange.bootstrap import dedupe_keys
-from exchange.bundles.store import bundles_table, secrets_table
+from exchange import vault
+from exchange.bundles.submit import dedupe_keys
 from exchange.indexes import derived
 from exchange.intake.identifiers import normalise
 from exchange.intake.kind import patient_identifiers, spelled_patient_identifiers
-from exchange.privacy import erasure
-from exchange.quality import facts as quality_facts
-from exchange.settlement import bulk_export
-from exchange.vault import vault
+from exchange.store.tables import aliases_table, bundles_table, keys_table, requests_table
 from ledger import store
 
-log = logging.getLogger("medledger.exchange")
-
-FORMAT_NAME = "vault-format"
 FORMAT = b"2"
-BATCH = 200
+BATCH = 200  # first-format rows read at a time
 
 
-def open_vault(engine: Engine, master: vault.MasterKey, lookup_key: bytes) -> vault.Vault:
-    """The one way to open a store's vault: upgrades the store in place when it needs it,
-    then makes the vault the one this engine's readers decrypt with."""
-    opened = vault.Vault(engine, master, lookup_key)
-    done = upgrade(opened)
-    if done:
-        log.info("store upgraded: %s", "; ".join(done))
-    return vault.attach(opened)
-
-
-def upgrade(vault_: vault.Vault) -> list[str]:
-    """Upgrades what needs it (see the module doc); returns what was upgraded (nothing: the
-    store was up to date)."""
-    engine = vault_.engine
-    done: list[str] = []
-    if not _is_upgraded(engine):
-        counts = _upgrade_vault(vault_)
-        if counts.bundles or counts.left:
-            done.append(
-                f"vault format {FORMAT.decode()}: {counts.bundles} Bundle versions sealed "
-                f"again, {counts.left} left erased, {counts.renamed} keys given their "
-                f"identifier's one spelling, {counts.aliased} made aliases"
-            )
-    with store.schema_transaction(engine) as conn:
-        if bulk_export.upgrade_schema(conn, vault_):
-            done.append("export digests sealed under the Bundle keys")
-        if quality_facts.upgrade_schema(conn):
-            done.append("quality facts dropped, to be rebuilt sealed under the Bundle keys")
-    if done and engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    return done
+def upgrade_vault(vault_: vault.Vault, conn: Connection) -> str:
+    """Seals every first-format value again (see the module doc), in the caller's schema
+    transaction `conn`; says what it did."""
+    counts = _upgrade_vault(vault_, conn)
+    return (
+        f"vault format {FORMAT.decode()}: {counts.bundles} Bundle versions sealed "
+        f"again, {counts.left} left erased, {counts.renamed} keys given their "
+        f"identifier's one spelling, {counts.aliased} made aliases"
+    )
 
 
 # --- step 1: the vault ------------------------------------------------------------------
@@ -114,35 +66,27 @@ class _Counts:
     aliased: int = 0  # key rows made aliases of the key of their identifier's one spelling
 
 
-def _upgrade_vault(vault_: vault.Vault) -> _Counts:
-    engine = vault_.engine
+def _upgrade_vault(vault_: vault.Vault, conn: Connection) -> _Counts:
     done = _Counts()
-    if _has_legacy(engine):
-        # Bundles naming no patient key their digest with the log's digest key: made (if
-        # need be) before the batches, whose transactions it must not wait for.
-        log_digest = vault_.log_digest_key().dek
+    log_digest = vault_.log_digest_key(conn).dek
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")
+    with (
+        store.append_only_lifted(conn, bundles_table.name),
+        store.append_only_lifted(conn, store.dedupe_table.name),
+    ):
         last = -1
         while True:
-            with store.schema_transaction(engine) as conn:
-                rows = conn.execute(_LEGACY.where(bundles_table.c.idx > last)).all()
-                if not rows:
-                    break
-                if conn.dialect.name == "sqlite":
-                    conn.exec_driver_sql("PRAGMA secure_delete = ON")
-                renamed = done.renamed + done.aliased
-                with (
-                    store.append_only_lifted(conn, bundles_table.name),
-                    store.append_only_lifted(conn, store.dedupe_table.name),
-                ):
-                    for row in rows:
-                        _rewrite(conn, vault_, row, log_digest, done)
-                if done.renamed + done.aliased > renamed:
-                    derived.reset(conn)
-                last = int(rows[-1].idx)
-        vault_.forget()  # key rows were renamed: no cached key or key set may outlive that
-    with store.schema_transaction(engine) as conn:
-        if not _is_upgraded_in(conn):
-            conn.execute(insert(secrets_table).values(name=FORMAT_NAME, value=FORMAT))
+            rows = conn.execute(_LEGACY.where(bundles_table.c.idx > last)).all()
+            if not rows:
+                break
+            renamed = done.renamed + done.aliased
+            for row in rows:
+                _rewrite(conn, vault_, row, log_digest, done)
+            if done.renamed + done.aliased > renamed:
+                derived.reset(conn)
+            last = int(rows[-1].idx)
+    vault_.forget()  # key rows were renamed: no cached key or key set may outlive that
     return done
 
 
@@ -155,21 +99,6 @@ _LEGACY = (
     .order_by(_b.idx)
     .limit(BATCH)
 )
-
-
-def _is_upgraded(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        return _is_upgraded_in(conn)
-
-
-def _is_upgraded_in(conn: Connection) -> bool:
-    q = select(secrets_table.c.value).where(secrets_table.c.name == FORMAT_NAME)
-    return conn.execute(q).first() is not None
-
-
-def _has_legacy(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(_LEGACY.with_only_columns(_b.idx).limit(1)).first() is not None
 
 
 def _rewrite(
@@ -236,7 +165,7 @@ def _rename(
         return
     old_tag = vault.spelling_tag(vault_.lookup_key, sender, spelled)
     new_tag = vault.lookup_tag(vault_.lookup_key, sender, one)
-    k = vault.keys_table
+    k = keys_table
     found = conn.execute(
         select(k.c.key_id).where(k.c.sender == sender, k.c.lookup == old_tag)
     ).first()
@@ -251,10 +180,10 @@ def _rename(
     else:
         conn.execute(update(k).where(k.c.key_id == found.key_id).values(lookup=None))
         conn.execute(
-            insert(vault.aliases_table).values(key_id=found.key_id, sender=sender, lookup=new_tag)
+            insert(aliases_table).values(key_id=found.key_id, sender=sender, lookup=new_tag)
         )
         done.aliased += 1
-    r = erasure.requests_table
+    r = requests_table
     if inspect(conn).has_table(r.name):
         # A pending erasure names the patient by lookup tag: it must still find the patient.
         conn.execute(

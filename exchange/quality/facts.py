@@ -41,23 +41,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    Engine,
-    Index,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    inspect,
     select,
-    text,
 )
 
-from exchange.indexes.derived import DerivedIndex, StoredBundle, state_table
+from exchange import vault
+from exchange.indexes.derived import DerivedIndex, StoredBundle
 from exchange.quality.indicators import EpisodeFacts
-from exchange.vault import vault
+from exchange.store.tables import quality_table
 
 LOINC = "http://loinc.org"
 QUALITY_SYSTEM = "urn:medledger:quality"
@@ -80,27 +70,11 @@ COMPLAINT_LIMIT = timedelta(hours=48)
 # Kinds whose Bundles carry the facts (institution, access and key entries carry none).
 KINDS = ("record", "rwd", "settlement", "consent")
 
-metadata = MetaData()
 
 # What a fact row says beyond its kind (see _row): sealed together, as JSON, in `data`.
 PAYLOAD = ("key", "ref", "patient", "episode", "code", "at", "until", "value", "unit")
 FACT_LABEL = b"medledger-quality/v1 facts"
 
-quality_table = Table(
-    "exchange_quality_facts",
-    metadata,
-    Column("idx", BigInteger, nullable=False),
-    Column("sender", String(64), nullable=False),
-    Column("bundle_id", String(64), nullable=False),
-    Column("fact", String(16), nullable=False),  # see FACTS
-    # The resource, what it points at, patient, episode, code, times, value and unit (PAYLOAD):
-    # patient data, so it lives in the vault like the Bundle it comes from, AES-256-GCM under
-    # a key made from the Bundle key of the version at `idx` (vault.joint_key): an erasure of
-    # any patient the Bundle names leaves these bytes unreadable wherever a copy survives (a
-    # backup, a dead row version).
-    Column("data", LargeBinary, nullable=False),
-    Index("ix_exchange_quality_facts_sender", "sender", "fact"),
-)
 
 FACTS = (
     "patient",
@@ -183,8 +157,8 @@ def patient_language(patient: dict[str, Any]) -> str | None:
     comms.sort(key=lambda c: c.get("preferred") is not True)
     for comm in comms:
         for coding in (comm.get("language") or {}).get("coding") or []:
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                return coding["code"]
+            if isinstance(coding, dict) and isinstance(code := coding.get("code"), str):
+                return code
     return None
 
 
@@ -279,7 +253,8 @@ def _resource_rows(r: dict[str, Any], key: str, refs: _Refs) -> list[dict[str, o
     if kind == "Patient":
         rows.append(_row("patient", key, value=patient_language(r)))
     elif kind == "Encounter":
-        period = r.get("period") if isinstance(r.get("period"), dict) else {}
+        given = r.get("period")
+        period: dict[str, Any] = given if isinstance(given, dict) else {}
         if isinstance(period.get("start"), str):
             rows.append(
                 _row(
@@ -416,13 +391,13 @@ def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
 QUALITY = DerivedIndex("quality", KINDS, quality_table, _rows_of)
 
 
-def sender_rows(engine: Engine, sender: str) -> list[dict[str, object]]:
+def sender_rows(vault_: vault.Vault, sender: str) -> list[dict[str, object]]:
     """Every fact row of one sender's Bundles, in ledger order, opened (the rows of a Bundle
     whose key an erasure made unopenable are left out: they say nothing any more)."""
     t = quality_table
-    with engine.connect() as conn:
+    with vault_.engine.connect() as conn:
         found = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.idx)).all()
-        opened = vault.of(engine).bundle_keys(conn, {int(r.idx) for r in found})
+        opened = vault_.bundle_keys(conn, {int(r.idx) for r in found})
     keys = {idx: vault.joint_key([key], FACT_LABEL) for idx, key in opened.items()}
     rows: list[dict[str, object]] = []
     for r in found:
@@ -435,29 +410,10 @@ def sender_rows(engine: Engine, sender: str) -> list[dict[str, object]]:
     return rows
 
 
-def upgrade_schema(conn: Connection) -> bool:
-    """Replaces a fact table of an earlier format by nothing: facts in the clear (a `code`
-    column), or sealed under the first vault format's data keys (a `key_id` column). It is a
-    derived index, so the next catch-up rebuilds it, sealed under the Bundle keys, from the
-    Bundles (an erased Bundle gives no rows). Idempotent; True when it upgraded."""
-    inspector = inspect(conn)
-    if not inspector.has_table(quality_table.name):
-        return False
-    columns = {c["name"] for c in inspector.get_columns(quality_table.name)}
-    if not columns & {"code", "key_id"}:
-        return False
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA secure_delete = ON")  # zero the dropped pages
-    conn.execute(text(f'DROP TABLE "{quality_table.name}"'))
-    if inspector.has_table(state_table.name):
-        conn.execute(state_table.delete().where(state_table.c.name == QUALITY.name))
-    return True
-
-
-def episode_facts(engine: Engine, sender: str, as_of: datetime) -> list[EpisodeFacts]:
+def episode_facts(vault_: vault.Vault, sender: str, as_of: datetime) -> list[EpisodeFacts]:
     """The sender's episodes and complaints as the indicators read them (index kept fresh by
     the caller: `Indexes.fresh(QUALITY)`)."""
-    return assemble(sender_rows(engine, sender), as_of)
+    return assemble(sender_rows(vault_, sender), as_of)
 
 
 # --- from rows to episodes --------------------------------------------------------------------

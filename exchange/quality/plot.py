@@ -55,7 +55,8 @@ def plot_indicators(codes: Iterable[str], facts: Iterable[EpisodeFacts], path: P
         if points:
             # Dates, not month labels: lines with different months share one time axis.
             months = [datetime.strptime(m, "%Y-%m") for m, _ in points]
-            ax.plot(months, [s for _, s in points], marker="o", label=code)
+            # matplotlib's date units take datetimes; its stubs list only arrays and numbers.
+            ax.plot(months, [s for _, s in points], marker="o", label=code)  # type: ignore[arg-type]
     ax.set_title("Quality indicators by month")
     ax.set_ylabel("numerator / denominator")
     ax.set_ylim(-0.05, 1.05)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -28,49 +27,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from exchange.errors import Forbidden
-from ledger import store
+from exchange.store.tables import admin_keys_table, attestations_table, institutions_table
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
 from ledger.jcs import canonicalize
 from ledger.log import Log, Submission
 
 KIND = "institution"
 MEDIA = "application/json"
-
-metadata = MetaData()
-
-admin_keys_table = Table(
-    "institution_admin_keys",
-    metadata,
-    Column("admin", String(64), primary_key=True),
-    Column("public_key", LargeBinary, nullable=False),
-)
-
-attestations_table = Table(
-    "institution_attestations",
-    metadata,
-    Column("idx", Integer, primary_key=True, autoincrement=False),
-    Column("org", String(64), nullable=False, index=True),
-    Column("salt", LargeBinary, nullable=False),
-    Column("data", LargeBinary, nullable=False),
-)
-
-institutions_table = Table(
-    "institutions",
-    metadata,
-    Column("org", String(64), primary_key=True),
-    Column("idx", Integer, nullable=False),
-    Column("record", LargeBinary, nullable=False),  # canonical JSON of the Institution
-)
-
-
-def create_tables(engine: Engine) -> None:
-    with store.schema_transaction(engine) as conn:
-        metadata.create_all(conn)
 
 
 class RegistryError(ValueError):
@@ -101,10 +67,11 @@ class Institution:
     blacklist_reason: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return _jsonable(asdict(self))
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
 
     @staticmethod
     def from_json(obj: dict[str, object]) -> Institution:
+        listed = obj.get("accreditations")
         accs = tuple(
             Accreditation(
                 body=str(a["body"]),
@@ -118,7 +85,7 @@ class Institution:
                 ),
                 international=bool(a.get("international", True)),
             )
-            for a in obj.get("accreditations", [])  # type: ignore[union-attr]
+            for a in (listed if isinstance(listed, list) else [])
         )
         reason = obj.get("blacklist_reason")
         region = obj.get("region")
@@ -415,66 +382,15 @@ def organization_resource(record: Institution, today: date) -> dict[str, object]
     }
 
 
-# --- intake hook ------------------------------------------------------------------------------
-
-STRICT_ENV = "MEDLEDGER_INSTITUTIONS_STRICT"
-FLAGS_HEADER = "X-Institution-Flags"
-
-
-def strict_mode() -> bool:
-    """Strict (a production deployment): a sender without a registry record is refused."""
-    return os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes")
-
-
-def admit_sender(record: Institution | None, org: str, today: date) -> tuple[str, ...]:
-    """Refuse (403 OperationOutcome) a sender the registry bars; else the flags to report.
-
-    Called before anything is appended, so a refusal leaves the log unchanged. The entry
-    format has no metadata field, so flags travel in the response header FLAGS_HEADER.
-    """
-    verdict = check_sender(record, today, strict=strict_mode())
-    if verdict.refused is not None:
-        raise Forbidden(f"sender {org}: {verdict.refused}")
-    return tuple(f for f in verdict.flags if f != "unregistered")
-
-
 # Bumped by every registry change this process appends, so its own changes reach intake at
-# once; the counter is process-wide because the change and the cache meet only in the DB.
+# once (exchange.registry.admission.SenderCache); process-wide because the change and the
+# cache meet only in the database.
 _changes = 0
 
 
-class SenderCache:
-    """Registry records of senders, so intake does not read the registry on every submission.
-
-    A change appended by this process (append_attestation) takes effect on the next
-    submission; one appended by another process (the CLI beside a running server) within
-    `ttl` seconds.
-    """
-
-    def __init__(self, engine: Engine, ttl: float = 5.0, max_size: int = 10_000) -> None:
-        self.engine = engine
-        self.ttl = ttl
-        self.max_size = max_size
-        self._records: dict[str, tuple[Institution | None, float]] = {}
-        self._seen_changes = _changes
-
-    async def admit(self, org: str | None, today: date) -> tuple[str, ...]:
-        """admit_sender for `org` (a client without an org is not a sender the registry knows)."""
-        if org is None:
-            return ()
-        return admit_sender(await self.record(org), org, today)
-
-    async def record(self, org: str) -> Institution | None:
-        now = time.monotonic()
-        if self._seen_changes != _changes or len(self._records) >= self.max_size:
-            self._records.clear()
-            self._seen_changes = _changes
-        hit = self._records.get(org)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        record = await run_in_threadpool(lookup, self.engine, org)
-        self._records[org] = (record, now + self.ttl)
-        return record
+def changes() -> int:
+    """How many registry changes this process has appended."""
+    return _changes
 
 
 def register_demo_institution(log: Log, org: str, today: date) -> int:

@@ -37,15 +37,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     Connection,
     Engine,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
     delete,
     insert,
     inspect,
@@ -54,10 +47,11 @@ from sqlalchemy import (
     update,
 )
 
-from exchange.bundles.store import bundle_by_id, bundles_table, patients_of, subjects_by_index
+from exchange import vault
+from exchange.bundles.read import bundle_by_id, patients_of, subjects_by_index
 from exchange.consent.crossborder import TransferLedger
 from exchange.settlement import index as settlement
-from exchange.vault import vault
+from exchange.store.tables import bundles_table, files_table, jobs_table, settlement_table
 from ledger import store
 
 SHA256_EXTENSION = "https://medledger.example/fhir/StructureDefinition/ndjson-sha256"
@@ -77,49 +71,6 @@ log = logging.getLogger("medledger.exchange")
 
 # One id per process: a worker of this process that is not running any more is known dead.
 PROCESS = uuid.uuid4().hex
-
-metadata = MetaData()
-
-jobs_table = Table(
-    "exchange_export_jobs",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("client_id", String(64), nullable=False),
-    Column("org", String(64)),
-    Column("role", String(16), nullable=False),
-    Column("purpose", String(32)),
-    Column("types", Text, nullable=False),  # comma-separated
-    Column("since", String(32)),  # fixed-width UTC, exclusive
-    Column("request", Text, nullable=False),  # the kick-off URL
-    Column("transaction_time", String(40), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("progress", String(64), nullable=False),
-    Column("owner", String(32), nullable=False),  # the process running it
-    Column("updated", String(40), nullable=False),
-    Column("error", Text),
-)
-
-files_table = Table(
-    "exchange_export_files",
-    metadata,
-    Column("job_id", String(36), primary_key=True),
-    Column("n", Integer, primary_key=True, autoincrement=False),
-    Column("resource_type", String(32), nullable=False),
-    Column("count", Integer, nullable=False),
-    # The file's SHA-256, sealed (vault.seal_derived) under the joint key of the Bundle keys
-    # of `bundles`; NULL when one of them could no longer be opened when the store was
-    # upgraded to this format.
-    Column("digest", LargeBinary),
-    # JSON [ledger index, ...]: the Bundle versions of its lines, whose keys make the digest's.
-    Column("bundles", Text, nullable=False),
-    # JSON [[bundle_id, version, start, length], ...]: where each line's resource is stored.
-    Column("refs", Text, nullable=False),
-)
-
-
-def create_schema(engine: Engine) -> None:
-    with store.schema_transaction(engine) as conn:
-        metadata.create_all(conn)
 
 
 def upgrade_schema(conn: Connection, opened: vault.Vault) -> bool:
@@ -274,7 +225,7 @@ def files_of(engine: Engine, job_id: str) -> list[OutputFile]:
         OutputFile(
             int(r.n),
             r.resource_type,
-            int(r.count),
+            int(r._mapping["count"]),  # Row.count is the sequence method
             None if r.digest is None else bytes(r.digest),
             [int(i) for i in json.loads(r.bundles)],
             [(str(b), int(v), int(s), int(n)) for b, v, s, n in json.loads(r.refs)],
@@ -337,14 +288,14 @@ def seal_digest(
     return vault.seal_derived(key, digest, _digest_aad(job_id, n))
 
 
-def file_sha256(engine: Engine, job_id: str, f: OutputFile) -> str | None:
+def file_sha256(vault_: vault.Vault, job_id: str, f: OutputFile) -> str | None:
     """The file's SHA-256 (hex), or None when it can no longer be known: a patient one of its
     Bundles names was erased (and the file can no longer be served)."""
     if f.digest is None:
         return None
     try:
-        with engine.connect() as conn:
-            key = vault.of(engine).joint_key_of(conn, f.bundles, DIGEST_LABEL)
+        with vault_.engine.connect() as conn:
+            key = vault_.joint_key_of(conn, f.bundles, DIGEST_LABEL)
     except vault.Erased:
         return None
     return vault.unseal_derived(key, f.digest, _digest_aad(job_id, f.n)).hex()
@@ -451,9 +402,12 @@ def selected_rows(
         _progress(engine, job.id, f"{resource_type}: {len(chosen)} resources so far")
 
 
-def build_files(engine: Engine, gate: TransferLedger, job: Job) -> list[tuple[OutputFile, bytes]]:
+def build_files(
+    vault_: vault.Vault, gate: TransferLedger, job: Job
+) -> list[tuple[OutputFile, bytes]]:
     """The job's output (blocking): one file per type with at least one resource."""
-    reader = settlement.BundleBytes(engine)
+    engine = vault_.engine
+    reader = settlement.BundleBytes(vault_)
     policy = None
     if job.spec.role == "insurer":
         assert job.spec.org is not None and job.spec.purpose is not None
@@ -473,7 +427,7 @@ def build_files(engine: Engine, gate: TransferLedger, job: Job) -> list[tuple[Ou
         with engine.connect() as conn:
             bundles = bundle_indexes_of(conn, refs)
             digest = hashlib.sha256(data).digest()
-            sealed = seal_digest(conn, vault.of(engine), job.id, n, bundles, digest)
+            sealed = seal_digest(conn, vault_, job.id, n, bundles, digest)
         out.append((OutputFile(n, rtype, len(rows), sealed, bundles, refs), data))
     return out
 
@@ -508,18 +462,20 @@ def finish_job(engine: Engine, job_id: str, files: Sequence[OutputFile]) -> bool
 
 
 def run_job(
-    engine: Engine, gate: TransferLedger, job: Job, before: Callable[[], object] | None = None
+    vault_: vault.Vault, gate: TransferLedger, job: Job, before: Callable[[], object] | None = None
 ) -> None:
     """The worker: builds and stores the job's files; a failure marks the job failed."""
     try:
         if before is not None:
             before()
-        built = build_files(engine, gate, job)
-        finish_job(engine, job.id, [f for f, _ in built])
+        built = build_files(vault_, gate, job)
+        finish_job(vault_.engine, job.id, [f for f, _ in built])
     except Exception as e:  # noqa: BLE001 - reported to the client through the job
         log.exception("export %s failed", job.id)
         try:
-            mark_failed(engine, job.id, f"the export failed ({type(e).__name__}): start a new one")
+            mark_failed(
+                vault_.engine, job.id, f"the export failed ({type(e).__name__}): start a new one"
+            )
         except Exception:  # noqa: BLE001 - the database is gone too: polling will find it stale
             log.exception("export %s could not be marked failed", job.id)
     finally:
@@ -527,24 +483,24 @@ def run_job(
 
 
 def start_worker(
-    engine: Engine, gate: TransferLedger, job: Job, before: Callable[[], object] | None = None
+    vault_: vault.Vault, gate: TransferLedger, job: Job, before: Callable[[], object] | None = None
 ) -> None:
     """Runs the job in a daemon thread; `before` runs first in it (a hold, for tests)."""
     RUNNING.add(job.id)
     worker = threading.Thread(
-        target=run_job, args=(engine, gate, job, before), name=f"export-{job.id}", daemon=True
+        target=run_job, args=(vault_, gate, job, before), name=f"export-{job.id}", daemon=True
     )
     worker.start()
 
 
-def file_bytes(engine: Engine, f: OutputFile) -> bytes:
+def file_bytes(vault_: vault.Vault, f: OutputFile) -> bytes:
     """A file rebuilt from the stored Bundles (LookupError when a Bundle is gone)."""
     cache: dict[tuple[str, int], bytes] = {}
     lines: list[bytes] = []
     for bundle_id, version, start, length in f.refs:
         key = (bundle_id, version)
         if key not in cache:
-            stored = bundle_by_id(engine, bundle_id, version)
+            stored = bundle_by_id(vault_, bundle_id, version)
             if stored is None:
                 raise LookupError(f"Bundle {bundle_id} version {version} is gone")
             cache[key] = stored.data
@@ -573,18 +529,19 @@ class NoLongerPermitted(Exception):
 
 
 def download(
-    engine: Engine, gate: TransferLedger, job: Job, f: OutputFile, now: datetime
+    vault_: vault.Vault, gate: TransferLedger, job: Job, f: OutputFile, now: datetime
 ) -> Disclosure:
     """The file, rebuilt and checked against its digest; for an insurer every line decided
     again, now, as a search would decide it, and the patients it discloses (a hospital's own
     submissions disclose nothing). A file is served whole or not at all: its manifest gave
     its count and SHA-256, so a changed consent refuses it, and a new export leaves out
     whoever withdrew."""
-    expected = file_sha256(engine, job.id, f)
+    engine = vault_.engine
+    expected = file_sha256(vault_, job.id, f)
     if expected is None:
         raise FileGone("a data key of a Bundle in this file was destroyed by an erasure")
     try:
-        data = file_bytes(engine, f)
+        data = file_bytes(vault_, f)
     except (LookupError, vault.Erased) as e:
         raise FileGone(str(e)) from None
     if hashlib.sha256(data).hexdigest() != expected:
@@ -595,9 +552,9 @@ def download(
     rows = rows_at(engine, f.refs)
     if any(row is None for row in rows):
         raise FileGone("a resource of this file is no longer indexed (its Bundle was erased)")
-    reader = settlement.BundleBytes(engine)
+    reader = settlement.BundleBytes(vault_)
     policy = settlement.InsurerPolicy(engine, gate, job.spec.org, job.spec.purpose, now, reader)
-    subjects = subjects_by_index(engine, [row.index for row in rows if row is not None])
+    subjects = subjects_by_index(vault_, [row.index for row in rows if row is not None])
     named: list[list[bytes]] = []
     lines: dict[bytes, int] = {}
     for row in rows:
@@ -615,15 +572,13 @@ def rows_at(
     engine: Engine, refs: Sequence[tuple[str, int, int, int]]
 ) -> list[settlement.Row | None]:
     """The settlement index row of each ref (None where there is none any more)."""
-    t = settlement.settlement_table.c
+    t = settlement_table.c
     ids = sorted({b for b, _, _, _ in refs})
     found: dict[tuple[str, int, int], settlement.Row] = {}
     with engine.connect() as conn:
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
-            for r in conn.execute(
-                select(settlement.settlement_table).where(t.bundle_id.in_(chunk))
-            ):
+            for r in conn.execute(select(settlement_table).where(t.bundle_id.in_(chunk))):
                 row = settlement.row_of(r)
                 found[(row.bundle_id, row.version, row.start)] = row
     return [found.get((b, v, st)) for b, v, st, _ in refs]

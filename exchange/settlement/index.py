@@ -30,25 +30,18 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
     and_,
     exists,
     select,
 )
 
-from exchange.bootstrap import pseudonym
-from exchange.bundles.store import bundle_by_id, bundles_table
+from exchange.bundles.read import bundle_by_id
 from exchange.consent import rules as consent_rules
 from exchange.consent.crossborder import CHINA, TransferLedger, recipient_of
 from exchange.indexes.derived import DerivedIndex, StoredBundle
+from exchange.store.tables import bundles_table, settlement_keys_table, settlement_table
+from exchange.vault import Vault, lookup_tag
 
 SEARCH_TYPES = (
     "Claim",
@@ -93,39 +86,6 @@ DATE_FIELDS: Mapping[str, str] = {
 KEY_IDENT = "ident"  # ident_key(system, value)
 KEY_IDENT_VALUE = "ident-value"  # ident_value_key(value): a search without a system
 KEY_PATIENT = "patient"  # pseudonym of one identifier of the resource's patient
-
-metadata = MetaData()
-
-settlement_table = Table(
-    "exchange_settlement",
-    metadata,
-    Column("idx", BigInteger, nullable=False),  # the Bundle's ledger entry
-    Column("pos", Integer, nullable=False),  # Bundle.entry[pos]
-    Column("sender", String(64), nullable=False),
-    Column("bundle_id", String(64), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("resource_type", String(32), nullable=False),
-    Column("resource_id", String(64)),
-    Column("subject", LargeBinary),  # pseudonym of the patient's first identifier
-    Column("insurer", String(64)),  # Organization id (or identifier value) of the payer
-    Column("last_updated", String(32), nullable=False),  # UTC, fixed width: sorts as it reads
-    Column("data_date", String(10)),
-    Column("start", BigInteger, nullable=False),  # byte offset of the resource in the Bundle
-    Column("length", BigInteger, nullable=False),
-    Index("ix_exchange_settlement_insurer", "insurer", "resource_type", "idx"),
-    Index("ix_exchange_settlement_sender", "sender", "resource_type", "idx"),
-    Index("ix_exchange_settlement_subject", "sender", "subject"),
-)
-
-settlement_keys_table = Table(
-    "exchange_settlement_keys",
-    metadata,
-    Column("idx", BigInteger, nullable=False),
-    Column("pos", Integer, nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("key", LargeBinary, nullable=False),
-    Index("ix_exchange_settlement_keys", "kind", "key"),
-)
 
 
 # --- the byte spans of Bundle.entry[*].resource -------------------------------------------------
@@ -502,7 +462,7 @@ def settlement_index(engine: Engine, key: bytes) -> DerivedIndex:
                 "version": version,
                 "resource_type": r.resource_type,
                 "resource_id": r.resource_id[:64] if r.resource_id else None,
-                "subject": pseudonym(key, bundle.sender, r.patient[0]) if r.patient else None,
+                "subject": lookup_tag(key, bundle.sender, r.patient[0]) if r.patient else None,
                 "insurer": r.insurer,
                 "last_updated": r.last_updated,
                 "data_date": r.data_date,
@@ -526,7 +486,7 @@ def settlement_keys_index(key: bytes) -> DerivedIndex:
                 # `identifier=|value` asks for an identifier without a system: system "".
                 keys.append((KEY_IDENT, ident_key(key, system or "", value)))
                 keys.append((KEY_IDENT_VALUE, ident_value_key(key, value)))
-            keys.extend((KEY_PATIENT, pseudonym(key, bundle.sender, p)) for p in r.patient)
+            keys.extend((KEY_PATIENT, lookup_tag(key, bundle.sender, p)) for p in r.patient)
             rows.extend(
                 {"idx": bundle.index, "pos": r.pos, "kind": kind, "key": k}
                 for kind, k in dict.fromkeys(keys)
@@ -641,21 +601,20 @@ def patient_keys(
 ) -> set[bytes]:
     """The pseudonyms a patient identifier has: under one sender, or under every sender."""
     orgs = [sender] if sender is not None else senders(engine)
-    return {pseudonym(key, org, patient) for org in orgs}
+    return {lookup_tag(key, org, patient) for org in orgs}
 
 
 class BundleBytes:
-    """Stored Bundle bytes, each version read once per request (through exchange.db, which
-    decrypts when the store is encrypted)."""
+    """Stored Bundle bytes, each version read once per request (opened by the vault)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, vault_: Vault) -> None:
+        self.vault = vault_
         self._cache: dict[tuple[str, int], bytes] = {}
 
     def resource(self, row: Row) -> bytes:
         k = (row.bundle_id, row.version)
         if k not in self._cache:
-            stored = bundle_by_id(self.engine, row.bundle_id, row.version)
+            stored = bundle_by_id(self.vault, row.bundle_id, row.version)
             if stored is None:
                 raise LookupError(f"Bundle {row.bundle_id} version {row.version} is gone")
             self._cache[k] = stored.data

@@ -20,17 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
-
 from adapters.trace_export import rwd_export
 from adapters.trace_index import RecallQuery
-from exchange.bootstrap import pseudonym
-from exchange.bundles.store import bundle_by_id, patients_of, subjects_by_index
+from exchange.bundles.read import bundle_by_id, patients_of, subjects_by_index
 from exchange.consent import rules as consent_rules
 from exchange.indexes import trace
 from exchange.intake.kind import patient_identifiers
 from exchange.settlement import index as settlement
-from exchange.vault.vault import Erased
+from exchange.vault import Erased, Vault, lookup_tag
 
 
 @dataclass(frozen=True)
@@ -44,41 +41,41 @@ class Export:
     bundles: dict[bytes, int] = field(default_factory=dict)
 
 
-def consents_about(
-    engine: Engine, key: bytes, sender: str, doc: dict[str, Any]
-) -> list[dict[str, Any]]:
+def consents_about(vault_: Vault, sender: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The Consents `sender` submitted about the Bundle's patient, in submission order."""
-    reader = settlement.BundleBytes(engine)
+    engine, key = vault_.engine, vault_.lookup_key
+    reader = settlement.BundleBytes(vault_)
     rows = {
         (r.index, r.pos): r
         for patient in patient_identifiers(doc)
-        for r in settlement.consents_of(engine, sender, pseudonym(key, sender, patient))
+        for r in settlement.consents_of(engine, sender, lookup_tag(key, sender, patient))
     }
     return [json.loads(reader.resource(rows[k])) for k in sorted(rows)]
 
 
 def export_product(
-    engine: Engine, key: bytes, query: RecallQuery, org: str, purpose: str, now: datetime
+    vault_: Vault, query: RecallQuery, org: str, purpose: str, now: datetime
 ) -> Export:
     """The NDJSON export of `query`'s product for regulator `org`; the recall and settlement
     indexes must be fresh."""
+    engine = vault_.engine
     permitted: list[tuple[int, bytes]] = []
     named: list[list[bytes]] = []
     withheld = 0
     for bundle_id in dict.fromkeys(h.bundle_id for h in trace.recall(engine, query, None)):
         try:
-            row = bundle_by_id(engine, bundle_id)
+            row = bundle_by_id(vault_, bundle_id)
         except Erased:
             withheld += 1
             continue
         if row is None:
             continue
         doc = json.loads(row.data)
-        consents = consents_about(engine, key, row.sender, doc)
+        consents = consents_about(vault_, row.sender, doc)
         req = consent_rules.Request(org=org, purpose=purpose, resource_type="Bundle", now=now)
         if consents and consent_rules.evaluate(consents, req, research=True).permit:
             permitted.append((row.index, row.data))
-            named.append(subjects_by_index(engine, [row.index]).get(row.index, []))
+            named.append(subjects_by_index(vault_, [row.index]).get(row.index, []))
         else:
             withheld += 1
     permitted.sort()

@@ -43,6 +43,7 @@ from fastapi.concurrency import run_in_threadpool
 from exchange.bootstrap import Services
 from exchange.consent.crossborder import TransferLedger
 from exchange.errors import Forbidden, Gone, Invalid, MedledgerError, NotFound
+from exchange.http.deps import GateDep, IndexesDep, ServicesDep, public_url
 from exchange.http.errors import (
     FHIR_JSON,
     FhirJSONResponse,
@@ -50,17 +51,15 @@ from exchange.http.errors import (
     outcome_body,
     status_of,
 )
-from exchange.http.public import public_url
+from exchange.http.guards import endpoint_scopes, require_role
 from exchange.http.routes.settlement import (
     Answer,
     PurposeHeader,
     fresh_indexes,
-    get_gate,
     recorded_once,
 )
 from exchange.identity import smart
-from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
-from exchange.indexes.derived import Indexes, get_indexes
+from exchange.identity.clients import Client, require_scope
 from exchange.intake import Issue
 from exchange.privacy.access import record_access
 from exchange.settlement import bulk_export
@@ -103,21 +102,7 @@ Owner = Annotated[
 ]
 
 
-async def get_exports(request: Request) -> Services:
-    """FastAPI dependency: the services, with the export tables made (and the jobs that
-    expired while no one asked purged) once per app."""
-    state = request.app.state
-    if not getattr(state, "export_schema", False):
-        services = state.services
-        await run_in_threadpool(bulk_export.create_schema, services.engine)
-        await run_in_threadpool(
-            bulk_export.purge_expired, services.engine, services.settings.export_ttl
-        )
-        state.export_schema = True
-    return state.services
-
-
-Exports = Annotated[Services, Depends(get_exports)]
+Exports = ServicesDep  # the jobs that expired are purged at start and at each kick-off
 
 
 def export_types(client: Client, requested: list[str] | None) -> tuple[str, ...]:
@@ -205,8 +190,8 @@ async def export_kickoff(
     request: Request,
     client: Exporter,
     services: Exports,
-    indexes: Annotated[Indexes, Depends(get_indexes)],
-    gate: Annotated[TransferLedger, Depends(get_gate)],
+    indexes: IndexesDep,
+    gate: GateDep,
     type_: Annotated[
         list[str] | None,
         Query(alias="_type", description="comma-separated: Claim, Invoice, Coverage, ..."),
@@ -235,7 +220,7 @@ async def export_kickoff(
         ttl = services.settings.export_ttl
         await run_in_threadpool(bulk_export.purge_expired, services.engine, ttl)
         job = await run_in_threadpool(bulk_export.start_job, services.engine, spec)
-        bulk_export.start_worker(services.engine, gate, job)
+        bulk_export.start_worker(services.vault, gate, job)
         return Answer(job.id.encode(), 0, 0, {}, f"$export {','.join(types)} job {job.id}")
 
     if client.role == "insurer":
@@ -287,7 +272,7 @@ def _manifest_files(
     services: Services, job: bulk_export.Job
 ) -> list[tuple[bulk_export.OutputFile, str | None]]:
     files = bulk_export.files_of(services.engine, job.id)
-    return [(f, bulk_export.file_sha256(services.engine, job.id, f)) for f in files]
+    return [(f, bulk_export.file_sha256(services.vault, job.id, f)) for f in files]
 
 
 @router.get(
@@ -346,8 +331,8 @@ async def export_status(
 async def export_file(
     client: Owner,
     services: Exports,
-    gate: Annotated[TransferLedger, Depends(get_gate)],
-    indexes: Annotated[Indexes, Depends(get_indexes)],
+    gate: GateDep,
+    indexes: IndexesDep,
     job_id: Annotated[str, Path(pattern=JOB_ID)],
     file_name: Annotated[str, Path(pattern=FILE_NAME)],
 ) -> Response:
@@ -365,7 +350,7 @@ async def export_file(
     except MedledgerError as refusal:
         if client.role == "insurer":
             await record_access(
-                services, client, action="denied", resource_type="Bundle",
+                services.log, client, action="denied", resource_type="Bundle",
                 patient_subject=None, purpose=client.purpose, outcome="4",
                 detail=f"$export file refused ({status_of(refusal)})",
             )  # fmt: skip
@@ -376,7 +361,7 @@ async def export_file(
         await asyncio.gather(
             *(
                 record_access(
-                    services,
+                    services.log,
                     client,
                     action="export",
                     resource_type=found[0].resource_type,
@@ -397,7 +382,7 @@ def _download(
     services: Services, gate: TransferLedger, job: bulk_export.Job, f: bulk_export.OutputFile
 ) -> bulk_export.Disclosure:
     try:
-        return bulk_export.download(services.engine, gate, job, f, datetime.now(UTC))
+        return bulk_export.download(services.vault, gate, job, f, datetime.now(UTC))
     except bulk_export.FileGone:
         raise Gone(
             "data in this file has been erased since the export: start a new one",

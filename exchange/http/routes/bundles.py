@@ -16,15 +16,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, Field
 
-from exchange.bootstrap import Services, Stored, SubmitRequest, get_services, submit
-from exchange.bundles.store import BundleRow, bundle_by_id, bundle_patients
+from exchange.bootstrap import Services
+from exchange.bundles.read import BundleRow, bundle_by_id, bundle_patients
+from exchange.bundles.submit import Stored, SubmitRequest, submit
 from exchange.errors import Invalid, NotFound
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses, outcome_body
-from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
+from exchange.http.guards import endpoint_scopes, require_role
+from exchange.identity.clients import Client, require_scope
 from exchange.intake import IntakeError, Issue, check_media_type
 from exchange.privacy.access import record_access_per_patient_blocking
-from exchange.registry import institutions
-from exchange.vault.vault import Erased
+from exchange.registry.admission import FLAGS_HEADER
+from exchange.vault import Erased
 
 router = APIRouter(prefix="/fhir", tags=["Bundle"])
 
@@ -85,7 +88,7 @@ Reader = Annotated[Client, Depends(require_role("hospital", "admin", scope="Bund
 async def create_bundle(
     request: Request,
     client: Annotated[Client, Depends(require_role("hospital", scope=_SUBMIT_SCOPES))],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -128,10 +131,10 @@ async def create_bundle(
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
         req = SubmitRequest(client, body, checked, idempotency_key, base_version)
-        stored = await submit(services, req)
+        stored = await submit(services.log, services.vault, req)
     answer = _answer(stored, body, checked.media, _preference(prefer))
     if flags:
-        answer.headers[institutions.FLAGS_HEADER] = ",".join(flags)
+        answer.headers[FLAGS_HEADER] = ",".join(flags)
     return answer
 
 
@@ -151,7 +154,7 @@ async def create_bundle(
 def read_bundle(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
     client: Reader,
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> Response:
     return _disclosed(services, client, read_visible(services, client, bundle_id, None, bundle_id))
 
@@ -173,7 +176,7 @@ def read_bundle_version(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
     version: Annotated[int, Path(ge=1, le=999_999_999)],
     client: Reader,
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> Response:
     what = f"{bundle_id}/_history/{version}"
     return _disclosed(services, client, read_visible(services, client, bundle_id, version, what))
@@ -255,7 +258,7 @@ def read_visible(
 ) -> BundleRow:
     """A Bundle the client may read; 410 if it was erased (exchange.vault.Erased)."""
     try:
-        row = bundle_by_id(services.engine, bundle_id, version)
+        row = bundle_by_id(services.vault, bundle_id, version)
     except Erased as e:
         if client.role != "admin" and e.sender != client.org:
             raise NotFound(f"no Bundle {what} visible to this client") from None
@@ -275,9 +278,9 @@ def _disclosed(services: Services, client: Client, row: BundleRow) -> Response:
     (an admin), they are a disclosure, an access entry in the patient's accounting."""
     if client.org != row.sender:
         record_access_per_patient_blocking(
-            services,
+            services.log,
             client,
-            bundle_patients(services.engine, [row.index]),
+            bundle_patients(services.vault, [row.index]),
             action="read",
             resource_type="Bundle",
             purpose=client.purpose,

@@ -23,13 +23,15 @@ from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
 from adapters.ips import build_ips
 from adapters.ips_json import dumps
-from exchange.bootstrap import Services, get_services
-from exchange.bundles.store import bundle_by_id, bundle_patients
+from exchange.bootstrap import Services
+from exchange.bundles.read import bundle_by_id, bundle_patients
 from exchange.errors import Invalid, NotFound, Unprocessable
+from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import FHIR_JSON, error_responses
+from exchange.http.guards import require_role
 from exchange.http.routes.bundles import read_visible
-from exchange.identity.clients import Client, require_role
-from exchange.indexes.derived import Indexes, get_indexes
+from exchange.identity.clients import Client
+from exchange.indexes.derived import Indexes
 from exchange.indexes.patients import bundles_about, patient_index
 from exchange.privacy.access import record_access_per_patient
 
@@ -78,9 +80,9 @@ def patient_bundles(
     patients those Bundles name, as their access entries name them (exchange.access)."""
     indexes.fresh(patient_index(services.pseudonym_key))
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
-    found = [bundle_by_id(services.engine, bundle_id) for bundle_id in ids]
+    found = [bundle_by_id(services.vault, bundle_id) for bundle_id in ids]
     rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
-    return [row.data for row in rows], bundle_patients(services.engine, [r.index for r in rows])
+    return [row.data for row in rows], bundle_patients(services.vault, [r.index for r in rows])
 
 
 def _unprocessable(e: AdaptError) -> Unprocessable:
@@ -98,8 +100,8 @@ def _unprocessable(e: AdaptError) -> Unprocessable:
 )
 async def patient_summary(
     client: Annotated[Client, Depends(require_role("hospital", scope="Patient.r"))],
-    services: Annotated[Services, Depends(get_services)],
-    indexes: Annotated[Indexes, Depends(get_indexes)],
+    services: ServicesDep,
+    indexes: IndexesDep,
     identifier: Annotated[
         str, Query(max_length=512, description="the patient's identifier: system|value")
     ],
@@ -126,7 +128,7 @@ async def patient_summary(
         raise _unprocessable(e) from None
     body = dumps(ips)
     await record_access_per_patient(
-        services,
+        services.log,
         client,
         subjects,
         action="transform",
@@ -150,7 +152,7 @@ async def patient_summary(
 async def bundle_hl7v2(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
     client: Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.r"))],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     message: Annotated[Message, Query(description="the message to build")] = "ORU_R01",
     purpose_of_use: PurposeHeader = None,
 ) -> Response:
@@ -164,9 +166,9 @@ async def bundle_hl7v2(
         )
     except AdaptError as e:
         raise _unprocessable(e) from None
-    subjects = await run_in_threadpool(bundle_patients, services.engine, [row.index])
+    subjects = await run_in_threadpool(bundle_patients, services.vault, [row.index])
     await record_access_per_patient(
-        services,
+        services.log,
         client,
         subjects,
         action="transform",

@@ -17,10 +17,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.bootstrap import Services, get_services, pseudonym
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import FHIR_JSON, error_responses
-from exchange.identity.clients import Client, require_role
+from exchange.http.guards import require_role
+from exchange.identity.clients import Client
 from exchange.privacy.access import disclosures_of
+from exchange.vault import lookup_tag
 
 router = APIRouter(prefix="/v1/patients", tags=["disclosures"])
 
@@ -51,7 +53,7 @@ def searchset(documents: list[tuple[int, bytes]]) -> bytes:
 )
 async def patient_disclosures(
     client: Annotated[Client, Depends(require_role("hospital", scope="AuditEvent.s"))],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     value: Annotated[
         str, Path(min_length=1, max_length=256, description="the patient identifier's value")
     ],
@@ -67,7 +69,7 @@ async def patient_disclosures(
     # made before the vault carry the lookup tag (pseudonym()), which was the subject then:
     # all are the patient's.
     patient = (system, value)
-    subjects = [pseudonym(services.pseudonym_key, client.org, patient)]
+    subjects = [lookup_tag(services.pseudonym_key, client.org, patient)]
     subjects += await run_in_threadpool(services.vault.subjects_of, client.org, patient)
     rows = await run_in_threadpool(disclosures_of, services.engine, subjects, MAX_ENTRIES)
     body = searchset([(row.index, row.data) for row in rows])

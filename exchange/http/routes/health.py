@@ -8,18 +8,18 @@ than that: the reasons a server is not ready are in its own log, not in the answ
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.bootstrap import Services, get_services
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import error_responses, outcome_response
-from exchange.identity.clients import public
+from exchange.http.guards import public
 from exchange.intake import Issue
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -59,10 +59,10 @@ def _database_answers(engine: Engine) -> bool:
     "/ready",
     summary="A submission would be served now",
     response_model=Ready,
-    responses=_NOT_READY,  # type: ignore[arg-type]
+    responses=_NOT_READY,
 )
 @public
-async def ready(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
+async def ready(services: ServicesDep) -> JSONResponse:
     if not services.intake.ready:
         reason = "intake workers are starting"
     elif services.log.read_only_reason is not None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from exchange.bootstrap import Services, get_services
 from exchange.errors import Invalid, NotFound
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import error_responses
-from exchange.identity.clients import public
+from exchange.http.guards import public
 from exchange.keys.keyring import read_events
 from ledger.keyset import derive_keyset, parse_key_document
 
@@ -59,7 +59,7 @@ class LogKey(BaseModel):
     documents: list[KeyDocument]
 
 
-Services_ = Annotated[Services, Depends(get_services)]
+Services_ = ServicesDep
 Index = Annotated[int, Query(ge=0, le=_MAX_INDEX)]
 
 

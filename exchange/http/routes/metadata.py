@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from exchange.bootstrap import Services, get_services
+from exchange.bootstrap import Services
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse
+from exchange.http.guards import public
 from exchange.http.routes import bulk_export as bulk_export_router
 from exchange.http.routes import quality as quality_router
 from exchange.http.routes import settlement as settlement_router
-from exchange.identity.clients import public
 from exchange.intake import IntakeLimits
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
@@ -131,5 +132,5 @@ def capability_statement(services: Services) -> dict[str, Any]:
     },
 )
 @public
-def metadata(services: Annotated[Services, Depends(get_services)]) -> FhirJSONResponse:
+def metadata(services: ServicesDep) -> FhirJSONResponse:
     return FhirJSONResponse(capability_statement(services))

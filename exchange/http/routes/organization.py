@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.bootstrap import Services, get_services
 from exchange.errors import NotFound
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import error_responses
-from exchange.identity.clients import Client, require_role
+from exchange.http.guards import require_role
+from exchange.identity.clients import Client
 from exchange.registry import institutions
 
 router = APIRouter(prefix="/fhir", tags=["organization"])
@@ -33,9 +34,7 @@ def _today() -> Any:
     summary="Search the institution registry (searchset Bundle)",
     responses=error_responses(401, 403),
 )
-async def search_organizations(
-    _client: Searcher, services: Annotated[Services, Depends(get_services)]
-) -> dict[str, Any]:
+async def search_organizations(_client: Searcher, services: ServicesDep) -> dict[str, Any]:
     registry = await run_in_threadpool(institutions.current_registry, services.engine)
     today = _today()
     entries = [
@@ -52,7 +51,7 @@ async def search_organizations(
 )
 async def read_organization(
     _client: Reader,
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     org: Annotated[str, Path(pattern=r"^[A-Za-z0-9\-.]{1,64}$")],
 ) -> dict[str, Any]:
     record = await run_in_threadpool(institutions.lookup, services.engine, org)

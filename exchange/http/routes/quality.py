@@ -28,15 +28,16 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
 
-from exchange.bootstrap import Services, get_services
-from exchange.bundles.store import bundles_table
+from exchange.bootstrap import Services
 from exchange.errors import Forbidden, Invalid, NotFound
+from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
-from exchange.identity.clients import Client, require_role
-from exchange.indexes.derived import Indexes, get_indexes
+from exchange.http.guards import require_role
+from exchange.identity.clients import Client
 from exchange.quality import facts as quality_facts
 from exchange.quality import indicators as quality
 from exchange.registry import institutions
+from exchange.store.tables import bundles_table
 
 router = APIRouter(prefix="/fhir", tags=["quality"])
 
@@ -96,6 +97,7 @@ def period_of(values: list[str]) -> tuple[date, date]:
             )
         prefix, when = match.group(1) or "eq", match.group(2)
         low, high = _bounds(when)
+        new: tuple[date | None, date | None]
         if prefix == "eq":
             new = (low, high)
         elif prefix in ("ge", "gt"):
@@ -132,7 +134,7 @@ def quality_reports(
     services: Services, org: str, start: date, end: date, now: datetime
 ) -> list[dict[str, object]]:
     """The MeasureReports of `org` (blocking: reads the derived index, kept fresh before)."""
-    facts = quality_facts.episode_facts(services.engine, org, now)
+    facts = quality_facts.episode_facts(services.vault, org, now)
     return quality.indicator_reports(org, start, end, facts, now=now)
 
 
@@ -150,8 +152,8 @@ def quality_reports(
 )
 async def search_measure_reports(
     client: Reader,
-    services: Annotated[Services, Depends(get_services)],
-    indexes: Annotated[Indexes, Depends(get_indexes)],
+    services: ServicesDep,
+    indexes: IndexesDep,
     subject: Annotated[str, Query(max_length=80, description="Organization/<id>: the institution")],
     period: Annotated[
         list[str],

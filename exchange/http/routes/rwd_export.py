@@ -18,14 +18,15 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from adapters.trace_index import recall_query
-from exchange.bootstrap import Services, get_services
+from exchange.bootstrap import Services
 from exchange.consent.rules import REGULATOR_PURPOSES
 from exchange.errors import Forbidden, Invalid, MedledgerError
+from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import error_responses, status_of
+from exchange.http.guards import require_role
 from exchange.http.routes.settlement import fresh_indexes
-from exchange.identity.clients import Client, require_role
+from exchange.identity.clients import Client
 from exchange.indexes import trace
-from exchange.indexes.derived import Indexes, get_indexes
 from exchange.privacy.access import record_access
 from exchange.settlement import regulator
 
@@ -47,8 +48,8 @@ NDJSON = "application/fhir+ndjson"
 )
 async def rwd_export(
     client: Annotated[Client, Depends(require_role("regulator", scope="Bundle.s"))],
-    services: Annotated[Services, Depends(get_services)],
-    indexes: Annotated[Indexes, Depends(get_indexes)],
+    services: ServicesDep,
+    indexes: IndexesDep,
     gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],
     lot: Annotated[str | None, Query(max_length=20, description="AI 10, as labelled")] = None,
     serial: Annotated[str | None, Query(max_length=20, description="AI 21, as labelled")] = None,
@@ -82,8 +83,7 @@ async def rwd_export(
     await run_in_threadpool(fresh_indexes, services, indexes)
     export = await run_in_threadpool(
         regulator.export_product,
-        services.engine,
-        services.pseudonym_key,
+        services.vault,
         query,
         client.org or "",
         purpose,
@@ -129,7 +129,7 @@ async def _record(
     others: Sequence[bytes] = (),
 ) -> None:
     await record_access(
-        services,
+        services.log,
         client,
         action=action,
         resource_type="Bundle",

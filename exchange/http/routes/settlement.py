@@ -38,17 +38,19 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from exchange.bootstrap import Services, get_services
-from exchange.bundles import store as db
+from exchange.bootstrap import Services
+from exchange.bundles.read import bundle_patients
 from exchange.consent.crossborder import TransferLedger
 from exchange.consent.rules import INSURER_PURPOSES
 from exchange.errors import Forbidden, Invalid, MedledgerError
+from exchange.http.deps import GateDep, IndexesDep, ServicesDep, public_url
 from exchange.http.errors import FHIR_JSON, error_responses, status_of
-from exchange.http.public import public_url
-from exchange.identity.clients import Client, endpoint_scopes, require_role, require_scope
-from exchange.indexes.derived import Indexes, get_indexes
+from exchange.http.guards import endpoint_scopes, require_role
+from exchange.identity.clients import Client, require_scope
+from exchange.indexes.derived import Indexes
 from exchange.privacy.access import record_access, record_access_per_patient
 from exchange.settlement import index as settlement
+from exchange.store import secrets
 
 router = APIRouter(prefix="/fhir", tags=["settlement"])
 
@@ -76,17 +78,6 @@ PurposeHeader = Annotated[
 
 
 # --- the services the search needs --------------------------------------------------------
-
-
-async def get_gate(request: Request) -> TransferLedger:
-    """FastAPI dependency: the cross-border gate of this log (made once, on the event loop)."""
-    state = request.app.state
-    gate = getattr(state, "transfer_ledger", None)
-    if gate is None:
-        gate = state.transfer_ledger = await run_in_threadpool(
-            TransferLedger, state.services.engine
-        )
-    return gate
 
 
 def fresh_indexes(services: Services, indexes: Indexes) -> None:
@@ -142,7 +133,7 @@ async def recorded_once(
         answer = await run(purpose)
     except MedledgerError as refusal:
         await record_access(
-            services,
+            services.log,
             client,
             action="denied",
             resource_type=resource_type,
@@ -154,7 +145,7 @@ async def recorded_once(
         raise
     disclosed = answer.disclosed > 0 or answer.withheld == 0
     await record_access_per_patient(
-        services,
+        services.log,
         client,
         answer.patients,
         action=action if disclosed else "denied",
@@ -362,10 +353,10 @@ def run_search(
 ) -> Answer:
     """One page of a search (blocking): rows in ledger order, the policy applied to each."""
     engine = services.engine
-    secret = db.secret(engine, CURSOR_SECRET)
+    secret = secrets.secret(engine, CURSOR_SECRET)
     digest = _query_digest(search.params)
     after = None if cursor is None else read_cursor(secret, search.client.client_id, digest, cursor)
-    reader = settlement.BundleBytes(engine)
+    reader = settlement.BundleBytes(services.vault)
     policy = None
     if purpose is not None:
         assert search.client.org is not None
@@ -403,7 +394,7 @@ def run_search(
         body=searchset(resources, links),
         disclosed=len(page),
         withheld=len(withheld),
-        patients=db.bundle_patients(engine, (r.index for r in about)),
+        patients=bundle_patients(services.vault, (r.index for r in about)),
         detail=f"{search.query.resource_types[0]} search: {len(page)} returned, "
         f"{len(withheld)} withheld",
     )
@@ -434,9 +425,9 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
     async def search_settlement(
         request: Request,
         client: Searcher,
-        services: Annotated[Services, Depends(get_services)],
-        indexes: Annotated[Indexes, Depends(get_indexes)],
-        gate: Annotated[TransferLedger, Depends(get_gate)],
+        services: ServicesDep,
+        indexes: IndexesDep,
+        gate: GateDep,
         patient_identifier: Annotated[
             str | None,
             Query(

@@ -6,18 +6,17 @@ token errors are RFC 6749 §5.2 JSON, not OperationOutcomes, because OAuth clien
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from exchange.bootstrap import Services, get_services
-from exchange.http.public import public_url
+from exchange.http.deps import ServicesDep, public_url
+from exchange.http.guards import public
 from exchange.identity import smart
-from exchange.identity.clients import public
 
 router = APIRouter(tags=["smart"])
 
@@ -162,9 +161,7 @@ _FORM_SCHEMA: dict[str, Any] = {
     },
 )
 @public
-async def token(
-    request: Request, services: Annotated[Services, Depends(get_services)]
-) -> JSONResponse:
+async def token(request: Request, services: ServicesDep) -> JSONResponse:
     """SMART Backend Services token request (client_credentials with a private_key_jwt).
 
     200: RFC 6749 §5.1 JSON. Refusals are RFC 6749 §5.2 JSON `{"error", "error_description"}`,

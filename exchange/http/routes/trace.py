@@ -15,12 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from adapters.trace_index import recall_query
-from exchange.bootstrap import Services, get_services
 from exchange.errors import Invalid
+from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import error_responses
-from exchange.identity.clients import Client, require_role
+from exchange.http.guards import require_role
+from exchange.identity.clients import Client
 from exchange.indexes import trace
-from exchange.indexes.derived import Indexes, get_indexes
 
 router = APIRouter(prefix="/v1", tags=["trace"])
 
@@ -45,8 +45,8 @@ class TraceAnswer(BaseModel):
 )
 async def trace_pack(
     client: Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.s"))],
-    services: Annotated[Services, Depends(get_services)],
-    indexes: Annotated[Indexes, Depends(get_indexes)],
+    services: ServicesDep,
+    indexes: IndexesDep,
     gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],
     lot: Annotated[str | None, Query(max_length=20, description="AI 10, as labelled")] = None,
     serial: Annotated[str | None, Query(max_length=20, description="AI 21, as labelled")] = None,

@@ -27,12 +27,14 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from exchange.bootstrap import Services, get_services
 from exchange.errors import Conflict, NotFound
+from exchange.http.deps import ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
+from exchange.http.guards import require_role
 from exchange.http.routes.quality import subject_org
-from exchange.identity.clients import Client, require_role
+from exchange.identity.clients import Client
 from exchange.registry import institutions
+from exchange.store.tables import attestations_table, institutions_table
 from ledger.entry import commitment, parse_entry
 from ledger.log import Log
 
@@ -65,17 +67,13 @@ def attested_record(log: Log, org: str) -> AttestedRecord | None:
     """The current record of `org` and its attestation, checked against its ledger entry."""
     with log.engine.connect() as conn:
         row = conn.execute(
-            select(institutions.institutions_table.c.idx).where(
-                institutions.institutions_table.c.org == org
-            )
+            select(institutions_table.c.idx).where(institutions_table.c.org == org)
         ).first()
         if row is None:
             return None
         index = int(row[0])
         stored = conn.execute(
-            select(institutions.attestations_table).where(
-                institutions.attestations_table.c.idx == index
-            )
+            select(attestations_table).where(attestations_table.c.idx == index)
         ).first()
     if stored is None:
         raise institutions.RegistryError(f"entry {index}: no stored attestation")
@@ -181,7 +179,7 @@ def verification_results(attested: AttestedRecord, now: datetime) -> list[dict[s
 )
 async def search_verification_results(
     _client: Reader,
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     target: Annotated[str, Query(max_length=80, description="Organization/<id>: the institution")],
 ) -> FhirJSONResponse:
     org = subject_org(target, "target")
