@@ -23,8 +23,8 @@ from exchange.store.tables import bundles_table
 from ledger.entry import Entry, parse_entry
 from ledger.note import Verifier
 from ledger.verify import verify_receipt, verify_submission
+from tests.paths import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 FHIR_JSON = "application/fhir+json"
 HOSPITAL_ORG = "hospital-a"
 # The database open_api uses when not given one (set per test by conftest.api_backend).

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
+
 PACKAGES = ("exchange", "ledger", "adapters")
 MAX_LINES = 800
 MAX_TOP_LEVEL_MODULES = 8  # exchange/*.py besides its packages
