@@ -1,6 +1,6 @@
 """Prints the service's OpenAPI document as YAML: `python -m exchange.openapi_dump > openapi.yaml`.
 
-openapi.yaml at the repository root is the HTTP contract; tests/test_openapi_contract.py fails
+openapi.yaml at the repository root is the HTTP contract; tests/http/test_openapi_contract.py fails
 when it differs from what the app generates.
 """
 

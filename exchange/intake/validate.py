@@ -207,7 +207,7 @@ def choice_groups(model_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
 
 # The concrete resource types of FHIR R4B, as the fhir.resources models define them. Written
 # out, because deriving them imports every one of the ~680 models (seconds of a fresh worker's
-# start-up); tests/test_intake_validate.py checks the list against the models.
+# start-up); tests/intake/test_intake_validate.py checks the list against the models.
 RESOURCE_TYPES = frozenset(
     """
     Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance

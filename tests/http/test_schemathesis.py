@@ -1,6 +1,6 @@
 """Generated requests from the OpenAPI document, for each role and anonymously.
 
-Every operation of the published document (the app's own, which tests/test_openapi_contract.py
+Every operation of the published document (the app's own, which tests/http/test_openapi_contract.py
 keeps equal to openapi.yaml) is exercised with schemathesis-generated valid and invalid
 requests. Checks: no 5xx, status codes, content types and bodies conform to the document,
 invalid data is rejected (4xx), and an operation that needs a credential does not ignore it.
