@@ -43,6 +43,7 @@ from ledger.audit import (
 )
 from ledger.audit.state import StateError, atomic_write, load_state, save_state
 from ledger.checkpoint import CheckpointError, parse_checkpoint
+from ledger.encoding import b64
 from ledger.keyset import KeyRuleError, KeySet
 from ledger.merkle import leaf_hash
 from ledger.note import NoteError, Verifier
@@ -317,10 +318,6 @@ def _read_input(name: str, what: str, limit: int | None) -> bytes:
         ) from e
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
 # --- verify --------------------------------------------------------------------------------
 
 
@@ -414,15 +411,15 @@ def _verify(args: argparse.Namespace) -> int:
             "origin": v.checkpoint.origin,
             "index": entry.index,
             "size": v.checkpoint.size,
-            "root": _b64(v.checkpoint.root),
-            "leaf": _b64(leaf),
+            "root": b64(v.checkpoint.root),
+            "leaf": b64(leaf),
             "entry": {
                 "kind": entry.kind,
                 "sender": entry.sender,
                 "time": entry.time,
                 "media": entry.media,
-                "commit": _b64(entry.commit),
-                "prev": _b64(entry.prev),
+                "commit": b64(entry.commit),
+                "prev": b64(entry.prev),
             },
             "bundle": bundle_ok,
         }
@@ -432,15 +429,15 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(
         f"OK: entry {entry.index} is in log {v.checkpoint.origin} at size {v.checkpoint.size} "
-        f"(root {_b64(v.checkpoint.root)}), signed by its key"
+        f"(root {b64(v.checkpoint.root)}), signed by its key"
     )
-    print(f"  entry: {entry.kind} from {entry.sender} at {entry.time}, commit {_b64(entry.commit)}")
+    print(f"  entry: {entry.kind} from {entry.sender} at {entry.time}, commit {b64(entry.commit)}")
     if bundle_ok:
         print(f"  bundle: the entry commits to exactly the bytes of {bundle_ok} with this salt")
     for line in steps:
         print(f"  {line}")
     if steps:
-        print(f"  = the root signed in the checkpoint: {_b64(v.checkpoint.root)}")
+        print(f"  = the root signed in the checkpoint: {b64(v.checkpoint.root)}")
     return EXIT_OK
 
 
@@ -610,7 +607,7 @@ def _audit_json(r: AuditResult) -> dict[str, Any]:
         "result": r.status,
         "origin": r.origin,
         "size": r.size,
-        "root": _b64(r.root),
+        "root": b64(r.root),
         "start": r.start,
         "entries_checked": r.entries_checked,
         "checkpoints_checked": r.checkpoints_checked,
@@ -619,7 +616,7 @@ def _audit_json(r: AuditResult) -> dict[str, Any]:
         "entries_per_second": None if rate is None else round(rate),
         "consistent_with": None
         if r.previous is None or r.status != "ok"
-        else {"size": r.previous.size, "root": _b64(r.previous.root)},
+        else {"size": r.previous.size, "root": b64(r.previous.root)},
         "error": None
         if err is None
         else {
@@ -641,7 +638,7 @@ def _print_audit(r: AuditResult, out: dict[str, Any], args: argparse.Namespace) 
         + (f", {r.hashes_checked:,} stored hashes" if r.hashes_checked else "")
     )
     if r.status == "ok":
-        print(f"OK: log {r.origin}, {r.size:,} entries, root {_b64(r.root)}")
+        print(f"OK: log {r.origin}, {r.size:,} entries, root {b64(r.root)}")
         start = f" from entry {r.start:,}" if r.start else ""
         print(f"  checked{start}: {checked}")
         if r.previous is not None and r.previous.size == r.size:
@@ -710,7 +707,7 @@ def _explain_audit(r: AuditResult) -> None:
     print("  how:")
     print("    each entry: canonical JSON (docs/ledger-format.md), index = position,")
     print("    prev = SHA-256(0x00 ‖ previous entry); leaves and nodes per RFC 6962 2.1")
-    print(f"    root of all {r.size:,} entries = signed root {_b64(r.root)}")
+    print(f"    root of all {r.size:,} entries = signed root {b64(r.root)}")
     if r.consistency is not None:
         a, b, ra, rb, proof = r.consistency
         print(f"    the source's consistency proof {a} → {b} also verifies:")

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from exchange.store.tables import admin_keys_table, attestations_table, institutions_table
+from ledger.encoding import b64
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
 from ledger.jcs import canonicalize
 from ledger.log import Log, Submission
@@ -120,10 +121,6 @@ def raw_public_key(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
 def sign_attestation(record: Institution, admin: str, key: Ed25519PrivateKey) -> bytes:
     """The attestation bytes: canonical JSON of the record, admin, key and signature.
 
@@ -132,11 +129,11 @@ def sign_attestation(record: Institution, admin: str, key: Ed25519PrivateKey) ->
     """
     unsigned = {
         "admin": admin,
-        "key": _b64(raw_public_key(key.public_key())),
+        "key": b64(raw_public_key(key.public_key())),
         "record": record.to_json(),
     }
     sig = key.sign(canonicalize(unsigned))
-    return canonicalize({**unsigned, "signature": _b64(sig)})
+    return canonicalize({**unsigned, "signature": b64(sig)})
 
 
 @dataclass(frozen=True)

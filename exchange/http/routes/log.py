@@ -6,7 +6,6 @@ it has to be trusted: `medledger audit --url` re-derives the tree from these rea
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -19,6 +18,7 @@ from exchange.http.deps import ServicesDep
 from exchange.http.errors import error_responses
 from exchange.http.guards import public
 from exchange.keys.keyring import read_events
+from ledger.encoding import b64
 from ledger.keyset import derive_keyset, parse_key_document
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
@@ -63,8 +63,8 @@ Services_ = ServicesDep
 Index = Annotated[int, Query(ge=0, le=_MAX_INDEX)]
 
 
-def _b64(items: list[bytes]) -> list[str]:
-    return [base64.b64encode(h).decode() for h in items]
+def _b64_all(items: list[bytes]) -> list[str]:
+    return [b64(h) for h in items]
 
 
 def _beyond(size: int, current: int) -> NotFound:
@@ -106,9 +106,7 @@ def keys(services: Services_) -> list[LogKey]:
     docs: dict[str, list[KeyDocument]] = {}
     for e in events:
         vkey = parse_key_document(e.note).key.vkey()
-        docs.setdefault(vkey, []).append(
-            KeyDocument(index=e.index, note=e.note, salt=base64.b64encode(e.salt).decode())
-        )
+        docs.setdefault(vkey, []).append(KeyDocument(index=e.index, note=e.note, salt=b64(e.salt)))
     return [
         LogKey(
             vkey=k.verifier.vkey(),
@@ -133,7 +131,7 @@ def entries(services: Services_, start: Index, end: Index) -> list[str]:
     if end < start:
         raise Invalid(f"end {end} is before start {start}")
     end = min(end, start + MAX_ENTRIES_PER_PAGE, services.log.size())
-    return _b64(services.log.entries(start, end)) if end > start else []
+    return _b64_all(services.log.entries(start, end)) if end > start else []
 
 
 @router.get(
@@ -150,7 +148,7 @@ def inclusion(services: Services_, index: Index, size: Index) -> InclusionProof:
     if size > current:
         raise _beyond(size, current)
     return InclusionProof(
-        index=index, tree_size=size, hashes=_b64(services.log.inclusion_proof(index, size))
+        index=index, tree_size=size, hashes=_b64_all(services.log.inclusion_proof(index, size))
     )
 
 
@@ -170,7 +168,7 @@ def consistency(services: Services_, size1: Index, size2: Index) -> ConsistencyP
     if size2 > current:
         raise _beyond(size2, current)
     hashes = services.log.consistency_proof(size1, size2)
-    return ConsistencyProof(size1=size1, size2=size2, hashes=_b64(hashes))
+    return ConsistencyProof(size1=size1, size2=size2, hashes=_b64_all(hashes))
 
 
 @router.get(
