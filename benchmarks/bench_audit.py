@@ -178,7 +178,7 @@ def child(kind: str, target: str, vkey: str, extra: list[str]) -> None:
     import contextlib
     import io
 
-    from exchange.cli import build_parser, main
+    from exchange.cli.main import build_parser, main
 
     build_parser()  # every import the command needs, before the baseline is taken
     import exchange.audit_sources  # noqa: F401

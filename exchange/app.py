@@ -7,24 +7,25 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from exchange.auth import authenticate
+from exchange.bootstrap import Services, open_services
+from exchange.config import Settings
+from exchange.http.deps import ExchangeApp
+from exchange.http.errors import document_outcomes, install_handlers
+from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
+from exchange.http.query import refuse_unknown_query
+from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
+from exchange.http.routes import bulk_export as bulk_export_router
+from exchange.http.routes import bundles, continuity, health, log, metadata, trace
+from exchange.http.routes import disclosures as disclosures_router
+from exchange.http.routes import organization as organization_router
+from exchange.http.routes import quality as quality_router
+from exchange.http.routes import rwd_export as rwd_export_router
+from exchange.http.routes import settlement as settlement_router
+from exchange.http.routes import smart as smart_router
+from exchange.http.routes import verification as verification_router
+from exchange.http.routes.metadata import SOFTWARE_VERSION
+from exchange.identity.cache import authenticate
 from exchange.intake import IntakeLimits
-from exchange.outcome import document_outcomes, install_handlers
-from exchange.public import ForwardedHeaders, Network, PublicBase, parse_public_url
-from exchange.query_params import refuse_unknown_query
-from exchange.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
-from exchange.routers import bulk_export as bulk_export_router
-from exchange.routers import bundles, continuity, health, log, metadata, trace
-from exchange.routers import disclosures as disclosures_router
-from exchange.routers import organization as organization_router
-from exchange.routers import quality as quality_router
-from exchange.routers import rwd_export as rwd_export_router
-from exchange.routers import settlement as settlement_router
-from exchange.routers import smart as smart_router
-from exchange.routers import verification as verification_router
-from exchange.routers.metadata import SOFTWARE_VERSION
-from exchange.services import Services, open_services
-from exchange.settings import Settings
 
 # `medledger serve`'s default address, which clients on the same machine reach it by.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
@@ -47,7 +48,7 @@ def create_app(
     rate_limit: RateLimit | None = None,
     public_url: str = DEFAULT_PUBLIC_URL,
     trusted_proxies: tuple[Network, ...] = (),
-) -> FastAPI:
+) -> ExchangeApp:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
     `intake_workers` > 0 validates submissions in that many processes, started with the app;
@@ -69,20 +70,20 @@ def create_app(
         finally:
             services.close()
 
-    app = FastAPI(
+    public = PublicBase(parse_public_url(public_url), trusted_proxies)
+    app = ExchangeApp(
+        services,
+        public,
         title="medledger",
         version=SOFTWARE_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
         dependencies=[Depends(refuse_unknown_query)],
     )
-    app.state.services = services
-    public = PublicBase(parse_public_url(public_url), trusted_proxies)
-    app.state.public = public
     if rate_limit is not None:
 
         async def identify(token: str) -> str | None:
-            client = await authenticate(services, token)
+            client = await authenticate(services.clients, token)
             return None if client is None else client.client_id
 
         app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit), identify=identify)

@@ -10,11 +10,19 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from exchange import crossborder, institutions
-from exchange.auth import Client, register_client
+from exchange.bootstrap import Services
+from exchange.bundles.submit import Stored, SubmitRequest, submit_blocking
+from exchange.consent import crossborder
+from exchange.identity.clients import Client, register_client
+from exchange.intake.samples import (
+    HOSPITAL_ORG,
+    INSURER_ORG,
+    KIM_MRN,
+    sample_bundles,
+    try_me_bundle,
+)
 from exchange.intake.worker import check
-from exchange.samples import HOSPITAL_ORG, INSURER_ORG, KIM_MRN, sample_bundles, try_me_bundle
-from exchange.services import Services, Stored, SubmitRequest, submit_blocking
+from exchange.registry import institutions
 
 
 @dataclass(frozen=True)
@@ -41,11 +49,12 @@ def seed(services: Services, files: Path) -> Demo:
     kinds = ["record", "record", "consent", "consent", "rwd", "rwd", "settlement", "settlement"]
     for n, (kind, body) in enumerate(zip(kinds, sample_bundles(), strict=True)):
         checked = check(body, "application/fhir+json", services.limits)
-        stored.append(submit_blocking(services, SubmitRequest(hospital, body, checked)))
+        stored.append(
+            submit_blocking(services.log, services.vault, SubmitRequest(hospital, body, checked))
+        )
         (files / f"{kind}-{n % 2 + 1}.json").write_bytes(body)
     (files / "try-me.json").write_bytes(try_me_bundle())
     # The insurer is a domestic recipient: settlement pull needs its country on record.
-    crossborder.create_schema(engine)
     crossborder.set_recipient(engine, crossborder.Recipient(INSURER_ORG, "CN", None))
     return Demo(clients, stored, files)
 
@@ -72,15 +81,14 @@ def instructions(demo: Demo, base_url: str, vkey: str) -> str:
         "",
         "Try:",
         f"  curl -s {base_url}/fhir/metadata",
-        f"  curl -s -i -X POST {base_url}/fhir/Bundle -H \"Authorization: Bearer "
+        f'  curl -s -i -X POST {base_url}/fhir/Bundle -H "Authorization: Bearer '
         f"$HOSPITAL_TOKEN\" -H 'Content-Type: application/fhir+json' --data-binary "
         f"@{q(str(files / 'try-me.json'))}",
         "  # the same seeded Bundle again is a retry: 200 with the original Location",
-        f"  curl -s -i -X POST {base_url}/fhir/Bundle -H \"Authorization: Bearer "
+        f'  curl -s -i -X POST {base_url}/fhir/Bundle -H "Authorization: Bearer '
         f"$HOSPITAL_TOKEN\" -H 'Content-Type: application/fhir+json' --data-binary "
         f"@{q(str(files / 'settlement-1.json'))}",
-        f"  curl -s {base_url}/fhir/Bundle/{first.id} -H \"Authorization: Bearer "
-        "$HOSPITAL_TOKEN\"",
+        f'  curl -s {base_url}/fhir/Bundle/{first.id} -H "Authorization: Bearer $HOSPITAL_TOKEN"',
         f"  curl -s {base_url}/v1/log/checkpoint",
         f"  curl -s {base_url}/v1/log/key > log.vkey",
         f"  curl -s {base_url}/v1/log/entries/{first.index}/receipt > entry.tlog-proof",

@@ -1,6 +1,6 @@
 """Prints the service's OpenAPI document as YAML: `python -m exchange.openapi_dump > openapi.yaml`.
 
-openapi.yaml at the repository root is the HTTP contract; tests/test_openapi_contract.py fails
+openapi.yaml at the repository root is the HTTP contract; tests/http/test_openapi_contract.py fails
 when it differs from what the app generates.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from exchange.app import create_app
-from exchange.settings import Settings
+from exchange.config import Settings
 
 
 def openapi_document() -> dict[str, Any]:
@@ -24,7 +24,7 @@ def openapi_document() -> dict[str, Any]:
         try:
             return app.openapi()
         finally:
-            app.state.services.close()
+            app.services.close()
 
 
 class _Dumper(yaml.SafeDumper):

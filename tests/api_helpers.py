@@ -16,15 +16,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, inspect, select, text
 
 from exchange.app import create_app
-from exchange.auth import register_client
-from exchange.db import bundles_table
-from exchange.services import Services
-from exchange.settings import Settings
+from exchange.bootstrap import Services
+from exchange.config import Settings
+from exchange.identity.clients import register_client
+from exchange.store.tables import bundles_table
 from ledger.entry import Entry, parse_entry
 from ledger.note import Verifier
 from ledger.verify import verify_receipt, verify_submission
+from tests.paths import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 FHIR_JSON = "application/fhir+json"
 HOSPITAL_ORG = "hospital-a"
 # The database open_api uses when not given one (set per test by conftest.api_backend).
@@ -82,7 +82,7 @@ def open_api(data: Path, db_url: str | None = None, **app_options: Any) -> Itera
     app_options.setdefault("public_url", "http://testserver")
     app = create_app(Settings(data_dir=data, db_url=db_url), **app_options)
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield Api(client, app.state.services)
+        yield Api(client, app.services)
 
 
 def wrap(raws: list[bytes], identifier: str | None = None) -> bytes:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+from tests.paths import VECTORS
+
 PG_ENV = "MEDLEDGER_TEST_PG"
 
 

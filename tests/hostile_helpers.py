@@ -10,7 +10,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 from hypothesis import strategies as st
 
-from exchange.cli import main
+from exchange.cli.main import main
 
 
 def run_captured(args: list[str]) -> tuple[int, str]:

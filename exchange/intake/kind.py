@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.rwd_identity import check_rwd_bundle
-from exchange.identifiers import normalise
+from exchange.intake.identifiers import normalise
 
 from .genomic import check_genomic_approval
 from .outcome import IntakeError, Issue

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from exchange.errors import MedledgerError
 
 SEVERITIES = frozenset({"fatal", "error", "warning", "information"})
 
@@ -57,8 +60,9 @@ class Issue:
         return out
 
 
-class IntakeError(Exception):
-    """A refused submission.
+class IntakeError(MedledgerError):
+    """A refused submission (a MedledgerError whose status intake decides, one issue per
+    problem found).
 
     ``status`` is the HTTP status to answer with: 400 (not acceptable JSON), 413 (too large),
     415 (media type), 422 (well-formed JSON that is not an acceptable FHIR Bundle).
@@ -75,7 +79,9 @@ class IntakeError(Exception):
         first = self.issues[0]
         where = f" (at {first.expression})" if first.expression else ""
         more = f" [+{len(self.issues) - 1} more]" if len(self.issues) > 1 else ""
-        super().__init__(f"{status}: {first.diagnostics}{where}{more}")
+        super().__init__(
+            f"{status}: {first.diagnostics}{where}{more}", first.expression, code=first.code
+        )
 
     @classmethod
     def one(
@@ -90,3 +96,59 @@ class IntakeError(Exception):
             "resourceType": "OperationOutcome",
             "issue": [issue.as_fhir() for issue in self.issues],
         }
+
+
+class Issues:
+    """Issues in order of discovery, without repeats, capped at ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.items: list[Issue] = []
+        self._seen: set[tuple[str | None, str]] = set()
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.limit
+
+    def add(self, code: str, diagnostics: str, expression: str | None) -> None:
+        key = (expression, code)
+        if key in self._seen or self.full:
+            return
+        self._seen.add(key)
+        self.items.append(Issue("error", code, diagnostics, expression))
+
+    def extend(self, issues: Iterable[Issue]) -> None:
+        for issue in issues:
+            self.add(issue.code, issue.diagnostics, issue.expression)
+
+    def outcome(self) -> list[Issue]:
+        """The issues, and a warning when the cap stopped the search for more."""
+        if not self.full:
+            return list(self.items)
+        note = Issue(
+            "warning",
+            "too-costly",
+            f"validation stopped after {self.limit} issues; there may be more: fix these and "
+            "resubmit",
+            None,
+        )
+        return [*self.items, note]
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "JSON object"
+    if isinstance(value, list):
+        return "JSON array"
+    if isinstance(value, str):
+        return "JSON string"
+    if isinstance(value, bool):
+        return "JSON boolean"
+    if value is None:
+        return "JSON null"
+    return "JSON number"
+
+
+def show(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, Decimal) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,13 +11,13 @@ Three layers, each reporting FHIRPath expressions rooted at ``Bundle``:
    where the models report one kind per round), and the codes of every required binding the
    models list (``enum_values``), completed where the models truncate the value set with
    ``"+"``. Its work stack is explicit, so no input depth reaches Python's recursion limit.
-2. The R4B models themselves (``Model.parse_obj``), for each entry's resource and for the
-   Bundle without its resources, unless the shape walk found a value of the wrong JSON type
-   or an unknown resource type (the models would coerce it or fail on it): they add the
-   lexical checks (dates, ids, uris, the primitives' regexes).
+2. The R4B models themselves (``Model.parse_obj``, exchange.intake.models), for each entry's
+   resource and for the Bundle without its resources, unless the shape walk found a value of
+   the wrong JSON type or an unknown resource type (the models would coerce it or fail on
+   it): they add the lexical checks (dates, ids, uris, the primitives' regexes).
 3. The Bundle invariants of FHIR R4 (bdl-1..bdl-5, bdl-7..bdl-12), the transaction rule that
-   no resource is touched twice, and intake policy: which Bundle types a client may submit and
-   how many entries a Bundle may hold.
+   no resource is touched twice (exchange.intake.invariants), and intake policy: which Bundle
+   types a client may submit and how many entries a Bundle may hold.
 
 Expressions use the JSON element names below the choice level: ``valueQuantity`` where
 FHIRPath proper would say ``value.ofType(Quantity)``; ``_birthDate`` reads ``birthDate``.
@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import fhirtypes, get_fhir_model_class
-from pydantic.v1 import ValidationError
 
-from .outcome import IntakeError, Issue
+from .invariants import check_invariants
+from .models import model_issues
+from .outcome import IntakeError, Issue, Issues, json_type, show
 from .strict_json import DEFAULT_LIMITS, IntakeLimits
 
 BUNDLE_TYPES = frozenset(
@@ -56,8 +56,6 @@ BUNDLE_TYPES = frozenset(
 # What a client may submit; the other types are produced by servers (responses, searches,
 # histories) and carry no clinical submission of their own.
 SUBMITTABLE_BUNDLE_TYPES = frozenset({"document", "message", "transaction", "batch", "collection"})
-# Methods whose request carries the resource in the entry (FHIR http.html#transaction).
-_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 # Required value sets the R4B models truncate with "+": the complete FHIR R4 (4.0.1) codes.
 _OBSERVATION_STATUS = (
@@ -166,9 +164,10 @@ def _type_spec(model_name: str, field: Any) -> _Spec:
         return _Spec("integer", cls.fhir_type_name() or "integer", is_list)
     if issubclass(cls, fhirtypes.Decimal):
         return _Spec("decimal", "decimal", is_list)
-    if issubclass(cls, fhirtypes.Primitive) or cls is str:
-        name = cls.fhir_type_name() if issubclass(cls, fhirtypes.Primitive) else "string"
-        return _Spec("string", name or "string", is_list, codes)
+    if cls is str:
+        return _Spec("string", "string", is_list, codes)
+    if issubclass(cls, fhirtypes.Primitive):
+        return _Spec("string", cls.fhir_type_name() or "string", is_list, codes)
     if issubclass(cls, fhirtypes.ResourceType):
         return _Spec("resource", "Resource", is_list)
     if issubclass(cls, (fhirtypes.AbstractType, fhirtypes.AbstractBaseType)):
@@ -208,7 +207,7 @@ def choice_groups(model_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
 
 # The concrete resource types of FHIR R4B, as the fhir.resources models define them. Written
 # out, because deriving them imports every one of the ~680 models (seconds of a fresh worker's
-# start-up); tests/test_intake_validate.py checks the list against the models.
+# start-up); tests/intake/test_intake_validate.py checks the list against the models.
 RESOURCE_TYPES = frozenset(
     """
     Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
@@ -244,43 +243,6 @@ def is_resource_type(name: Any) -> bool:
     return isinstance(name, str) and name in RESOURCE_TYPES
 
 
-class _Issues:
-    """Issues in order of discovery, without repeats, capped at ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.items: list[Issue] = []
-        self._seen: set[tuple[str | None, str]] = set()
-
-    @property
-    def full(self) -> bool:
-        return len(self.items) >= self.limit
-
-    def add(self, code: str, diagnostics: str, expression: str | None) -> None:
-        key = (expression, code)
-        if key in self._seen or self.full:
-            return
-        self._seen.add(key)
-        self.items.append(Issue("error", code, diagnostics, expression))
-
-    def extend(self, issues: Iterable[Issue]) -> None:
-        for issue in issues:
-            self.add(issue.code, issue.diagnostics, issue.expression)
-
-    def outcome(self) -> list[Issue]:
-        """The issues, and a warning when the cap stopped the search for more."""
-        if not self.full:
-            return list(self.items)
-        note = Issue(
-            "warning",
-            "too-costly",
-            f"validation stopped after {self.limit} issues; there may be more: fix these and "
-            "resubmit",
-            None,
-        )
-        return [*self.items, note]
-
-
 def validate_bundle(doc: Any, limits: IntakeLimits = DEFAULT_LIMITS) -> None:
     """Accept ``doc`` as a submittable FHIR R4 Bundle or raise :class:`IntakeError`.
 
@@ -295,11 +257,12 @@ def validate_bundle(doc: Any, limits: IntakeLimits = DEFAULT_LIMITS) -> None:
     _check_resource_type(doc)
     _check_entry_count(doc, limits)
 
-    issues = _Issues(limits.max_issues)
+    issues = Issues(limits.max_issues)
     bundle_type = _check_bundle_type(doc, issues)
-    entries = doc.get("entry") if isinstance(doc.get("entry"), list) else []
+    listed = doc.get("entry")
+    entries: list[Any] = listed if isinstance(listed, list) else []
     _check_bundle_level(doc, entries, limits, issues)
-    _check_invariants(doc, bundle_type, entries, issues)
+    check_invariants(doc, bundle_type, entries, issues)
     for index, entry in enumerate(entries):
         if issues.full:
             break
@@ -368,7 +331,7 @@ def _check_resource_type(doc: dict[str, Any]) -> None:
     raise IntakeError.one(
         422,
         "invalid",
-        f"resourceType {_show(kind)} is not a FHIR resource type: submit a FHIR Bundle",
+        f"resourceType {show(kind)} is not a FHIR resource type: submit a FHIR Bundle",
         "Bundle.resourceType",
     )
 
@@ -386,7 +349,7 @@ def _check_entry_count(doc: dict[str, Any], limits: IntakeLimits) -> None:
         )
 
 
-def _check_bundle_type(doc: dict[str, Any], issues: _Issues) -> str | None:
+def _check_bundle_type(doc: dict[str, Any], issues: Issues) -> str | None:
     """Bundle.type: required (1..1), from the R4 bundle-type codes, and submittable."""
     bundle_type = doc.get("type")
     if bundle_type is None:
@@ -413,7 +376,7 @@ def _check_bundle_type(doc: dict[str, Any], issues: _Issues) -> str | None:
 
 
 def _check_bundle_level(
-    doc: dict[str, Any], entries: list[Any], limits: IntakeLimits, issues: _Issues
+    doc: dict[str, Any], entries: list[Any], limits: IntakeLimits, issues: Issues
 ) -> None:
     """The Bundle's own elements (entries without their resources): shape, then R4B model.
 
@@ -433,7 +396,7 @@ def _check_bundle_level(
     _shape_then_model(doc, "Bundle", limits, issues, skip=skip, model_input=stripped)
 
 
-def _check_entry_resource(resource: Any, index: int, limits: IntakeLimits, issues: _Issues) -> None:
+def _check_entry_resource(resource: Any, index: int, limits: IntakeLimits, issues: Issues) -> None:
     _shape_then_model(resource, f"Bundle.entry[{index}].resource", limits, issues)
 
 
@@ -441,7 +404,7 @@ def _shape_then_model(
     resource: Any,
     path: str,
     limits: IntakeLimits,
-    issues: _Issues,
+    issues: Issues,
     skip: frozenset[int] = frozenset(),
     model_input: dict[str, Any] | None = None,
 ) -> None:
@@ -508,7 +471,7 @@ def _check_node(
             Issue(
                 "error",
                 "structure",
-                f"{path}: a {_json_type(node)} where a {spec.fhir_type} (JSON object) belongs",
+                f"{path}: a {json_type(node)} where a {spec.fhir_type} (JSON object) belongs",
                 path,
             )
         )
@@ -614,7 +577,7 @@ def _resource_model_name(node: dict[str, Any], path: str, out: list[Issue]) -> s
             Issue(
                 "error",
                 "not-supported",
-                f"{path}.resourceType {_show(kind)} is not a FHIR R4 resource type known to "
+                f"{path}.resourceType {show(kind)} is not a FHIR R4 resource type known to "
                 "this service (fhir.resources R4B models)",
                 f"{path}.resourceType",
             )
@@ -655,7 +618,7 @@ def _check_property(
             Issue(
                 "error",
                 "structure",
-                f"{path}: a {_json_type(value)} where an array of {field.fhir_type} belongs: "
+                f"{path}: a {json_type(value)} where an array of {field.fhir_type} belongs: "
                 "wrap the value in [ ]",
                 path,
             )
@@ -738,13 +701,13 @@ def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[s
     kind = spec.kind
     if kind == "boolean":
         if not isinstance(value, bool):
-            return "structure", f"a {_json_type(value)} where a boolean (true/false) belongs"
+            return "structure", f"a {json_type(value)} where a boolean (true/false) belongs"
         return None
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             return (
                 "structure",
-                f"a {_json_type(value)} ({_show(value)}) where a JSON integer "
+                f"a {json_type(value)} ({show(value)}) where a JSON integer "
                 f"({spec.fhir_type}) belongs",
             )
         low, high = _INTEGER_RANGES[spec.fhir_type]
@@ -753,13 +716,12 @@ def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[s
         return None
     if kind == "decimal":
         if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-            return "structure", f"a {_json_type(value)} where a JSON number (decimal) belongs"
+            return "structure", f"a {json_type(value)} where a JSON number (decimal) belongs"
         return None
     if not isinstance(value, str):
         return (
             "structure",
-            f"a {_json_type(value)} ({_show(value)}) where a JSON string ({spec.fhir_type}) "
-            "belongs",
+            f"a {json_type(value)} ({show(value)}) where a JSON string ({spec.fhir_type}) belongs",
         )
     if not value:
         return "value", "an empty string; FHIR primitives must not be empty: leave it out"
@@ -772,7 +734,7 @@ def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[s
     if spec.codes is not None and value not in spec.codes:
         return (
             "code-invalid",
-            f"{_show(value)} is not a code of the required value set: use one of "
+            f"{show(value)} is not a code of the required value set: use one of "
             + ", ".join(sorted(spec.codes)),
         )
     return None
@@ -805,291 +767,3 @@ def _empty_array_issue(path: str) -> Issue:
         f"{path}: an empty array; FHIR JSON never has empty arrays: leave the element out",
         path,
     )
-
-
-def model_issues(model_name: str, data: dict[str, Any], path: str) -> list[Issue]:
-    """Validate ``data`` with the R4B model; translate its errors to FHIRPath issues."""
-    try:
-        get_fhir_model_class(model_name).parse_obj(data)
-    except ValidationError as exc:
-        return [_translate(error, path) for error in exc.errors() if not _walk_covers(error)]
-    except Exception as exc:  # noqa: BLE001 - the models raise LookupError, TypeError, ...
-        return [
-            Issue(
-                "error",
-                "invalid",
-                f"{path}: the {model_name} could not be validated ({type(exc).__name__}: "
-                f"{str(exc)[:200]})",
-                path,
-            )
-        ]
-    return []
-
-
-def _walk_covers(error: dict[str, Any]) -> bool:
-    """Model errors the shape walk reports itself: missing elements and value[x] counts."""
-    return error.get("type") == "value_error.missing" or "Any of one field value" in str(
-        error.get("msg", "")
-    )
-
-
-def loc_to_fhirpath(path: str, loc: tuple[Any, ...]) -> str:
-    """A pydantic error location as FHIRPath below ``path``.
-
-    ``("identifier", 0, "system")`` -> ``path.identifier[0].system``; pydantic's ``__root__``
-    steps vanish and ``_name``/``name__ext`` (a primitive's extensions) read ``name``.
-    """
-    out = path
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        name = str(part)
-        if name == "__root__":
-            continue
-        if name.startswith("_"):
-            name = name[1:]
-        if name.endswith("__ext"):
-            name = name[: -len("__ext")]
-        out += f".{name}"
-    return out
-
-
-def _translate(error: dict[str, Any], path: str) -> Issue:
-    expression = loc_to_fhirpath(path, tuple(error.get("loc", ())))
-    kind = str(error.get("type", ""))
-    message = str(error.get("msg", "invalid"))
-    if kind == "value_error.missing":
-        return Issue(
-            "error", "required", f"{expression} is required but missing: add it", expression
-        )
-    if kind == "value_error.extra":
-        return Issue("error", "structure", f"{expression} is not an element of FHIR R4", expression)
-    if kind.startswith("type_error"):
-        code = "structure"
-    elif kind.startswith("value_error"):
-        code = "value"
-    else:
-        code = "invalid"
-    return Issue("error", code, f"{expression}: {message}", expression)
-
-
-# --- Bundle invariants --------------------------------------------------------------------
-
-
-def _check_invariants(
-    doc: dict[str, Any], bundle_type: str | None, entries: list[Any], issues: _Issues
-) -> None:
-    """FHIR R4 Bundle invariants bdl-1..bdl-5 and bdl-7..bdl-12 (bdl-6 is gone from R4)."""
-    if bundle_type is None:
-        return
-    _bdl_1(doc, bundle_type, issues)
-    _bdl_9_10(doc, bundle_type, issues)
-    _bdl_11_12(bundle_type, entries, issues)
-    _bdl_7(bundle_type, entries, issues)
-    if bundle_type == "transaction":
-        _transaction_identities(entries, issues)
-    for index, entry in enumerate(entries):
-        if isinstance(entry, dict):
-            _entry_invariants(entry, index, bundle_type, issues)
-
-
-def _bdl_1(doc: dict[str, Any], bundle_type: str, issues: _Issues) -> None:
-    """bdl-1: total only when a search or history."""
-    if "total" in doc and bundle_type not in ("searchset", "history"):
-        issues.add(
-            "invalid",
-            "Bundle.total is only for searchset and history Bundles (bdl-1): remove it",
-            "Bundle.total",
-        )
-
-
-def _bdl_9_10(doc: dict[str, Any], bundle_type: str, issues: _Issues) -> None:
-    """bdl-9: a document has identifier.system and .value; bdl-10: it has a timestamp."""
-    if bundle_type != "document":
-        return
-    identifier = doc.get("identifier")
-    if not isinstance(identifier, dict) or not (
-        identifier.get("system") and identifier.get("value")
-    ):
-        issues.add(
-            "required",
-            "a document Bundle must have an identifier with a system and a value (bdl-9): "
-            "add Bundle.identifier",
-            "Bundle.identifier",
-        )
-    if not doc.get("timestamp"):
-        issues.add(
-            "required",
-            "a document Bundle must have a timestamp (bdl-10): add Bundle.timestamp",
-            "Bundle.timestamp",
-        )
-
-
-def _first_resource_type(entries: list[Any]) -> Any:
-    first = entries[0] if entries else None
-    resource = first.get("resource") if isinstance(first, dict) else None
-    return resource.get("resourceType") if isinstance(resource, dict) else None
-
-
-def _bdl_11_12(bundle_type: str, entries: list[Any], issues: _Issues) -> None:
-    """bdl-11: a document starts with a Composition; bdl-12: a message with a MessageHeader."""
-    wanted = {"document": ("Composition", "bdl-11"), "message": ("MessageHeader", "bdl-12")}
-    if bundle_type not in wanted:
-        return
-    resource_type, invariant = wanted[bundle_type]
-    found = _first_resource_type(entries)
-    if found != resource_type:
-        where = "Bundle.entry[0].resource" if entries else "Bundle.entry"
-        got = f"starts with {_show(found)}" if entries else "has no entries"
-        issues.add(
-            "invalid",
-            f"a {bundle_type} Bundle must have a {resource_type} as its first resource "
-            f"({invariant}); this one {got}",
-            where,
-        )
-
-
-def _bdl_7(bundle_type: str, entries: list[Any], issues: _Issues) -> None:
-    """bdl-7: fullUrl unique, unless the entries differ in meta.versionId (history exempt)."""
-    if bundle_type == "history":
-        return
-    seen: dict[tuple[str, Any], int] = {}
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl"), str):
-            continue
-        key = (entry["fullUrl"], _version_id(entry.get("resource")))
-        if key in seen:
-            issues.add(
-                "duplicate",
-                f"Bundle.entry[{index}].fullUrl {entry['fullUrl']!r} repeats the fullUrl of "
-                f"Bundle.entry[{seen[key]}] (bdl-7: fullUrl must be unique unless "
-                "meta.versionId differs): give each entry its own fullUrl",
-                f"Bundle.entry[{index}].fullUrl",
-            )
-        else:
-            seen[key] = index
-
-
-def _transaction_identities(entries: list[Any], issues: _Issues) -> None:
-    """A transaction must not touch one resource twice (FHIR R4 http.html#trules).
-
-    Only literal targets (``Type/id`` of PUT, PATCH and DELETE) are compared: conditional
-    targets resolve on the server that processes the transaction.
-    """
-    seen: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        request = entry.get("request") if isinstance(entry, dict) else None
-        if not isinstance(request, dict) or request.get("method") not in ("PUT", "PATCH", "DELETE"):
-            continue
-        url = request.get("url")
-        if not isinstance(url, str) or "?" in url:
-            continue
-        target = url.strip("/")
-        if target in seen:
-            issues.add(
-                "business-rule",
-                f"Bundle.entry[{index}].request.url {url!r} targets the resource that "
-                f"Bundle.entry[{seen[target]}] already changes; a transaction must not touch "
-                "one resource twice: merge the two entries",
-                f"Bundle.entry[{index}].request.url",
-            )
-        else:
-            seen[target] = index
-
-
-def _version_id(resource: Any) -> Any:
-    meta = resource.get("meta") if isinstance(resource, dict) else None
-    version = meta.get("versionId") if isinstance(meta, dict) else None
-    return version if isinstance(version, str) else None
-
-
-def _entry_invariants(entry: dict[str, Any], index: int, bundle_type: str, issues: _Issues) -> None:
-    """bdl-2, bdl-3, bdl-4, bdl-5, bdl-8, and a resource for POST/PUT/PATCH requests."""
-    path = f"Bundle.entry[{index}]"
-    full_url = entry.get("fullUrl")
-    if isinstance(full_url, str) and "/_history/" in full_url:
-        issues.add(
-            "invalid",
-            f"{path}.fullUrl {full_url!r} is version specific (bdl-8): drop the /_history/ part",
-            f"{path}.fullUrl",
-        )
-    if "search" in entry and bundle_type != "searchset":
-        issues.add(
-            "invalid",
-            f"{path}.search is only for searchset Bundles (bdl-2): remove it",
-            f"{path}.search",
-        )
-    wants_request = bundle_type in ("batch", "transaction", "history")
-    if wants_request and "request" not in entry:
-        issues.add(
-            "required",
-            f"{path}.request is required in a {bundle_type} Bundle (bdl-3): add request with "
-            "method and url",
-            f"{path}.request",
-        )
-    elif not wants_request and "request" in entry:
-        issues.add(
-            "invalid",
-            f"{path}.request is only for batch, transaction and history Bundles (bdl-3): remove it",
-            f"{path}.request",
-        )
-    wants_response = bundle_type in ("batch-response", "transaction-response", "history")
-    if wants_response and "response" not in entry:
-        issues.add(
-            "required",
-            f"{path}.response is required in a {bundle_type} Bundle (bdl-4)",
-            f"{path}.response",
-        )
-    elif not wants_response and "response" in entry:
-        issues.add(
-            "invalid",
-            f"{path}.response is only for batch-response, transaction-response and history "
-            "Bundles (bdl-4): remove it",
-            f"{path}.response",
-        )
-    _entry_resource_presence(entry, path, bundle_type, issues)
-
-
-def _entry_resource_presence(
-    entry: dict[str, Any], path: str, bundle_type: str, issues: _Issues
-) -> None:
-    if "resource" in entry:
-        return
-    request = entry.get("request")
-    method = request.get("method") if isinstance(request, dict) else None
-    if bundle_type in ("batch", "transaction"):
-        if method in _METHODS_WITH_BODY:
-            issues.add(
-                "required",
-                f"{path}.resource is required: a {method} request carries the resource",
-                f"{path}.resource",
-            )
-        return
-    if "request" in entry or "response" in entry:
-        return
-    issues.add(
-        "required",
-        f"{path}.resource is required: an entry must hold a resource unless it has a "
-        "request or response (bdl-5)",
-        f"{path}.resource",
-    )
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, dict):
-        return "JSON object"
-    if isinstance(value, list):
-        return "JSON array"
-    if isinstance(value, str):
-        return "JSON string"
-    if isinstance(value, bool):
-        return "JSON boolean"
-    if value is None:
-        return "JSON null"
-    return "JSON number"
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value) if not isinstance(value, Decimal) else str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

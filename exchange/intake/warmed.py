@@ -9,9 +9,9 @@ intake itself imports it once before it is ready (exchange.intake.worker.warm).
 
 from __future__ import annotations
 
+from exchange.intake.samples import sample_bundles
 from exchange.intake.strict_json import IntakeLimits
 from exchange.intake.worker import check
-from exchange.samples import sample_bundles
 
 
 def _warm() -> None:

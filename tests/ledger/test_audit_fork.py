@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from exchange.audit_sources import DbSource, HttpSource
-from exchange.cli import main
+from exchange.audit.sources import DbSource, HttpSource
+from exchange.cli.main import main
 from ledger import merkle
 from ledger.audit import Evidence, audit, verify_evidence
 from ledger.checkpoint import format_checkpoint

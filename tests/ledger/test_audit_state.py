@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.cli import main
+from exchange.cli.main import main
 from ledger.audit import audit
 from ledger.audit import state as audit_state
 from ledger.audit.state import AuditState, StateError, load_state, save_state

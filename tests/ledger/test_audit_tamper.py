@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from exchange.audit_sources import DbSource
-from exchange.cli import main
+from exchange.audit.sources import DbSource
+from exchange.cli.main import main
 from ledger.audit import AuditResult, audit
 from ledger.audit.stream import _match_entry
 from ledger.entry import EntryError, parse_entry

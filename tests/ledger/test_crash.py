@@ -20,10 +20,10 @@ from ledger.keys import load_or_create_signer, load_signer
 from ledger.log import Log
 from ledger.store import make_engine
 from ledger.verify import verify_checkpoint, verify_consistency, verify_receipt
+from tests.paths import ROOT
 
 from ..audit_helpers import MemorySource
 
-ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = "crash.example/log"
 KILLS = 24
 

@@ -13,7 +13,9 @@ import ast
 import sys
 from pathlib import Path
 
-LEDGER = Path(__file__).resolve().parents[2] / "ledger"
+from tests.paths import ROOT
+
+LEDGER = ROOT / "ledger"
 VERIFIER_PATH = {
     "ledger",
     "ledger.audit",

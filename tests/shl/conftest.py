@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
+
 ARTIFACTS = Path(os.environ.get("MEDLEDGER_ARTIFACTS") or ROOT / "tests" / "artifacts")
 ARTIFACTS /= "shl-viewer"
 CHROMIUM_ARGS = [

@@ -34,11 +34,12 @@ from ledger.log import Log, Submission
 from ledger.note import Signer
 from ledger.store import make_engine
 from ledger.verify import verify_receipt, verify_submission
+from tests.paths import FIXTURES as TEST_FIXTURES
 
 ORIGIN = "shl.test.example/log"
 SENDER = "boao-lecheng-hospital"
 SALT_EXTENSION = "urn:medledger:extension:salt"
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "continuity"
+FIXTURES = TEST_FIXTURES / "continuity"
 IPS_NOW = datetime(2026, 11, 28, 10, 0, tzinfo=timezone(timedelta(hours=8)))
 PATIENT_NAME = "MINJUN KIM / 김민준"
 

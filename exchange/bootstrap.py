@@ -1,0 +1,175 @@
+"""The composition root: one log instance's store, log, vault, indexes and caches, built once.
+
+:func:`open_store` is the one way a process opens a store: the engine, the schema brought to
+the current version (exchange.store.migrate, with the vault for the revisions that rewrite
+stored values), and the vault. :func:`open_log` opens the log on it with its keyring;
+:func:`open_services` builds everything a server stands on into one plain
+:class:`Services`, which the HTTP layer hands out piece by piece (exchange.http.deps) and
+the CLI commands use. Nothing else builds any of these: domain code is given the pieces it
+needs (an engine, a vault, a log) as arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, select
+
+from exchange import vault
+from exchange.bundles.admission import Admission
+from exchange.config import Settings
+from exchange.consent.crossborder import TransferLedger
+from exchange.identity.cache import ClientCache
+from exchange.indexes.derived import Indexes
+from exchange.intake import IntakeLimits
+from exchange.intake.runner import IntakeRunner
+from exchange.keys.keyring import Keyring, KeyringError, open_keyring
+from exchange.privacy.upgrade import upgrade_vault
+from exchange.registry.admission import SenderCache
+from exchange.settlement import bulk_export
+from exchange.store import migrate
+from exchange.store.secrets import PSEUDONYM_KEY, secret, secret_in
+from exchange.store.tables import keys_table
+from ledger import store
+from ledger.log import Log
+
+log = logging.getLogger("medledger.exchange")
+
+
+@dataclass
+class Services:
+    """What one log instance's server stands on."""
+
+    settings: Settings
+    log: Log
+    intake: IntakeRunner
+    clients: ClientCache
+    pseudonym_key: bytes  # keys lookup tags (exchange.vault.lookup_tag), never an entry's subject
+    admission: Admission
+    vault: vault.Vault
+    senders: SenderCache
+    indexes: Indexes
+    gate: TransferLedger  # the cross-border transfer gate
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def engine(self) -> Engine:
+        return self.log.engine
+
+    @property
+    def limits(self) -> IntakeLimits:
+        return self.intake.limits
+
+    def close(self) -> None:
+        self.intake.close()
+        self.clients.epoch.close()
+        self.log.close()
+        self.engine.dispose()
+
+
+def _vault_is_empty(conn: Connection) -> bool:
+    return conn.execute(select(keys_table.c.key_id).limit(1)).first() is None
+
+
+def master_key(settings: Settings, *, vault_is_empty: bool) -> vault.MasterKey:
+    """MEDLEDGER_VAULT_KEY (settings.vault_key), else `vault.key` beside the signing key,
+    created on first use (mode 0600). With an explicit --key-file it is created only while
+    the vault holds no key yet, so a forgotten key file is never silently replaced. Losing it
+    loses every stored Bundle: back it up apart from the database (docs/privacy.md)."""
+    create = settings.key_file is None or vault_is_empty
+    return vault.load_master_key(settings.vault_key_path, create=create, given=settings.vault_key)
+
+
+def _data_upgrades(settings: Settings, engine: Engine) -> migrate.DataUpgrades:
+    """The revisions' work that needs the vault, opened on the migration's own connection."""
+    opened: list[vault.Vault] = []
+
+    def vault_in(conn: Connection) -> vault.Vault:
+        if not opened:
+            master = master_key(settings, vault_is_empty=_vault_is_empty(conn))
+            opened.append(vault.Vault(engine, master, secret_in(conn, PSEUDONYM_KEY)))
+        return opened[0]
+
+    return migrate.DataUpgrades(
+        vault=lambda conn: upgrade_vault(vault_in(conn), conn),
+        export_digests=lambda conn: bulk_export.upgrade_schema(conn, vault_in(conn)),
+    )
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The store's engine, its schema upgraded to the current version (the vault is opened
+    only if a revision rewrites stored values)."""
+    engine = settings.open_engine()
+    done = migrate.upgrade(engine, _data_upgrades(settings, engine))
+    if done:
+        log.info("store upgraded: %s", "; ".join(done))
+    return engine
+
+
+def open_store(settings: Settings) -> tuple[Engine, vault.Vault]:
+    """The store's engine, its schema upgraded to the current version, and its vault."""
+    engine = open_engine(settings)
+    with engine.connect() as conn:
+        empty = _vault_is_empty(conn)
+    master = master_key(settings, vault_is_empty=empty)
+    return engine, vault.Vault(engine, master, secret(engine, PSEUDONYM_KEY))
+
+
+def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
+    """The log on an open store, with its keyring: every checkpoint is signed by each key
+    active at its size (`log.key` and the keys added since, `keys/<key id>.key` beside it;
+    docs/operations.md). The witness file makes the log refuse to append after the database
+    was rolled back or replaced."""
+    ring = open_keyring(
+        engine, settings.origin, settings.signing_key_path, create=settings.key_file is None
+    )
+    with engine.connect() as conn:
+        head = store.read_head(conn)
+        keys = ring.keyset(conn)
+    active = keys.active_at(0 if head is None else head[1])
+    held = [s for k in active if (s := ring.signer_for(k.verifier.key_id)) is not None]
+    if not held:
+        raise KeyringError(
+            f"none of the log's active keys is held in {ring.first_key} or {ring.keys_dir}"
+        )
+    ledger_log = Log(
+        engine,
+        held[0],
+        origin=settings.origin,
+        checkpoint_file=settings.checkpoint_path,
+        signers_at=ring.signers_at,
+        verifiers=keys.verifiers(),
+    )
+    return ledger_log, ring
+
+
+def open_services(
+    settings: Settings,
+    *,
+    limits: IntakeLimits | None = None,
+    intake_workers: int = 0,
+    intake: IntakeRunner | None = None,
+    max_in_flight: int = 128,
+) -> Services:
+    """The services of one log instance. `intake`, when given, is a runner started before
+    (its workers warm while the store opens); else one of `intake_workers` is made."""
+    engine, opened = open_store(settings)
+    ledger_log, _ = open_log(settings, engine)
+    if intake is None:
+        intake = IntakeRunner(limits or IntakeLimits(), intake_workers)
+    # Export jobs that expired while no server ran are gone before the first request.
+    bulk_export.purge_expired(engine, settings.export_ttl)
+    return Services(
+        settings=settings,
+        log=ledger_log,
+        intake=intake,
+        clients=ClientCache(engine),
+        pseudonym_key=opened.lookup_key,
+        admission=Admission(max_in_flight),
+        vault=opened,
+        senders=SenderCache(engine, strict=settings.institutions_strict),
+        indexes=Indexes(opened),
+        gate=TransferLedger(engine),
+    )

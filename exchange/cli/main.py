@@ -1,0 +1,57 @@
+"""`medledger`: a thin command line over the library. Each command group lives in its own module.
+
+Exit codes everywhere (exchange.cli.exits): 0 ok; 1 usage; 2 network/unavailable; 3 malformed
+input or local state; 4 verification failed; 5 proven log misbehaviour. The environment is
+read once, here (exchange.config.Environment), and gives the options' defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from exchange.cli import (
+    adapt,
+    audit,
+    clients,
+    erase,
+    institutions,
+    keys,
+    recipients,
+    report,
+    serve,
+)
+from exchange.cli.exits import EXIT_USAGE
+from exchange.config import Environment
+
+# The command groups, each a module with register(subparsers, environment) -> None.
+COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="medledger",
+        description="Cross-border medical record exchange and traceability ledger.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    env = Environment.read()
+    for command in COMMANDS:
+        command.register(sub, env)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

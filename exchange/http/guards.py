@@ -1,0 +1,125 @@
+"""Who may call a route: each declares the roles it admits and the SMART scope an access
+token needs (:func:`require_role`), or is declared :func:`public`.
+
+A route without either fails the access matrix test (tests/http/test_access_matrix.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.security import HTTPBearer
+
+from exchange.errors import Forbidden, Unauthenticated
+from exchange.http.deps import services_of
+from exchange.identity import smart
+from exchange.identity.cache import authenticate
+from exchange.identity.clients import ROLES, Client, require_scope
+
+
+def _unauthorized(diagnostics: str, error: str | None = None) -> Unauthenticated:
+    return Unauthenticated(diagnostics, error)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A SMART v2 system scope of one resource type and one permission: `system/Bundle.r`."""
+
+    resource_type: str
+    permission: str  # one letter of smart.PERMISSIONS
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """`Bundle.r` -> Scope("Bundle", "r")."""
+        rtype, _, letter = text.partition(".")
+        if not rtype or len(letter) != 1 or letter not in smart.PERMISSIONS:
+            raise ValueError(f"{text!r} is not <Type>.<one of {smart.PERMISSIONS}>")
+        return cls(rtype, letter)
+
+    def __str__(self) -> str:
+        return smart.needed_scope(self.resource_type, self.permission)
+
+
+@dataclass(frozen=True)
+class EndpointScopes:
+    """Scopes an endpoint checks itself with require_scope, and `when` each applies: used
+    where the scope depends on the request (the types exported, an If-Match), or where a
+    refusal must first be recorded as an access entry."""
+
+    scopes: tuple[Scope, ...]
+    when: str
+
+
+def endpoint_scopes(when: str, *scopes: str) -> EndpointScopes:
+    return EndpointScopes(tuple(Scope.parse(s) for s in scopes), when)
+
+
+class RoleGuard(HTTPBearer):
+    """A dependency admitting clients of the given roles whose access token holds `scope`:
+    401 without a valid bearer credential, 403 for other roles or a missing scope.
+
+    Every guarded route declares both, so no route reads data on a role alone; a route
+    without a guard is declared @public. One dependency, not a chain of them: it runs on
+    every request, and each level of FastAPI dependency costs more than the lookup itself.
+    Being an HTTPBearer, it still declares the bearer scheme in the OpenAPI document.
+    """
+
+    def __init__(self, *roles: str, scope: str | EndpointScopes) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="bearer",
+            description="a credential from `medledger clients add`",
+        )
+        unknown = set(roles) - set(ROLES)
+        if not roles or unknown:
+            raise ValueError(f"a guard needs roles of {ROLES}, not {sorted(unknown)}")
+        self.roles = roles
+        self.scope = scope if isinstance(scope, EndpointScopes) else Scope.parse(scope)
+
+    async def __call__(self, request: Request) -> Client:  # type: ignore[override]
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise _unauthorized(
+                "send Authorization: Bearer <credential from medledger clients add>"
+            )
+        client = await authenticate(services_of(request).clients, token)
+        if client is None:
+            raise _unauthorized("the bearer credential is not valid", "invalid_token")
+        if client.role not in self.roles:
+            raise Forbidden(
+                f"a {client.role} client may not do this; it needs the role "
+                + " or ".join(self.roles),
+            )
+        if isinstance(self.scope, Scope):
+            require_scope(client, self.scope.resource_type, self.scope.permission)
+        return client
+
+
+def require_role(*roles: str, scope: str | EndpointScopes) -> RoleGuard:
+    """The guard of a route: its roles, and the scope an access token needs (`Bundle.r`)."""
+    return RoleGuard(*roles, scope=scope)
+
+
+E = TypeVar("E", bound=Callable[..., Any])
+
+
+def public(endpoint: E) -> E:
+    """Declares a route that needs no credential (it serves nothing about any patient: log
+    reads, discovery, the token endpoint). Every route is either guarded or declared so."""
+    endpoint.access_rule = "public"  # type: ignore[attr-defined]
+    return endpoint
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` value, else None.
+
+    The scheme is case-insensitive and the credential may have blanks around it (RFC 9110
+    §11.1); the rate limiter reads headers with this too, so both agree whose credential a
+    header carries however it is spelt.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

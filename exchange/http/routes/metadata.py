@@ -1,0 +1,136 @@
+"""/fhir/metadata: the CapabilityStatement, listing exactly what this server does and its limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from exchange.bootstrap import Services
+from exchange.http.deps import ServicesDep
+from exchange.http.errors import FHIR_JSON, FhirJSONResponse
+from exchange.http.guards import public
+from exchange.http.routes import bulk_export as bulk_export_router
+from exchange.http.routes import quality as quality_router
+from exchange.http.routes import settlement as settlement_router
+from exchange.intake import IntakeLimits
+
+router = APIRouter(prefix="/fhir", tags=["metadata"])
+
+SOFTWARE_VERSION = "0.1.0"
+LIMITS_EXTENSION = "https://medledger.example/fhir/StructureDefinition/intake-limits"
+
+_SUBMIT_DOC = (
+    "create (POST /fhir/Bundle): a Bundle of type document, message, transaction, batch or "
+    "collection, sent as application/fhir+json (or application/json) in UTF-8 without BOM. It "
+    "is validated (strict JSON, FHIR R4 structure), stored byte for byte and committed to the "
+    "ledger; the answer carries the ledger receipt (c2sp.org/tlog-proof@v1) and the salt. "
+    "Transactions and batches are stored as submitted, not executed. Retries: the same "
+    "Idempotency-Key, or the same Bundle.identifier with the same bytes, return the original "
+    '(200). A new version of a Bundle with the same identifier needs If-Match: W/"<latest '
+    'version>"; otherwise other bytes under a known identifier are refused (409).'
+)
+
+
+def _limits_extension(limits: IntakeLimits) -> dict[str, Any]:
+    values = {
+        "maxBytes": limits.max_bytes,
+        "maxDepth": limits.max_depth,
+        "maxEntries": limits.max_entries,
+        "maxStringChars": limits.max_string_chars,
+    }
+    return {
+        "url": LIMITS_EXTENSION,
+        "extension": [{"url": k, "valueInteger": v} for k, v in values.items()],
+    }
+
+
+def capability_statement(services: Services) -> dict[str, Any]:
+    limits = services.limits
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": services.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "publisher": "medledger",
+        "kind": "instance",
+        "software": {"name": "medledger", "version": SOFTWARE_VERSION},
+        "implementation": {
+            "description": "medledger exchange: FHIR R4 Bundles committed to a signed "
+            f"transparency log ({services.log.origin})"
+        },
+        "fhirVersion": "4.0.1",
+        "format": [FHIR_JSON, "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    f"Limits: a body of at most {limits.max_bytes} bytes, JSON nesting of at "
+                    f"most {limits.max_depth} levels, at most {limits.max_entries} entries per "
+                    f"Bundle, strings of at most {limits.max_string_chars} characters. The "
+                    "ledger's public reads are at /v1/log (checkpoint, key, keys with their "
+                    "lifetimes, entries, proofs, receipts) and need no credential."
+                ),
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/"
+                                    "restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Authorization: Bearer <credential>: either a credential "
+                    "issued per client by `medledger clients add`, which may do all its role "
+                    "may, or a SMART Backend Services access token (client_credentials grant "
+                    "with a private_key_jwt assertion signed ES384, RS384 or EdDSA, at POST "
+                    "/auth/token; discovery at /.well-known/smart-configuration), limited to "
+                    "its granted system/ scopes (Bundle create needs system/Bundle.c, read "
+                    "system/Bundle.r) and valid for at most 300 s. Roles: hospital (submits as "
+                    "its organisation, reads what its organisation submitted), admin (reads "
+                    "all).",
+                },
+                "extension": [_limits_extension(limits)],
+                "resource": [
+                    {
+                        "type": "Bundle",
+                        "documentation": _SUBMIT_DOC,
+                        "interaction": [
+                            {"code": "create", "documentation": "POST /fhir/Bundle"},
+                            {"code": "read", "documentation": "the bytes as submitted"},
+                            {"code": "vread", "documentation": "one version, as submitted"},
+                        ],
+                        "versioning": "versioned",
+                        "readHistory": False,
+                        "updateCreate": False,
+                        "conditionalCreate": False,
+                        "conditionalRead": "not-supported",
+                        "conditionalUpdate": False,
+                        "conditionalDelete": "not-supported",
+                    },
+                    *settlement_router.capability_resources(),
+                    *quality_router.capability_resources(),
+                ],
+                "operation": bulk_export_router.capability_operations(),
+            }
+        ],
+    }
+
+
+@router.get(
+    "/metadata",
+    summary="The CapabilityStatement",
+    response_class=FhirJSONResponse,
+    responses={
+        200: {
+            "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+            "description": "FHIR R4 CapabilityStatement",
+        }
+    },
+)
+@public
+def metadata(services: ServicesDep) -> FhirJSONResponse:
+    return FhirJSONResponse(capability_statement(services))

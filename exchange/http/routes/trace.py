@@ -1,0 +1,66 @@
+"""/v1/trace: the recall answer -- which of my ledger entries used this pack or lot?
+
+A hospital asks with the GTIN of a recalled product and optionally its lot (AI 10) or serial
+(AI 21), exactly as labelled; it gets back its own entries (administrations, dispensings,
+adverse events) that used it, in ledger order, each with the Bundle to read. The answer names
+ledger entries only, no patient data. An admin sees every sender's entries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from adapters.trace_index import recall_query
+from exchange.errors import Invalid
+from exchange.http.deps import IndexesDep, ServicesDep
+from exchange.http.errors import error_responses
+from exchange.http.guards import require_role
+from exchange.identity.clients import Client
+from exchange.indexes import trace
+
+router = APIRouter(prefix="/v1", tags=["trace"])
+
+
+class TraceEntry(BaseModel):
+    index: int = Field(description="the ledger entry's index")
+    bundle: str = Field(description="where the Bundle is read: /fhir/Bundle/{id}")
+
+
+class TraceAnswer(BaseModel):
+    gtin: str = Field(description="the GTIN asked for, in its 14-digit form")
+    lot: str | None
+    serial: str | None
+    entries: list[TraceEntry]
+
+
+@router.get(
+    "/trace",
+    summary="Which ledger entries used this pack or lot (the recall answer)",
+    response_model=TraceAnswer,
+    responses=error_responses(400, 401, 403),
+)
+async def trace_pack(
+    client: Annotated[Client, Depends(require_role("hospital", "admin", scope="Bundle.s"))],
+    services: ServicesDep,
+    indexes: IndexesDep,
+    gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],
+    lot: Annotated[str | None, Query(max_length=20, description="AI 10, as labelled")] = None,
+    serial: Annotated[str | None, Query(max_length=20, description="AI 21, as labelled")] = None,
+) -> TraceAnswer:
+    try:
+        query = recall_query(gtin, lot, serial)
+    except ValueError as e:
+        raise Invalid(str(e), "gtin", code="value") from None
+    await run_in_threadpool(indexes.fresh, trace.TRACE)
+    sender = client.org if client.role == "hospital" else None
+    hits = await run_in_threadpool(trace.recall, services.engine, query, sender)
+    return TraceAnswer(
+        gtin=query.gtin,
+        lot=query.lot,
+        serial=query.serial,
+        entries=[TraceEntry(index=h.index, bundle=f"/fhir/Bundle/{h.bundle_id}") for h in hits],
+    )

@@ -1,0 +1,73 @@
+"""The recall index: which ledger entries used a pack or lot, kept in SQL beside the Bundles.
+
+A derived index (:mod:`exchange.derived`) over the stored RWD Bundles: the packs each one used,
+read by :func:`adapters.rwd_identity.pack_identities`, the same reading the intake checked.
+
+Matching is :func:`adapters.trace_index.matches` expressed as SQL: GTIN-14 equal; lot and
+serial equal when the query names them (case-sensitive, GS1 character set 82).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from adapters.rwd_identity import PackIdentity, pack_identities
+from adapters.trace_index import RecallQuery
+from exchange.indexes.derived import DerivedIndex, StoredBundle
+from exchange.store.tables import trace_table
+
+
+@dataclass(frozen=True)
+class TraceHit:
+    """One ledger entry that used the queried pack or lot."""
+
+    index: int
+    bundle_id: str
+    sender: str
+
+
+def index_rows(
+    index: int, sender: str, bundle_id: str, identities: list[PackIdentity]
+) -> list[dict[str, object]]:
+    """The index rows of one entry: a pack without a GTIN cannot answer a GTIN query."""
+    return [
+        {
+            "idx": index,
+            "sender": sender,
+            "bundle_id": bundle_id,
+            "gtin": identity.gtin,
+            "lot": identity.lot,
+            "serial": identity.serial,
+            "expiry": identity.expiry,
+            "cn_code": identity.cn_code,
+        }
+        for identity in identities
+        if identity.gtin is not None
+    ]
+
+
+def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
+    # Stored Bundles passed intake, so they are JSON; the reading is lenient by design.
+    identities = pack_identities(json.loads(bundle.data))
+    return index_rows(bundle.index, bundle.sender, bundle.id, identities)
+
+
+TRACE = DerivedIndex("trace", ("rwd",), trace_table, _rows_of)
+
+
+def recall(engine: Engine, query: RecallQuery, sender: str | None = None) -> list[TraceHit]:
+    """Entries whose packs match the query, in ledger order; only `sender`'s when given."""
+    t = trace_table
+    q = select(t.c.idx, t.c.bundle_id, t.c.sender).where(t.c.gtin == query.gtin).distinct()
+    if query.lot is not None:
+        q = q.where(t.c.lot == query.lot)
+    if query.serial is not None:
+        q = q.where(t.c.serial == query.serial)
+    if sender is not None:
+        q = q.where(t.c.sender == sender)
+    with engine.connect() as conn:
+        found = conn.execute(q.order_by(t.c.idx)).all()
+    return [TraceHit(int(idx), bundle_id, owner) for idx, bundle_id, owner in found]

@@ -1,0 +1,1 @@
+"""Quality indicators: facts derived from the Bundles, MeasureReports, plots."""

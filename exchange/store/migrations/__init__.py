@@ -1,0 +1,1 @@
+"""The Alembic environment and revisions of the exchange's schema (exchange.store.migrate)."""

@@ -1,0 +1,47 @@
+"""openapi.yaml is the HTTP contract: it must be exactly what the app generates.
+
+After a deliberate change of the API, regenerate it:
+    .venv/bin/python -m exchange.openapi_dump > openapi.yaml
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from exchange.openapi_dump import openapi_document
+from tests.paths import ROOT
+
+CONTRACT = ROOT / "openapi.yaml"
+REGENERATE = ".venv/bin/python -m exchange.openapi_dump > openapi.yaml"
+
+
+def _paths(doc: dict) -> dict[str, list[str]]:
+    return {path: sorted(ops) for path, ops in doc.get("paths", {}).items()}
+
+
+def test_openapi_yaml_is_what_the_app_serves() -> None:
+    committed = yaml.safe_load(CONTRACT.read_text(encoding="utf-8"))
+    generated = json.loads(json.dumps(openapi_document()))
+    assert _paths(committed) == _paths(generated), f"endpoints differ; run: {REGENERATE}"
+    assert committed == generated, f"openapi.yaml differs from the app; run: {REGENERATE}"
+
+
+def test_every_error_answer_is_an_operation_outcome() -> None:
+    doc = openapi_document()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400 and path.startswith("/auth/"):
+                    # OAuth endpoints answer as RFC 6749 §5.2 says, since OAuth clients parse it.
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/OAuthError"}, (
+                        f"{method.upper()} {path} {status}"
+                    )
+                elif int(status) >= 400:
+                    schema = answer["content"]["application/fhir+json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/OperationOutcome"}, (
+                        f"{method.upper()} {path} {status}"
+                    )
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
