@@ -120,7 +120,7 @@ def open_store(settings: Settings) -> tuple[Engine, vault.Vault]:
 def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
     """The log on an open store, with its keyring: every checkpoint is signed by each key
     active at its size (`log.key` and the keys added since, `keys/<key id>.key` beside it;
-    docs/operations.md). The witness file makes the log refuse to append after the database
+    docs/operations.md). The last-checkpoint file makes the log refuse to append after the database
     was rolled back or replaced."""
     ring = open_keyring(
         engine, settings.origin, settings.signing_key_path, create=settings.key_file is None

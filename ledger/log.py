@@ -519,6 +519,11 @@ class Log:
         with self.engine.connect() as conn:
             return store.read_entries(conn, start, end)
 
+    def stored_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        """The hashes at the given stored-hash indexes (tlog.StoredHashIndex), in order."""
+        with self.engine.connect() as conn:
+            return store.read_hashes(conn, indexes)
+
     def root(self, size: int) -> bytes:
         self._check_size(size)
         return merkle.tree_hash(size, self._read_hashes)

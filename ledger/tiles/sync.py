@@ -23,9 +23,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection
-
-from .. import store
 from ..checkpoint import CheckpointError, parse_checkpoint
 from ..log import Log
 from ..note import NoteError
@@ -41,23 +38,16 @@ class LogTiles:
     def __init__(self, log: Log) -> None:
         self.log = log
 
-    def read(self, tile: Tile, conn: Connection | None = None) -> bytes:
+    def read(self, tile: Tile) -> bytes:
         """The bytes of `tile`, which the log's current tree must contain (TileError)."""
         size = self.log.size()
         full, partial = tile_count(size, tile.level)
         have = full * 256 + partial  # hashes (or entries) at this tile's level
         if tile.start + tile.width > have:
             raise TileError(f"{tile.path()} is beyond the log's tree of size {size}")
-        if conn is None:
-            with self.log.engine.connect() as c:
-                return self._read(tile, c)
-        return self._read(tile, conn)
-
-    @staticmethod
-    def _read(tile: Tile, conn: Connection) -> bytes:
         if tile.level == ENTRIES:
-            return format_bundle(store.read_entries(conn, tile.start, tile.start + tile.width))
-        return b"".join(store.read_hashes(conn, tile.stored_indexes()))
+            return format_bundle(self.log.entries(tile.start, tile.start + tile.width))
+        return b"".join(self.log.stored_hashes(tile.stored_indexes()))
 
     def get(self, path: str) -> bytes | None:
         """The bytes at a tile path (``tile/...``), or None when there is no such tile."""
@@ -89,21 +79,20 @@ def sync(log: Log, out_dir: Path) -> SyncResult:
     removed: list[str] = []
     unchanged = 0
     touched: set[Path] = set()
-    with log.engine.connect() as conn:
-        for t in tiles(cp.size):
-            path = out_dir / t.path()
-            if path.exists():
-                unchanged += 1
-                continue
-            _write(path, source.read(t, conn), fsync_dir=False)
-            written.append(t.path())
-            touched.add(path.parent)
-            if t.full:
-                stale = out_dir / (t.path() + ".p")
-                if stale.is_dir():
-                    removed += sorted(f"{t.path()}.p/{p.name}" for p in stale.iterdir())
-                    shutil.rmtree(stale)
-                    touched.add(stale.parent)
+    for t in tiles(cp.size):
+        path = out_dir / t.path()
+        if path.exists():
+            unchanged += 1
+            continue
+        _write(path, source.read(t), fsync_dir=False)
+        written.append(t.path())
+        touched.add(path.parent)
+        if t.full:
+            stale = out_dir / (t.path() + ".p")
+            if stale.is_dir():
+                removed += sorted(f"{t.path()}.p/{p.name}" for p in stale.iterdir())
+                shutil.rmtree(stale)
+                touched.add(stale.parent)
     for d in sorted(touched):  # every new tile's name is durable before the checkpoint's
         _fsync_dir(d)
     cp_path = out_dir / CHECKPOINT

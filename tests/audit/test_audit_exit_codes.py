@@ -286,12 +286,13 @@ def test_against_the_service_app(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from exchange.audit.sources import HttpSource
+    from exchange.bootstrap import open_engine, open_log
     from exchange.config import Settings
     from ledger.audit import audit
     from ledger.keys import load_signer
 
     settings = Settings(data_dir=tmp_path / "data", origin="app.example/log")
-    log = settings.open_log()
+    log, _ = open_log(settings, open_engine(settings))
     append(log, 240)
     log.close()
     log.engine.dispose()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from exchange.bootstrap import open_engine, open_log
 from exchange.cli.main import main
 from exchange.config import DEFAULT_ORIGIN, Settings
 from exchange.keys.keyring import KeyringError, append_key_event
@@ -36,7 +37,8 @@ def listed(capsys: Any, data: Path, db_url: str) -> list[dict[str, Any]]:
 
 
 def log_size(data: Path, db_url: str) -> int:
-    log = Settings(data_dir=data, db_url=db_url).open_log()
+    settings = Settings(data_dir=data, db_url=db_url)
+    log, _ = open_log(settings, open_engine(settings))
     try:
         return log.size()
     finally:
