@@ -240,6 +240,10 @@ class HttpTiles:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
+        # The connection's socket, kept apart: http.client forgets it (conn.sock = None) as
+        # soon as a response says the connection closes after it, while that response's
+        # body is still being read from it.
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._expired = False
         self._deadline = None if timeout is None else time.monotonic() + timeout
@@ -255,9 +259,9 @@ class HttpTiles:
         """The watchdog: a read blocked on the connection returns at once once it is shut."""
         with self._lock:
             self._expired = True
-            conn = self._conn
-        if conn is not None and conn.sock is not None:
-            _shut(conn.sock)
+            sock = self._sock
+        if sock is not None:
+            _shut(sock)
 
     def _late(self) -> bool:
         return self._deadline is not None and (self._expired or time.monotonic() >= self._deadline)
@@ -283,7 +287,7 @@ class HttpTiles:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=step)
             conn.connect()
             with self._lock:
-                self._conn = conn
+                self._conn, self._sock = conn, conn.sock
                 expired = self._expired
             if expired and conn.sock is not None:
                 _shut(conn.sock)
@@ -293,7 +297,7 @@ class HttpTiles:
 
     def _drop(self) -> None:
         with self._lock:
-            conn, self._conn = self._conn, None
+            conn, self._conn, self._sock = self._conn, None, None
         if conn is not None:
             conn.close()
 
@@ -372,6 +376,8 @@ def _read_body(resp: http.client.HTTPResponse, limit: int, url: str, base: str) 
         out += chunk
         if len(out) > limit:
             raise _too_large(base, url, limit)
+    if resp.length:  # read(amt) ends quietly at a connection closed early
+        raise http.client.IncompleteRead(bytes(out), resp.length)
     if inflate is not None and (not inflate.eof or inflate.unused_data):
         raise _malformed(base, url, "gzip cut short or followed by other bytes")
     return bytes(out)
