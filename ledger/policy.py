@@ -36,6 +36,12 @@ from .note import split as split_note
 from .untrusted import InputRejected, read_file
 
 NONE = "none"
+EXIT_NOT_WITNESSED = 6
+"""The exit code of `medledger verify --policy` and `audit --policy` when the checkpoint is
+validly signed by the log (and its data verifies) but not cosigned by the policy's quorum
+(QuorumNotMet). Distinct from 4, which says the log's data is wrong, and from 2, which says
+nothing was read: here everything verifies and only the witnesses' word is missing, which
+waiting for them (or asking the log for a newer witnessed checkpoint) may supply."""
 MAX_POLICY_BYTES = 1 << 20
 MAX_ITEMS = 256
 """At most this many logs, witnesses and groups each (the spec asks implementations to
@@ -62,17 +68,33 @@ class CheckpointRefused(ValueError):
 
 class QuorumNotMet(CheckpointRefused):
     """The checkpoint is validly signed by a log of the policy, but the witnesses whose
-    cosignatures verified (`cosigned`) do not make up the quorum."""
+    cosignatures verified (`cosigned`) do not make up the quorum. `missing` names the
+    policy's other witnesses, `future` those among them whose cosignature verified but is
+    dated too far ahead to count. Exit EXIT_NOT_WITNESSED."""
 
-    def __init__(self, checkpoint: Checkpoint, cosigned: tuple[str, ...], quorum: str) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        cosigned: tuple[str, ...],
+        quorum: str,
+        missing: tuple[str, ...] = (),
+        future: tuple[str, ...] = (),
+    ) -> None:
         names = ", ".join(cosigned) if cosigned else "no witness"
-        super().__init__(
+        message = (
             f"the checkpoint of size {checkpoint.size} is cosigned by {names}; "
             f"the policy's quorum {quorum!r} is not met"
         )
+        if missing:
+            message += f" (no cosignature by {', '.join(missing)})"
+        if future:
+            message += f"; dated in the future, not counted: {', '.join(future)}"
+        super().__init__(message)
         self.checkpoint = checkpoint
         self.cosigned = cosigned
         self.quorum = quorum
+        self.missing = missing
+        self.future = future
 
 
 @dataclass(frozen=True)
@@ -169,8 +191,12 @@ class Policy:
         """evaluate, raising QuorumNotMet when the quorum is not met."""
         ev = self.evaluate(note, logs, not_after=not_after)
         if not ev.met:
-            raise QuorumNotMet(ev.checkpoint, tuple(ev.cosigned), self.quorum)
+            raise QuorumNotMet(ev.checkpoint, tuple(ev.cosigned), self.quorum, self.others(ev))
         return ev
+
+    def others(self, ev: Evaluation) -> tuple[str, ...]:
+        """The policy's witnesses that did not cosign in `ev`, in the policy's order."""
+        return tuple(w.name for w in self.witnesses if w.name not in ev.cosigned)
 
 
 def load_policy(path: Path) -> Policy:

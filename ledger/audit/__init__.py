@@ -20,8 +20,10 @@ One job a module:
   state        the auditor's memory between runs (the audit state file)
 
 Exit-code classes: SourceUnavailable (2), SourceMalformed, StateError and MalformedInput (3),
-AuditError (4), Evidence (5). Standard library and ``cryptography`` only; reading is the
-source's job.
+AuditError (4), Evidence (5), and under a witness policy an AuditResult "unwitnessed"
+(ledger.policy.EXIT_NOT_WITNESSED, 6). Standard library and ``cryptography`` only; reading is
+the source's job (exchange/audit_sources.py: a database, the log API; ledger/tiles/source.py:
+C2SP tiles).
 """
 
 from .checkpoints import CheckpointRejected, check_key_lifetimes, open_checkpoint

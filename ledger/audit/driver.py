@@ -7,6 +7,9 @@ log only grew. When the source contradicts itself it re-reads what it must (a wh
 an incremental check fails, subtree hashes for a proof) and tells a damaged store (AuditError,
 status "failed") from a log that signed two incompatible trees, a fork or a rollback (Evidence,
 status "misbehaviour"), whose evidence it checks as a third party would before reporting it.
+With a witness policy the latest checkpoint must also carry the quorum's cosignatures: a log
+whose data verifies but whose checkpoint is not witnessed enough is status "unwitnessed"
+(exit ledger.policy.EXIT_NOT_WITNESSED), and no state is kept for it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from ..merkle import (
     leaf_hashes,
 )
 from ..note import Verifier
+from ..policy import Policy, QuorumNotMet
+from ..verify import VerificationError, verify_witnessed
 from .checkpoints import CheckpointRejected, check_key_lifetimes, open_checkpoint
 from .errors import AuditError, AuditUsageError, EvidenceError
 from .evidence import Evidence, RootClaim, verify_evidence
@@ -43,7 +48,10 @@ from .stream import Stream
 
 @dataclass
 class AuditResult:
-    """What an audit found. status: "ok" (exit 0), "failed" (4) or "misbehaviour" (5)."""
+    """What an audit found. status: "ok" (exit 0), "failed" (4), "misbehaviour" (5) or, under
+    a witness policy, "unwitnessed" (6: the data verifies, the quorum's cosignatures do not
+    all; `unwitnessed` says who signed and who is missing). `witnesses` are the policy's
+    witnesses whose cosignatures of the latest checkpoint counted."""
 
     status: str
     origin: str
@@ -61,6 +69,8 @@ class AuditResult:
     previous: AuditState | None = None
     consistency: tuple[int, int, Hash, Hash, tuple[Hash, ...]] | None = None
     notes: list[str] = field(default_factory=list)
+    witnesses: tuple[str, ...] = ()
+    unwitnessed: QuorumNotMet | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,11 +121,17 @@ def audit(
     progress: Callable[[int, int], None] | None = None,
     evidence_entries_max: int = 10_000,
     keyset: KeySet | None = None,
+    policy: Policy | None = None,
+    now: float | None = None,
 ) -> AuditResult:
     """Audits a whole log, or what it appended since `state`; see the module docstring.
 
     With `keyset` (derived from the log's own key entries) every checkpoint must also keep
-    the key lifetime rule (check_key_lifetimes).
+    the key lifetime rule (check_key_lifetimes). With `policy` the latest checkpoint must
+    meet its quorum (ledger.verify.verify_witnessed, cosignature dates judged against `now`):
+    a trusted witness's line that does not verify fails the audit like a bad log signature;
+    too few cosignatures leave an otherwise "ok" audit "unwitnessed". The entries are
+    audited either way: a failure or misbehaviour they show is reported first.
 
     Raises SourceUnavailable when the source cannot be read, StateError when `state` is of
     another log, and AuditUsageError for an impossible `from_index`; everything the log's
@@ -132,6 +148,20 @@ def audit(
         bad = AuditError(f"the latest checkpoint is not valid: {e}", None, "latest-checkpoint")
         return AuditResult("failed", "", 0, b"", note, error=bad, previous=state)
     result = AuditResult("ok", latest.origin, latest.size, latest.root, note, previous=state)
+    if policy is not None:
+        try:
+            witnessed = verify_witnessed(note, policy, keys, origin=latest.origin, now=now)
+            result.witnesses = tuple(witnessed.cosigned)
+        except QuorumNotMet as e:
+            result.witnesses, result.unwitnessed = e.cosigned, e
+        except VerificationError as e:
+            bad = AuditError(
+                f"the latest checkpoint is not valid under the policy: {e}",
+                None,
+                "latest-checkpoint",
+            )
+            result.status, result.error = "failed", bad
+            return result
 
     def done(res: AuditResult, stream: Stream | None = None) -> AuditResult:
         if stream is not None:
@@ -140,6 +170,8 @@ def audit(
             res.checkpoints_checked += stream.checkpoints_checked
             res.hashes_checked += stream.hashes_checked
         res.elapsed = time.perf_counter() - t0
+        if res.status == "ok" and res.unwitnessed is not None:
+            res.status, res.state = "unwitnessed", None
         return res
 
     if state is not None and state.origin != latest.origin:
@@ -177,7 +209,10 @@ def audit(
                 f"--from {from_index} is beyond the state's size {state.size}: the entries "
                 "between would go unchecked; omit --from"
             )
-        err = _start_from(stream, source, latest, from_index)
+        try:
+            err = _start_from(stream, source, latest, from_index)
+        except AuditError as e:  # a source that authenticates what it reads (tiles)
+            err = e
         if err is not None:
             result.status, result.error = "failed", err
             return done(result)

@@ -40,6 +40,9 @@ _HINTS = {
     "key-rule": "that checkpoint's signatures contradict the log's own key entries (a retired "
     "key signed it, or an active key did not): if the log's operator did not sign it, a key is "
     "compromised; report it to the operator with the checkpoint",
+    "tile": "the tiles for entry {i} are not those of the signed tree, so the host hands out "
+    "wrong entries or proofs: write the tiles again from the log (`medledger tiles sync --out` "
+    "into an empty directory) and audit again, or report the host to the log's operator",
     "unstable-source": "the source answered two reads of the same entries differently: retry; "
     "if it persists, report the server to its operator",
 }

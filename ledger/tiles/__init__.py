@@ -7,9 +7,12 @@ One job a module:
            from tiles alone, each tile authenticated against the tree's root
   sync     LogTiles (a log's tiles, read from its store, by path) and sync (written to a
            directory, incrementally)
+  source   TileSource: an audit's LogSource over tiles from an HTTP prefix or a directory
+           (open_tiles), with the log API's caps and deadlines
 
-layout and reader are on the verifier path (standard library only); sync reads the store.
-Import it as ``ledger.tiles.sync``: importing ``ledger.tiles`` does not load SQLAlchemy.
+layout, reader and source are on the verifier path (standard library only); sync reads the
+store. Import them as ``ledger.tiles.sync`` and ``ledger.tiles.source``: importing
+``ledger.tiles`` loads neither SQLAlchemy nor the audit.
 """
 
 from .layout import (
@@ -27,7 +30,7 @@ from .layout import (
     tile_for,
     tiles,
 )
-from .reader import Fetch, TileReader
+from .reader import Fetch, TileMismatch, TileReader
 
 __all__ = [
     "ENTRIES",
@@ -36,6 +39,7 @@ __all__ = [
     "Fetch",
     "Tile",
     "TileError",
+    "TileMismatch",
     "TileReader",
     "encode_index",
     "format_bundle",

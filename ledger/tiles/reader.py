@@ -6,7 +6,8 @@ golang.org/x/mod/sumdb/tlog's TileHashReader does: the partial tiles of the tree
 (one per level, and the top level is always partial) must fold to the signed root, and a full
 tile must hash to the hash its parent tile holds for it. Proofs and entries read through it
 are then those of the signed tree; a server that serves a wrong tile makes the read fail
-(TileError), never succeed with a wrong answer.
+(TileMismatch, a TileError naming the tile), never succeed with a wrong answer. A tile of the
+wrong length, or an entry bundle that does not parse, is a plain TileError.
 
 The proofs are merkle.inclusion_proof and merkle.consistency_proof over the tile hashes: the
 same plans the store uses, reading from tiles instead of rows. Standard library only.
@@ -21,6 +22,19 @@ from collections.abc import Callable, Sequence
 from .. import merkle
 from ..merkle import HASH_SIZE, Hash, fold_frontier, split_stored_hash_index
 from .layout import ENTRIES, TILE_HEIGHT, Tile, TileError, parse_bundle, tile_for
+
+
+class TileMismatch(TileError):
+    """A tile (or the entries of a bundle) well formed but not of the signed tree: `tiles`
+    are the ones that failed (a full tile against its parent's hash, or the partial tiles of
+    the right edge against the root), `entry` the entry of a bundle that does not hash to its
+    authenticated leaf."""
+
+    def __init__(self, message: str, tiles: tuple[Tile, ...], entry: int | None = None) -> None:
+        super().__init__(message)
+        self.tiles = tiles
+        self.entry = entry
+
 
 Fetch = Callable[[str], bytes]
 """fetch(path): the bytes at a tile path (``tile/...``); raises what it raises when absent."""
@@ -85,7 +99,7 @@ class TileReader:
         levels = _levels(self._fetch(tile))
         parent = self._levels_of(level + 1, index >> TILE_HEIGHT)
         if levels[-1] != _at(parent[0], index & 0xFF):
-            raise TileError(f"{tile.path()} does not hash to its parent tile's hash")
+            raise TileMismatch(f"{tile.path()} does not hash to its parent tile's hash", (tile,))
         with self._lock:
             self._cache[key] = levels
             while len(self._cache) > self._cache_tiles:
@@ -99,6 +113,7 @@ class TileReader:
             return self._edge
         frontier: list[Hash] = []
         edge: dict[tuple[int, int], Levels] = {}
+        read: list[Tile] = []
         top = 0
         while self.size >> (top * TILE_HEIGHT):
             top += 1
@@ -107,6 +122,7 @@ class TileReader:
             if not n & 0xFF:
                 continue
             t = tile_for(lvl, n >> TILE_HEIGHT, self.size)
+            read.append(t)
             levels = edge[lvl, t.index] = _levels(self._fetch(t))
             pos = 0  # the tile's width in binary: its maximal complete subtrees, left first
             for bit in range(TILE_HEIGHT - 1, -1, -1):
@@ -114,7 +130,11 @@ class TileReader:
                     frontier.append(_at(levels[bit], pos >> bit))
                     pos += 1 << bit
         if fold_frontier(frontier) != self.root:
-            raise TileError(f"the partial tiles of size {self.size} do not fold to its root")
+            paths = ", ".join(t.path() for t in read)
+            raise TileMismatch(
+                f"the partial tiles of size {self.size} ({paths}) do not fold to its root",
+                tuple(read),
+            )
         self._edge = edge
         return edge
 
@@ -172,5 +192,7 @@ class TileReader:
         leaves = self.tile_hashes(0, bundle)
         for i, (e, leaf) in enumerate(zip(got, leaves, strict=True)):
             if merkle.leaf_hash(e) != leaf:
-                raise TileError(f"{t.path()}: entry {t.start + i} does not hash to its leaf")
+                raise TileMismatch(
+                    f"{t.path()}: entry {t.start + i} does not hash to its leaf", (t,), t.start + i
+                )
         return got

@@ -68,12 +68,24 @@ class SyncResult:
     removed: tuple[str, ...]
 
 
-def sync(log: Log, out_dir: Path) -> SyncResult:
-    """Writes the tiles of the log's latest checkpoint under `out_dir` (see module doc)."""
-    note = log.checkpoint()
-    cp = parse_checkpoint(split_note(note)[0])
+def sync(log: Log, out_dir: Path, note: str | None = None) -> SyncResult:
+    """Writes the tiles of the log's latest checkpoint under `out_dir` (see module doc).
+
+    With `note`, a checkpoint of this log given verbatim (a witnessed one keeps its
+    cosignature lines, so readers of the tiles can require a quorum), its tree is written
+    instead; TileError when it is not a checkpoint of the log's tree, or older than the one
+    the directory holds.
+    """
+    if note is None:
+        note = log.checkpoint()
+    try:
+        cp = parse_checkpoint(split_note(note)[0])
+    except (NoteError, CheckpointError) as e:
+        raise TileError(f"not a checkpoint: {e}") from e
+    if cp.origin != log.origin or cp.size > log.size() or log.root(cp.size) != cp.root:
+        raise TileError(f"the checkpoint of {cp.origin!r}, size {cp.size} is not of this log")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_directory(log, out_dir / CHECKPOINT)
+    _check_directory(log, out_dir / CHECKPOINT, cp.size)
     source = LogTiles(log)
     written: list[str] = []
     removed: list[str] = []
@@ -102,9 +114,10 @@ def sync(log: Log, out_dir: Path) -> SyncResult:
     return SyncResult(cp.size, tuple(written), unchanged, tuple(removed))
 
 
-def _check_directory(log: Log, cp_path: Path) -> None:
+def _check_directory(log: Log, cp_path: Path, size: int) -> None:
     """Refuses a directory whose checkpoint is of another log, or of a tree this log's does
-    not extend: its tiles would be mixed with this log's."""
+    not extend (its tiles would be mixed with this log's), or larger than `size` (the
+    directory's checkpoint never moves back)."""
     if not cp_path.exists():
         return
     try:
@@ -116,6 +129,10 @@ def _check_directory(log: Log, cp_path: Path) -> None:
     if old.size > log.size() or (old.size and log.root(old.size) != old.root):
         raise TileError(
             f"{cp_path.parent} holds a tree of size {old.size} that this log's does not extend"
+        )
+    if old.size > size:
+        raise TileError(
+            f"{cp_path.parent} holds a tree of size {old.size}, larger than the {size} asked for"
         )
 
 
