@@ -48,8 +48,10 @@ __all__ = [
     "adapt",
     "build_events",
     "canonical_uri",
+    "dispensing_events",
     "event_hash_id",
     "event_location",
+    "ledger_link",
     "location_uri",
     "time_text",
 ]
