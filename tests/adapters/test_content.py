@@ -192,6 +192,12 @@ def test_a_valid_mixed_bundle_is_found_by_the_recall_and_the_export() -> None:
     assert index.query(cn_code="83741290012345678901") == [7]
     data = json.dumps(mixed, ensure_ascii=False, indent=2).encode()
     assert rwd_export([(7, data)], recall_query(approval="琼特械审[2026]0211号")).count(b"\n") == 1
+    # ... and it is in the patient's summary: its Procedure is listed, the Invoice is not.
+    assert contributes(mixed)
+    ips = build_ips([mixed], now=NOW, document_id="ips-mixed")
+    sections = {s["code"]["coding"][0]["code"]: s for s in ips["entry"][0]["resource"]["section"]}
+    assert len(sections["47519-4"]["entry"]) == 1
+    assert "Invoice" not in {e["resource"]["resourceType"] for e in ips["entry"]}
 
 
 # -- the summary -----------------------------------------------------------------------------------
