@@ -19,6 +19,7 @@ class AdaptOptions:
     message: str | None = None  # HL7 v2 message type, e.g. ORU_R01
     control_id: str | None = None  # HL7 v2 MSH-10 / document ids
     language: str | None = None  # target language for translated narrative, e.g. "en"
+    location: str | None = None  # EPCIS: the site's GLN / SGLN when a Bundle names none
 
 
 class AdaptError(ValueError):

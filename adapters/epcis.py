@@ -41,13 +41,19 @@ from adapters.trace_fhir import GLN_SYSTEMS, BundleView, Located
 from adapters.tracecode import dl_escape, gtin_check_digit, is_cset82, normalise_gtin
 
 __all__ = [
+    "CONTEXT",
     "EPCIS_CONTEXT",
     "LEDGER_NS",
     "DispensingEvent",
     "adapt",
     "build_events",
+    "canonical_uri",
+    "dispensing_events",
     "event_hash_id",
+    "event_location",
+    "ledger_link",
     "location_uri",
+    "time_text",
 ]
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
@@ -97,7 +103,7 @@ class DispensingEvent:
         offset = _offset_text(self.event_time)
         body: dict[str, Any] = {
             "type": "ObjectEvent",
-            "eventTime": _time_text(self.event_time),
+            "eventTime": time_text(self.event_time),
             "eventTimeZoneOffset": offset,
         }
         if self.epcs:
@@ -111,11 +117,12 @@ class DispensingEvent:
         body["bizLocation"] = {"id": self.location}
         if self.ledger_link is not None:
             body[LEDGER_KEY] = self.ledger_link
-        event_id = event_hash_id(body, _CONTEXT)
+        event_id = event_hash_id(body, CONTEXT)
         return {"type": body.pop("type"), "eventID": event_id, **body}
 
 
-_CONTEXT: list[Any] = [EPCIS_CONTEXT, {LEDGER_PREFIX: LEDGER_NS}]
+# The @context of every document these events travel in: GS1's, and the ledger link's prefix.
+CONTEXT: list[Any] = [EPCIS_CONTEXT, {LEDGER_PREFIX: LEDGER_NS}]
 
 
 def build_events(
@@ -164,12 +171,14 @@ def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
     """``medledger adapt epcis``: one EPCISDocument for all administrations in the files.
 
     Offline there is no ledger entry yet, so events carry no ledger link; each Bundle's
-    location is its one Location (else Organization) with a GLN identifier.
+    location is :func:`event_location` of it, with ``options.location`` (``--location``) as
+    the site when the Bundle names none.
     """
+    site = location_uri(options.location) if options.location is not None else None
     events: dict[str, dict[str, Any]] = {}
     for n, data in enumerate(bundles):
         doc = loads_bundle(data, f"input {n + 1}")
-        location = _bundle_location(doc, f"input {n + 1}")
+        location = event_location(doc, site, f"input {n + 1}")
         for event in dispensing_events(doc, location=location, link=None):
             rendered = event.as_json()
             # An adverse-event Bundle repeats the administration it follows: the same event,
@@ -380,6 +389,13 @@ def _curie(text: str, prefixes: Mapping[str, str]) -> str:
     return text
 
 
+def canonical_uri(value: Any) -> str:
+    """The one spelling of an identifier: EPC URNs (SGTIN, LGTIN, SGLN, SSCC, PGLN) and GS1
+    Digital Links as constrained canonical Digital Links on ``id.gs1.org``, other URIs as
+    given (CBV 2.0 section 8.9 rules 17 and 18). Two spellings of one EPC are equal here."""
+    return _uri(value)
+
+
 def _uri(value: Any) -> str:
     """EPC URNs and Digital Links to constrained canonical Digital Links (rules 17, 18)."""
     text = _text(value)
@@ -409,26 +425,35 @@ def _constrain(segments: Sequence[str]) -> str:
 
 
 def _urn_to_dl(urn: str) -> str:
-    """EPC Tag Data Standard URNs to Digital Link (TDS 2.0 section 6 / GS1 DL 1.2 4.11)."""
+    """EPC Tag Data Standard URNs to Digital Link (TDS 2.0 section 6 / GS1 DL 1.2 4.11).
+
+    The last component of an SGTIN, LGTIN or SGLN may itself hold dots (GS3A3 allows them); a
+    URN whose numeric components are not digits of the right total length is kept as it is.
+    """
     m = re.fullmatch(r"urn:epc:(id|class):(sgtin|lgtin|sgln|sscc|pgln):(.+)", urn)
     if not m:
         return urn
-    scheme, parts = m.group(2), m.group(3).split(".")
-    if scheme in ("sgtin", "lgtin") and len(parts) == 3:
+    scheme = m.group(2)
+    parts = m.group(3).split(".", 2 if scheme in ("sgtin", "lgtin", "sgln") else 1)
+    numeric = parts[:2]
+    if not all(p.isascii() and p.isdigit() for p in numeric):
+        return urn
+    width = len("".join(numeric))
+    if scheme in ("sgtin", "lgtin") and len(parts) == 3 and width == 13:
         company, item, tail = parts
         body = item[:1] + company + item[1:]
         gtin = body + str(gtin_check_digit(body))
         ai = "21" if scheme == "sgtin" else "10"
         return f"{DL_DOMAIN}/01/{gtin}/{ai}/{dl_escape(unquote(tail))}"
-    if scheme == "sgln" and len(parts) == 3:
+    if scheme == "sgln" and len(parts) == 3 and width == 12:
         body = parts[0] + parts[1]
         gln = body + str(gtin_check_digit(body))
         ext = unquote(parts[2])
         return f"{DL_DOMAIN}/414/{gln}" + (f"/254/{dl_escape(ext)}" if ext != "0" else "")
-    if scheme == "sscc" and len(parts) == 2:
+    if scheme == "sscc" and len(parts) == 2 and width == 17:
         body = parts[1][:1] + parts[0] + parts[1][1:]
         return f"{DL_DOMAIN}/00/{body}{gtin_check_digit(body)}"
-    if scheme == "pgln" and len(parts) == 2:
+    if scheme == "pgln" and len(parts) == 2 and width == 12:
         body = parts[0] + parts[1]
         return f"{DL_DOMAIN}/417/{body}{gtin_check_digit(body)}"
     return urn
@@ -545,8 +570,18 @@ def _fhir_instant(value: str, where: str) -> datetime:
     return moment
 
 
-def _bundle_location(doc: Mapping[str, Any], where: str) -> str:
-    view = BundleView(doc)
+def event_location(
+    bundle: Mapping[str, Any], site: str | None = None, where: str = "bundle"
+) -> str:
+    """Where a Bundle's packs were dispensed: the readPoint and bizLocation of its events.
+
+    The Bundle's single Location (else single Organization) with a GLN identifier
+    (``https://www.gs1.org/gln`` or ``urn:oid:1.3.160``) says it best. When the Bundle names
+    none, or several and so cannot say which one dispensed, the site's own location is used:
+    ``site``, the GLN the registry records for the institution or ``--location`` offline (SGLN
+    URN, GLN Digital Link or bare GLN). AdaptError when there is neither, or either is no GLN.
+    """
+    view = BundleView(bundle)
     for kind in ("Location", "Organization"):
         glns = sorted(
             {
@@ -561,11 +596,17 @@ def _bundle_location(doc: Mapping[str, Any], where: str) -> str:
         if len(glns) == 1:
             return location_uri(glns[0])
         if len(glns) > 1:
+            if site is not None:
+                return location_uri(site)
             raise AdaptError(
-                f"{where}: {len(glns)} {kind}s with a GLN; cannot tell which one dispensed"
+                f"{where}: {len(glns)} {kind}s with a GLN; cannot tell which one dispensed "
+                "(give the site's location)"
             )
+    if site is not None:
+        return location_uri(site)
     raise AdaptError(
-        f"{where}: no Location or Organization with a GLN identifier for the event location"
+        f"{where}: no Location or Organization with a GLN identifier for the event location, "
+        "and no site location given (--location GLN)"
     )
 
 
@@ -576,15 +617,16 @@ def _document(events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
     if now.tzinfo is None:
         raise AdaptError("now needs a UTC offset")
     return {
-        "@context": list(_CONTEXT),
+        "@context": list(CONTEXT),
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
-        "creationDate": _time_text(now),
+        "creationDate": time_text(now),
         "epcisBody": {"eventList": events},
     }
 
 
-def _time_text(moment: datetime) -> str:
+def time_text(moment: datetime) -> str:
+    """An aware time as EPCIS writes it: RFC 3339, milliseconds, the moment's own offset."""
     base = moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}"
     return base + _offset_text(moment)
 

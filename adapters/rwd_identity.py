@@ -1,12 +1,16 @@
-"""Pack identity in an RWD Bundle: the intake's checks and what the recall index stores.
+"""Pack identity in RWD content: the intake's checks and what the recall index stores.
 
-An RWD Bundle reports the use of a special-import product in the Boao Lecheng pilot zone.
-Every pack must stay traceable two ways: to the foreign manufacturer (GTIN, lot, serial and
-expiry, GS1 General Specifications 3.3.2 / 3.4.1 / 3.5.2 / 3.4.7, for recalls and adverse
-event reports) and to the Chinese regulators (the authorisation abroad and the pilot zone's
-import approval, and a Chinese trace code where the pack carries one). The FHIR R4 places for
-each are listed in :mod:`adapters.trace_fhir`.
+RWD content reports the use of a special-import product in the Boao Lecheng pilot zone, in
+whatever Bundle it travels (a Bundle filed as ``settlement`` because it also carries an
+Invoice reports the same administration). Every pack must stay traceable two ways: to the
+foreign manufacturer (GTIN, lot, serial and expiry, GS1 General Specifications 3.3.2 / 3.4.1 /
+3.5.2 / 3.4.7, for recalls and adverse event reports) and to the Chinese regulators (the
+authorisation abroad and the pilot zone's import approval, and a Chinese trace code where the
+pack carries one). The FHIR R4 places for each are listed in :mod:`adapters.trace_fhir`.
 
+:func:`carries_rwd` says, from the resource types present, whether a Bundle has such content;
+:func:`checks_for` is what the intake runs on every Bundle and :func:`recall_identities` what
+the recall index stores of every Bundle, both by that test and never by the Bundle's kind.
 :func:`check_rwd_bundle` is pure and total: it never raises on a malformed document and
 returns OperationOutcome-style issues (severity, code, diagnostics, FHIRPath expression),
 errors for what breaks traceability and warnings for what weakens it. :func:`pack_identities`
@@ -31,6 +35,7 @@ from adapters.trace_fhir import (
     Located,
     foreign_authorisation,
     gtin_codings,
+    normalise_approval,
     trace_code_values,
 )
 from adapters.tracecode import (
@@ -41,9 +46,22 @@ from adapters.tracecode import (
     parse_trace_code,
 )
 
-__all__ = ["Issue", "PackIdentity", "check_rwd_bundle", "pack_identities", "product_identities"]
+__all__ = [
+    "RWD_TYPES",
+    "Issue",
+    "PackIdentity",
+    "carries_rwd",
+    "check_rwd_bundle",
+    "checks_for",
+    "pack_identities",
+    "product_identities",
+    "recall_identities",
+]
 
 _ISO_ALPHA2 = re.compile(r"[A-Z]{2}")
+
+# The resources that report the use of a product or what followed it.
+RWD_TYPES = (*USE_TYPES, "AdverseEvent")
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,9 @@ class PackIdentity:
 
     ``gtin`` is the 14-digit form (GenSpecs 3.3.2); ``lot`` and ``serial`` are kept exactly as
     labelled (GS1 character set 82 is case-sensitive); ``expiry`` is the FHIR date;
-    ``cn_code`` is a Chinese 20-digit trace code; ``path`` is the FHIRPath of the resource.
+    ``cn_code`` is a Chinese 20-digit trace code; ``path`` is the FHIRPath of the resource;
+    ``import_approval`` is the special-import approval number in the form it is compared in
+    (:func:`adapters.trace_fhir.normalise_approval`).
     """
 
     gtin: str | None
@@ -82,6 +102,44 @@ class PackIdentity:
     expiry: str | None
     path: str
     cn_code: str | None = None
+    import_approval: str | None = None
+
+
+def carries_rwd(doc: object) -> bool:
+    """Whether a Bundle reports the use of a product, whatever kind it is filed under.
+
+    True when its entries (or their contained resources) include a MedicationAdministration,
+    MedicationStatement, MedicationDispense or AdverseEvent, or a Medication or Device with
+    the foreign-marketing-authorisation extension (a special-import product named anywhere
+    must be traceable). A Bundle that also carries a Consent, an Invoice or a Claim is no less
+    a report of use.
+    """
+    if not isinstance(doc, Mapping):
+        return False
+    view = BundleView(doc)
+    if any(True for _ in view.of_type(*RWD_TYPES)):
+        return True
+    return any(
+        foreign_authorisation(loc) is not None for loc in view.of_type("Medication", "Device")
+    )
+
+
+def checks_for(doc: object) -> list[Issue]:
+    """The traceability issues of a Bundle, decided by its content; what the intake calls.
+
+    :func:`check_rwd_bundle` when :func:`carries_rwd`, else nothing: the checks follow the
+    resource types present, never the kind the Bundle is filed under. Errors refuse (422).
+    """
+    return check_rwd_bundle(doc) if carries_rwd(doc) else []
+
+
+def recall_identities(doc: object) -> list[PackIdentity]:
+    """What the recall index stores for a Bundle of any kind: the packs of RWD content.
+
+    :func:`pack_identities` when :func:`carries_rwd`, else none, so the index holds the packs
+    of every Bundle the intake checked as RWD content and of no other.
+    """
+    return pack_identities(doc) if carries_rwd(doc) else []
 
 
 def check_rwd_bundle(doc: object) -> list[Issue]:
@@ -118,10 +176,16 @@ def pack_identities(doc: object) -> list[PackIdentity]:
     if not isinstance(doc, Mapping):
         return []
     out: list[PackIdentity] = []
-    seen: set[tuple[str | None, str | None, str | None, str | None]] = set()
+    seen: set[tuple[str | None, ...]] = set()
     for loc in BundleView(doc).of_type("Medication", "Device"):
         for identity in _read_product(loc, None):
-            key = (identity.gtin, identity.lot, identity.serial, identity.cn_code)
+            key = (
+                identity.gtin,
+                identity.lot,
+                identity.serial,
+                identity.cn_code,
+                identity.import_approval,
+            )
             if key not in seen:
                 seen.add(key)
                 out.append(identity)
@@ -289,10 +353,13 @@ def _read_medication(loc: Located, issues: list[Issue] | None) -> list[PackIdent
             )
         _check_batch(issues, lot, expiry, f"{path}.batch")
 
-    if gtin is None and cn_code is None:
+    approval = _approval(fma)
+    if gtin is None and cn_code is None and approval is None:
         return []
     serials = [s for s in serials if s is not None] or [None]
-    return [PackIdentity(gtin, lot, s, expiry, path, cn_code) for s in dict.fromkeys(serials)]
+    return [
+        PackIdentity(gtin, lot, s, expiry, path, cn_code, approval) for s in dict.fromkeys(serials)
+    ]
 
 
 def _read_device(loc: Located, issues: list[Issue] | None) -> list[PackIdentity]:
@@ -382,9 +449,10 @@ def _read_device(loc: Located, issues: list[Issue] | None) -> list[PackIdentity]
                     f"{path}.lotNumber",
                 )
             )
-    if gtin is None and cn_code is None:
+    approval = _approval(fma)
+    if gtin is None and cn_code is None and approval is None:
         return []
-    return [PackIdentity(gtin, lot, serial, expiry, path, cn_code)]
+    return [PackIdentity(gtin, lot, serial, expiry, path, cn_code, approval)]
 
 
 # -- shared checks ----------------------------------------------------------------------------
@@ -490,7 +558,27 @@ def _agree_expiry(
         )
 
 
+def _approval(fma: ForeignAuthorisation | None) -> str | None:
+    if fma is None or fma.import_approval is None:
+        return None
+    try:
+        return normalise_approval(fma.import_approval)
+    except ValueError:
+        return None
+
+
 def _check_authorisation(fma: ForeignAuthorisation, issues: list[Issue]) -> None:
+    if fma.import_approval is None:
+        issues.append(
+            Issue(
+                "error",
+                "required",
+                "a product authorised abroad is used in the pilot zone only under a special-"
+                "import approval: its number (importApproval) is required; it is what the "
+                "regulator traces the use by",
+                f"{fma.path}.extension('importApproval')",
+            )
+        )
     if fma.number is None:
         issues.append(
             Issue(

@@ -5,7 +5,8 @@ else changed: strings keep their escapes and numbers their lexemes (``1200.00`` 
 ``1200.00``): a line differs from the committed bytes only in insignificant whitespace
 (RFC 8259 section 2), so it parses to exactly the stored Bundle. Choosing the Bundles,
 checking the consent and logging the access are the service's; the product filter re-applies
-:func:`adapters.trace_index.matches`, the one matching rule.
+:func:`adapters.trace_index.matches`, the one matching rule, to the identities the recall index
+stores (:func:`adapters.rwd_identity.recall_identities`, whatever kind the Bundle is filed as).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 
 from adapters.base import AdaptError
 from adapters.ips_json import loads_bundle
-from adapters.rwd_identity import pack_identities
+from adapters.rwd_identity import recall_identities
 from adapters.trace_index import RecallQuery, matches
 
 __all__ = ["ndjson_line", "rwd_export"]
@@ -40,6 +41,6 @@ def rwd_export(bundles: Iterable[tuple[int, bytes]], query: RecallQuery) -> byte
     out: list[bytes] = []
     for index, data in bundles:
         doc = loads_bundle(data, f"entry {index}")
-        if any(matches(identity, query) for identity in pack_identities(doc)):
+        if any(matches(identity, query) for identity in recall_identities(doc)):
             out.append(ndjson_line(data, f"entry {index}"))
     return b"".join(out)

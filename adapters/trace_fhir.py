@@ -11,7 +11,8 @@ The FHIR R4 mapping (docs/adapters-trace.md has the full table):
   authorisation abroad that makes it a special-import product, with sub-extensions ``number``
   (valueString), ``country`` (valueCodeableConcept, ISO 3166-1 alpha-2), ``holder``
   (valueReference to the marketing-authorisation holder's Organization), ``importApproval``
-  (valueString, the pilot zone's special-import approval) and ``sourceCountry`` (where the
+  (valueString, the pilot zone's special-import approval, required: it is the licence the
+  pack was used under and a key the regulator searches by) and ``sourceCountry`` (where the
   pack was obtained, when not the authorising country). The same extension sits on a Device.
 - ``Device.udiCarrier`` (issuer ``http://hl7.org/fhir/NamingSystem/gs1-di``) with
   ``deviceIdentifier`` (GTIN), ``carrierHRF`` and/or ``carrierAIDC``; ``Device.lotNumber``,
@@ -23,6 +24,7 @@ below the choice level (``extension[0].valueString``), as the intake reports the
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,10 @@ FMA_EXT = f"{CANONICAL_BASE}/StructureDefinition/foreign-marketing-authorisation
 TRACE_CODE_EXT = f"{CANONICAL_BASE}/StructureDefinition/trace-code"
 
 USE_TYPES = ("MedicationAdministration", "MedicationDispense", "MedicationStatement")
+
+# GB/T 9704-2012 (the layout of official documents) puts the year of a document number in
+# hexagonal brackets, 琼特药审〔2026〕0158号; typed copies use [] () 【】 〖〗 and full-width forms.
+_BRACKETS = str.maketrans("[(【〖])】〗", "〔〔〔〔〕〕〕〕")
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,23 @@ def foreign_authorisation(loc: Located) -> ForeignAuthorisation | None:
             source_country=_country(subs.get("sourceCountry")),
         )
     return None
+
+
+def normalise_approval(value: str) -> str:
+    """The form in which special-import approval numbers are compared and indexed.
+
+    NFKC (full-width letters, digits and brackets to their plain forms), whitespace removed,
+    and every kind of bracket as the hexagonal ones of GB/T 9704: ``琼特药审[2026] 0158号``
+    and ``琼特药审〔2026〕0158号`` are the same approval. ValueError when nothing is left.
+    """
+    if not isinstance(value, str):
+        raise ValueError("an import approval number is text")
+    # NFKC again once the spaces are out: a mark they kept apart composes with its letter.
+    bare = "".join(unicodedata.normalize("NFKC", value).split())
+    text = unicodedata.normalize("NFKC", bare).translate(_BRACKETS)
+    if not text:
+        raise ValueError("an import approval number cannot be empty")
+    return text
 
 
 def gtin_codings(resource: Mapping[str, Any]) -> Iterator[tuple[str, str]]:

@@ -5,6 +5,9 @@ GS1's files, read from a directory the caller names (the public test data keeps 
 ``shared/vectors/epcis``); nothing is fetched. The schema's ``$ref``s resolve through a
 local registry of every schema file by its ``$id``, so both the self-contained
 ``EPCIS-JSON-Schema.json`` and the split ``JSON-Schema/`` set validate without a network.
+Documents (``EPCISDocument`` and the query result ``EPCISQueryDocument``) validate against
+those; a query itself, written in the EPCIS Query Language, against GS1's
+``JSON-Schema/EPCIS-Query-JSON-Schema-root.json`` (:func:`query_validator`).
 
 jsonschema checks ``format`` only with optional packages; the two formats the EPCIS schema
 uses are checked here instead, strictly: ``date-time`` as RFC 3339 section 5.6 and ``uri``
@@ -26,7 +29,7 @@ from pyld import jsonld
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-__all__ = ["CONTEXT_URLS", "epcis_validator", "expand_offline"]
+__all__ = ["CONTEXT_URLS", "epcis_validator", "expand_offline", "query_validator"]
 
 # The URLs under which GS1 publishes the EPCIS 2.0 context; all are served from the file.
 CONTEXT_URLS = (
@@ -48,6 +51,20 @@ def epcis_validator(epcis_dir: Path, *, split: bool = False) -> Callable[[Any], 
     ``split`` validates against ``JSON-Schema/EPCIS-JSON-Schema-root.json`` and its parts
     instead of the self-contained ``EPCIS-JSON-Schema.json``.
     """
+    root = (
+        epcis_dir / "JSON-Schema" / "EPCIS-JSON-Schema-root.json"
+        if split
+        else epcis_dir / "EPCIS-JSON-Schema.json"
+    )
+    return _validator(epcis_dir, root)
+
+
+def query_validator(epcis_dir: Path) -> Callable[[Any], list[str]]:
+    """A function returning the schema errors of a query in the EPCIS Query Language."""
+    return _validator(epcis_dir, epcis_dir / "JSON-Schema" / "EPCIS-Query-JSON-Schema-root.json")
+
+
+def _validator(epcis_dir: Path, root_path: Path) -> Callable[[Any], list[str]]:
     files = [
         epcis_dir / "EPCIS-JSON-Schema.json",
         *sorted((epcis_dir / "JSON-Schema").rglob("*.json")),
@@ -63,11 +80,6 @@ def epcis_validator(epcis_dir: Path, *, split: bool = False) -> Callable[[Any], 
             (schema["$id"], Resource.from_contents(schema, default_specification=DRAFT7))
         )
     registry: Registry[Any] = Registry().with_resources(resources)
-    root_path = (
-        epcis_dir / "JSON-Schema" / "EPCIS-JSON-Schema-root.json"
-        if split
-        else epcis_dir / "EPCIS-JSON-Schema.json"
-    )
     validator = Draft7Validator(schemas[root_path], registry=registry, format_checker=_formats())
 
     def errors(doc: Any) -> list[str]:

@@ -66,6 +66,7 @@ __all__ = [
     "dl_escape",
     "gtin_check_digit",
     "is_cset82",
+    "normalise_cn_code",
     "normalise_gtin",
     "parse_trace_code",
     "render_element_string",
@@ -306,6 +307,23 @@ def normalise_gtin(code: str) -> str:
     if int(code[-1]) != expected:
         raise ValueError(f"GTIN {code} has check digit {code[-1]}, expected {expected}")
     return code.zfill(14)
+
+
+def normalise_cn_code(code: str) -> str:
+    """A Chinese 20-digit drug trace code as it is compared; ValueError if it is not one.
+
+    The printed form's spaces and hyphens are dropped and full-width digits folded (NFKC), as
+    :func:`parse_trace_code` does; what is left must be 20 ASCII digits. The check digits are
+    the issuing platform's and are kept, not verified.
+    """
+    if not isinstance(code, str):
+        raise ValueError("a Chinese drug trace code is text")
+    digits = re.sub(r"[ \-]", "", unicodedata.normalize("NFKC", code).strip())
+    if not (_DIGITS.fullmatch(digits) and digits.isascii() and len(digits) == 20):
+        raise ValueError(
+            f"a Chinese drug trace code has 20 digits (7 product, 9 serial, 4 check), got {code!r}"
+        )
+    return digits
 
 
 def is_cset82(value: str, max_len: int = 20) -> bool:

@@ -21,12 +21,17 @@ same bytes (element order fixed, no random ids: the HL7 instance UUIDs are name-
 By job: ``case`` reads the case from the Bundle and ``drug`` its suspect drugs (and writes
 G.k); ``batch`` writes the batch and message headers, the case and the patient; ``reaction``
 writes E.i; ``elements`` holds the XML pieces they share.
+
+:func:`icsr_for_bundle` is the whole of the service's ``$e2b``: it needs nothing but the stored
+Bundle's bytes and the clock, finds the parties in the Bundle as the CLI does, and derives the
+batch number from the bytes and the time (:func:`batch_number`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +41,7 @@ from adapters.e2b.case import Case, holder_ids, read_cases, sender_ids
 from adapters.ips_json import loads_bundle
 from adapters.trace_fhir import BundleView
 
-__all__ = ["adapt", "build_icsr"]
+__all__ = ["Icsr", "adapt", "batch_number", "build_icsr", "icsr_for_bundle"]
 
 
 def build_icsr(
@@ -56,13 +61,63 @@ def build_icsr(
     return write_batch(read_cases(bundle, "bundle"), now, message_id, sender_id, receiver_id)
 
 
+@dataclass(frozen=True)
+class Icsr:
+    """An ICSR batch and what it was addressed with (no patient data: ids of the parties)."""
+
+    xml: bytes
+    batch_number: str
+    sender: str
+    receiver: str
+    cases: int
+
+
+def icsr_for_bundle(data: bytes, *, now: datetime, batch: str | None = None) -> Icsr:
+    """The ICSR batch of one stored adverse-event Bundle, from its bytes and the clock.
+
+    The Bundle is read with the strict reader; its suspect product's marketing-authorisation
+    holder is the receiver and the hospital the sender (as ``medledger adapt e2b`` finds
+    them); ``batch`` is the batch number, by default :func:`batch_number` of the bytes and
+    ``now``, so each transmission has its own and the same request renders the same bytes.
+    AdaptError (the caller's 422) names what the Bundle lacks: an AdverseEvent, a holder, the
+    reaction as reported.
+    """
+    number = batch or batch_number([data], now)
+    cases, sender, receiver = _read([data])
+    return Icsr(
+        write_batch(cases, now, number, sender, receiver), number, sender, receiver, len(cases)
+    )
+
+
+def batch_number(inputs: Sequence[bytes], now: datetime | None = None) -> str:
+    """A batch number (N.1.2) derived from what the batch is made of and when it is sent.
+
+    ``MEDLEDGER-`` and 16 hex digits of SHA-256 over the length-prefixed inputs and, when
+    given, ``now`` (RFC 3339): offline the same files give the same number; a service that
+    sends the same Bundle again later gives the new transmission a new one.
+    """
+    digest = hashlib.sha256()
+    for data in inputs:
+        digest.update(len(data).to_bytes(8, "big") + data)
+    if now is not None:
+        digest.update(now.isoformat().encode("ascii"))
+    return "MEDLEDGER-" + digest.hexdigest()[:16].upper()
+
+
 def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
     """``medledger adapt e2b``: one batch for the AdverseEvents of all files.
 
     The receiver is the suspect product's marketing-authorisation holder (its Organization
     identifier, else name) and the sender the reporting hospital; ``--control-id`` is the
-    batch number, else one derived from the input bytes.
+    batch number, else :func:`batch_number` of the input bytes.
     """
+    cases, sender, receiver = _read(bundles)
+    batch = options.control_id or batch_number(bundles)
+    return write_batch(cases, options.now, batch, sender, receiver)
+
+
+def _read(bundles: Sequence[bytes]) -> tuple[list[Case], str, str]:
+    """The cases of the inputs, the one sender and the one receiver they name."""
     cases: list[Case] = []
     receivers: set[str] = set()
     senders: set[str] = set()
@@ -82,5 +137,4 @@ def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
             "the sender is the hospital: give exactly one Organization that manages the "
             "Location (or a single non-holder Organization)"
         )
-    batch = options.control_id or "MEDLEDGER-" + hashlib.sha256(b"".join(bundles)).hexdigest()[:16]
-    return write_batch(cases, options.now, batch, senders.pop(), receivers.pop())
+    return cases, senders.pop(), receivers.pop()

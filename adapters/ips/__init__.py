@@ -33,12 +33,12 @@ from typing import Any
 from adapters import narrative as nv
 from adapters.base import AdaptError, AdaptOptions
 from adapters.ips.document import DocumentBuilder
-from adapters.ips.sections import SECTIONS
+from adapters.ips.sections import SECTIONS, contributes
 from adapters.ips_index import BundleIndex
 from adapters.ips_json import dumps, loads_bundle
 from adapters.terminology import ConceptMapSet, default_concept_maps
 
-__all__ = ["SECTIONS", "adapt", "build_ips", "content_id"]
+__all__ = ["SECTIONS", "adapt", "build_ips", "content_id", "contributes"]
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 

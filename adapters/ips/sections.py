@@ -5,6 +5,10 @@ entered-in-error records are left out, and every listed resource must be about t
 patient. Observations that a report or panel lists travel inside it rather than as section
 entries. Besides what the sections list, the document carries what those resources reference
 (:data:`_SUPPORTING`), so a reader can resolve every reference inside the document.
+
+Which stored Bundles a summary is built from is decided the same way, by content:
+:func:`contributes` is true of any Bundle holding a resource a section lists, whatever kind it
+is filed under (a discharge Bundle that also carries the patient's Consent is still a discharge).
 """
 
 from __future__ import annotations
@@ -141,6 +145,22 @@ def _check_subject(index: BundleIndex, entry: Entry) -> None:
             f"{entry.where} {name}: {ref.get('reference')!r} is not the patient of this "
             f"summary ({index.patient.where})"
         )
+
+
+def contributes(doc: Any) -> bool:
+    """Whether a Bundle has something for the summary: an entry some section lists.
+
+    The resources looked at are the Bundle's entries, as :func:`select` reads them; a Bundle of
+    bills or consents alone has none and adds nothing, a clinical Bundle that also carries an
+    Invoice or a Consent is read for its clinical entries (the others are never listed).
+    """
+    entries = doc.get("entry") if isinstance(doc, Mapping) else None
+    return any(
+        isinstance(entry, Mapping)
+        and isinstance(resource := entry.get("resource"), Mapping)
+        and section_of(resource) is not None
+        for entry in (entries if isinstance(entries, list) else [])
+    )
 
 
 def section_of(resource: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,1 @@
+"""Tests of adapters/ (the traceability adapters and what intake, recall and reports read)."""

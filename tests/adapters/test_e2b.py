@@ -19,7 +19,7 @@ import pytest
 from lxml import etree
 
 from adapters.base import AdaptError, AdaptOptions
-from adapters.e2b import adapt, build_icsr
+from adapters.e2b import adapt, batch_number, build_icsr, icsr_for_bundle
 from exchange.cli.main import main as cli_main
 from tests.paths import FIXTURES as TEST_FIXTURES
 from tests.paths import GOLDEN as TEST_GOLDEN
@@ -227,6 +227,57 @@ def test_sex_and_age_sent_names_masked() -> None:
     reporter = one(root, ".//v3:assignedPerson[v3:asQualifiedEntity]")
     assert one(reporter, "v3:asQualifiedEntity/v3:code").get("code") == "1"  # physician
     assert one(reporter, "v3:asLocatedEntity/v3:location/v3:code").get("code") == "CN"  # C.2.r.3
+
+
+# -- as the service renders it ---------------------------------------------------------------
+
+
+def test_the_service_needs_only_the_bytes_and_the_clock() -> None:
+    # GET /fhir/Bundle/{id}/$e2b has the stored bytes and its clock: the parties come from the
+    # Bundle, the batch number from the bytes and the time.
+    data = EVENT.read_bytes()
+    rendered = icsr_for_bundle(data, now=NOW)
+    assert (rendered.sender, rendered.receiver, rendered.cases) == ("6901234000016", "081234567", 1)
+    assert rendered.batch_number == batch_number([data], NOW)
+    assert rendered == icsr_for_bundle(data, now=NOW)  # deterministic
+    assert rendered.xml == adapt([data], AdaptOptions(now=NOW, control_id=rendered.batch_number))
+    root = tree(rendered.xml)
+    assert one(root, "v3:id").get("extension") == rendered.batch_number  # N.1.2
+    later = icsr_for_bundle(data, now=NOW + timedelta(minutes=1))
+    assert later.batch_number != rendered.batch_number  # a new transmission, a new batch
+    # The fixed batch number of the golden file gives the golden bytes.
+    fixed = icsr_for_bundle(data, now=NOW, batch="MEDLEDGER-B-000042")
+    assert fixed.xml == (GOLDEN / "lecheng-icsr.xml").read_bytes()
+
+
+def test_the_served_bundle_with_its_id_and_meta_gives_the_same_report() -> None:
+    # GET /fhir/Bundle/{id} serves the stored bytes with the server's id and meta spliced in.
+    doc = load()
+    del doc["id"]
+    data = json.dumps(doc, ensure_ascii=False).encode()
+    meta = b'"id": "b-41", "meta": {"versionId": "1", "lastUpdated": "2026-11-20T17:00:00Z"}, '
+    served = data.replace(b"{", b"{" + meta, 1)
+    a = icsr_for_bundle(data, now=NOW, batch="B-1")
+    b = icsr_for_bundle(served, now=NOW, batch="B-1")
+    assert a.xml == b.xml
+
+
+def test_batch_numbers() -> None:
+    one_input = batch_number([b"a", b"b"])
+    assert one_input == batch_number([b"a", b"b"]) != batch_number([b"ab"])  # length-prefixed
+    assert len(one_input) <= 100 and one_input.startswith("MEDLEDGER-")
+    assert batch_number([b"a"], NOW) != batch_number([b"a"])
+
+
+def test_the_service_refuses_what_is_no_adverse_event_report() -> None:
+    with pytest.raises(AdaptError, match="no AdverseEvent"):
+        icsr_for_bundle(ADMIN.read_bytes(), now=NOW)
+    with pytest.raises(AdaptError, match="not JSON"):
+        icsr_for_bundle(b"{", now=NOW)
+    doc = load()
+    doc["entry"] = [e for e in doc["entry"] if e["resource"].get("id") != "org-mah-northwind"]
+    with pytest.raises(AdaptError, match="holder"):
+        icsr_for_bundle(json.dumps(doc).encode(), now=NOW)
 
 
 # -- refusals and the CLI ----------------------------------------------------------------------

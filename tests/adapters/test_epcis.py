@@ -29,6 +29,7 @@ from adapters.epcis import (
     adapt,
     build_events,
     event_hash_id,
+    event_location,
     ledger_link,
     location_uri,
     prehash,
@@ -417,6 +418,47 @@ def test_cli_adapt_epcis(tmp_path: Path) -> None:
     )
     assert code == 0
     assert out.read_bytes() == (GOLDEN / "lecheng-epcis.jsonld").read_bytes()
+
+
+def without_gln(doc: dict[str, Any]) -> dict[str, Any]:
+    """The Bundle with its GLN identifiers removed (a hospital that sends none)."""
+    for e in doc["entry"]:
+        if e["resource"]["resourceType"] in ("Location", "Organization"):
+            e["resource"].pop("identifier", None)
+    return doc
+
+
+def test_a_bundle_without_a_gln_takes_the_site_location(validate: Any) -> None:
+    # What --location GLN gives the adapter (and the registry's GLN gives the service).
+    data = json.dumps(without_gln(load(ADMIN))).encode()
+    with pytest.raises(AdaptError, match="no site location"):
+        adapt([data], AdaptOptions(now=NOW))
+    out = json.loads(adapt([data], AdaptOptions(now=NOW, location="6901234000030")))
+    (event,) = out["epcisBody"]["eventList"]
+    assert (
+        event["readPoint"] == event["bizLocation"] == {"id": "https://id.gs1.org/414/6901234000030"}
+    )
+    assert validate(out) == []
+    sgln = json.loads(adapt([data], AdaptOptions(now=NOW, location=SGLN)))
+    assert sgln["epcisBody"]["eventList"][0]["readPoint"] == {"id": SGLN}
+
+
+def test_the_bundles_own_gln_comes_before_the_site() -> None:
+    doc = load(ADMIN)
+    assert event_location(doc, "6901234000030") == "https://id.gs1.org/414/6901234000023"
+    # Two Locations with a GLN: the Bundle cannot say which dispensed, the site can.
+    second = copy.deepcopy(
+        next(e for e in doc["entry"] if e["resource"]["resourceType"] == "Location")
+    )
+    second["resource"]["id"] = "loc-ward"
+    second["resource"]["identifier"][0]["value"] = "6901234000047"
+    doc["entry"].append(second)
+    with pytest.raises(AdaptError, match="cannot tell which one"):
+        event_location(doc)
+    assert event_location(doc, "6901234000030") == "https://id.gs1.org/414/6901234000030"
+    # A site that is no GLN is refused even when the Bundle would not need it.
+    with pytest.raises(AdaptError, match="GLN"):
+        adapt([ADMIN.read_bytes()], AdaptOptions(now=NOW, location="6901234000031"))
 
 
 def test_cli_adapt_epcis_without_a_location(tmp_path: Path) -> None:

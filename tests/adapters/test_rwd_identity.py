@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import unicodedata
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.rwd_identity import Issue, PackIdentity, check_rwd_bundle, pack_identities
-from adapters.trace_fhir import FMA_EXT, TRACE_CODE_EXT
+from adapters.trace_fhir import FMA_EXT, TRACE_CODE_EXT, normalise_approval
 from tests.paths import FIXTURES as TEST_FIXTURES
 
 FIXTURES = TEST_FIXTURES / "trace"
@@ -59,6 +60,7 @@ def test_identities_of_the_administration() -> None:
             expiry="2027-06-30",
             path=MED,
             cn_code="83741290012345678901",
+            import_approval="琼特药审〔2026〕0158号",
         ),
         PackIdentity(
             gtin="07612345000015",
@@ -67,6 +69,7 @@ def test_identities_of_the_administration() -> None:
             expiry="2030-02-28",
             path=DEV,
             cn_code=None,
+            import_approval="琼特械审〔2026〕0211号",
         ),
     ]
 
@@ -194,6 +197,63 @@ def test_authorisation_number_and_holder() -> None:
     assert issues_at(issues, f"{MED}.extension[0].extension('holder')") == [
         ("information", "informational")
     ]
+
+
+@pytest.mark.parametrize("where", [MED, DEV], ids=["medicine", "device"])
+@pytest.mark.parametrize("blank", [False, True], ids=["absent", "blank"])
+def test_special_import_needs_its_import_approval(where: str, blank: bool) -> None:
+    # A product authorised abroad reaches a Lecheng patient only under the pilot zone's
+    # special-import approval; without its number the use cannot be traced to the licence.
+    doc = load(ADMIN)
+    subs = entry(doc, where)["extension"][0]["extension"]
+    if blank:
+        next(s for s in subs if s["url"] == "importApproval")["valueString"] = "  "
+    else:
+        subs[:] = [s for s in subs if s["url"] != "importApproval"]
+    issues = check_rwd_bundle(doc)
+    missing = f"{where}.extension[0].extension('importApproval')"
+    assert issues_at(issues, missing) == [("error", "required")]
+    assert [i.expression for i in issues if i.severity == "error"] == [missing]
+    # The pack is still read, without an approval number to be found by.
+    identities = [i for i in pack_identities(doc) if i.path == where]
+    assert identities and all(i.import_approval is None for i in identities)
+
+
+def test_a_domestic_product_needs_no_import_approval() -> None:
+    doc = load(ADMIN)
+    med = entry(doc, MED)
+    med["extension"] = [e for e in med["extension"] if e["url"] != FMA_EXT]
+    assert [i for i in check_rwd_bundle(doc) if "importApproval" in (i.expression or "")] == []
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "琼特药审[2026]0158号",
+        "琼特药审（2026）0158号",
+        "琼特药审【2026】０１５８号",
+        " 琼特药审〔2026〕 0158号 ",
+    ],
+)
+def test_approval_numbers_are_read_in_one_spelling(spelling: str) -> None:
+    # GB/T 9704 writes the year of a document number in 〔〕; copies typed on other keyboards
+    # use other brackets and full-width digits. They name the same approval.
+    doc = load(ADMIN)
+    subs = entry(doc, MED)["extension"][0]["extension"]
+    next(s for s in subs if s["url"] == "importApproval")["valueString"] = spelling
+    assert check_rwd_bundle(doc) == []
+    assert pack_identities(doc)[0].import_approval == "琼特药审〔2026〕0158号"
+
+
+@given(st.text(max_size=30))
+def test_approval_normalisation_is_idempotent(text: str) -> None:
+    try:
+        once = normalise_approval(text)
+    except ValueError:
+        assert not "".join(unicodedata.normalize("NFKC", text).split())
+        return
+    assert normalise_approval(once) == once
+    assert not any(ch.isspace() for ch in once)
 
 
 def test_special_import_without_gtin() -> None:

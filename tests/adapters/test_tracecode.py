@@ -21,6 +21,7 @@ from adapters.tracecode import (
     TraceCodeError,
     gtin_check_digit,
     is_cset82,
+    normalise_cn_code,
     normalise_gtin,
     parse_trace_code,
     render_element_string,
@@ -181,6 +182,23 @@ def test_chinese_code_is_kept_whole_and_split() -> None:
 )
 def test_chinese_code_forms(scan: str) -> None:
     assert parse_trace_code(scan).cn_code == "83741290012345678901"
+
+
+@pytest.mark.parametrize(
+    "typed", ["83741290012345678901", "8374 1290 0123 4567 8901", "8374-1290-0123-4567-8901",
+              "８３７４１２９００１２３４５６７８９０１", " 83741290012345678901\n"],
+)  # fmt: skip
+def test_a_chinese_code_asked_for_is_read_as_scanned(typed: str) -> None:
+    # What a regulator types into a recall query compares with what the scanner stored.
+    assert normalise_cn_code(typed) == parse_trace_code(typed.strip()).cn_code
+
+
+@pytest.mark.parametrize(
+    "typed", ["8374129001234567890", "837412900123456789012", "8374129001234567890X", "", "٨" * 20]
+)
+def test_a_chinese_code_has_twenty_ascii_digits(typed: str) -> None:
+    with pytest.raises(ValueError, match="20 digits"):
+        normalise_cn_code(typed)
 
 
 def test_twenty_digits_are_routed_to_the_chinese_code_before_gs1() -> None:
