@@ -7,9 +7,10 @@ documents and ADT patient updates (A01, A04, A08, A28, A31). What comes out:
   when it is a URI or an OID, else a system under this project's canonical base named after
   the authority), names (PID-5), birth date (PID-7), sex (PID-8).
 - Observation per OBX that is not a document: code (OBX-3), value by OBX-2 (NM and SN as
-  Quantity or Range with the lexeme kept, ST/TX/FT as string, CE/CWE as CodeableConcept, DT/TS/
-  DTM as dateTime, ID/IS as a bare code, anything else as text), units (OBX-6, UCUM when named so), reference range (OBX-7), interpretation
-  (OBX-8), status (OBX-11), effective time (OBX-14), notes (NTE).
+  Quantity or Range with the lexeme kept, ST/TX/FT as string, CE/CWE as CodeableConcept,
+  DT/TS/DTM as dateTime, ID/IS as a bare code, anything else as text), units (OBX-6, UCUM
+  when named so), reference range (OBX-7), interpretation (OBX-8), status (OBX-11), effective
+  time (OBX-14), notes (NTE).
 - DiagnosticReport per OBR: code (OBR-4), filler number (OBR-3), status (OBR-25), effective
   time (OBR-7), its observations as results, its notes as the conclusion.
 - DocumentReference per encapsulated document (OBX of type ED, Base64), typed by OBX-3.

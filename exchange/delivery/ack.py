@@ -24,6 +24,7 @@ even unreadable bytes are answered with an ACK addressed to their sender.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -174,6 +175,8 @@ def read_header(raw: bytes) -> Header:
     if not text.startswith("MSH") or len(text) < 8:
         return Header()
     first = _SEGMENTS.split(text, maxsplit=1)[0]
+    if len(first) < 5:
+        return Header()
     field_sep, comp_sep = first[3], first[4]
     if field_sep.isalnum() or comp_sep.isalnum() or field_sep == comp_sep:
         return Header()
@@ -348,8 +351,13 @@ def _message(values: _Fields, level: int) -> Any:
 
 
 def _printable(value: str) -> str:
-    """Control characters out: they cannot travel raw and are no part of a name or id."""
-    return "".join(ch if ch.isprintable() else "?" for ch in value)
+    """Line breaks and control characters become spaces, lone surrogates "?": neither can
+    travel raw in a field, and neither is part of a name, an id or an error text."""
+    out = []
+    for ch in value:
+        kind = unicodedata.category(ch)
+        out.append(" " if kind in ("Cc", "Zl", "Zp") else "?" if kind == "Cs" else ch)
+    return "".join(out)
 
 
 def _esc(value: str) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_FRAME",
     "Handler",
     "MllpError",
+    "MllpServer",
     "Peer",
     "frame",
     "send",
@@ -157,6 +158,35 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
+class MllpServer:
+    """A listening MLLP server; :meth:`close` also ends the connections it holds open."""
+
+    def __init__(self, server: asyncio.Server, connections: set[asyncio.Task[None]]) -> None:
+        self._server = server
+        self._connections = connections
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one chosen when 0 was asked for)."""
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_closed()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def __aenter__(self) -> MllpServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
 async def start_server(
     handler: Handler,
     host: str,
@@ -164,25 +194,35 @@ async def start_server(
     *,
     max_frame: int = MAX_FRAME,
     idle_timeout: float = 300.0,
-) -> asyncio.Server:
+) -> MllpServer:
     """Listen for MLLP on ``host:port`` (0: any free port); each frame goes to ``handler``.
 
     The handler returns the ACK bytes (unframed). A connection idle for ``idle_timeout``
     seconds between frames is closed; frames over ``max_frame`` bytes are answered with AR
     and not read further.
     """
+    connections: set[asyncio.Task[None]] = set()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            connections.add(task)
         address = writer.get_extra_info("peername")
         peer: Peer = (str(address[0]), int(address[1])) if address else ("", 0)
         try:
             await _connection(reader, writer, peer, handler, max_frame, idle_timeout)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:
             log.debug("MLLP peer %s:%s gone: %s", peer[0], peer[1], e)
+        except asyncio.CancelledError:
+            # The server is closing; this task is the connection's own, nothing awaits it.
+            log.debug("MLLP connection from %s:%s closed with the server", peer[0], peer[1])
         finally:
-            await _close(writer)
+            writer.close()
+            if task is not None:
+                connections.discard(task)
 
-    return await asyncio.start_server(serve, host, port)
+    server = await asyncio.start_server(serve, host, port)
+    return MllpServer(server, connections)
 
 
 async def _connection(
