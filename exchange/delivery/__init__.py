@@ -11,7 +11,8 @@ Two transports, one per kind of endpoint (``endpoints``):
   acknowledgements).
 
 Every answer is classified the same way (``result.Outcome``): delivered, retry, or permanent
-failure. ``backoff`` says when to try again and when to give up; ``messages`` builds what each
+failure. ``attempt`` makes one attempt over either transport and returns that verdict with the
+peer's answer; ``backoff`` says when to try again and when to give up; ``messages`` builds what each
 recipient receives from the adapters, byte for byte the same on every retry; ``inbound`` turns
 an HL7 v2 message from a home hospital into a FHIR Bundle and an ACK.
 

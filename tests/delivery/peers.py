@@ -47,16 +47,16 @@ class Hl7Receiver:
     When ``modes`` runs out, ``default`` is used.
     """
 
-    def __init__(self, *modes: str, default: str = "AA") -> None:
+    def __init__(self, *modes: str, default: str = "AA", port: int = 0) -> None:
         self.modes = list(modes)
         self.default = default
         self.received: list[bytes] = []
         self.server: asyncio.Server | None = None
-        self.port = 0
+        self.port = port
 
     async def __aenter__(self) -> Hl7Receiver:
         self.server = await hl7.mllp.start_hl7_server(
-            self._client, "127.0.0.1", 0, encoding="utf-8"
+            self._client, "127.0.0.1", self.port, encoding="utf-8", reuse_address=True
         )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -124,7 +124,10 @@ class ReceiverState:
     token_requests: int = 0
     seen_jti: set[str] = field(default_factory=set)
     granted_scopes: list[str] = field(default_factory=list)
-    fail_next: int = 0  # answer 503 to this many Bundle POSTs
+    fail_next: int = 0  # answer fail_status to this many Bundle POSTs
+    fail_status: int = 503
+    lose_answers: int = 0  # store this many Bundles, then answer 503 as if the answer was lost
+    retry_after: str | None = "1"  # the Retry-After header of those answers
     stored: dict[str, bytes] = field(default_factory=dict)  # id -> exact bytes
     by_identifier: dict[tuple[str, str], str] = field(default_factory=dict)
     posts: list[dict[str, str]] = field(default_factory=list)  # headers of every Bundle POST
@@ -221,7 +224,8 @@ def fhir_app(state: ReceiverState) -> FastAPI:
             return _outcome(401, "login", "no valid bearer token")
         if state.fail_next > 0:
             state.fail_next -= 1
-            return Response(status_code=503, headers={"Retry-After": "1"})
+            headers = {} if state.retry_after is None else {"Retry-After": state.retry_after}
+            return Response(status_code=state.fail_status, headers=headers)
         if request.headers.get("content-type") != "application/fhir+json":
             return _outcome(415, "not-supported", "send application/fhir+json")
         body = await request.body()
@@ -243,6 +247,9 @@ def fhir_app(state: ReceiverState) -> FastAPI:
         if bundle.identifier is not None:
             key = (str(bundle.identifier.system), str(bundle.identifier.value))
             state.by_identifier[key] = new_id
+        if state.lose_answers > 0:
+            state.lose_answers -= 1
+            return Response(status_code=503)
         return Response(
             status_code=201,
             headers={"Location": f"{state.base}/fhir/Bundle/{new_id}/_history/1"},
@@ -285,13 +292,21 @@ def _outcome(status: int, code: str, text: str) -> JSONResponse:
     )
 
 
-@contextlib.contextmanager
-def fhir_receiver() -> Iterator[ReceiverState]:
-    """A FhirReceiver under uvicorn on a free loopback port, for the duration of the block."""
-    state = ReceiverState()
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a free loopback port and not listening: connecting is refused."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def fhir_receiver(sock: socket.socket | None = None) -> Iterator[ReceiverState]:
+    """A FhirReceiver under uvicorn for the duration of the block, on ``sock`` (bound, not yet
+    listening) or a free loopback port."""
+    state = ReceiverState()
+    if sock is None:
+        sock = bound_socket()
     state.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     config = uvicorn.Config(fhir_app(state), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
