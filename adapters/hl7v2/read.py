@@ -5,13 +5,19 @@ TOLERANT for the 2.3-2.8 messages hospitals already exchange), then reads each s
 hl7apy re-serialises it, splitting on the message's own delimiters (HL7 v2.5.1 Chapter 2, §2.5)
 and unescaping values (§2.7). What comes out is a small summary of the clinical content - the
 patient, results, diagnoses, allergies, procedures, documents, dispenses - so a test can compare
-a message with the FHIR it came from, and a message from elsewhere with what we produce.
+a message with the FHIR it came from, and a message from elsewhere with what we produce, and
+``adapters.hl7v2.fhir`` can write it as a FHIR Bundle.
+
+A message that cannot be read raises :class:`MessageError`, which says where (segment, its
+occurrence, field) and which HL7 table 0357 condition it is, so a receiver can answer it with
+an ERR segment.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hl7apy import SUPPORTED_LIBRARIES
 from hl7apy.consts import VALIDATION_LEVEL
@@ -21,7 +27,44 @@ from hl7apy.parser import parse_message, parse_segment
 from adapters.base import AdaptError
 from adapters.hl7v2 import text as tx
 
-__all__ = ["Coded", "Dispense", "Document", "Name", "Observation", "V2Message", "read_message"]
+__all__ = [
+    "Coded",
+    "Dispense",
+    "Document",
+    "DocumentHeader",
+    "MessageError",
+    "Name",
+    "Observation",
+    "Order",
+    "V2Message",
+    "read_message",
+]
+
+
+class MessageError(AdaptError):
+    """A message that cannot be read or used, and where: ``segment`` (its ``sequence``-th
+    occurrence, from 1), ``field`` and ``component`` when known, and ``code``, the condition
+    of HL7 table 0357 (100 segment sequence, 101 required field missing, 102 data type,
+    103 table value, 200 unsupported message type, 201 event, 202 processing id, 203 version).
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        segment: str,
+        sequence: int = 1,
+        field: int | None = None,
+        component: int | None = None,
+        code: int = 102,
+    ) -> None:
+        super().__init__(text)
+        self.text = text
+        self.segment = segment
+        self.sequence = sequence
+        self.field = field
+        self.component = component
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -62,6 +105,31 @@ class Observation:
     flags: tuple[str, ...]
     status: str
     notes: tuple[str, ...] = ()
+    effective: str = ""  # OBX-14, DTM as sent
+    position: int = 0  # which OBX of the message, from 1
+
+
+@dataclass(frozen=True)
+class Order:
+    """An OBR and the observations that follow it (indexes into V2Message.observations)."""
+
+    code: Coded
+    filler: str  # OBR-3.1
+    effective: str  # OBR-7, DTM as sent
+    status: str  # OBR-25
+    notes: tuple[str, ...]
+    observations: tuple[int, ...]
+    position: int  # which OBR of the message, from 1
+
+
+@dataclass(frozen=True)
+class DocumentHeader:
+    """TXA: the document's type (table 0270), activity date, unique number and status."""
+
+    type: str
+    activity: str  # TXA-4, DTM as sent
+    number: str  # TXA-12.1
+    completion: str  # TXA-17
 
 
 @dataclass(frozen=True)
@@ -106,6 +174,11 @@ class V2Message:
     procedures: tuple[Coded, ...] = ()
     documents: tuple[Document, ...] = ()
     dispenses: tuple[Dispense, ...] = field(default_factory=tuple)
+    timestamp: str = ""  # MSH-7, DTM as sent
+    processing_id: str = ""  # MSH-11.1
+    delimiters: str = "|^~\\&"  # MSH-1 and MSH-2
+    orders: tuple[Order, ...] = ()
+    document_header: DocumentHeader | None = None
 
 
 def read_message(text: str, *, strict: bool = False) -> V2Message:
@@ -117,9 +190,15 @@ def read_message(text: str, *, strict: bool = False) -> V2Message:
     """
     text = text.lstrip("\ufeff")
     if not text.startswith("MSH"):
-        raise AdaptError("not an HL7 v2 message: it does not start with MSH")
+        raise MessageError("not an HL7 v2 message: it does not start with MSH", segment="MSH",
+                           code=100)
     first = text.split("\r", 1)[0]
     delimiters = first[3:8]
+    if len(delimiters) < 4 or len(set(delimiters)) != len(delimiters) or any(
+        ch.isalnum() or ch in "\r\n" for ch in delimiters
+    ):
+        raise MessageError(f"MSH-1/MSH-2: {delimiters!r} are not HL7 delimiters", segment="MSH",
+                           field=2, code=102)
     field_sep, comp_sep = delimiters[0], delimiters[1]
     msh = first.split(field_sep)
     msh_9 = msh[8].split(comp_sep) if len(msh) > 8 else []
@@ -159,9 +238,11 @@ def _parse_tolerant(text: str, version: str, delimiters: str) -> list[str]:
     chars = {"FIELD": delimiters[0], "COMPONENT": delimiters[1], "REPETITION": delimiters[2],
              "ESCAPE": delimiters[3], "SUBCOMPONENT": delimiters[4], "SEGMENT": "\r"}
     out = []
+    seen: dict[str, int] = {}
     for raw in text.split("\r"):
         if not raw.strip():
             continue
+        seen[raw[:3]] = seen.get(raw[:3], 0) + 1
         # hl7apy reads the segment when it knows it; one it does not know (PRT in 2.5.1, a
         # site's Z segment) is kept as sent. Either way values are read from the text.
         try:
@@ -170,7 +251,8 @@ def _parse_tolerant(text: str, version: str, delimiters: str) -> list[str]:
         except InvalidName:
             pass
         except (HL7apyException, ValueError, KeyError, IndexError) as e:
-            raise AdaptError(f"HL7 v2 segment {raw[:3]!r} does not parse: {e}") from None
+            raise MessageError(f"HL7 v2 segment {raw[:3]!r} does not parse: {e}",
+                               segment=raw[:3], sequence=seen[raw[:3]]) from None
         out.append(raw)
     return out
 
@@ -219,6 +301,9 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
     procedures: list[Coded] = []
     documents: list[Document] = []
     dispenses: list[Dispense] = []
+    orders: list[dict[str, Any]] = []
+    document_header = None
+    obx_seen = 0
     context = ""  # what an NTE or OBX attaches to: "order", "obx", "dispense", "dispense-obx"
     for row in rows:
         name = row.name
@@ -228,6 +313,12 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
             context = "order"
             if name == "OBR":
                 order_codes.append(row.coded(row.raw(4)))
+                orders.append({"code": row.coded(row.raw(4)), "filler": row.value(3),
+                               "effective": row.value(7), "status": row.value(25),
+                               "notes": [], "observations": [], "position": len(orders) + 1})
+        elif name == "TXA" and document_header is None:
+            document_header = DocumentHeader(row.value(2), row.value(4), row.value(12),
+                                             row.value(17))
         elif name == "RXD":
             dispenses.append(Dispense(
                 code=row.coded(row.raw(2)),
@@ -243,7 +334,8 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
         elif name == "RXR" and dispenses and dispenses[-1].route == Coded():
             dispenses[-1] = replace(dispenses[-1], route=row.coded(row.raw(1)))
         elif name == "OBX":
-            obs = _observation(row)
+            obx_seen += 1
+            obs = replace(_observation(row), position=obx_seen)
             if obs.value_type == "ED":
                 documents.append(_document(row))
             if context.startswith("dispense"):
@@ -251,6 +343,8 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
                 dispenses[-1] = replace(dispenses[-1], observations=(*held, obs))
                 context = "dispense-obx"
             else:
+                if orders and context in ("order", "obx"):
+                    orders[-1]["observations"].append(len(observations))
                 observations.append(obs)
                 context = "obx"
         elif name == "NTE":
@@ -265,6 +359,8 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
                 dispenses[-1] = replace(dispenses[-1], notes=(*dispenses[-1].notes, note))
             else:
                 order_notes.append(note)
+                if orders and context == "order":
+                    orders[-1]["notes"].append(note)
         elif name == "DG1":
             diagnoses.append(row.coded(row.raw(3)))
         elif name == "AL1":
@@ -290,6 +386,15 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
         procedures=tuple(procedures),
         documents=tuple(documents),
         dispenses=tuple(dispenses),
+        timestamp=msh.value(7),
+        processing_id=msh.value(11),
+        delimiters=delimiters,
+        orders=tuple(
+            Order(o["code"], o["filler"], o["effective"], o["status"], tuple(o["notes"]),
+                  tuple(o["observations"]), o["position"])
+            for o in orders
+        ),
+        document_header=document_header,
     )
 
 
@@ -329,6 +434,7 @@ def _observation(row: _Er7) -> Observation:
         reference_range=tx.unescape(row.raw(7)),
         flags=tuple(row.reps(8)),
         status=row.value(11),
+        effective=row.value(14),
     )
 
 
