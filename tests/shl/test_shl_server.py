@@ -47,9 +47,11 @@ from exchange.shl.manifest import (
 )
 from exchange.shl.payload import Payload, decode, encode, viewer_url
 from exchange.shl.qr import qr_png
+from exchange.shl.viewer import render_viewer
 from ledger.note import Verifier
 from ledger.verify import verify_receipt, verify_submission
-from tests.shl.shl_helpers import FIXTURES, IPS_NOW, PATIENT_NAME, Ledger, Recorded
+from tests.shl.shl_helpers import FIXTURES, IPS_NOW, PATIENT_NAME, Ledger, Recorded, ShlServer
+from tests.shl.test_viewer_browser import verdict
 
 BASE = "https://exchange.example.org"
 PATIENT = "urn:oid:2.16.840.1.113883.2.13|KR-MINJUN-0001"
@@ -497,3 +499,34 @@ def test_qr_decodes_to_the_viewer_url(world: World, tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().rstrip("\n") == url
+
+
+# --- the viewer opens what the library makes ------------------------------------------------
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["manifest", "direct-file"])
+def test_the_viewer_verifies_the_librarys_files(page: Any, world: World, direct: bool) -> None:
+    """Files built and encrypted by exchange/shl, served by the test's sharing server, are
+    decrypted and verified by the viewer page in Chromium."""
+    receipt = world.ledger.log.receipt(world.rec.index)
+    state = world.link(direct=direct)
+    if direct:
+        made = [direct_file(world.ips, salt=world.rec.salt, receipt=receipt)]
+    else:
+        made = shl_files.link_files(world.ips, salt=world.rec.salt, receipt=receipt)
+    tokens = {i: encrypt(state.key, f.data, cty=f.content_type) for i, f in enumerate(made)}
+    server = ShlServer(render_viewer([world.ledger.vkey]))
+    try:
+        link = server.share(
+            [(f.content_type, f.data) for f in made],
+            key=state.key,
+            jwes=tokens,
+            direct=direct,
+            embedded=range(len(made)),
+        )
+        page.goto(server.viewer_url(link, recipient="Dr. Lee, Seoul"))
+        status, text = verdict(page)
+        assert status == "verified", text
+        assert page.locator("#patient-name").inner_text() == PATIENT_NAME
+    finally:
+        server.close()
