@@ -60,11 +60,19 @@ def bundle_bytes(kind: str, n: int, version: int = 1) -> bytes:
         resource = {"resourceType": "Claim", "status": "active", "total": {"value": 1200.00}}
     else:
         resource = {"resourceType": "Observation", "status": "final", "note": [{"text": "血压"}]}
-    text = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Patient", "identifier": [{"value": "P-0042"}]}},
-        {"resource": resource},
-    ], "identifier": {"value": f"b-{n}"}, "meta": {"versionId": str(version)}},
-        ensure_ascii=False)
+    text = json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "identifier": [{"value": "P-0042"}]}},
+                {"resource": resource},
+            ],
+            "identifier": {"value": f"b-{n}"},
+            "meta": {"versionId": str(version)},
+        },
+        ensure_ascii=False,
+    )
     return text.replace("1200.0", "1200.00").encode()
 
 
@@ -86,25 +94,36 @@ def build_world(tmp: Path) -> World:
     def at(day: int) -> None:
         clock.now = datetime(2026, 3, day, 9, 30, tzinfo=UTC)
 
-    def append(kind: str, sender: str, salt: bytes, data: bytes, subject: bytes | None,
-               media: str = "application/fhir+json") -> int:
-        sub = Submission(kind=kind, sender=sender, commit=commitment(salt, data), media=media,
-                         subject=subject)
+    def append(
+        kind: str,
+        sender: str,
+        salt: bytes,
+        data: bytes,
+        subject: bytes | None,
+        media: str = "application/fhir+json",
+    ) -> int:
+        sub = Submission(
+            kind=kind, sender=sender, commit=commitment(salt, data), media=media, subject=subject
+        )
         return log.append(sub).entry.index
 
     def attest(day: int, licence_to: date, name_en: str) -> Recorded:
         at(day)
         record = Institution(
-            org=HOSPITAL, name_zh="博鳌乐城国际医院", name_en=name_en,
-            licence_number="PDY-469000-0001", licence_valid_from=date(2025, 1, 1),
-            licence_valid_to=licence_to, region="Hainan Boao Lecheng Pilot Zone",
-            accreditations=(Accreditation("JCI", "hospital", date(2025, 1, 1),
-                                          date(2028, 1, 1)),),
+            org=HOSPITAL,
+            name_zh="博鳌乐城国际医院",
+            name_en=name_en,
+            licence_number="PDY-469000-0001",
+            licence_valid_from=date(2025, 1, 1),
+            licence_valid_to=licence_to,
+            region="Hainan Boao Lecheng Pilot Zone",
+            accreditations=(Accreditation("JCI", "hospital", date(2025, 1, 1), date(2028, 1, 1)),),
         )
         data = sign_attestation(record, "registry-admin", admin)
         salt = os.urandom(32)
-        return Recorded(append("institution", HOSPITAL, salt, data, None, "application/json"),
-                        salt, data)
+        return Recorded(
+            append("institution", HOSPITAL, salt, data, None, "application/json"), salt, data
+        )
 
     def bundle(day: int, kind: str, n: int, version: int = 1) -> Document:
         at(day)
@@ -115,9 +134,15 @@ def build_world(tmp: Path) -> World:
     def access(day: int, purpose: str, action: str = "read") -> Recorded:
         at(day)
         client = Client("c-77", "Munich Re claims", "insurer", INSURER)
-        event = audit_event(client, action=action, resource_type="Claim",
-                            patient_subject=PATIENT, purpose=purpose, outcome="0",
-                            recorded=f"2026-03-{day:02d}T10:00:00.000+08:00")
+        event = audit_event(
+            client,
+            action=action,
+            resource_type="Claim",
+            patient_subject=PATIENT,
+            purpose=purpose,
+            outcome="0",
+            recorded=f"2026-03-{day:02d}T10:00:00.000+08:00",
+        )
         data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
         salt = os.urandom(32)
         return Recorded(append("access", INSURER, salt, data, PATIENT), salt, data)
@@ -139,16 +164,24 @@ def build_world(tmp: Path) -> World:
     text = latest[: latest.index("\n\n") + 1]
     latest += witness.cosign(text, 1_780_000_000).line()
     case = Case(
-        checkpoint=checkpoint, latest=latest, subjects=[PATIENT], documents=docs,
-        attestations=[first, renewed], disclosures=[access1, access2],
-        period_from=date(2026, 3, 1), period_to=date(2026, 3, 31),
+        checkpoint=checkpoint,
+        latest=latest,
+        subjects=[PATIENT],
+        documents=docs,
+        attestations=[first, renewed],
+        disclosures=[access1, access2],
+        period_from=date(2026, 3, 1),
+        period_to=date(2026, 3, 31),
     )
     return World(log, signer, witness, case, tmp)
 
 
 def policy_text(world: World, *, with_witness: bool = True) -> bytes:
     lines = [f"log {world.signer.verifier.vkey()}"]
-    w = world.witness if with_witness else Cosigner("witness.example/w2",
-                                                      Ed25519PrivateKey.generate())
+    w = (
+        world.witness
+        if with_witness
+        else Cosigner("witness.example/w2", Ed25519PrivateKey.generate())
+    )
     lines += [f"witness W {w.verifier.vkey()}", "quorum W"]
     return ("\n".join(lines) + "\n").encode()
