@@ -14,10 +14,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange.access import audit_event
-from exchange.auth import Client
 from exchange.cases import Case, Document, Recorded
-from exchange.institutions import Accreditation, Institution, sign_attestation
+from exchange.identity.clients import Client
+from exchange.privacy.access import audit_event
+from exchange.registry.institutions import Accreditation, Institution, sign_attestation
 from ledger.cosignature import Cosigner
 from ledger.entry import commitment
 from ledger.log import Log, Submission

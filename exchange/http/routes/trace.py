@@ -31,7 +31,7 @@ class TraceEntry(BaseModel):
 
 
 class TraceAnswer(BaseModel):
-    gtin: str = Field(description="the GTIN asked for, in its 14-digit form")
+    gtin: str | None = Field(description="the GTIN asked for, in its 14-digit form")
     lot: str | None
     serial: str | None
     entries: list[TraceEntry]
