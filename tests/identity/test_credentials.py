@@ -318,6 +318,8 @@ def test_a_database_of_an_earlier_version_gains_the_new_columns(
             conn.execute(text("ALTER TABLE exchange_clients DROP COLUMN expires"))
             conn.execute(text("ALTER TABLE exchange_clients DROP COLUMN revoked"))
             conn.execute(text("DROP TABLE exchange_credential_epoch"))
+            # A store of the first release: no Alembic revision recorded (exchange.store).
+            conn.execute(text("DROP TABLE alembic_version"))
     with open_api(tmp_path / "data", db_url) as api:
         columns = {c["name"] for c in inspect(api.services.engine).get_columns("exchange_clients")}
         assert {"expires", "revoked"} <= columns

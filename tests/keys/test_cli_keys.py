@@ -91,7 +91,7 @@ def test_refusals_append_nothing(tmp_path: Path, db_url: str, capsys) -> None:
 
 def test_an_unauthorised_key_document_is_refused_whole(tmp_path: Path, db_url: str) -> None:
     settings = Settings(data_dir=tmp_path / "data", db_url=db_url)
-    log, ring = settings.open_log_with_keys()
+    log, ring = open_log(settings, open_engine(settings))
     try:
         outsider, newcomer = new_signer(DEFAULT_ORIGIN), new_signer(DEFAULT_ORIGIN)
         note = sign_key_document(DEFAULT_ORIGIN, "add", newcomer.verifier, [outsider], newcomer)

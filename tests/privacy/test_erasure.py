@@ -15,12 +15,13 @@ import pytest
 from sqlalchemy import select
 
 from exchange import vault
+from exchange.bootstrap import master_key
 from exchange.cli.exits import EXIT_OK, EXIT_USAGE
 from exchange.cli.main import main
 from exchange.identity.clients import register_client
 from exchange.indexes.patients import bundles_about, patient_index
 from exchange.privacy.erasure import ADMIN_TOKEN_ENV
-from exchange.store.tables import patient_ids_table, requests_table
+from exchange.store.tables import keys_table, patient_ids_table, requests_table
 from ledger.verify import verify_receipt, verify_submission
 from tests.api_helpers import (
     Api,
@@ -125,7 +126,7 @@ def test_erasing_a_random_patient(
 
         with engine.connect() as conn:
             wrapped = conn.execute(
-                select(vault.keys_table.c.wrapped).where(vault.keys_table.c.pseudonym == pseudonym)
+                select(keys_table.c.wrapped).where(keys_table.c.pseudonym == pseudonym)
             ).scalar_one()
         code, out, err = _erase(
             api, data, monkeypatch, token2, "--confirm", request_id, "--by", admin2.client_id
@@ -293,7 +294,7 @@ def test_a_key_erased_by_another_process_is_never_sealed_under(tmp_path: Path, d
         admin1, _ = register_client(engine, "a1", "admin", None)
         admin2, _ = register_client(engine, "a2", "admin", None)
         # Another vault on the same database erases, as the CLI would from its own process.
-        master = api.services.settings.vault_master_key()
+        master = master_key(api.services.settings, vault_is_empty=False)
         other = vault.Vault(engine, master, api.services.pseudonym_key)
         request_id = request_erasure(
             api.services.vault, "hospital-a", (MRN_SYSTEM, "MRN-RACE"), admin1

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fhir.resources.R4B.organization import Organization
 
 from exchange.registry import institutions as inst
+from exchange.registry.admission import FLAGS_HEADER
 from tests.api_helpers import is_outcome, open_api
 from tests.paths import ROOT
 from tests.registry.test_institutions import BASE
@@ -57,7 +58,7 @@ def test_intake_refuses_expired_or_blacklisted_and_flags_lapsed(tmp_path: Path) 
         _register(api, live)
         ok = api.post(observation_bundle(), headers)
         assert ok.status_code == 201
-        assert ok.headers[inst.FLAGS_HEADER] == f"accreditation-lapsed:JCI:{lapsed.valid_to}"
+        assert ok.headers[FLAGS_HEADER] == f"accreditation-lapsed:JCI:{lapsed.valid_to}"
         for record, why in (
             (replace(live, licence_valid_to=today - timedelta(days=1)), "expired on"),
             (
@@ -73,13 +74,14 @@ def test_intake_refuses_expired_or_blacklisted_and_flags_lapsed(tmp_path: Path) 
             assert (api.log_size(), api.bundle_rows()) == (size, rows)
 
 
-def test_unregistered_sender_strict_vs_default(tmp_path: Path, monkeypatch) -> None:
+def test_unregistered_sender_strict_vs_default(tmp_path: Path) -> None:
     from tests.api_helpers import observation_bundle
 
     with open_api(tmp_path) as api:
         headers = api.credential()
         assert api.post(observation_bundle(), headers).status_code == 201
-        monkeypatch.setenv(inst.STRICT_ENV, "1")
+    # MEDLEDGER_INSTITUTIONS_STRICT, read once at start (exchange.config).
+    with open_api(tmp_path, settings={"institutions_strict": True}) as api:
         refused = api.post(observation_bundle(), headers)
         assert refused.status_code == 403
         assert "no institution registry record" in is_outcome(refused)["issue"][0]["diagnostics"]

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from exchange import vault
+from exchange.bootstrap import master_key
 from exchange.bundles.read import bundle_by_id
 from exchange.config import Environment, Settings
-from exchange.store.tables import bundles_table
+from exchange.store.tables import bundles_table, keys_table
 from tests.api_helpers import observation_bundle, open_api, patient_bundle
 
 bundle_ids = st.text("abcdef0123456789-", min_size=1, max_size=64)
@@ -191,8 +192,8 @@ def test_another_master_key_reads_nothing(
             # A row relabelled with the stranger's master id still does not unwrap (RFC 3394
             # integrity check).
             wrapped = conn.execute(
-                select(vault.keys_table.c.wrapped).where(
-                    vault.keys_table.c.key_id == vault.sealed_key_ids(bytes(blob))[0]
+                select(keys_table.c.wrapped).where(
+                    keys_table.c.key_id == vault.sealed_key_ids(bytes(blob))[0]
                 )
             ).scalar_one()
             with pytest.raises(vault.VaultError, match="does not unwrap"):
@@ -224,10 +225,10 @@ def test_an_explicit_key_file_never_gets_a_new_master_key_for_a_used_vault(
         elsewhere.write_bytes((tmp_path / "data" / "log.key").read_bytes())
         settings = Settings(data_dir=tmp_path / "unused", db_url=db_url, key_file=elsewhere)
         with pytest.raises(vault.VaultError, match="no vault master key"):
-            settings.vault_master_key(vault_is_empty=vault.is_empty(api.services.engine))
+            master_key(settings, vault_is_empty=vault.is_empty(api.services.engine))
         assert not settings.vault_key_path.exists()
         # A new store may have one made beside the key file.
-        made = settings.vault_master_key(vault_is_empty=True)
+        made = master_key(settings, vault_is_empty=True)
         assert settings.vault_key_path.exists() and made != api.services.vault.master
 
 

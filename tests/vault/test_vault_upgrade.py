@@ -31,7 +31,7 @@ from exchange.intake.kind import spelled_patient_identifiers
 from exchange.intake.worker import check
 from exchange.privacy import erasure
 from exchange.store import tables
-from exchange.store.tables import patient_ids_table
+from exchange.store.tables import keys_table, patient_ids_table
 from ledger import store
 from ledger.entry import SALT_SIZE, commitment
 from ledger.log import Submission
@@ -108,7 +108,7 @@ class LegacyWriter:
             f"{ORG}\x00{patient[0]}|{patient[1]}".encode(),
             hashlib.sha256,
         ).digest()
-        t = vault.keys_table
+        t = keys_table
         with self.services.engine.connect() as conn:
             row = conn.execute(
                 select(t.c.key_id, t.c.wrapped, t.c.pseudonym).where(t.c.lookup == tag)
@@ -141,7 +141,7 @@ class LegacyWriter:
 
         def write(conn, entry) -> None:  # type: ignore[no-untyped-def]
             if own:
-                conn.execute(insert(vault.keys_table), self._key_row(key_id, dek, None, None))
+                conn.execute(insert(keys_table), self._key_row(key_id, dek, None, None))
             where = (bundle_id, 1, entry.index)
             conn.execute(
                 insert(tables.bundles_table),
