@@ -11,11 +11,18 @@ from sqlalchemy import select
 
 from exchange.bundles.read import BundleRow, bundle_patients, bundle_versions
 from exchange.cases import Case, CaseBuildError, Document, Recorded, build_package
+from exchange.consent.rules import LEGAL, Decision, Request, evaluate
 from exchange.errors import Gone, Invalid, NotFound
 from exchange.identity.clients import Client
 from exchange.indexes.derived import Indexes
 from exchange.indexes.patients import bundles_about, patient_index
 from exchange.privacy.access import disclosures_of, record_access_per_patient_blocking
+from exchange.settlement.index import (
+    BundleBytes,
+    consents_of,
+    settlement_index,
+    settlement_keys_index,
+)
 from exchange.store.tables import attestations_table
 from exchange.vault import Vault
 from exchange.vault.sealing import lookup_tag
@@ -146,6 +153,22 @@ def export_case(
     )
     size = parse_checkpoint(split_note(case.checkpoint)[0]).size
     return ExportedCase(package, len(case.documents), len(case.disclosures), size, indexes_)
+
+
+def mediator_decision(
+    vault_: Vault, indexes: Indexes, req: CaseRequest, mediator: str, now: datetime
+) -> Decision:
+    """Whether the patient's current consent (the latest version of each consent Bundle the
+    org submitted, evaluated now) permits disclosing their case to organisation `mediator`
+    for legal purposes (v3-ActReason HLEGAL)."""
+    key = vault_.lookup_key
+    indexes.fresh(settlement_index(vault_.engine, key))
+    indexes.fresh(settlement_keys_index(key))
+    rows = consents_of(vault_.engine, req.org, lookup_tag(key, req.org, req.patient))
+    reader = BundleBytes(vault_)
+    consents = [json.loads(reader.resource(row)) for row in rows]
+    ask = Request(org=mediator, purpose="HLEGAL", resource_type="Bundle", now=now)
+    return evaluate(consents, ask, LEGAL)
 
 
 def _who(req: CaseRequest) -> str:
