@@ -16,6 +16,7 @@ from exchange.http.query import refuse_unknown_query
 from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.http.routes import bulk_export as bulk_export_router
 from exchange.http.routes import bundles, continuity, health, log, metadata, trace
+from exchange.http.routes import cases as cases_router
 from exchange.http.routes import disclosures as disclosures_router
 from exchange.http.routes import organization as organization_router
 from exchange.http.routes import quality as quality_router
@@ -104,5 +105,6 @@ def create_app(
     app.include_router(disclosures_router.router)
     app.include_router(settlement_router.router)
     app.include_router(bulk_export_router.router)
+    app.include_router(cases_router.router)
     app.include_router(health.router)
     return app

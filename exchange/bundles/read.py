@@ -54,6 +54,17 @@ def bundle_by_id(vault_: Vault, bundle_id: str, version: int | None = None) -> B
         return None if row is None else _bundle_row(vault_, conn, row._mapping)
 
 
+def bundle_versions(vault_: Vault, bundle_id: str) -> list[BundleRow]:
+    """Every stored version of a Bundle, oldest first (decrypted; vault.Erased when erased)."""
+    q = (
+        select(*_ROW_COLUMNS, bundles_table.c.data)
+        .where(bundles_table.c.id == bundle_id)
+        .order_by(bundles_table.c.version)
+    )
+    with vault_.engine.connect() as conn:
+        return [_bundle_row(vault_, conn, row._mapping) for row in conn.execute(q)]
+
+
 def bundle_by_index(
     vault_: Vault, conn: Connection, index: int, *, with_data: bool = False
 ) -> BundleRow | None:

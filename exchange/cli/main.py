@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from exchange.cli import (
     adapt,
     audit,
+    case,
     clients,
     erase,
     institutions,
@@ -26,7 +27,7 @@ from exchange.cli.exits import EXIT_USAGE
 from exchange.config import Environment
 
 # The command groups, each a module with register(subparsers, environment) -> None.
-COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report)
+COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report, case)
 
 
 class _Parser(argparse.ArgumentParser):

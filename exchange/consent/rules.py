@@ -59,7 +59,28 @@ RESEARCH_PURPOSES: Mapping[str, frozenset[str]] = {
     "CLINTRCH": frozenset({"CLINTRCH"}),
 }
 REGULATOR_PURPOSES = frozenset(RESEARCH_PURPOSES)
-_COVERS: Mapping[str, frozenset[str]] = {**PAYMENT_PURPOSES, **RESEARCH_PURPOSES}
+# v3-ActReason HLEGAL ("legal"): what a mediation committee or an arbitrator named in the
+# patient's consent asks a case package for (exchange/disputes).
+LEGAL_PURPOSES: Mapping[str, frozenset[str]] = {"HLEGAL": frozenset({"HLEGAL"})}
+MEDIATOR_PURPOSES = frozenset(LEGAL_PURPOSES)
+_COVERS: Mapping[str, frozenset[str]] = {
+    **PAYMENT_PURPOSES,
+    **RESEARCH_PURPOSES,
+    **LEGAL_PURPOSES,
+}
+
+
+@dataclass(frozen=True)
+class Purposes:
+    """The purposes of use one kind of recipient may ask under, and their name in refusals."""
+
+    name: str
+    codes: frozenset[str]
+
+
+PAYMENT = Purposes("payment", INSURER_PURPOSES)
+RESEARCH = Purposes("research", REGULATOR_PURPOSES)
+LEGAL = Purposes("legal", MEDIATOR_PURPOSES)
 
 _IGNORED_STATUSES = frozenset({"entered-in-error", "draft", "proposed"})
 
@@ -208,15 +229,13 @@ def newest_consent(consents: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] |
 
 
 def evaluate(
-    consents: Iterable[Mapping[str, Any]], req: Request, research: bool = False
+    consents: Iterable[Mapping[str, Any]], req: Request, purposes: Purposes = PAYMENT
 ) -> Decision:
     """The decision for one request, given the patient's current Consents (those of the latest
-    version of each Bundle) in submission order: a payer's (a payment purpose), or with
-    `research` a regulator's (a research purpose)."""
-    if research and req.purpose not in REGULATOR_PURPOSES:
-        return Decision(False, f"purpose of use {req.purpose!r} is not a research purpose")
-    if not research and req.purpose not in INSURER_PURPOSES:
-        return Decision(False, f"purpose of use {req.purpose!r} is not a payment purpose")
+    version of each Bundle) in submission order: a payer's (PAYMENT), a regulator's
+    (RESEARCH) or a mediator's (LEGAL)."""
+    if req.purpose not in purposes.codes:
+        return Decision(False, f"purpose of use {req.purpose!r} is not a {purposes.name} purpose")
     try:
         consent = newest_consent(consents)
     except UndatedConsent as e:

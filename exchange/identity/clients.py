@@ -8,7 +8,8 @@ process (ClientCache), and kills the client's issued SMART access tokens.
 
 Roles: `hospital` (submits Bundles as its org, reads what its org submitted), `insurer`
 (settlement pull under consent), `auditor` (log reads and the registry), `regulator` (one
-product's RWD under research consent), `admin` (reads everything). Each route declares which
+product's RWD under research consent), `mediator` (a patient's case package under a consent
+naming it for legal purposes), `admin` (reads everything). Each route declares which
 roles it admits and the SMART scope an access token needs (require_role), or is @public.
 """
 
@@ -36,10 +37,10 @@ from ledger.entry import format_time
 
 # A regulator (NMPA, the pilot zone's medical products administration) reads one product's
 # real-world data under each patient's research consent (exchange/regulator.py).
-ROLES = ("hospital", "insurer", "auditor", "admin", "regulator")
+ROLES = ("hospital", "insurer", "auditor", "admin", "regulator", "mediator")
 # Roles that act for an organisation must name it: it becomes the ledger entry's sender, and
 # the Organization a patient's consent names.
-ORG_ROLES = frozenset({"hospital", "insurer", "regulator"})
+ORG_ROLES = frozenset({"hospital", "insurer", "regulator", "mediator"})
 TOKEN_PREFIX = "mlt_"
 # The same rule as a ledger entry's sender (a FHIR id), since a hospital's org becomes one.
 _ORG = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -115,6 +115,7 @@ ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
     "insurer": {**{t: "rs" for t in _SETTLEMENT}, **_REGISTRY},
     "auditor": dict(_REGISTRY),
     "regulator": {"Bundle": "s"},  # the RWD export of one product
+    "mediator": {"Bundle": "r"},  # a patient's case package (POST /v1/cases)
     "admin": {"*": "rs"},
 }
 

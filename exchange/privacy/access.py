@@ -102,6 +102,7 @@ class AccessRow:
     purpose: str | None
     outcome: str
     recorded: datetime
+    salt: bytes
     data: bytes
 
 
@@ -363,7 +364,7 @@ def _row(r: object) -> AccessRow:
     m = r._mapping  # type: ignore[attr-defined]
     return AccessRow(
         m["idx"], m["client_id"], m["org"], m["role"], m["action"], m["resource_type"],
-        m["purpose"], m["outcome"], m["recorded"], bytes(m["data"]),
+        m["purpose"], m["outcome"], m["recorded"], bytes(m["salt"]), bytes(m["data"]),
     )  # fmt: skip
 
 

@@ -73,7 +73,7 @@ def export_product(
         doc = json.loads(row.data)
         consents = consents_about(vault_, row.sender, doc)
         req = consent_rules.Request(org=org, purpose=purpose, resource_type="Bundle", now=now)
-        if consents and consent_rules.evaluate(consents, req, research=True).permit:
+        if consents and consent_rules.evaluate(consents, req, consent_rules.RESEARCH).permit:
             permitted.append((row.index, row.data))
             named.append(subjects_by_index(vault_, [row.index]).get(row.index, []))
         else:

@@ -27,17 +27,7 @@ from exchange.cases import (
 from exchange.cases.archive import write_zip
 from ledger.policy import parse_policy
 
-from .case_helpers import World, build_world, policy_text
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return build_world(tmp_path_factory.mktemp("case"))
-
-
-@pytest.fixture(scope="module")
-def package(world: World) -> bytes:
-    return build_package(world.case, world.log)
+from .case_helpers import World, policy_text
 
 
 def members_of(package: bytes) -> dict[str, bytes]:

@@ -133,11 +133,14 @@ PATIENTS = (
     Patient("ZED", "hospital-b", "insurer-a", "insurer-a", "4444.40"),
     Patient("MOK", "hospital-a", "insurer-a", None, "5555.50", research=True),
 )
-ACTORS = ("hospital-a", "hospital-b", "insurer-a", "insurer-b", REGULATOR, "auditor", "admin")
+MEDIATOR = "mediation-hainan"  # named by no patient's consent: receives nothing
+ACTORS = ("hospital-a", "hospital-b", "insurer-a", "insurer-b", REGULATOR, MEDIATOR, "auditor",
+          "admin")  # fmt: skip
 # The actor whose credential stands for each role in the rule probes.
 ROLE_ACTOR = {"hospital": "hospital-a", "insurer": "insurer-a", "regulator": REGULATOR,
-              "auditor": "auditor", "admin": "admin"}  # fmt: skip
-ROLE_ORG = {"hospital": "hospital-a", "insurer": "insurer-a", "regulator": REGULATOR}
+              "mediator": MEDIATOR, "auditor": "auditor", "admin": "admin"}  # fmt: skip
+ROLE_ORG = {"hospital": "hospital-a", "insurer": "insurer-a", "regulator": REGULATOR,
+            "mediator": MEDIATOR}  # fmt: skip
 
 
 def entitled(actor: str) -> set[str]:
@@ -150,7 +153,7 @@ def entitled(actor: str) -> set[str]:
         return {p.name for p in PATIENTS if p.research}
     if actor == "admin":
         return {p.name for p in PATIENTS}  # reads stored Bundles (operations), no settlement pull
-    return set()  # the auditor
+    return set()  # the auditor, and the mediator no consent names
 
 
 def record_bundle(p: Patient) -> bytes:
@@ -264,8 +267,8 @@ def built_world(data: Path, db_url: str | None = None) -> Iterator[World]:
         for actor, role, org in (
             ("hospital-a", "hospital", "hospital-a"), ("hospital-b", "hospital", "hospital-b"),
             ("insurer-a", "insurer", "insurer-a"), ("insurer-b", "insurer", "insurer-b"),
-            (REGULATOR, "regulator", REGULATOR), ("auditor", "auditor", None),
-            ("admin", "admin", None),
+            (REGULATOR, "regulator", REGULATOR), (MEDIATOR, "mediator", MEDIATOR),
+            ("auditor", "auditor", None), ("admin", "admin", None),
         ):  # fmt: skip
             client, token = register_client(api.services.engine, actor, role, org)
             headers[actor] = {"Authorization": f"Bearer {token}"}
@@ -628,6 +631,12 @@ def _export(w: World, actor: str) -> None:
                     assert w.get(other, path).status_code in (403, 404), (other, path)
 
 
+def _case_package(w: World, actor: str) -> None:
+    for p in PATIENTS:
+        body = {"patient": f"{p.ident[0]}|{p.ident[1]}", "org": p.hospital}
+        w.call("post", actor, "/v1/cases", json=body)
+
+
 def _no_probe_needed(w: World, actor: str) -> None:
     pass
 
@@ -660,6 +669,7 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/$export-status/{job_id}", "delete"): _no_probe_needed,
     ("/fhir/$export-status/{job_id}/{file_name}", "get"): _no_probe_needed,
     ("/v1/trace/rwd-export", "get"): _plain_get("/v1/trace/rwd-export", gtin=GTIN),
+    ("/v1/cases", "post"): _case_package,
     # No patient data: probed all the same.
     ("/fhir/metadata", "get"): _plain_get("/fhir/metadata"),
     ("/fhir/Organization", "get"): _plain_get("/fhir/Organization"),
