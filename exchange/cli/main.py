@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 
+from exchange import __version__
 from exchange.cli import (
     adapt,
     audit,
@@ -37,21 +37,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _version() -> str:
-    """The installed distribution's version (pyproject.toml; CHANGELOG.md says what changed)."""
-    try:
-        return metadata.version("medledger")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="medledger",
         description="Cross-border medical record exchange and traceability ledger.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"medledger {_version()}")
+    parser.add_argument("--version", action="version", version=f"medledger {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     env = Environment.read()
     for command in COMMANDS:
