@@ -15,6 +15,7 @@ from exchange import __version__
 from exchange.cli import (
     adapt,
     audit,
+    backup,
     case,
     clients,
     erase,
@@ -28,7 +29,19 @@ from exchange.cli.exits import EXIT_USAGE
 from exchange.config import Environment
 
 # The command groups, each a module with register(subparsers, environment) -> None.
-COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report, case)
+COMMANDS = (
+    serve,
+    clients,
+    audit,
+    adapt,
+    recipients,
+    institutions,
+    keys,
+    backup,
+    erase,
+    report,
+    case,
+)
 
 
 class _Parser(argparse.ArgumentParser):
