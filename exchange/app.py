@@ -11,6 +11,7 @@ from exchange.bootstrap import Services, open_services
 from exchange.config import Settings
 from exchange.http.deps import ExchangeApp
 from exchange.http.errors import document_outcomes, install_handlers
+from exchange.http.metrics import MetricsMiddleware
 from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
 from exchange.http.query import refuse_unknown_query
 from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
@@ -18,6 +19,7 @@ from exchange.http.routes import bulk_export as bulk_export_router
 from exchange.http.routes import bundles, continuity, health, log, metadata, trace
 from exchange.http.routes import cases as cases_router
 from exchange.http.routes import disclosures as disclosures_router
+from exchange.http.routes import metrics as metrics_router
 from exchange.http.routes import organization as organization_router
 from exchange.http.routes import quality as quality_router
 from exchange.http.routes import rwd_export as rwd_export_router
@@ -89,7 +91,8 @@ def create_app(
 
         app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit), identify=identify)
     if trusted_proxies:
-        app.add_middleware(ForwardedHeaders, public=public)  # outermost: before the limiter
+        app.add_middleware(ForwardedHeaders, public=public)  # before the limiter
+    app.add_middleware(MetricsMiddleware, metrics=app.metrics)  # outermost: counts every 429
     install_handlers(app)
     document_outcomes(app)
     app.include_router(bundles.router)
@@ -107,4 +110,5 @@ def create_app(
     app.include_router(bulk_export_router.router)
     app.include_router(cases_router.router)
     app.include_router(health.router)
+    app.include_router(metrics_router.router)
     return app

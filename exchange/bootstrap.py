@@ -33,6 +33,7 @@ from exchange.store import migrate
 from exchange.store.secrets import PSEUDONYM_KEY, secret, secret_in
 from exchange.store.tables import keys_table
 from ledger import store
+from ledger.keys import KeyFileError
 from ledger.log import Log
 
 log = logging.getLogger("medledger.exchange")
@@ -110,6 +111,7 @@ def open_engine(settings: Settings) -> Engine:
 
 def open_store(settings: Settings) -> tuple[Engine, vault.Vault]:
     """The store's engine, its schema upgraded to the current version, and its vault."""
+    _require_key_file(settings)
     engine = open_engine(settings)
     with engine.connect() as conn:
         empty = _vault_is_empty(conn)
@@ -117,11 +119,22 @@ def open_store(settings: Settings) -> tuple[Engine, vault.Vault]:
     return engine, vault.Vault(engine, master, secret(engine, PSEUDONYM_KEY))
 
 
+def _require_key_file(settings: Settings) -> None:
+    """An explicit --key-file must exist: nothing is created beside a key that is not there
+    (the vault key would be, for a new store), and the error says how to make one."""
+    if settings.key_file is not None and not settings.key_file.exists():
+        raise KeyFileError(
+            f"no signing key at {settings.key_file}: create the log's key files with "
+            f"`medledger keys init --key-file {settings.key_file}` (docs/operations.md)"
+        )
+
+
 def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
     """The log on an open store, with its keyring: every checkpoint is signed by each key
     active at its size (`log.key` and the keys added since, `keys/<key id>.key` beside it;
-    docs/operations.md). The last-checkpoint file makes the log refuse to append after the database
-    was rolled back or replaced."""
+    docs/operations.md). The last-checkpoint file makes the log refuse to append after the
+    database was rolled back or replaced."""
+    _require_key_file(settings)
     ring = open_keyring(
         engine, settings.origin, settings.signing_key_path, create=settings.key_file is None
     )

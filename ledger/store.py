@@ -113,7 +113,14 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    except ModuleNotFoundError as e:  # the URL's driver is an optional dependency
+        raise LedgerUnavailable(
+            f"the database driver {e.name!r} that {make_url(url).drivername} needs is not "
+            "installed: for PostgreSQL install the postgres extra "
+            "(pip install 'medledger[postgres]', which brings psycopg)"
+        ) from None
 
 
 def _create_private_database(database: str | None) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange.bootstrap import open_engine
 from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.config import Environment, Settings, add_state_options, settings_from_args
+from exchange.consent.crossborder import recipient_of
 from exchange.identity import clients as auth
 from exchange.identity.smart import JwksError
 from ledger.errors import LedgerUnavailable
@@ -182,6 +183,15 @@ def run_add(args: argparse.Namespace) -> int:
         }
         _show(info, args.json, "The token is shown only now: store it. The server keeps only "
               "its hash.")  # fmt: skip
+        if client.role == "insurer" and client.org and recipient_of(engine, client.org) is None:
+            # Else its searches answer an empty searchset, like an insurer without claims.
+            print(
+                f"medledger clients: note: {client.org} is not a recorded recipient yet, so no "
+                "patient's data can be provided to it: record where it is and the legal basis "
+                f"with\n  medledger recipients set --org {client.org} --country CC --basis BASIS"
+                " (docs/insurer-pull.md)",
+                file=sys.stderr,
+            )
         return EXIT_OK
 
     return _guarded(args, create=True, work=work)

@@ -1,4 +1,12 @@
-"""`medledger keys add|retire|list`: signing-key rotation with overlap, as ledger entries.
+"""`medledger keys init|add|retire|list`: the log's key files, and rotation with overlap.
+
+`init` creates the key files of a new log before its first start: the signing key (PKCS#8,
+0600) at --key-file (or `log.key` in --data) and the vault's master key `vault.key` beside
+it; the log keeps its last checkpoint (`checkpoint`) there too. It never replaces a file.
+
+    medledger keys init --key-file /etc/medledger/log.key
+    medledger serve --db postgresql+psycopg://medledger@db/medledger \\
+        --key-file /etc/medledger/log.key
 
 `add` generates a key (`keys/<key id>.key` beside log.key, PKCS#8, 0600) and appends its add
 entry: from the next checkpoint on, the old and the new key both sign (the overlap). `retire
@@ -28,14 +36,24 @@ from exchange.keys.keyring import (
     current_keyset,
     retire_key,
 )
+from exchange.vault import VaultError, load_master_key
 from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.keys import KeyFileError
+from ledger.keys import KeyFileError, generate_key_file, load_signer
 from ledger.log import Log
 
 
 def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
-    p = sub.add_parser("keys", help="rotate the log's signing keys (add, retire, list)")
+    p = sub.add_parser(
+        "keys",
+        help="the log's key files (init) and signing-key rotation (add, retire, list)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = p.add_subparsers(dest="action", required=True)
+    i = actions.add_parser("init", help="create a new log's signing key and vault key")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    add_state_options(i, env)
+    i.set_defaults(func=run_init)
     a = actions.add_parser("add", help="generate a key and start signing with it (overlap)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     add_state_options(a, env)
@@ -88,6 +106,34 @@ def _run(args: argparse.Namespace, action: str) -> int:
     except (LedgerError, OSError) as e:
         return _fail(EXIT_MALFORMED, str(e))
     _change(args, change)
+    return EXIT_OK
+
+
+def run_init(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    key_path, vault_path = settings.signing_key_path, settings.vault_key_path
+    for path in (key_path, vault_path):
+        if path.exists():
+            return _fail(EXIT_USAGE, f"{path} exists: keys init never replaces a key file")
+    try:
+        generate_key_file(key_path)
+        load_master_key(vault_path, create=True)
+        vkey = load_signer(key_path, settings.origin).verifier.vkey()
+    except (OSError, LedgerError, VaultError) as e:
+        return _fail(EXIT_MALFORMED, f"cannot create the key files: {e}")
+    files = {
+        "signing_key": str(key_path),
+        "vault_key": str(vault_path),
+        "checkpoint": str(settings.checkpoint_path),
+    }
+    if args.json:
+        print(json.dumps({"vkey": vkey, **files}, indent=1))
+        return EXIT_OK
+    print(f"created the signing key {key_path} and the vault key {vault_path} (mode 0600)")
+    print(f"  the log's verifier key: {vkey}")
+    print(f"  the log will keep its last checkpoint in {settings.checkpoint_path}")
+    print("  back up log.key and vault.key, never in the same backup as the database:")
+    print("  whoever holds both can read every stored Bundle (docs/operations.md)")
     return EXIT_OK
 
 

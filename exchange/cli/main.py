@@ -11,9 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from exchange import __version__
 from exchange.cli import (
     adapt,
     audit,
+    backup,
     case,
     clients,
     erase,
@@ -27,7 +29,19 @@ from exchange.cli.exits import EXIT_USAGE
 from exchange.config import Environment
 
 # The command groups, each a module with register(subparsers, environment) -> None.
-COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report, case)
+COMMANDS = (
+    serve,
+    clients,
+    audit,
+    adapt,
+    recipients,
+    institutions,
+    keys,
+    backup,
+    erase,
+    report,
+    case,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-border medical record exchange and traceability ledger.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"medledger {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     env = Environment.read()
     for command in COMMANDS:

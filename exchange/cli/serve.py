@@ -177,6 +177,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.export_ttl <= 0:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
+    if args.db is not None and args.key_file is None:
+        # Else the key files would be made, or silently reused, in ./medledger-data.
+        return _fail(
+            "--db needs --key-file: the log's signing key, with vault.key and checkpoint "
+            "beside it; create them once with `medledger keys init --key-file PATH`",
+            EXIT_USAGE,
+        )
     settings = replace(settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl))
     try:
         rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None

@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from exchange import vault
 from exchange.bootstrap import Services
 from exchange.consent.crossborder import TransferLedger
+from exchange.http.metrics import Metrics
 from exchange.http.public import SCOPE_KEY, PublicBase
 from exchange.indexes.derived import Indexes
 from ledger.log import Log
@@ -26,6 +27,7 @@ class ExchangeApp(FastAPI):
         super().__init__(**options)
         self.services = services
         self.public = public
+        self.metrics = Metrics(services)
 
 
 def app_of(request: Request) -> ExchangeApp:

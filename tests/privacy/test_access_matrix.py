@@ -692,6 +692,7 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/.well-known/smart-configuration", "get"): _plain_get("/.well-known/smart-configuration"),
     ("/health/live", "get"): _plain_get("/health/live"),
     ("/health/ready", "get"): _plain_get("/health/ready"),
+    ("/metrics", "get"): _plain_get("/metrics"),  # counts by route, status and kind
     ("/auth/token", "post"): _no_probe_needed,  # takes a signed assertion, returns a token
     # FastAPI's schema and documentation pages: the API's description, no data.
     ("/openapi.json", "get"): _plain_get("/openapi.json"),

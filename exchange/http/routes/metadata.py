@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from exchange import __version__
 from exchange.bootstrap import Services
 from exchange.http.deps import ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse
@@ -17,7 +18,7 @@ from exchange.intake import IntakeLimits
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
 
-SOFTWARE_VERSION = "0.1.0"
+SOFTWARE_VERSION = __version__
 LIMITS_EXTENSION = "https://medledger.example/fhir/StructureDefinition/intake-limits"
 
 _SUBMIT_DOC = (
