@@ -15,7 +15,7 @@ from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_pu
 from exchange.http.query import refuse_unknown_query
 from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.http.routes import bulk_export as bulk_export_router
-from exchange.http.routes import bundles, continuity, health, log, metadata, trace
+from exchange.http.routes import bundles, continuity, health, log, metadata, tiles, trace
 from exchange.http.routes import disclosures as disclosures_router
 from exchange.http.routes import organization as organization_router
 from exchange.http.routes import quality as quality_router
@@ -94,6 +94,7 @@ def create_app(
     app.include_router(bundles.router)
     app.include_router(metadata.router)
     app.include_router(log.router)
+    app.include_router(tiles.router)
     app.include_router(trace.router)
     app.include_router(rwd_export_router.router)
     app.include_router(continuity.router)

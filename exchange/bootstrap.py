@@ -34,6 +34,7 @@ from exchange.store.secrets import PSEUDONYM_KEY, secret, secret_in
 from exchange.store.tables import keys_table
 from ledger import store
 from ledger.log import Log
+from ledger.witness.collector import CosignatureCollector
 
 log = logging.getLogger("medledger.exchange")
 
@@ -52,6 +53,7 @@ class Services:
     senders: SenderCache
     indexes: Indexes
     gate: TransferLedger  # the cross-border transfer gate
+    witnesses: CosignatureCollector | None = None  # under a witness policy (serve --policy)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -61,6 +63,13 @@ class Services:
     @property
     def limits(self) -> IntakeLimits:
         return self.intake.limits
+
+    def checkpoint(self) -> str:
+        """The checkpoint the log's readers are served: under a witness policy the newest
+        one its quorum cosigned, once there is one; else the log's latest."""
+        if self.witnesses is not None and (note := self.witnesses.witnessed()) is not None:
+            return note
+        return self.log.checkpoint()
 
     def close(self) -> None:
         self.intake.close()
