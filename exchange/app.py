@@ -64,7 +64,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        services.intake.start()
+        services.start()
         try:
             yield
         finally:

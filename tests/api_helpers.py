@@ -80,11 +80,13 @@ class Api:
 
 
 @contextmanager
-def open_api(data: Path, db_url: str | None = None, **app_options: Any) -> Iterator[Api]:
+def open_api(
+    data: Path, db_url: str | None = None, *, policy: Path | None = None, **app_options: Any
+) -> Iterator[Api]:
     db_url = db_url if db_url is not None else API_DB_URL.get()
     # The public URL the test client's requests are addressed to (exchange.public).
     app_options.setdefault("public_url", "http://testserver")
-    app = create_app(Settings(data_dir=data, db_url=db_url), **app_options)
+    app = create_app(Settings(data_dir=data, db_url=db_url, policy=policy), **app_options)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, app.services)
 
