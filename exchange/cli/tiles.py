@@ -1,13 +1,15 @@
-"""`medledger tiles sync --out DIR`: the log's C2SP tiles written to a directory.
+"""`medledger tiles sync --out DIR [--witnessed]`: the log's C2SP tiles written to a directory.
 
-Thin over ledger.tiles.sync: the tree of the log's latest checkpoint, as `GET /tlog/...`
-serves it, written under DIR for any static host or object store to serve (docs/witness.md,
-"Tiles"). Incremental: a second run writes only the tiles that are new, and the checkpoint
-when it changed; the partial tiles of a tile that is now full are removed. Prints each path
-written (the checkpoint last), each one removed, then a summary.
+Thin over ledger.tiles.sync: the tree of the log's latest checkpoint (with --witnessed, of the
+newest one its witness policy's quorum cosigned, kept by `serve --policy`), as
+`GET /tlog/...` serves it, written under DIR for any static host or object store to serve
+(docs/witness.md, "Tiles"). Incremental: a second run writes only the tiles that are new,
+and the checkpoint when it changed; the partial tiles of a tile that is now full are removed.
+Prints each path written (the checkpoint last), each one removed, then a summary.
 
-Exit codes: 0 ok; 2 the database unavailable; 3 no log in the database, the directory
-holds another log's tiles (or a tree this log does not extend), or it cannot be written.
+Exit codes: 0 ok; 2 the database unavailable; 3 no log in the database (or no witnessed
+checkpoint kept), the directory holds another log's tiles (or a tree this log does not
+extend), or it cannot be written.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ledger.tiles.sync import SyncResult, sync
 EXAMPLES = """\
 examples:
   medledger tiles sync --data ./medledger-data --out /srv/www/tlog
+  medledger tiles sync --data ./medledger-data --out /srv/www/tlog --witnessed
   medledger tiles sync --db postgresql+psycopg://medledger@db/medledger --key-file log.key \\
       --out /srv/www/tlog --json
 
@@ -49,6 +52,12 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--out", type=Path, required=True, metavar="DIR", help="the tile directory")
+    s.add_argument(
+        "--witnessed",
+        action="store_true",
+        help="write the tree of the newest witnessed checkpoint, cosignatures included, that "
+        "`serve --policy` keeps beside the log's checkpoint (for readers with --policy)",
+    )
     s.add_argument("--json", action="store_true", help="print one JSON object")
     add_state_options(s, env)
     s.set_defaults(func=run_sync)
@@ -63,10 +72,20 @@ def run_sync(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings.db_url is None and not (settings.data_dir / "medledger.db").exists():
         return _fail(EXIT_MALFORMED, f"no log in {settings.data_dir}: pass its --data or --db")
+    note = None
+    if args.witnessed:
+        try:
+            note = settings.witnessed_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            return _fail(
+                EXIT_MALFORMED,
+                f"no witnessed checkpoint in {settings.witnessed_path} ({e}): run the service "
+                "with --policy until its witnesses cosign one",
+            )
     try:
         log, _ = open_log(settings, open_engine(settings))
         try:
-            result = sync(log, args.out)
+            result = sync(log, args.out, note=note)
         finally:
             log.close()
     except TileError as e:
