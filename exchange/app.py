@@ -16,7 +16,7 @@ from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_pu
 from exchange.http.query import refuse_unknown_query
 from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.http.routes import bulk_export as bulk_export_router
-from exchange.http.routes import bundles, continuity, health, log, metadata, trace
+from exchange.http.routes import bundles, continuity, health, log, metadata, tiles, trace
 from exchange.http.routes import cases as cases_router
 from exchange.http.routes import disclosures as disclosures_router
 from exchange.http.routes import metrics as metrics_router
@@ -67,7 +67,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        services.intake.start()
+        services.start()
         try:
             yield
         finally:
@@ -98,6 +98,7 @@ def create_app(
     app.include_router(bundles.router)
     app.include_router(metadata.router)
     app.include_router(log.router)
+    app.include_router(tiles.router)
     app.include_router(trace.router)
     app.include_router(rwd_export_router.router)
     app.include_router(continuity.router)

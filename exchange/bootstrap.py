@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select
 
@@ -33,8 +34,13 @@ from exchange.store import migrate
 from exchange.store.secrets import PSEUDONYM_KEY, secret, secret_in
 from exchange.store.tables import keys_table
 from ledger import store
+from ledger.audit.state import atomic_write
+from ledger.errors import LedgerError
 from ledger.keys import KeyFileError
 from ledger.log import Log
+from ledger.merkle import ProofError
+from ledger.policy import CheckpointRefused, Policy, PolicyError, load_policy
+from ledger.witness.collector import CosignatureCollector
 
 log = logging.getLogger("medledger.exchange")
 
@@ -53,6 +59,7 @@ class Services:
     senders: SenderCache
     indexes: Indexes
     gate: TransferLedger  # the cross-border transfer gate
+    witnesses: CosignatureCollector | None = None  # under a witness policy (serve --policy)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -63,7 +70,22 @@ class Services:
     def limits(self) -> IntakeLimits:
         return self.intake.limits
 
+    def checkpoint(self) -> str:
+        """The checkpoint the log's readers are served: under a witness policy the newest
+        one its quorum cosigned, once there is one; else the log's latest."""
+        if self.witnesses is not None and (note := self.witnesses.witnessed()) is not None:
+            return note
+        return self.log.checkpoint()
+
+    def start(self) -> None:
+        """Starts what runs beside requests: the intake workers, the witness rounds."""
+        self.intake.start()
+        if self.witnesses is not None:
+            self.witnesses.start()
+
     def close(self) -> None:
+        if self.witnesses is not None:
+            self.witnesses.close()
         self.intake.close()
         self.clients.epoch.close()
         self.log.close()
@@ -158,6 +180,69 @@ def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
     return ledger_log, ring
 
 
+class WitnessPolicyError(Exception):
+    """The witness policy (Settings.policy) cannot be used: unreadable, malformed, naming
+    other logs only, or with a quorum its witnesses with URLs cannot meet."""
+
+
+def open_witnesses(settings: Settings, ledger_log: Log) -> CosignatureCollector | None:
+    """The collector of the log's cosignatures under `settings.policy` (None without one),
+    not started: it offers each new checkpoint to the policy's witnesses, is told of every
+    commit (Log.on_commit; it batches them into rounds, a few a second at most), and keeps
+    the newest witnessed checkpoint in `settings.witnessed_path` for the next start."""
+    path = settings.policy
+    if path is None:
+        return None
+    try:
+        policy = load_policy(path)
+    except PolicyError as e:
+        raise WitnessPolicyError(f"witness policy {path}: {e}") from e
+    except OSError as e:
+        raise WitnessPolicyError(f"cannot read the witness policy {path}: {e.strerror}") from e
+    if policy.logs and all(lg.verifier.name != ledger_log.origin for lg in policy.logs):
+        named = ", ".join(sorted({lg.verifier.name for lg in policy.logs}))
+        raise WitnessPolicyError(
+            f"witness policy {path} names the logs {named}, not this one ({ledger_log.origin})"
+        )
+    kept = settings.witnessed_path
+
+    def keep(note: str) -> None:
+        try:
+            atomic_write(kept, note.encode(), mode=0o600)
+        except OSError as e:
+            log.warning("cannot keep the witnessed checkpoint in %s: %s", kept, e)
+
+    try:
+        collector = CosignatureCollector(
+            policy,
+            ledger_log.checkpoint,
+            ledger_log.consistency_proof,
+            on_witnessed=keep,
+            initial=_kept_witnessed(kept, ledger_log, policy),
+        )
+    except ValueError as e:
+        raise WitnessPolicyError(f"witness policy {path}: {e}") from e
+    ledger_log.on_commit(collector.notify)
+    return collector
+
+
+def _kept_witnessed(path: Path, ledger_log: Log, policy: Policy) -> str | None:
+    """The witnessed checkpoint kept by the last run, when it still meets the policy and is
+    of this log's tree; else None (the witnesses cosign the latest one again soon)."""
+    if not policy.logs or not path.exists():
+        return None
+    try:
+        note = path.read_text(encoding="utf-8")
+        cp = policy.require(note).checkpoint
+        if cp.origin == ledger_log.origin and ledger_log.root(cp.size) == cp.root:
+            return note
+        reason = "it is not of this log's tree"
+    except (OSError, UnicodeDecodeError, CheckpointRefused, LedgerError, ProofError) as e:
+        reason = str(e)
+    log.warning("not serving the witnessed checkpoint kept in %s: %s", path, reason)
+    return None
+
+
 def open_services(
     settings: Settings,
     *,
@@ -170,6 +255,12 @@ def open_services(
     (its workers warm while the store opens); else one of `intake_workers` is made."""
     engine, opened = open_store(settings)
     ledger_log, _ = open_log(settings, engine)
+    try:
+        witnesses = open_witnesses(settings, ledger_log)
+    except WitnessPolicyError:
+        ledger_log.close()
+        engine.dispose()
+        raise
     if intake is None:
         intake = IntakeRunner(limits or IntakeLimits(), intake_workers)
     # Export jobs that expired while no server ran are gone before the first request.
@@ -185,4 +276,5 @@ def open_services(
         senders=SenderCache(engine, strict=settings.institutions_strict),
         indexes=Indexes(opened),
         gate=TransferLedger(engine),
+        witnesses=witnesses,
     )

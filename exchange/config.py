@@ -47,6 +47,7 @@ class Environment:
     burst: str | None = None  # MEDLEDGER_RATE_BURST: serve --burst
     export_ttl: str | None = None  # MEDLEDGER_EXPORT_TTL: serve --export-ttl
     public_url: str | None = None  # MEDLEDGER_PUBLIC_URL: serve --public-url
+    policy: str | None = None  # MEDLEDGER_POLICY: serve --policy
     token: str | None = field(default=None, repr=False)  # MEDLEDGER_TOKEN: audit --token
     admin_token: str | None = field(default=None, repr=False)  # MEDLEDGER_ADMIN_TOKEN: erase
 
@@ -64,6 +65,7 @@ class Environment:
             burst=env.get("MEDLEDGER_RATE_BURST"),
             export_ttl=env.get("MEDLEDGER_EXPORT_TTL"),
             public_url=env.get("MEDLEDGER_PUBLIC_URL"),
+            policy=env.get("MEDLEDGER_POLICY") or None,
             token=env.get("MEDLEDGER_TOKEN"),
             admin_token=env.get(ADMIN_TOKEN_ENV),
         )
@@ -88,6 +90,9 @@ class Settings:
     vault_key: str | None = field(default=None, repr=False)
     # A sender without an institution registry record is refused (MEDLEDGER_INSTITUTIONS_STRICT).
     institutions_strict: bool = False
+    # A witness policy (C2SP tlog-policy, MEDLEDGER_POLICY): its witnesses cosign the log's
+    # checkpoints, and readers are served the newest one its quorum cosigned.
+    policy: Path | None = None
 
     @property
     def database_url(self) -> str:
@@ -106,6 +111,12 @@ class Settings:
     def checkpoint_path(self) -> Path:
         """The log's last checkpoint, also kept beside its key (ledger.last_checkpoint)."""
         return self.signing_key_path.parent / "checkpoint"
+
+    @property
+    def witnessed_path(self) -> Path:
+        """The newest checkpoint the policy's quorum cosigned, kept beside the last one, so
+        a restarted server serves it before its witnesses answer again."""
+        return self.signing_key_path.parent / "witnessed-checkpoint"
 
     def open_engine(self) -> Engine:
         """The database's engine; with `data_dir` the directory is made first, mode 0700."""

@@ -9,6 +9,7 @@ several processes may append to one database safely (the store's lock serialises
 from __future__ import annotations
 
 import base64
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from .last_checkpoint import read_last_checkpoint, write_last_checkpoint
 from .note import NoteError, Signer, Verifier, open_note, sign
 from .note import split as split_note
 from .receipt import Receipt, format_receipt
+
+logger = logging.getLogger("ledger.log")
 
 Clock = Callable[[], datetime]
 RowWriter = Callable[[Connection, Entry], None]
@@ -156,6 +159,7 @@ class Log:
         self._hash_cache = HashCache()
         self._edges = RightEdgeCache()
         self._known_size = 0  # a size the log has reached; it only grows
+        self._committed: list[Callable[[], None]] = []
         store.create_schema(engine)
         self._init_head()
         if checkpoint_file is not None:
@@ -236,6 +240,12 @@ class Log:
         return None
 
     # --- appending -----------------------------------------------------------------------
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` after every batch that appended an entry, in the appending thread
+        before the batch's callers are answered: it must return at once (set an event, wake
+        a thread). What it raises is logged and ignored; the batch is committed anyway."""
+        self._committed.append(callback)
 
     def append(self, sub: Submission) -> Appended:
         """Appends one submission; blocks until its batch has committed."""
@@ -339,6 +349,12 @@ class Log:
         if self.checkpoint_file is not None and fresh is not None:
             self._advance_checkpoint_file(fresh.checkpoint)
         fault_point("after-commit")
+        if fresh is not None:
+            for callback in self._committed:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - a listener never fails a committed batch
+                    logger.exception("a commit listener failed")
         return results
 
     def _append_locked(

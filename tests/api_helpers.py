@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import func, inspect, select, text
 
@@ -80,13 +84,16 @@ def open_api(
     data: Path,
     db_url: str | None = None,
     settings: dict[str, Any] | None = None,
+    *,
+    policy: Path | None = None,
     **app_options: Any,
 ) -> Iterator[Api]:
     """The app over `data` (and `db_url`), with further Settings fields from `settings`."""
     db_url = db_url if db_url is not None else API_DB_URL.get()
     # The public URL the test client's requests are addressed to (exchange.public).
     app_options.setdefault("public_url", "http://testserver")
-    app = create_app(Settings(data_dir=data, db_url=db_url, **(settings or {})), **app_options)
+    options = {"policy": policy, **(settings or {})}
+    app = create_app(Settings(data_dir=data, db_url=db_url, **options), **app_options)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, app.services)
 
@@ -154,3 +161,26 @@ def stored_values_by_table(api: Api) -> dict[str, list[bytes]]:
                     elif v is not None:
                         values.append(str(v).encode())
     return out
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """`app` under uvicorn on a free loopback port, in a background thread, lifespan on, for
+    clients that speak HTTP on a socket (TestClient does not); yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the app did not start under uvicorn")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -57,7 +57,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 # API test modules that also run on PostgreSQL when MEDLEDGER_TEST_PG is set: their `api`
 # fixture calls api_helpers.open_api, which takes the database of the `api_backend` parameter.
-API_PG_MODULES = frozenset({"test_api_bundles", "test_api_log", "test_api_bad_input"})
+API_PG_MODULES = frozenset(
+    {
+        "test_api_bundles",
+        "test_api_log",
+        "test_api_bad_input",
+        "test_api_tiles",
+        "test_api_witnessed",
+    }
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,7 +1,8 @@
 """The CLI's exit codes, the same for every command, and the one table from error to code.
 
 0 ok; 1 usage (or a refusal of what was asked); 2 network or database unavailable;
-3 malformed input or local state; 4 verification failed; 5 proven log misbehaviour.
+3 malformed input or local state; 4 verification failed; 5 proven log misbehaviour;
+6 not witnessed enough (everything verifies but the witness policy's quorum did not cosign).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from exchange.errors import (
     Unavailable,
     Unprocessable,
 )
+from ledger.policy import EXIT_NOT_WITNESSED as EXIT_NOT_WITNESSED  # 6, ledger.policy's
 
 EXIT_OK = 0
 EXIT_USAGE = 1

@@ -1,8 +1,9 @@
 """`medledger`: a thin command line over the library. Each command group lives in its own module.
 
 Exit codes everywhere (exchange.cli.exits): 0 ok; 1 usage; 2 network/unavailable; 3 malformed
-input or local state; 4 verification failed; 5 proven log misbehaviour. The environment is
-read once, here (exchange.config.Environment), and gives the options' defaults.
+input or local state; 4 verification failed; 5 proven log misbehaviour; 6 not witnessed
+enough. The environment is read once, here (exchange.config.Environment), and gives the
+options' defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from exchange.cli import (
     recipients,
     report,
     serve,
+    tiles,
+    verify,
+    witness,
 )
 from exchange.cli.exits import EXIT_USAGE
 from exchange.config import Environment
@@ -32,6 +36,7 @@ from exchange.config import Environment
 COMMANDS = (
     serve,
     clients,
+    verify,
     audit,
     adapt,
     recipients,
@@ -41,6 +46,8 @@ COMMANDS = (
     erase,
     report,
     case,
+    tiles,
+    witness,
 )
 
 

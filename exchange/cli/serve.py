@@ -18,7 +18,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.app import create_app
-from exchange.bootstrap import open_services
+from exchange.bootstrap import WitnessPolicyError, open_services
 from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.config import (
     Environment,
@@ -156,6 +156,15 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         help="largest request line and headers accepted (%(default)s; 431 beyond)",
     )
     p.add_argument(
+        "--policy",
+        type=Path,
+        default=Path(env.policy) if env.policy else None,
+        metavar="FILE",
+        help="a witness policy (C2SP tlog-policy; its witness lines carry URLs): offer every "
+        "new checkpoint to its witnesses and serve the newest one its quorum cosigned at "
+        "/v1/log/checkpoint (MEDLEDGER_POLICY; docs/witness.md)",
+    )
+    p.add_argument(
         "--access-log",
         action="store_true",
         help="log every request line (off by default: search URLs may carry identifiers)",
@@ -184,7 +193,9 @@ def run_serve(args: argparse.Namespace) -> int:
             "beside it; create them once with `medledger keys init --key-file PATH`",
             EXIT_USAGE,
         )
-    settings = replace(settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl))
+    settings = replace(
+        settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl), policy=args.policy
+    )
     try:
         rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
         limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_header_bytes)
@@ -201,7 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     intake.start()
     try:
         services = open_services(settings, intake=intake, max_in_flight=args.max_in_flight)
-    except (LedgerError, SQLAlchemyError, VaultError) as e:
+    except (LedgerError, SQLAlchemyError, VaultError, WitnessPolicyError) as e:
         intake.close()
         return _open_failure(e)
 
@@ -243,6 +254,10 @@ def run_serve(args: argparse.Namespace) -> int:
         f"medledger: log {services.log.origin} ({services.log.size()} entries), key {vkey}",
         flush=True,
     )
+    if services.witnesses is not None:
+        policy = services.witnesses.policy
+        named = ", ".join(f"{w.name} {w.url}" for w in policy.witnesses if w.url)
+        print(f"medledger: witnesses {named}; quorum {policy.quorum}", flush=True)
     print(f"medledger: serving {base_url}/fhir (Ctrl-C to stop)", flush=True)
     if public_url != base_url:
         print(f"medledger: public URL {public_url}", flush=True)
@@ -272,7 +287,7 @@ def _open_failure(e: Exception) -> int:
         return _fail(str(e), EXIT_UNAVAILABLE)
     if isinstance(e, SQLAlchemyError):
         return _fail(f"the database cannot be opened: {e}", EXIT_UNAVAILABLE)
-    return _fail(str(e), EXIT_MALFORMED)  # LedgerError, VaultError: the local state
+    return _fail(str(e), EXIT_MALFORMED)  # LedgerError, VaultError, a policy: the local state
 
 
 def _demo_dir(settings: Settings) -> Path:

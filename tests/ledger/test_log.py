@@ -93,6 +93,23 @@ def test_failing_row_writer_loses_nothing_else(tmp_path) -> None:
     assert log.size() == 2
 
 
+def test_commit_listeners_hear_of_each_batch_that_appended(tmp_path) -> None:
+    log = open_log(f"sqlite:///{tmp_path / 'l.db'}", new_signer())
+    heard: list[int] = []
+    log.on_commit(lambda: heard.append(log.size()))
+
+    def broken() -> None:
+        raise RuntimeError("a listener's own failure")
+
+    log.on_commit(broken)
+    log.append_batch([submission(b"A", keys=("k",)), submission(b"B")])
+    appended = log.append(submission(b"C"))  # through the writer thread
+    assert not appended.duplicate and heard == [2, 3]
+    assert log.append(submission(b"A", keys=("k",))).duplicate
+    assert heard == [2, 3]  # nothing appended: nothing to hear
+    log.close()
+
+
 def test_concurrent_appends_32x200(db_url: str) -> None:
     signer = new_signer()
     log = open_log(db_url, signer)

@@ -335,6 +335,7 @@ PATH_SAMPLES = {
     "value": "PP-NOBODY",
     "org": "hospital-a",
     "index": "0",
+    "path": "0/000.p/1",
 }
 
 
@@ -648,6 +649,11 @@ def _plain_get(path: str, **params: Any) -> Probe:
     return probe
 
 
+def _tiles(w: World, actor: str) -> None:
+    for path in ("tile/0/000.p/2", "tile/entries/000.p/2"):
+        assert w.get(actor, f"/tlog/{path}").status_code == 200, path
+
+
 SETTLEMENT_SEARCHES = {
     f"/fhir/{t}": _per_patient(f"/fhir/{t}", "patient.identifier") for t in smart._SETTLEMENT
 }
@@ -689,6 +695,8 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/v1/log/proof/inclusion", "get"): _plain_get("/v1/log/proof/inclusion", index=0, size=2),
     ("/v1/log/proof/consistency", "get"): _plain_get("/v1/log/proof/consistency", size1=1, size2=2),
     ("/v1/log/entries/{index}/receipt", "get"): _plain_get("/v1/log/entries/0/receipt"),
+    ("/tlog/checkpoint", "get"): _plain_get("/tlog/checkpoint"),
+    ("/tlog/tile/{path}", "get"): _tiles,
     ("/.well-known/smart-configuration", "get"): _plain_get("/.well-known/smart-configuration"),
     ("/health/live", "get"): _plain_get("/health/live"),
     ("/health/ready", "get"): _plain_get("/health/ready"),

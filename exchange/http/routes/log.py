@@ -2,6 +2,10 @@
 
 Every answer here can be checked offline against the log's key (GET /v1/log/key), so none of
 it has to be trusted: `medledger audit --url` re-derives the tree from these reads.
+
+Under a witness policy (`serve --policy`, docs/witness.md) the checkpoint served is the newest
+one the policy's quorum cosigned, with its cosignatures (the log's latest until there is
+one), and receipts are built against it, so a reader holding the policy can check both.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from exchange.http.deps import ServicesDep
 from exchange.http.errors import error_responses
 from exchange.http.guards import public
 from exchange.keys.keyring import read_events
+from ledger.checkpoint import parse_checkpoint
 from ledger.encoding import b64
 from ledger.keyset import derive_keyset, parse_key_document
+from ledger.note import split as split_note
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
 
@@ -73,13 +79,14 @@ def _beyond(size: int, current: int) -> NotFound:
 
 @router.get(
     "/checkpoint",
-    summary="The latest signed checkpoint (C2SP tlog-checkpoint in a signed note)",
+    summary="The latest signed checkpoint (C2SP tlog-checkpoint in a signed note); under a "
+    "witness policy the newest one its quorum cosigned, with the cosignature lines",
     response_class=PlainTextResponse,
     responses={200: {"content": _TEXT}},
 )
 @public
 def checkpoint(services: Services_) -> PlainTextResponse:
-    return PlainTextResponse(services.log.checkpoint(), headers={"Cache-Control": "no-cache"})
+    return PlainTextResponse(services.checkpoint(), headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
@@ -173,7 +180,8 @@ def consistency(services: Services_, size1: Index, size2: Index) -> ConsistencyP
 
 @router.get(
     "/entries/{index}/receipt",
-    summary="A receipt (c2sp.org/tlog-proof@v1) for entry `index` against the latest checkpoint",
+    summary="A receipt (c2sp.org/tlog-proof@v1) for entry `index` against the latest "
+    "checkpoint; under a witness policy the newest witnessed one (404 until one covers it)",
     response_class=PlainTextResponse,
     responses={200: {"content": _TEXT}, **error_responses(400, 404)},
 )
@@ -184,4 +192,15 @@ def receipt(
     current = services.log.size()
     if index >= current:
         raise NotFound(f"no entry {index}: the log has {current} entries")
-    return PlainTextResponse(services.log.receipt(index))
+    if services.witnesses is None:
+        return PlainTextResponse(services.log.receipt(index))
+    note = services.witnesses.witnessed()
+    size = -1 if note is None else parse_checkpoint(split_note(note)[0]).size
+    if note is None or index >= size:
+        held = "none yet" if note is None else f"the newest is of size {size}"
+        raise NotFound(
+            f"no witnessed checkpoint covers entry {index} yet ({held}): the policy's witnesses "
+            "have not cosigned one since it was appended; retry in a few seconds (the receipt "
+            "answered with the submission is signed by the log alone)"
+        )
+    return PlainTextResponse(services.log.receipt_at(index, note))
