@@ -59,7 +59,22 @@ RESEARCH_PURPOSES: Mapping[str, frozenset[str]] = {
     "CLINTRCH": frozenset({"CLINTRCH"}),
 }
 REGULATOR_PURPOSES = frozenset(RESEARCH_PURPOSES)
-_COVERS: Mapping[str, frozenset[str]] = {**PAYMENT_PURPOSES, **RESEARCH_PURPOSES}
+# v3-ActReason TREAT ("treatment") and its specializations: what a delivery to the patient's
+# home hospital is for (exchange.outbox). ETREAT covers its own BTG and ERTREAT.
+TREATMENT_PURPOSES: Mapping[str, frozenset[str]] = {
+    "TREAT": frozenset({"TREAT", "CLINTRL", "COC", "ETREAT", "BTG", "ERTREAT", "POPHLTH"}),
+    "CLINTRL": frozenset({"CLINTRL"}),
+    "COC": frozenset({"COC"}),
+    "ETREAT": frozenset({"ETREAT", "BTG", "ERTREAT"}),
+    "BTG": frozenset({"BTG"}),
+    "ERTREAT": frozenset({"ERTREAT"}),
+    "POPHLTH": frozenset({"POPHLTH"}),
+}
+_COVERS: Mapping[str, frozenset[str]] = {
+    **PAYMENT_PURPOSES,
+    **RESEARCH_PURPOSES,
+    **TREATMENT_PURPOSES,
+}
 
 _IGNORED_STATUSES = frozenset({"entered-in-error", "draft", "proposed"})
 
@@ -217,6 +232,20 @@ def evaluate(
         return Decision(False, f"purpose of use {req.purpose!r} is not a research purpose")
     if not research and req.purpose not in INSURER_PURPOSES:
         return Decision(False, f"purpose of use {req.purpose!r} is not a payment purpose")
+    return _evaluate(consents, req)
+
+
+def evaluate_treatment(consents: Iterable[Mapping[str, Any]], req: Request) -> Decision:
+    """The decision for a disclosure to a treating organisation (a delivery to the patient's
+    home hospital): ``req.purpose`` is TREAT or a specialisation, and a consent covers it when
+    a provision naming that organisation states TREAT or a purpose that covers the request's
+    (a consent stating ETREAT alone does not cover TREAT)."""
+    if req.purpose not in TREATMENT_PURPOSES:
+        return Decision(False, f"purpose of use {req.purpose!r} is not a treatment purpose")
+    return _evaluate(consents, req)
+
+
+def _evaluate(consents: Iterable[Mapping[str, Any]], req: Request) -> Decision:
     try:
         consent = newest_consent(consents)
     except UndatedConsent as e:
@@ -234,4 +263,4 @@ def evaluate(
         return Decision(True, "permitted by consent", cid)
     if decision == "deny":
         return Decision(False, "denied by consent", cid)
-    return Decision(False, "the consent does not cover this insurer, purpose or data", cid)
+    return Decision(False, "the consent does not cover this recipient, purpose or data", cid)
