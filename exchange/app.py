@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +18,7 @@ from exchange.http.query import refuse_unknown_query
 from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.http.routes import bulk_export as bulk_export_router
 from exchange.http.routes import bundles, continuity, health, log, metadata, trace
+from exchange.http.routes import deliveries as deliveries_router
 from exchange.http.routes import disclosures as disclosures_router
 from exchange.http.routes import organization as organization_router
 from exchange.http.routes import quality as quality_router
@@ -65,9 +68,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.intake.start()
+        outbox = asyncio.create_task(services.outbox.run(), name="outbox")
         try:
             yield
         finally:
+            outbox.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outbox
+            await services.outbox.close()
             services.close()
 
     public = PublicBase(parse_public_url(public_url), trusted_proxies)
@@ -104,5 +112,6 @@ def create_app(
     app.include_router(disclosures_router.router)
     app.include_router(settlement_router.router)
     app.include_router(bulk_export_router.router)
+    app.include_router(deliveries_router.router)
     app.include_router(health.router)
     return app

@@ -15,6 +15,7 @@ from exchange.cli import (
     adapt,
     audit,
     clients,
+    deliveries,
     erase,
     institutions,
     keys,
@@ -26,7 +27,9 @@ from exchange.cli.exits import EXIT_USAGE
 from exchange.config import Environment
 
 # The command groups, each a module with register(subparsers, environment) -> None.
-COMMANDS = (serve, clients, audit, adapt, recipients, institutions, keys, erase, report)
+COMMANDS = (
+    serve, clients, audit, adapt, recipients, deliveries, institutions, keys, erase, report,
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -108,6 +108,14 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         "(%(default)s hours)",
     )
     p.add_argument(
+        "--delivery-give-up",
+        type=float,
+        default=float(env.delivery_give_up or "24"),
+        metavar="HOURS",
+        help="how long a delivery to a home hospital is retried before it fails "
+        "(%(default)s hours; docs/delivery.md)",
+    )
+    p.add_argument(
         "--public-url",
         default=env.public_url,
         metavar="URL",
@@ -177,7 +185,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.export_ttl <= 0:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
-    settings = replace(settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl))
+    if args.delivery_give_up <= 0:
+        return _fail("--delivery-give-up must be a positive number of hours", EXIT_USAGE)
+    settings = replace(
+        settings_from_args(args),
+        export_ttl=timedelta(hours=args.export_ttl),
+        delivery_give_up=timedelta(hours=args.delivery_give_up),
+    )
     try:
         rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
         limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_header_bytes)

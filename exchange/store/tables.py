@@ -355,6 +355,7 @@ deliveries_table = Table(
     Column("bundle_idx", BigInteger, nullable=False),  # the delivered Bundle version's entry
     Column("sender", String(64), nullable=False),  # the hospital that submitted it
     Column("subject", LargeBinary),  # the patient's pseudonym (the entry's subject)
+    Column("patient_tag", LargeBinary, nullable=False),  # lookup tag consents are found by
     Column("recipient", String(64), nullable=False),
     Column("transport", String(8), nullable=False),  # fhir | mllp
     Column("endpoint", String(512), nullable=False),  # the URL when queued, for the listing
