@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select
 
@@ -191,5 +191,8 @@ def outbox_worker(
         cap=settings.delivery_max_wait,
         deadline=settings.delivery_give_up,
     )
-    config = WorkerConfig(policy, settings.delivery_timeout, settings.delivery_poll)
+    # A claim outlives any attempt (and the work around it); a killed server's claims end
+    # with it, so its deliveries are taken up again by then.
+    lease = timedelta(seconds=2 * settings.delivery_timeout + 5)
+    config = WorkerConfig(policy, settings.delivery_timeout, settings.delivery_poll, lease)
     return Worker(Queue(opened, indexes, opened.lookup_key), ledger_log, gate, config)

@@ -116,6 +116,14 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         "(%(default)s hours; docs/delivery.md)",
     )
     p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long one delivery attempt may take (%(default)s s); a delivery a killed "
+        "server was sending is taken up again after twice that and 5 s",
+    )
+    p.add_argument(
         "--public-url",
         default=env.public_url,
         metavar="URL",
@@ -187,10 +195,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
     if args.delivery_give_up <= 0:
         return _fail("--delivery-give-up must be a positive number of hours", EXIT_USAGE)
+    if args.delivery_timeout <= 0:
+        return _fail("--delivery-timeout must be a positive number of seconds", EXIT_USAGE)
     settings = replace(
         settings_from_args(args),
         export_ttl=timedelta(hours=args.export_ttl),
         delivery_give_up=timedelta(hours=args.delivery_give_up),
+        delivery_timeout=args.delivery_timeout,
     )
     try:
         rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None

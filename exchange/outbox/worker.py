@@ -81,7 +81,7 @@ class WorkerConfig:
     policy: Policy = Policy()
     timeout: float = 30.0  # one attempt's deadline, seconds
     poll: float = 1.0  # how often the outbox is looked at without being woken, seconds
-    lease: timedelta = timedelta(minutes=2)  # a claim outlives any attempt
+    lease: timedelta = timedelta(seconds=65)  # a claim outlives any attempt
     batch: int = 32  # rows claimed and sent concurrently per round
 
 
@@ -119,6 +119,9 @@ class Worker:
         self.tokens = TokenCache()
         self._http: Any = None  # one httpx client, made in the loop that uses it
         self._wake: asyncio.Event | None = None
+        # Final outcomes may lack their access entry (a server killed between the two, or
+        # a failure recording it): looked for at the start and after such a failure.
+        self._unaccounted = True
 
     # --- the loop
 
@@ -130,11 +133,11 @@ class Worker:
     async def run(self) -> None:
         """Until cancelled: drain what is due, then wait to be woken or for the next poll."""
         self._wake = asyncio.Event()
-        with contextlib.suppress(Exception):
-            await run_in_threadpool(self.account_missing)
         while True:
             self._wake.clear()
             try:
+                if self._unaccounted:
+                    await run_in_threadpool(self.account_missing)
                 await self.drain()
             except Exception:
                 log.exception("outbox: a round failed; the rows are taken up again later")
@@ -366,7 +369,11 @@ class Worker:
             self.log.append(sub)
         except NotPending:
             return
-        self._account(row["id"])
+        try:
+            self._account(row["id"])
+        except Exception:
+            self._unaccounted = True
+            raise
 
     def _account(self, delivery_id: str) -> None:
         """The access entries of a final outcome, and the row's note that they are made."""
@@ -405,6 +412,7 @@ class Worker:
             ids = list(conn.execute(q).scalars())
         for delivery_id in ids:
             self._account(delivery_id)
+        self._unaccounted = False
 
 
 class _Unsendable(Exception):
