@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from exchange import inbound
 from exchange.bootstrap import Services, open_services
 from exchange.config import Settings
 from exchange.http.deps import ExchangeApp
@@ -51,6 +52,7 @@ def create_app(
     rate_limit: RateLimit | None = None,
     public_url: str = DEFAULT_PUBLIC_URL,
     trusted_proxies: tuple[Network, ...] = (),
+    mllp: tuple[str, int] | None = None,
 ) -> ExchangeApp:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
@@ -59,6 +61,7 @@ def create_app(
     `rate_limit` gives each client a token bucket (429 + Retry-After when it is empty).
     `public_url` is the base of every absolute URL the service gives out; requests from
     `trusted_proxies` may name another with X-Forwarded-Proto/Host (exchange.public).
+    `mllp` (host, port) also listens for HL7 v2 from home hospitals (exchange.inbound).
     """
     if services is None:
         services = open_services(
@@ -69,9 +72,18 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.intake.start()
         outbox = asyncio.create_task(services.outbox.run(), name="outbox")
+        listener = None
+        if mllp is not None:
+            listener = await inbound.start(
+                services.engine, services.log, services.vault, services.intake,
+                services.senders, *mllp,
+            )  # fmt: skip
         try:
             yield
         finally:
+            if listener is not None:
+                listener.close()
+                await listener.wait_closed()
             outbox.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await outbox

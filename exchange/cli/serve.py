@@ -108,6 +108,13 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         "(%(default)s hours)",
     )
     p.add_argument(
+        "--mllp-port",
+        type=int,
+        metavar="N",
+        help="also listen for HL7 v2 over MLLP from registered home hospitals on this port "
+        "(`medledger clients mllp`; docs/delivery.md)",
+    )
+    p.add_argument(
         "--delivery-give-up",
         type=float,
         default=float(env.delivery_give_up or "24"),
@@ -195,6 +202,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
     if args.delivery_give_up <= 0:
         return _fail("--delivery-give-up must be a positive number of hours", EXIT_USAGE)
+    if args.mllp_port is not None and not 0 < args.mllp_port < 65536:
+        return _fail(f"--mllp-port {args.mllp_port} is not a port (1-65535)", EXIT_USAGE)
     if args.delivery_timeout <= 0:
         return _fail("--delivery-timeout must be a positive number of seconds", EXIT_USAGE)
     settings = replace(
@@ -243,9 +252,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"medledger: warning: absolute URLs (the SMART token audience among them) name "
               f"{public_url}: give --public-url, the address clients use",
               file=sys.stderr)  # fmt: skip
+    mllp = None if args.mllp_port is None else (args.host, args.mllp_port)
     app = create_app(
         settings, services=services, rate_limit=rate_limit, public_url=public_url,
-        trusted_proxies=proxies,
+        trusted_proxies=proxies, mllp=mllp,
     )  # fmt: skip
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base_url = f"http://{shown_host}:{args.port}"

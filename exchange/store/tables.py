@@ -344,6 +344,16 @@ recipients_table = Table(
     Column("endpoint_secret", LargeBinary),
 )
 
+# --- identity.mllp ----------------------------------------
+
+mllp_senders_table = Table(
+    "exchange_mllp_senders",
+    metadata,
+    Column("kind", String(8), primary_key=True),  # peer (an IP address) | facility (MSH-4)
+    Column("value", String(255), primary_key=True),
+    Column("client_id", String(64), nullable=False),  # the hospital client it submits as
+)
+
 # --- outbox ----------------------------------------
 
 deliveries_table = Table(

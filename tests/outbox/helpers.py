@@ -34,8 +34,11 @@ BASIS = LegalBasis("standard-contract", "琼网信备2026-0043")
 
 
 @contextmanager
-def exchange(data: Path, db_url: str | None = None, **delivery: Any) -> Iterator[Api]:
-    """The service with its outbox looking every 50 ms and retrying after 100 ms."""
+def exchange(
+    data: Path, db_url: str | None = None, mllp_port: int | None = None, **delivery: Any
+) -> Iterator[Api]:
+    """The service with its outbox looking every 50 ms and retrying after 100 ms (and, with
+    `mllp_port`, listening for HL7 v2 on it)."""
     settings = Settings(
         data_dir=data,
         db_url=db_url,
@@ -44,7 +47,8 @@ def exchange(data: Path, db_url: str | None = None, **delivery: Any) -> Iterator
         delivery_timeout=delivery.pop("timeout", 5.0),
         **delivery,
     )
-    app = create_app(settings, public_url="http://testserver")
+    mllp = None if mllp_port is None else ("127.0.0.1", mllp_port)
+    app = create_app(settings, public_url="http://testserver", mllp=mllp)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, app.services)
 
