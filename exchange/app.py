@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from exchange import inbound
 from exchange.bootstrap import Services, open_services
 from exchange.config import Settings
 from exchange.http.deps import ExchangeApp
@@ -18,6 +21,7 @@ from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
 from exchange.http.routes import bulk_export as bulk_export_router
 from exchange.http.routes import bundles, continuity, health, log, metadata, tiles, trace
 from exchange.http.routes import cases as cases_router
+from exchange.http.routes import deliveries as deliveries_router
 from exchange.http.routes import disclosures as disclosures_router
 from exchange.http.routes import metrics as metrics_router
 from exchange.http.routes import organization as organization_router
@@ -51,6 +55,7 @@ def create_app(
     rate_limit: RateLimit | None = None,
     public_url: str = DEFAULT_PUBLIC_URL,
     trusted_proxies: tuple[Network, ...] = (),
+    mllp: tuple[str, int] | None = None,
 ) -> ExchangeApp:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
@@ -59,6 +64,7 @@ def create_app(
     `rate_limit` gives each client a token bucket (429 + Retry-After when it is empty).
     `public_url` is the base of every absolute URL the service gives out; requests from
     `trusted_proxies` may name another with X-Forwarded-Proto/Host (exchange.public).
+    `mllp` (host, port) also listens for HL7 v2 from home hospitals (exchange.inbound).
     """
     if services is None:
         services = open_services(
@@ -68,9 +74,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.start()
+        outbox = asyncio.create_task(services.outbox.run(), name="outbox")
+        listener = None
+        if mllp is not None:
+            listener = await inbound.start(
+                services.engine, services.log, services.vault, services.intake,
+                services.senders, *mllp,
+            )  # fmt: skip
         try:
             yield
         finally:
+            if listener is not None:
+                listener.close()
+                await listener.wait_closed()
+            outbox.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outbox
+            await services.outbox.close()
             services.close()
 
     public = PublicBase(parse_public_url(public_url), trusted_proxies)
@@ -110,6 +130,7 @@ def create_app(
     app.include_router(settlement_router.router)
     app.include_router(bulk_export_router.router)
     app.include_router(cases_router.router)
+    app.include_router(deliveries_router.router)
     app.include_router(health.router)
     app.include_router(metrics_router.router)
     return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select
@@ -22,11 +22,14 @@ from exchange import vault
 from exchange.bundles.admission import Admission
 from exchange.config import Settings
 from exchange.consent.crossborder import TransferLedger
+from exchange.delivery import backoff
 from exchange.identity.cache import ClientCache
 from exchange.indexes.derived import Indexes
 from exchange.intake import IntakeLimits
 from exchange.intake.runner import IntakeRunner
 from exchange.keys.keyring import Keyring, KeyringError, open_keyring
+from exchange.outbox.queue import Queue
+from exchange.outbox.worker import Worker, WorkerConfig
 from exchange.privacy.upgrade import upgrade_vault
 from exchange.registry.admission import SenderCache
 from exchange.settlement import bulk_export
@@ -59,6 +62,7 @@ class Services:
     senders: SenderCache
     indexes: Indexes
     gate: TransferLedger  # the cross-border transfer gate
+    outbox: Worker  # deliveries to home hospitals (its queue: outbox.queue)
     witnesses: CosignatureCollector | None = None  # under a witness policy (serve --policy)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -265,6 +269,8 @@ def open_services(
         intake = IntakeRunner(limits or IntakeLimits(), intake_workers)
     # Export jobs that expired while no server ran are gone before the first request.
     bulk_export.purge_expired(engine, settings.export_ttl)
+    indexes = Indexes(opened)
+    gate = TransferLedger(engine)
     return Services(
         settings=settings,
         log=ledger_log,
@@ -274,7 +280,24 @@ def open_services(
         admission=Admission(max_in_flight),
         vault=opened,
         senders=SenderCache(engine, strict=settings.institutions_strict),
-        indexes=Indexes(opened),
-        gate=TransferLedger(engine),
+        indexes=indexes,
+        gate=gate,
+        outbox=outbox_worker(settings, opened, indexes, ledger_log, gate),
         witnesses=witnesses,
     )
+
+
+def outbox_worker(
+    settings: Settings, opened: vault.Vault, indexes: Indexes, ledger_log: Log, gate: TransferLedger
+) -> Worker:
+    """The outbox's worker, on the schedule the settings give (exchange.outbox)."""
+    policy = backoff.Policy(
+        base=settings.delivery_first_wait,
+        cap=settings.delivery_max_wait,
+        deadline=settings.delivery_give_up,
+    )
+    # A claim outlives any attempt (and the work around it); a killed server's claims end
+    # with it, so its deliveries are taken up again by then.
+    lease = timedelta(seconds=2 * settings.delivery_timeout + 5)
+    config = WorkerConfig(policy, settings.delivery_timeout, settings.delivery_poll, lease)
+    return Worker(Queue(opened, indexes, opened.lookup_key), ledger_log, gate, config)

@@ -46,6 +46,7 @@ class Environment:
     rate_limit: str | None = None  # MEDLEDGER_RATE_LIMIT: serve --rate-limit
     burst: str | None = None  # MEDLEDGER_RATE_BURST: serve --burst
     export_ttl: str | None = None  # MEDLEDGER_EXPORT_TTL: serve --export-ttl
+    delivery_give_up: str | None = None  # MEDLEDGER_DELIVERY_GIVE_UP: serve --delivery-give-up
     public_url: str | None = None  # MEDLEDGER_PUBLIC_URL: serve --public-url
     policy: str | None = None  # MEDLEDGER_POLICY: serve --policy
     token: str | None = field(default=None, repr=False)  # MEDLEDGER_TOKEN: audit --token
@@ -64,6 +65,7 @@ class Environment:
             rate_limit=env.get("MEDLEDGER_RATE_LIMIT"),
             burst=env.get("MEDLEDGER_RATE_BURST"),
             export_ttl=env.get("MEDLEDGER_EXPORT_TTL"),
+            delivery_give_up=env.get("MEDLEDGER_DELIVERY_GIVE_UP"),
             public_url=env.get("MEDLEDGER_PUBLIC_URL"),
             policy=env.get("MEDLEDGER_POLICY") or None,
             token=env.get("MEDLEDGER_TOKEN"),
@@ -93,6 +95,14 @@ class Settings:
     # A witness policy (C2SP tlog-policy, MEDLEDGER_POLICY): its witnesses cosign the log's
     # checkpoints, and readers are served the newest one its quorum cosigned.
     policy: Path | None = None
+    # Deliveries to home hospitals (exchange.outbox): the first wait after a failed attempt,
+    # the longest wait, when to give up (MEDLEDGER_DELIVERY_GIVE_UP), one attempt's timeout
+    # (seconds) and how often the outbox is looked at (seconds).
+    delivery_first_wait: timedelta = timedelta(seconds=1)
+    delivery_max_wait: timedelta = timedelta(hours=1)
+    delivery_give_up: timedelta = timedelta(hours=24)
+    delivery_timeout: float = 30.0
+    delivery_poll: float = 1.0
 
     @property
     def database_url(self) -> str:

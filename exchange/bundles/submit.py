@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
@@ -42,6 +43,9 @@ class SubmitRequest:
     checked: Checked
     idempotency_key: str | None = None
     base_version: int | None = None  # from If-Match: the version this one replaces
+    # Rows of others written in the entry's transaction, given the entry and the Bundle's id
+    # and version (the outbox's deliveries, exchange.outbox.queue).
+    also_write: Callable[[Connection, Entry, str, int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,8 @@ def prepare(vault_: vault.Vault, req: SubmitRequest) -> tuple[Submission, _Pendi
                 "received": entry.time,
             },
         )
+        if req.also_write is not None:
+            req.also_write(conn, entry, pending.id, version)
 
     sub = Submission(
         kind=checked.kind,

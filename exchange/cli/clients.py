@@ -1,4 +1,4 @@
-"""`medledger clients add|list|revoke|rotate`: API clients and their credentials.
+"""`medledger clients add|list|revoke|rotate|mllp`: API clients and their credentials.
 
 A thin layer over exchange.auth. A credential is printed once (by add and rotate) and kept
 only as its SHA-256. revoke and rotate take effect on the next request of a running server:
@@ -27,6 +27,7 @@ from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_U
 from exchange.config import Environment, Settings, add_state_options, settings_from_args
 from exchange.consent.crossborder import recipient_of
 from exchange.identity import clients as auth
+from exchange.identity.mllp import register_sender
 from exchange.identity.smart import JwksError
 from ledger.errors import LedgerUnavailable
 from ledger.store import sqlite_url
@@ -101,6 +102,21 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     which.add_argument("--jwks", type=Path, metavar="FILE", help="the client's new JWKS file")
     rotate.add_argument("--json", action="store_true", help="print JSON")
     rotate.set_defaults(func=run_rotate)
+
+    mllp = csub.add_parser(
+        "mllp",
+        help="let a home hospital send HL7 v2 over MLLP as this hospital client",
+        description="Messages to `serve --mllp-port` from this peer address, or naming this "
+        "sending facility (MSH-4), are submitted as the hospital client. A peer address is "
+        "the stronger: MSH-4 is what the sender says it is (docs/threat-model.md).",
+    )
+    add_state_options(mllp, env)
+    mllp.add_argument("client_id", help="a hospital client, as medledger clients list shows it")
+    by = mllp.add_mutually_exclusive_group(required=True)
+    by.add_argument("--peer", metavar="ADDRESS", help="the sender's IP address")
+    by.add_argument("--facility", metavar="MSH4", help="MSH-4's first component")
+    mllp.add_argument("--json", action="store_true", help="print JSON")
+    mllp.set_defaults(func=run_mllp)
 
 
 def _fail(message: str, code: int) -> int:
@@ -252,6 +268,20 @@ def run_rotate(args: argparse.Namespace) -> int:
         info = {"client_id": args.client_id, "token": token, "expires": _when(expires)}
         _show(info, args.json, "The new token is shown only now: store it. The old one no "
               "longer works.")  # fmt: skip
+        return EXIT_OK
+
+    return _guarded(args, create=False, work=work)
+
+
+def run_mllp(args: argparse.Namespace) -> int:
+    kind, value = ("peer", args.peer) if args.peer is not None else ("facility", args.facility)
+
+    def work(engine: Engine) -> int:
+        try:
+            register_sender(engine, args.client_id, kind, value)
+        except ValueError as e:
+            raise _Usage(str(e)) from None
+        _show({"client_id": args.client_id, kind: value}, args.json, "HL7 v2 is taken from it.")
         return EXIT_OK
 
     return _guarded(args, create=False, work=work)

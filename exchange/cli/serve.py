@@ -108,6 +108,29 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         "(%(default)s hours)",
     )
     p.add_argument(
+        "--mllp-port",
+        type=int,
+        metavar="N",
+        help="also listen for HL7 v2 over MLLP from registered home hospitals on this port "
+        "(`medledger clients mllp`; docs/delivery.md)",
+    )
+    p.add_argument(
+        "--delivery-give-up",
+        type=float,
+        default=float(env.delivery_give_up or "24"),
+        metavar="HOURS",
+        help="how long a delivery to a home hospital is retried before it fails "
+        "(%(default)s hours; docs/delivery.md)",
+    )
+    p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long one delivery attempt may take (%(default)s s); a delivery a killed "
+        "server was sending is taken up again after twice that and 5 s",
+    )
+    p.add_argument(
         "--public-url",
         default=env.public_url,
         metavar="URL",
@@ -193,8 +216,18 @@ def run_serve(args: argparse.Namespace) -> int:
             "beside it; create them once with `medledger keys init --key-file PATH`",
             EXIT_USAGE,
         )
+    if args.delivery_give_up <= 0:
+        return _fail("--delivery-give-up must be a positive number of hours", EXIT_USAGE)
+    if args.mllp_port is not None and not 0 < args.mllp_port < 65536:
+        return _fail(f"--mllp-port {args.mllp_port} is not a port (1-65535)", EXIT_USAGE)
+    if args.delivery_timeout <= 0:
+        return _fail("--delivery-timeout must be a positive number of seconds", EXIT_USAGE)
     settings = replace(
-        settings_from_args(args), export_ttl=timedelta(hours=args.export_ttl), policy=args.policy
+        settings_from_args(args),
+        export_ttl=timedelta(hours=args.export_ttl),
+        policy=args.policy,
+        delivery_give_up=timedelta(hours=args.delivery_give_up),
+        delivery_timeout=args.delivery_timeout,
     )
     try:
         rate_limit = RateLimit(args.rate_limit, args.burst) if args.rate_limit > 0 else None
@@ -236,9 +269,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"medledger: warning: absolute URLs (the SMART token audience among them) name "
               f"{public_url}: give --public-url, the address clients use",
               file=sys.stderr)  # fmt: skip
+    mllp = None if args.mllp_port is None else (args.host, args.mllp_port)
     app = create_app(
         settings, services=services, rate_limit=rate_limit, public_url=public_url,
-        trusted_proxies=proxies,
+        trusted_proxies=proxies, mllp=mllp,
     )  # fmt: skip
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base_url = f"http://{shown_host}:{args.port}"

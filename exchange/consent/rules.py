@@ -63,16 +63,30 @@ REGULATOR_PURPOSES = frozenset(RESEARCH_PURPOSES)
 # patient's consent asks a case package for (exchange/disputes).
 LEGAL_PURPOSES: Mapping[str, frozenset[str]] = {"HLEGAL": frozenset({"HLEGAL"})}
 MEDIATOR_PURPOSES = frozenset(LEGAL_PURPOSES)
+# v3-ActReason TREAT ("treatment") and its specializations: what a delivery to the patient's
+# home hospital is for (exchange.outbox). ETREAT covers its own BTG and ERTREAT.
+TREATMENT_PURPOSES: Mapping[str, frozenset[str]] = {
+    "TREAT": frozenset({"TREAT", "CLINTRL", "COC", "ETREAT", "BTG", "ERTREAT", "POPHLTH"}),
+    "CLINTRL": frozenset({"CLINTRL"}),
+    "COC": frozenset({"COC"}),
+    "ETREAT": frozenset({"ETREAT", "BTG", "ERTREAT"}),
+    "BTG": frozenset({"BTG"}),
+    "ERTREAT": frozenset({"ERTREAT"}),
+    "POPHLTH": frozenset({"POPHLTH"}),
+}
 _COVERS: Mapping[str, frozenset[str]] = {
     **PAYMENT_PURPOSES,
     **RESEARCH_PURPOSES,
     **LEGAL_PURPOSES,
+    **TREATMENT_PURPOSES,
 }
 
 
 @dataclass(frozen=True)
 class Purposes:
-    """The purposes of use one kind of recipient may ask under, and their name in refusals."""
+    """The purposes of use one kind of recipient may ask under, and their name in refusals.
+    A consent stating a purpose covers a request for it or for one it covers (_COVERS): a
+    consent stating ETREAT alone does not cover TREAT."""
 
     name: str
     codes: frozenset[str]
@@ -81,6 +95,7 @@ class Purposes:
 PAYMENT = Purposes("payment", INSURER_PURPOSES)
 RESEARCH = Purposes("research", REGULATOR_PURPOSES)
 LEGAL = Purposes("legal", MEDIATOR_PURPOSES)
+TREATMENT = Purposes("treatment", frozenset(TREATMENT_PURPOSES))
 
 _IGNORED_STATUSES = frozenset({"entered-in-error", "draft", "proposed"})
 
@@ -233,7 +248,8 @@ def evaluate(
 ) -> Decision:
     """The decision for one request, given the patient's current Consents (those of the latest
     version of each Bundle) in submission order: a payer's (PAYMENT), a regulator's
-    (RESEARCH) or a mediator's (LEGAL)."""
+    (RESEARCH), a mediator's (LEGAL) or a treating organisation's, a delivery to the
+    patient's home hospital (TREATMENT)."""
     if req.purpose not in purposes.codes:
         return Decision(False, f"purpose of use {req.purpose!r} is not a {purposes.name} purpose")
     try:
@@ -253,4 +269,4 @@ def evaluate(
         return Decision(True, "permitted by consent", cid)
     if decision == "deny":
         return Decision(False, "denied by consent", cid)
-    return Decision(False, "the consent does not cover this insurer, purpose or data", cid)
+    return Decision(False, "the consent does not cover this recipient, purpose or data", cid)

@@ -337,6 +337,53 @@ recipients_table = Table(
     Column("country", String(2), nullable=False),  # ISO 3166-1 alpha-2
     Column("basis", String(32)),
     Column("reference", String(128)),
+    # Where the recipient receives deliveries (exchange.outbox.endpoints): the URL, the HL7 v2
+    # message of an mllp:// endpoint, and its credentials sealed under the vault's master key.
+    Column("endpoint", String(512)),
+    Column("endpoint_message", String(16)),
+    Column("endpoint_secret", LargeBinary),
+)
+
+# --- identity.mllp ----------------------------------------
+
+mllp_senders_table = Table(
+    "exchange_mllp_senders",
+    metadata,
+    Column("kind", String(8), primary_key=True),  # peer (an IP address) | facility (MSH-4)
+    Column("value", String(255), primary_key=True),
+    Column("client_id", String(64), nullable=False),  # the hospital client it submits as
+)
+
+# --- outbox ----------------------------------------
+
+deliveries_table = Table(
+    "exchange_deliveries",
+    metadata,
+    Column("id", String(36), primary_key=True),  # also the IPS document id / MSH-10 seed
+    Column("bundle_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("bundle_idx", BigInteger, nullable=False),  # the delivered Bundle version's entry
+    Column("sender", String(64), nullable=False),  # the hospital that submitted it
+    Column("subject", LargeBinary),  # the patient's pseudonym (the entry's subject)
+    Column("patient_tag", LargeBinary, nullable=False),  # lookup tag consents are found by
+    Column("recipient", String(64), nullable=False),
+    Column("transport", String(8), nullable=False),  # fhir | mllp
+    Column("endpoint", String(512), nullable=False),  # the URL when queued, for the listing
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("queued", DateTime(timezone=True), nullable=False),  # also the payload's clock
+    Column("attempts", Integer, nullable=False),
+    Column("first_attempt", DateTime(timezone=True)),
+    Column("next_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_until", DateTime(timezone=True)),  # a worker holds it until then
+    Column("sent_digest", LargeBinary),  # SHA-256 of the bytes sent, fixed by the first attempt
+    Column("last_error", String(1024)),
+    Column("ledger_index", BigInteger),  # the kind=delivery entry of the final outcome
+    Column("access_index", BigInteger),  # the access entry of the same outcome
+    Column("salt", LargeBinary),  # the delivery entry's commitment: SHA-256(salt || record)
+    Column("record", LargeBinary),
+    Index("ix_exchange_deliveries_once", "bundle_idx", "recipient", unique=True),
+    Index("ix_exchange_deliveries_due", "status", "next_at"),
+    Index("ix_exchange_deliveries_sender", "sender"),
 )
 
 # --- privacy.erasure ----------------------------------------

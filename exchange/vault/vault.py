@@ -4,6 +4,8 @@ opening stored Bundles, and destroying keys for an erasure (the formats: exchang
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 import uuid
@@ -38,7 +40,9 @@ from exchange.vault.sealing import (
     joint_key,
     key_set,
     lookup_tag,
+    seal_derived,
     sealed_key_ids,
+    unseal_derived,
 )
 from ledger import store
 from ledger.errors import LogStateError
@@ -306,6 +310,18 @@ class Vault:
                 found = self._deks_of(read, [LOG_DIGEST_KEY_ID])
         self._log_digest = DataKey(LOG_DIGEST_KEY_ID, found[LOG_DIGEST_KEY_ID])
         return self._log_digest
+
+    def seal_secret(self, plaintext: bytes, aad: bytes) -> bytes:
+        """A setting's secret (a recipient's credentials), sealed under a key derived from the
+        master key: the database alone does not reveal it. ``aad`` binds it to its row."""
+        return seal_derived(self._secret_key(), plaintext, aad)
+
+    def open_secret(self, blob: bytes, aad: bytes) -> bytes:
+        """What :meth:`seal_secret` sealed (VaultError under another master key or row)."""
+        return unseal_derived(self._secret_key(), blob, aad)
+
+    def _secret_key(self) -> bytes:
+        return hmac.new(self.master.key, b"medledger-vault/v1 secrets", hashlib.sha256).digest()
 
     def key_set(self, keys: Sequence[DataKey]) -> KeySet:
         """The key set of these keys (cached: deriving it is the costly part of sealing)."""

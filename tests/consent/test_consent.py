@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.consent.rules import ConsentError, Request, evaluate
+from exchange.consent.rules import (
+    TREATMENT,
+    TREATMENT_PURPOSES,
+    ConsentError,
+    Request,
+    evaluate,
+)
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ORGS = ("insurer-a", "insurer-b")
@@ -154,3 +160,43 @@ def test_named_cases(
 def test_a_non_consent_is_refused_with_its_type() -> None:
     with pytest.raises(ConsentError, match="Patient"):
         evaluate([{"resourceType": "Patient"}], Request("insurer-a", "HPAYMT", "Claim", NOW))
+
+
+def _treat(purpose: str, actor: str = "home-kr", **extra: Any) -> dict[str, Any]:
+    c = _consent("t", "active", "2025-02-01", False, "permit", actor, purpose, "none")
+    c["provision"].update(extra)
+    return c
+
+
+@pytest.mark.parametrize(
+    ("consents", "purpose", "permit", "reason"),
+    [
+        ([_treat("TREAT")], "TREAT", True, "permitted"),
+        ([_treat("TREAT")], "ETREAT", True, "permitted"),  # TREAT covers its specialisations
+        ([_treat("ETREAT")], "TREAT", False, "does not cover"),  # not the other way round
+        ([_treat("ETREAT")], "BTG", True, "permitted"),
+        ([_treat("COC")], "COC", True, "permitted"),
+        ([_treat("HPAYMT")], "TREAT", False, "does not cover"),  # payment is not treatment
+        ([_treat("TREAT", actor="insurer-a")], "TREAT", False, "does not cover"),
+        ([_treat("TREAT")], "HPAYMT", False, "not a treatment purpose"),
+        ([], "TREAT", False, "no consent"),
+        ([{**_treat("TREAT"), "status": "inactive"}], "TREAT", False, "inactive"),
+    ],
+)
+def test_treatment_cases(
+    consents: list[dict[str, Any]], purpose: str, permit: bool, reason: str
+) -> None:
+    got = evaluate(consents, Request("home-kr", purpose, "Bundle", NOW), TREATMENT)
+    assert got.permit is permit
+    assert reason in got.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(stated=st.sampled_from(sorted(TREATMENT_PURPOSES)), asked=st.sampled_from(
+    sorted(TREATMENT_PURPOSES)))  # fmt: skip
+def test_treatment_purpose_is_covered_exactly_by_its_hierarchy(stated: str, asked: str) -> None:
+    # A consent for the treatment purpose `stated` covers exactly what v3-ActReason puts under it.
+    got = evaluate([_treat(stated)], Request("home-kr", asked, "Bundle", NOW), TREATMENT)
+    assert got.permit is (asked in TREATMENT_PURPOSES[stated])
+    # and never a payer's request
+    assert not evaluate([_treat(stated)], Request("home-kr", "HPAYMT", "Claim", NOW)).permit

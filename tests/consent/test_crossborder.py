@@ -209,4 +209,5 @@ def test_recipients_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "country": "KR",
         "basis": "standard-contract",
         "reference": "琼网信备2026-0042",
+        "endpoint": None,
     }

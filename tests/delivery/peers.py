@@ -132,6 +132,8 @@ class ReceiverState:
     by_identifier: dict[tuple[str, str], str] = field(default_factory=dict)
     posts: list[dict[str, str]] = field(default_factory=list)  # headers of every Bundle POST
     redirect_hits: int = 0
+    stored_event: threading.Event = field(default_factory=threading.Event)  # set on each store
+    answer_delay: float = 0.0  # seconds between storing a Bundle and answering (at most)
 
     def revoke_tokens(self) -> None:
         self.issued.clear()
@@ -247,6 +249,11 @@ def fhir_app(state: ReceiverState) -> FastAPI:
         if bundle.identifier is not None:
             key = (str(bundle.identifier.system), str(bundle.identifier.value))
             state.by_identifier[key] = new_id
+        state.stored_event.set()
+        waited = 0.0
+        while waited < state.answer_delay:  # lowering answer_delay ends the wait early
+            await asyncio.sleep(0.05)
+            waited += 0.05
         if state.lose_answers > 0:
             state.lose_answers -= 1
             return Response(status_code=503)

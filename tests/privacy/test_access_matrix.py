@@ -664,6 +664,10 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Bundle/{bundle_id}", "get"): _per_bundle(""),
     ("/fhir/Bundle/{bundle_id}/_history/{version}", "get"): _per_bundle("/_history/1"),
     ("/fhir/Bundle/{bundle_id}/$hl7v2", "get"): _per_bundle("/$hl7v2"),
+    # Queues a delivery (no recipient has an endpoint here: refused); answers no patient data.
+    ("/fhir/Bundle/{bundle_id}/$deliver", "post"): _no_probe_needed,
+    # The outbox: ids and statuses, no patient data.
+    ("/v1/deliveries", "get"): _plain_get("/v1/deliveries"),
     ("/fhir/Patient/$summary", "get"): _per_patient("/fhir/Patient/$summary", "identifier"),
     ("/v1/patients/{value}/disclosures", "get"): _per_patient(
         "/v1/patients/{value}/disclosures", "system", split=True

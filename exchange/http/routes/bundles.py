@@ -130,8 +130,12 @@ async def create_bundle(
     with services.admission.enter(client.org or client.client_id):
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
-        req = SubmitRequest(client, body, checked, idempotency_key, base_version)
+        # Deliveries to home hospitals are queued in the Bundle's own transaction.
+        deliveries = await services.outbox.plan(client, checked)
+        req = SubmitRequest(client, body, checked, idempotency_key, base_version, deliveries)
         stored = await submit(services.log, services.vault, req)
+    if deliveries is not None and stored.created:
+        services.outbox.wake()
     answer = _answer(stored, body, checked.media, _preference(prefer))
     if flags:
         answer.headers[FLAGS_HEADER] = ",".join(flags)

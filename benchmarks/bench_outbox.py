@@ -1,0 +1,123 @@
+"""The outbox: what queueing costs a submission, and how fast due deliveries drain.
+
+    .venv/bin/python benchmarks/bench_outbox.py            # 300 record Bundles
+    .venv/bin/python benchmarks/bench_outbox.py --n 1000 --db postgresql+psycopg://…
+
+On a fresh store (SQLite in a temporary directory, or --db), one patient consents to
+delivery for treatment to a recipient whose endpoint is a local FHIR receiver (FastAPI under
+uvicorn, validating every document with fhir.resources and doing conditional create, as in
+tests/delivery/peers.py). Then:
+
+- submit: N record Bundles (the continuity fixture, each with its own identifier) through
+  exchange.bundles.submit, once without and once with the outbox's plan (consent evaluated,
+  rows written in the Bundle's transaction): the cost queueing adds to a submission;
+- drain: the worker sends the N due deliveries (consent re-checked, the cross-border gate,
+  the IPS built, the push, the delivery entry and the access entry of each), timed from the
+  first claim to the last final outcome; deliveries/s.
+
+Peak RSS of this process (VmHWM) is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from exchange.bootstrap import Services, open_services  # noqa: E402
+from exchange.bundles.submit import SubmitRequest, submit_blocking  # noqa: E402
+from exchange.config import Settings  # noqa: E402
+from exchange.consent.crossborder import Recipient, set_recipient  # noqa: E402
+from exchange.delivery.endpoints import parse_endpoint  # noqa: E402
+from exchange.identity.clients import Client  # noqa: E402
+from exchange.intake import IntakeLimits  # noqa: E402
+from exchange.intake.worker import check  # noqa: E402
+from exchange.outbox.endpoints import set_endpoint  # noqa: E402
+from tests.delivery.fixtures import boao_kr  # noqa: E402
+from tests.delivery.peers import fhir_receiver  # noqa: E402
+from tests.outbox.helpers import BASIS, HOME, PASSPORT, TOKEN  # noqa: E402
+from tests.settlement.test_settlement_index import consent_bundle  # noqa: E402
+
+HOSPITAL = Client("cl-bench", "bench", "hospital", "hospital-a")
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _bodies(n: int, tag: str) -> list[bytes]:
+    base = boao_kr()[0]
+    return [base.replace(b"SUB-20261120-0001", f"SUB-{tag}-{i:06d}".encode()) for i in range(n)]
+
+
+def _submit_all(s: Services, bodies: list[bytes], plan: bool) -> list[float]:
+    limits = IntakeLimits()
+    times = []
+    for body in bodies:
+        checked = check(body, "application/fhir+json", limits)
+        start = time.perf_counter()
+        writer = s.outbox.queue.plan(HOSPITAL, checked) if plan else None
+        submit_blocking(s.log, s.vault, SubmitRequest(HOSPITAL, body, checked, also_write=writer))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--db", help="a PostgreSQL URL (default: SQLite in a temporary directory)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, fhir_receiver() as peer:
+        peer.bearer_tokens.add(TOKEN)
+        services = open_services(Settings(data_dir=Path(tmp), db_url=args.db))
+        try:
+            set_recipient(services.engine, Recipient(HOME, "KR", BASIS))
+            endpoint = parse_endpoint(f"{peer.base}/fhir", token=TOKEN)
+            set_endpoint(services.engine, services.vault, HOME, endpoint)
+            consent = consent_bundle(PASSPORT, HOME, purpose="TREAT")
+            checked = check(consent, "application/fhir+json", IntakeLimits())
+            submit_blocking(services.log, services.vault, SubmitRequest(HOSPITAL, consent, checked))
+            plain = _submit_all(services, _bodies(args.n, "plain"), plan=False)
+            queued = _submit_all(services, _bodies(args.n, "queued"), plan=True)
+            start = time.perf_counter()
+            sent = asyncio.run(_drain(services))
+            elapsed = time.perf_counter() - start
+        finally:
+            services.close()
+        stored = len(peer.stored)
+    p50 = statistics.median
+    print(
+        f"submit without outbox: {1000 * p50(plain):.2f} ms p50, "
+        f"{args.n / sum(plain):.0f} bundles/s (one thread)"
+    )
+    print(
+        f"submit with outbox:    {1000 * p50(queued):.2f} ms p50, "
+        f"{args.n / sum(queued):.0f} bundles/s (+{100 * (sum(queued) / sum(plain) - 1):.1f} %)"
+    )
+    print(
+        f"drain: {sent} attempts, {stored} documents stored by the receiver in {elapsed:.2f} s"
+        f" = {stored / elapsed:.0f} deliveries/s"
+    )
+    print(f"peak RSS {_peak_rss_mb():.0f} MB")
+
+
+async def _drain(services: Services) -> int:
+    worker = services.outbox
+    try:
+        return int(await worker.drain())
+    finally:
+        await worker.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Where each recipient receives deliveries: its endpoint, stored beside its legal basis.
+
+A recipient (``exchange_crossborder_recipients``, exchange.consent.crossborder) may have one
+endpoint (:func:`exchange.delivery.endpoints.parse_endpoint`). The URL and the HL7 v2 message
+are kept in the clear; the credentials (a bearer token, or a SMART client id and private key)
+are sealed by the vault under a key derived from its master key, bound to the recipient's
+org, so the database alone reveals none of them. Reading an endpoint parses it again, so what
+is sent to is always what the parser accepts today.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select, update
+
+from exchange.delivery.endpoints import (
+    BearerToken,
+    Endpoint,
+    FhirEndpoint,
+    MllpEndpoint,
+    SmartCredentials,
+    parse_endpoint,
+)
+from exchange.store.tables import recipients_table
+from exchange.vault import Vault
+from ledger import store
+
+__all__ = [
+    "NotRecorded",
+    "RecipientEndpoint",
+    "describe",
+    "endpoint_of",
+    "endpoints",
+    "set_endpoint",
+]
+
+
+class NotRecorded(LookupError):
+    """An endpoint was given for a recipient that is not recorded (no country, no basis)."""
+
+    def __init__(self, org: str) -> None:
+        super().__init__(f"recipient {org} is not recorded: give --country (and its --basis)")
+        self.org = org
+
+
+@dataclass(frozen=True)
+class RecipientEndpoint:
+    org: str
+    country: str
+    endpoint: Endpoint
+
+
+def _aad(org: str) -> bytes:
+    return b"medledger endpoint credentials\x00" + org.encode()
+
+
+def _secret(endpoint: Endpoint) -> bytes | None:
+    if not isinstance(endpoint, FhirEndpoint) or endpoint.credentials is None:
+        return None
+    c = endpoint.credentials
+    if isinstance(c, BearerToken):
+        return json.dumps({"token": c.token}).encode()
+    return json.dumps(
+        {"client_id": c.client_id, "key": c.key_pem.decode("ascii"), "key_id": c.key_id}
+    ).encode()
+
+
+def set_endpoint(engine: Engine, vault_: Vault, org: str, endpoint: Endpoint | None) -> None:
+    """Record (or, with None, remove) the endpoint of a recorded recipient."""
+    t = recipients_table
+    secret = None if endpoint is None else _secret(endpoint)
+    values = {
+        "endpoint": None if endpoint is None else endpoint.url,
+        "endpoint_message": endpoint.message if isinstance(endpoint, MllpEndpoint) else None,
+        "endpoint_secret": None if secret is None else vault_.seal_secret(secret, _aad(org)),
+    }
+    with store.write_transaction(engine) as conn:
+        done = conn.execute(update(t).where(t.c.org == org).values(**values))
+        if done.rowcount == 0:
+            raise NotRecorded(org)
+
+
+def _parse(
+    vault_: Vault, org: str, url: str, message: str | None, sealed: bytes | None
+) -> Endpoint:
+    creds: dict[str, str] = {}
+    if sealed is not None:
+        creds = json.loads(vault_.open_secret(bytes(sealed), _aad(org)))
+    key = creds.get("key")
+    return parse_endpoint(
+        url,
+        token=creds.get("token"),
+        client_id=creds.get("client_id"),
+        key_pem=None if key is None else key.encode("ascii"),
+        key_id=creds.get("key_id"),
+        message=message,
+    )
+
+
+def endpoint_of(engine: Engine, vault_: Vault, org: str) -> RecipientEndpoint | None:
+    """The recipient's endpoint with its credentials, or None when it has none."""
+    t = recipients_table
+    q = select(t.c.country, t.c.endpoint, t.c.endpoint_message, t.c.endpoint_secret)
+    with engine.connect() as conn:
+        row = conn.execute(q.where(t.c.org == org)).first()
+    if row is None or row.endpoint is None:
+        return None
+    parsed = _parse(vault_, org, row.endpoint, row.endpoint_message, row.endpoint_secret)
+    return RecipientEndpoint(org, row.country, parsed)
+
+
+def endpoints(engine: Engine) -> dict[str, str]:
+    """Every recipient that has an endpoint: org -> URL (no credentials are opened)."""
+    t = recipients_table
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.org, t.c.endpoint).where(t.c.endpoint.is_not(None)))
+        return {r.org: r.endpoint for r in rows}
+
+
+def describe(endpoint: Endpoint) -> dict[str, str | None]:
+    """What may be shown of an endpoint: never a credential."""
+    auth: str | None = None
+    if isinstance(endpoint, FhirEndpoint) and endpoint.credentials is not None:
+        if isinstance(endpoint.credentials, SmartCredentials):
+            auth = f"smart-backend-services client {endpoint.credentials.client_id}"
+        else:
+            auth = "bearer"
+    message = endpoint.message if isinstance(endpoint, MllpEndpoint) else None
+    return {"endpoint": endpoint.url, "transport": endpoint.transport, "auth": auth,
+            "message": message}  # fmt: skip

@@ -1,0 +1,318 @@
+"""What is delivered to whom: the rule, the outbox rows it writes, and what they say.
+
+A delivery is one (Bundle version, recipient). It is queued when
+
+- the Bundle is a ``record`` (clinical) Bundle naming a patient;
+- the recipient has an endpoint (:mod:`exchange.outbox.endpoints`);
+- the patient's *current* consent from the submitting hospital permits disclosure to the
+  recipient's Organization for treatment (``TREAT`` or a specialisation,
+  :func:`exchange.consent.rules.evaluate` (TREATMENT), on the Consents of the settlement index,
+  :func:`exchange.settlement.index.consents_of`);
+- for a recipient outside China, a legal basis is recorded and the consent names the
+  recipient (PIPL arts. 38-39; the gate's count is taken when the bytes leave, not here).
+
+:meth:`Queue.plan` applies the rule before a submission and returns the row writer that adds
+the rows in the submission's own transaction (exchange.bundles.submit), so a Bundle and its
+deliveries exist together or not at all; :meth:`Queue.by_hand` queues one for a stored Bundle
+(``$deliver``). The same rule is applied again at the moment of sending (exchange.outbox.worker).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from exchange.bundles.read import bundle_by_id
+from exchange.consent import rules as consent_rules
+from exchange.consent.crossborder import CHINA, Recipient, basis_problem, recipient_of
+from exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from exchange.identity.clients import Client
+from exchange.indexes.derived import Indexes
+from exchange.intake.kind import patient_identifiers
+from exchange.intake.worker import Checked
+from exchange.outbox.endpoints import endpoints
+from exchange.settlement.index import (
+    BundleBytes,
+    consent_names,
+    consents_of,
+    settlement_index,
+    settlement_keys_index,
+)
+from exchange.store.tables import bundles_table, deliveries_table
+from exchange.vault import Vault, lookup_tag
+from ledger import store
+from ledger.entry import Entry
+
+__all__ = [
+    "PENDING",
+    "STATUSES",
+    "Delivery",
+    "Permission",
+    "Queue",
+    "permission",
+]
+
+PURPOSE = "TREAT"
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+STATUSES = (PENDING, DELIVERED, FAILED)
+# What the deliveries are of: clinical records, not bills or consents.
+DELIVERED_KINDS = frozenset({"record"})
+
+RowWriter = Callable[[Connection, Entry, str, int], None]
+
+
+@dataclass(frozen=True)
+class Permission:
+    permit: bool
+    reason: str  # no PHI: it goes into the outbox row, the OperationOutcome and the accounting
+
+
+def permission(
+    consents: Sequence[Mapping[str, Any]], recipient: Recipient | None, now: datetime
+) -> Permission:
+    """May this patient's record go to this recipient for treatment now, by their consents
+    (the current ones, in submission order) and the recipient's legal basis? The yearly count
+    of the cross-border gate is not taken here: the worker takes it when the bytes leave."""
+    if recipient is None:
+        return Permission(False, "the recipient is not recorded")
+    org = recipient.org
+    req = consent_rules.Request(org, PURPOSE, "Bundle", now)
+    decision = consent_rules.evaluate(consents, req, consent_rules.TREATMENT)
+    if not decision.permit:
+        return Permission(False, f"no consent to disclose to Organization/{org} for treatment: "
+                          f"{decision.reason}")  # fmt: skip
+    if recipient.country != CHINA:
+        problem = basis_problem(recipient.basis)
+        if problem is not None:
+            return Permission(False, problem)
+        newest = consent_rules.newest_consent(consents)
+        if newest is None or not consent_names(newest, org):
+            return Permission(False, "the patient's consent does not name the recipient, as a "
+                              "transfer abroad requires (PIPL art. 39)")  # fmt: skip
+    return Permission(True, "permitted by consent for treatment")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One row of the outbox, as ``GET /v1/deliveries`` shows it (design.md "Delivery")."""
+
+    id: str
+    bundle: str
+    version: int
+    recipient: str
+    transport: str
+    status: str
+    attempts: int
+    last_error: str | None
+    ledger_index: int | None
+    sender: str
+    queued: datetime
+    next_at: datetime | None
+
+    def json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "bundle": self.bundle,
+            "version": self.version,
+            "recipient": self.recipient,
+            "transport": self.transport,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "ledger_index": self.ledger_index,
+        }
+
+
+def _delivery(m: RowMapping) -> Delivery:
+    pending = m["status"] == PENDING
+    return Delivery(
+        m["id"], m["bundle_id"], int(m["version"]), m["recipient"], m["transport"],
+        m["status"], int(m["attempts"]), m["last_error"],
+        None if m["ledger_index"] is None else int(m["ledger_index"]), m["sender"],
+        _aware(m["queued"]), _aware(m["next_at"]) if pending else None,
+    )  # fmt: skip
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they were stored in UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+class Queue:
+    """The outbox's rows: queueing under the rule, listing, retrying."""
+
+    def __init__(self, vault_: Vault, indexes: Indexes, pseudonym_key: bytes) -> None:
+        self.vault = vault_
+        self.engine: Engine = vault_.engine
+        self.indexes = indexes
+        self.pseudonym_key = pseudonym_key
+
+    # --- the rule
+
+    def consents(self, sender: str, tag: bytes) -> list[dict[str, Any]]:
+        """The patient's current Consents from this hospital (``tag``: the lookup tag of the
+        patient's identifier, exchange.vault.lookup_tag), the index caught up first."""
+        self.indexes.fresh(settlement_index(self.engine, self.pseudonym_key))
+        self.indexes.fresh(settlement_keys_index(self.pseudonym_key))
+        reader = BundleBytes(self.vault)
+        return [json.loads(reader.resource(r)) for r in consents_of(self.engine, sender, tag)]
+
+    def permission(self, sender: str, tag: bytes, org: str, now: datetime) -> Permission:
+        return permission(self.consents(sender, tag), recipient_of(self.engine, org), now)
+
+    def plan(self, client: Client, checked: Checked) -> RowWriter | None:
+        """The row writer that queues the deliveries of a submission, or None when there are
+        none (not a record, no patient, no recipient with an endpoint, or no consent)."""
+        sender = client.org
+        if checked.kind not in DELIVERED_KINDS or not checked.patients or sender is None:
+            return None
+        reachable = endpoints(self.engine)
+        if not reachable:
+            return None
+        tag = lookup_tag(self.pseudonym_key, sender, checked.patients[0])
+        consents = self.consents(sender, tag)
+        now = datetime.now(UTC)
+        recipients = {
+            org: url
+            for org, url in reachable.items()
+            if permission(consents, recipient_of(self.engine, org), now).permit
+        }
+        if not recipients:
+            return None
+
+        def write(conn: Connection, entry: Entry, bundle_id: str, version: int) -> None:
+            rows = [
+                _row(bundle_id, version, entry.index, sender, entry.subject, tag, org, url, now)
+                for org, url in recipients.items()
+            ]
+            conn.execute(insert(deliveries_table), rows)
+
+        return write
+
+    def by_hand(self, client: Client, bundle_id: str, org: str) -> tuple[Delivery, bool]:
+        """Queue the latest version of a stored Bundle for ``org`` (``$deliver``): the
+        delivery and whether it is new (an existing one for that version is answered)."""
+        stored = bundle_by_id(self.vault, bundle_id)
+        if stored is None or (client.role != "admin" and stored.sender != client.org):
+            raise NotFound(f"no Bundle {bundle_id} of this hospital")
+        if stored.kind not in DELIVERED_KINDS:
+            raise Invalid(f"a {stored.kind} Bundle is not delivered: only clinical records are",
+                          "Bundle.type", code="business-rule")  # fmt: skip
+        reachable = endpoints(self.engine)
+        if org not in reachable:
+            raise Forbidden(f"Organization/{org} has no delivery endpoint: record one with "
+                            "`medledger recipients set --endpoint`")  # fmt: skip
+        patients = patient_identifiers(json.loads(stored.data))
+        with self.engine.connect() as conn:
+            subject = conn.execute(
+                select(bundles_table.c.subject).where(bundles_table.c.idx == stored.index)
+            ).scalar()
+        if subject is None or not patients:
+            raise Invalid(
+                "the Bundle names no patient, so no consent can cover its delivery",
+                "Bundle.entry",
+                code="business-rule",
+            )
+        tag = lookup_tag(self.pseudonym_key, stored.sender, patients[0])
+        now = datetime.now(UTC)
+        verdict = self.permission(stored.sender, tag, org, now)
+        if not verdict.permit:
+            raise Forbidden(verdict.reason)
+        row = _row(stored.id, stored.version, stored.index, stored.sender, bytes(subject), tag,
+                   org, reachable[org], now)  # fmt: skip
+        try:
+            with store.write_transaction(self.engine) as conn:
+                conn.execute(insert(deliveries_table), [row])
+            created = True
+        except IntegrityError:
+            created = False
+        found = self._one_where(
+            (deliveries_table.c.bundle_idx == stored.index) & (deliveries_table.c.recipient == org)
+        )
+        assert found is not None
+        return found, created
+
+    # --- reading and retrying
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        return self._one_where(deliveries_table.c.id == delivery_id)
+
+    def _one_where(self, where: Any) -> Delivery | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(deliveries_table).where(where)).first()
+        return None if row is None else _delivery(row._mapping)
+
+    def list(
+        self,
+        *,
+        sender: str | None = None,
+        bundle: str | None = None,
+        recipient: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+    ) -> list[Delivery]:
+        """Deliveries, oldest first; ``sender`` None: every hospital's."""
+        d = deliveries_table.c
+        q = select(deliveries_table).order_by(d.queued, d.id).limit(limit)
+        for column, value in ((d.sender, sender), (d.bundle_id, bundle),
+                              (d.recipient, recipient), (d.status, status)):  # fmt: skip
+            if value is not None:
+                q = q.where(column == value)
+        with self.engine.connect() as conn:
+            return [_delivery(r._mapping) for r in conn.execute(q)]
+
+    def retry(self, delivery_id: str) -> Delivery:
+        """Send a failed delivery again: a new schedule from now, the same identifier and,
+        while the Bundle is unchanged, the same bytes. Its earlier outcome stays on the
+        ledger; the new one will be a new entry."""
+        d = deliveries_table.c
+        with store.write_transaction(self.engine) as conn:
+            row = conn.execute(select(d.status).where(d.id == delivery_id)).first()
+            if row is None:
+                raise NotFound(f"no delivery {delivery_id}")
+            if row.status != FAILED:
+                raise Conflict(f"delivery {delivery_id} is {row.status}: only a failed one is "
+                               "sent again")  # fmt: skip
+            conn.execute(
+                update(deliveries_table)
+                .where(d.id == delivery_id)
+                .values(
+                    status=PENDING,
+                    attempts=0,
+                    first_attempt=None,
+                    next_at=datetime.now(UTC),
+                    claimed_until=None,
+                )  # fmt: skip
+            )
+        found = self.get(delivery_id)
+        assert found is not None
+        return found
+
+
+def _row(
+    bundle_id: str, version: int, index: int, sender: str, subject: bytes | None, tag: bytes,
+    org: str, url: str, now: datetime,
+) -> dict[str, object]:  # fmt: skip
+    return {
+        "id": str(uuid.uuid4()),
+        "bundle_id": bundle_id,
+        "version": version,
+        "bundle_idx": index,
+        "sender": sender,
+        "subject": subject,
+        "patient_tag": tag,
+        "recipient": org,
+        "transport": "mllp" if url.startswith("mllp://") else "fhir",
+        "endpoint": url,
+        "status": PENDING,
+        "queued": now,
+        "attempts": 0,
+        "next_at": now,
+    }
