@@ -29,8 +29,9 @@ from exchange.keys.keyring import Keyring, KeyringError, open_keyring
 from exchange.privacy.upgrade import upgrade_vault
 from exchange.registry.admission import SenderCache
 from exchange.settlement import bulk_export
+from exchange.shl.viewer import render_viewer
 from exchange.store import migrate
-from exchange.store.secrets import PSEUDONYM_KEY, secret, secret_in
+from exchange.store.secrets import PSEUDONYM_KEY, SHL_TICKET_KEY, secret, secret_in
 from exchange.store.tables import keys_table
 from ledger import store
 from ledger.log import Log
@@ -52,6 +53,8 @@ class Services:
     senders: SenderCache
     indexes: Indexes
     gate: TransferLedger  # the cross-border transfer gate
+    shl_viewer: bytes  # the SMART Health Links viewer page, trusting the log's active keys
+    shl_secret: bytes  # seals SHL location tickets (exchange.shl.manifest.Locations)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -117,6 +120,15 @@ def open_store(settings: Settings) -> tuple[Engine, vault.Vault]:
     return engine, vault.Vault(engine, master, secret(engine, PSEUDONYM_KEY))
 
 
+def active_vkeys(engine: Engine, ring: Keyring) -> list[str]:
+    """The verifier keys of the log's keys active at its current size: those the SHL viewer
+    page is built with (it checks receipts against the newest checkpoint)."""
+    with engine.connect() as conn:
+        head = store.read_head(conn)
+        keys = ring.keyset(conn)
+    return [k.verifier.vkey() for k in keys.active_at(0 if head is None else head[1])]
+
+
 def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
     """The log on an open store, with its keyring: every checkpoint is signed by each key
     active at its size (`log.key` and the keys added since, `keys/<key id>.key` beside it;
@@ -156,7 +168,7 @@ def open_services(
     """The services of one log instance. `intake`, when given, is a runner started before
     (its workers warm while the store opens); else one of `intake_workers` is made."""
     engine, opened = open_store(settings)
-    ledger_log, _ = open_log(settings, engine)
+    ledger_log, ring = open_log(settings, engine)
     if intake is None:
         intake = IntakeRunner(limits or IntakeLimits(), intake_workers)
     # Export jobs that expired while no server ran are gone before the first request.
@@ -172,4 +184,6 @@ def open_services(
         senders=SenderCache(engine, strict=settings.institutions_strict),
         indexes=Indexes(opened),
         gate=TransferLedger(engine),
+        shl_viewer=render_viewer(active_vkeys(engine, ring)),
+        shl_secret=secret(engine, SHL_TICKET_KEY),
     )
