@@ -42,6 +42,7 @@ from ledger.verify import verify_receipt, verify_submission
 from tests.api_helpers import Api, is_outcome, open_api
 from tests.delivery.peers import bound_socket
 from tests.paths import FIXTURES
+from tests.shl.conftest import ARTIFACTS
 from tests.shl.test_viewer_browser import verdict
 
 BASE = "http://testserver"
@@ -330,22 +331,25 @@ def test_wrong_passcodes_count_down_then_the_link_is_dead(clinic: Clinic) -> Non
 
 
 def test_parallel_wrong_passcodes_are_each_counted(clinic: Clinic) -> None:
+    """Five guesses at once use up the five attempts, each one: a request that loses the
+    compare-and-set answers again from the new count, however often it loses."""
     made = clinic.make(passcode="7394")
     url = path_of(read_link(made["shlink"])["url"])
     answers: list[Any] = []
+    start = threading.Barrier(5)
 
     def guess() -> None:
+        start.wait()
         answers.append(clinic.http.post(url, json={"recipient": "Mallory", "passcode": "1"}))
 
-    threads = [threading.Thread(target=guess) for _ in range(4)]
+    threads = [threading.Thread(target=guess) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    left = sorted(a.json()["remainingAttempts"] for a in answers)
-    assert left == [1, 2, 3, 4]
-    last = clinic.manifest(made, recipient="Mallory", passcode="2")
-    assert last.json() == {"remainingAttempts": 0}
+    assert [a.status_code for a in answers] == [401] * 5, [a.text for a in answers]
+    assert sorted(a.json()["remainingAttempts"] for a in answers) == [0, 1, 2, 3, 4]
+    assert clinic.manifest(made, recipient="Dr. Park", passcode="7394").status_code == 404
 
 
 def test_a_direct_file_link(clinic: Clinic) -> None:
@@ -431,6 +435,22 @@ def test_other_bad_link_requests(clinic: Clinic) -> None:
     assert clinic.api.log_size() == size
 
 
+def test_a_sender_the_registry_bars_makes_no_link(clinic: Clinic) -> None:
+    """The summary is the hospital's submission: a registry that knows no such institution
+    (strict mode) refuses it as it refuses any submission, before anything is appended."""
+    size = clinic.api.log_size()
+    senders = clinic.api.services.senders
+    senders.strict = True
+    try:
+        body = {"patient": PATIENT, "expires": expires()}
+        answer = clinic.http.post("/v1/shl", json=body, headers=clinic.hospital)
+    finally:
+        senders.strict = False
+    assert answer.status_code == 403
+    assert f"sender {ORG}" in is_outcome(answer)["issue"][0]["diagnostics"]
+    assert clinic.api.log_size() == size
+
+
 @pytest.mark.parametrize("link_id", ["A" * 43, "short", "x" * 300, "%2E%2E"])
 def test_unknown_links_answer_404(clinic: Clinic, link_id: str) -> None:
     for answer in [
@@ -468,6 +488,29 @@ def test_an_erased_patients_links_answer_404(tmp_path: Path) -> None:
         gone = api.client.post("/v1/shl", json={"patient": PATIENT, "expires": expires()},
                                headers=hospital)  # fmt: skip
         assert gone.status_code == 404
+
+
+def test_links_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same store on PostgreSQL: a link made, opened, its passcode counted, revoked."""
+    with open_api(tmp_path / "data", pg_url) as api:
+        hospital = api.credential("hospital", ORG)
+        submit_records(api, hospital)
+        clinic = Clinic(api, hospital)
+        made = clinic.make(passcode="7394")
+        wrong = clinic.manifest(made, recipient="Mallory", passcode="0000")
+        assert (wrong.status_code, wrong.json()) == (401, {"remainingAttempts": 4})
+        right = clinic.manifest(made, recipient="Dr. Lee", passcode="7394")
+        assert right.status_code == 200, right.text
+        key = read_link(made["shlink"])["key"]
+        summary = open_jwe(key, right.json()["files"][0]["embedded"])[1]
+        assert summary == api.client.get(f"/fhir/Bundle/{made['bundle']}", headers=hospital).content
+        assert api.client.delete(f"/v1/shl/{made['id']}", headers=hospital).status_code == 204
+        assert clinic.manifest(made, recipient="Dr. Lee", passcode="7394").status_code == 404
+        assert recipients(clinic.accounting()) == [
+            ("Mallory", "search-type", "4"),
+            ("Dr. Lee", "read", "0"),
+            ("Dr. Lee", "search-type", "4"),
+        ]
 
 
 # --- the QR code and the viewer ----------------------------------------------------------------
@@ -551,6 +594,10 @@ def test_the_viewer_verifies_a_link_from_the_live_service(page: Any, live: tuple
     status, text = verdict(page)
     assert status == "verified", text
     assert page.locator("#patient-name").inner_text() == PATIENT_NAME
+    # The top of the page, as docs/img/shl-viewer.png shows it.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    clip = {"x": 0, "y": 0, "width": 1280, "height": 1380}
+    page.screenshot(path=str(ARTIFACTS / "shl-viewer-docs.png"), clip=clip, full_page=True)
 
     accounting = http.get(f"/v1/patients/{MRN}/disclosures", params={"system": MRN_SYSTEM},
                           headers=hospital).json()  # fmt: skip

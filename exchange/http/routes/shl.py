@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -38,8 +38,8 @@ from exchange.privacy.access import record_access_per_patient
 from exchange.sharing import links
 from exchange.shl import payload as shl_payload
 from exchange.shl.errors import ShlError
-from exchange.shl.files import ips_from_records
-from exchange.shl.link import manifest_url, parse_request
+from exchange.shl.files import LinkFile, ips_from_records
+from exchange.shl.link import PASSCODE_ATTEMPTS, manifest_url, parse_request
 from exchange.shl.manifest import (
     Answer,
     Locations,
@@ -60,7 +60,11 @@ SCOPE = "Patient.r"
 # The patient gave the link to whoever opens it (v3-ActReason "patient requested").
 PURPOSE = "PATRQT"
 JOSE = "application/jose"
-_GONE = NotFound("no such active link (unknown, expired, revoked or disabled)")
+
+
+def _gone() -> NotFound:
+    return NotFound("no such active link (unknown, expired, revoked or disabled)")
+
 
 LinkId = Annotated[str, Path(description="the link's id (43 characters)")]
 
@@ -152,11 +156,11 @@ async def _account(services: Services, link: links.Link | None, answer: Answer) 
 
 
 def _send(answer: Answer) -> Response:
-    if isinstance(answer.body, str):
-        return Response(answer.body, answer.status, media_type=JOSE)
-    media = FHIR_JSON if answer.body.get("resourceType") == "OperationOutcome" else None
+    # What a link answers is for its holder alone: never kept by a cache on the way.
     headers = {"Cache-Control": "no-store"}
-    if media is not None:
+    if isinstance(answer.body, str):
+        return Response(answer.body, answer.status, headers, JOSE)
+    if answer.body.get("resourceType") == "OperationOutcome":
         return FhirJSONResponse(answer.body, answer.status, headers)
     return Response(json.dumps(answer.body), answer.status, headers, "application/json")
 
@@ -166,7 +170,7 @@ def _answer_safely(compute: Callable[[], Answer]) -> Answer:
     try:
         return compute()
     except Erased:
-        raise _GONE from None
+        raise _gone() from None
 
 
 async def _json_body(request: Request) -> object:
@@ -218,6 +222,8 @@ async def create_link(
         raise _invalid(e) from None
     if direct and req.passcode is not None:
         raise Invalid("a direct-file (U) link cannot have a passcode", "passcode")
+    # The summary is the hospital's submission: the registry may bar it as any other.
+    await services.senders.admit(client.org, now.date())
     system, _, value = req.patient.partition("|")
     records = await run_in_threadpool(
         links.patient_records,
@@ -256,9 +262,9 @@ async def _own_link(services: Services, client: Client, link_id: str) -> links.L
     """A live link the client may manage: its hospital's (or any, for an admin)."""
     link = await run_in_threadpool(links.load, services.vault, link_id)
     if link is None or link.state.inactive_reason(datetime.now(UTC)) is not None:
-        raise _GONE
+        raise _gone()
     if client.role != "admin" and link.state.created_by != client.org:
-        raise _GONE  # another hospital's link is answered as absent
+        raise _gone()  # another hospital's link is answered as absent
     return link
 
 
@@ -276,7 +282,7 @@ async def revoke_link(
 ) -> Response:
     await _own_link(services, client, link_id)
     if not await run_in_threadpool(links.revoke, services.engine, link_id, datetime.now(UTC)):
-        raise _GONE  # revoked meanwhile
+        raise _gone()  # revoked meanwhile
     return Response(status_code=204)
 
 
@@ -302,6 +308,33 @@ async def link_qr(
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+def _manifest(
+    services: Services, link_id: str, body: object, locations: Locations
+) -> tuple[links.Link | None, Answer]:
+    """The manifest's answer, its wrong passcode counted compare-and-set. A request that lost
+    the race answers again from the new count; each loss means another request used up an
+    attempt, so after PASSCODE_ATTEMPTS losses the link is disabled and nothing is counted."""
+    for _ in range(PASSCODE_ATTEMPTS + 1):
+        link = links.load(services.vault, link_id)
+
+        def files(link: links.Link | None = link) -> Sequence[LinkFile]:
+            assert link is not None  # asked for only when the link is live
+            return links.files_of(services.vault, services.log, link)
+
+        state = None if link is None else link.state
+        try:
+            answer = answer_manifest(
+                state, body, now=datetime.now(UTC), files=files, locations=locations
+            )
+        except Erased:  # the patient was erased meanwhile
+            raise _gone() from None
+        if answer.attempts is None or links.count_attempt(
+            services.engine, link_id, answer.attempts
+        ):
+            return link, answer
+    raise _gone()  # unreachable: the count only goes down
+
+
 @router.post(
     "/v1/shl/{link_id}/manifest",
     summary="SHL manifest: the link's files, embedded or by location (no credential)",
@@ -318,27 +351,7 @@ async def link_manifest(request: Request, link_id: LinkId, services: ServicesDep
     body = await _json_body(request)
     base = public_url(request)
     locations = Locations(services.shl_secret, base)
-    for _ in range(3):
-        link = await run_in_threadpool(links.load, services.vault, link_id)
-
-        def compute(link: links.Link | None = link) -> Answer:
-            files = (lambda: links.files_of(services.vault, services.log, link)) if link else list
-            return answer_manifest(
-                None if link is None else link.state,
-                body,
-                now=datetime.now(UTC),
-                files=files,
-                locations=locations,
-            )
-
-        answer = await run_in_threadpool(_answer_safely, compute)
-        if answer.attempts is None or await run_in_threadpool(
-            links.count_attempt, services.engine, link_id, answer.attempts
-        ):
-            break
-        # Another request counted a wrong passcode first: answer again from the new count.
-    else:
-        raise _GONE
+    link, answer = await run_in_threadpool(_manifest, services, link_id, body, locations)
     await _account(services, link, answer)
     return _send(answer)
 
