@@ -74,25 +74,15 @@ def _aad(link_id: str) -> bytes:
     return b"medledger-shl/v1\x00" + link_id.encode("ascii")
 
 
-def _shared_summaries(conn: Connection, sender: str) -> set[str]:
-    t = shl_links_table
-    return set(conn.execute(select(t.c.ips_bundle).where(t.c.created_by == sender)).scalars())
-
-
 def patient_records(
     vault_: vault.Vault, indexes: Indexes, key: bytes, sender: str, patient: tuple[str, str]
 ) -> list[bytes]:
     """The latest version of each of the sender's record Bundles about the patient, in
-    ledger order, leaving out the summaries its earlier links shared (a summary is not a
-    record of its own) and Bundles an erasure made unreadable. Blocking."""
+    ledger order, leaving out Bundles an erasure made unreadable (and the summaries earlier
+    links shared, which no derived index reads: exchange.indexes.derived). Blocking."""
     indexes.fresh(patient_index(key))
-    ids = bundles_about(vault_.engine, key, sender, patient)
-    with vault_.engine.connect() as conn:
-        shared = _shared_summaries(conn, sender)
     records = []
-    for bundle_id in ids:
-        if bundle_id in shared:
-            continue
+    for bundle_id in bundles_about(vault_.engine, key, sender, patient):
         try:
             row = bundle_by_id(vault_, bundle_id)
         except vault.Erased:

@@ -220,6 +220,27 @@ def test_a_new_link_summarises_the_records_not_earlier_summaries(clinic: Clinic)
     assert a["id"] != b["id"] and second["index"] > first["index"]
 
 
+def test_a_shared_summary_is_no_record_of_its_own(clinic: Clinic) -> None:
+    """The summary is logged as the hospital's submission, but derived from records already
+    indexed: the patient's next IPS and the recall index do not read it again."""
+
+    def seen() -> tuple[int, list[int]]:
+        summary = clinic.http.get(
+            "/fhir/Patient/$summary", params={"identifier": PATIENT}, headers=clinic.hospital
+        )
+        assert summary.status_code == 200, summary.text
+        recall = clinic.http.get(
+            "/v1/trace", params={"gtin": "06901234560015"}, headers=clinic.hospital
+        )
+        assert recall.status_code == 200, recall.text
+        return len(summary.json()["entry"]), [e["index"] for e in recall.json()["entries"]]
+
+    before = seen()
+    assert before[1]  # the discharge medication's pack is a use on record
+    clinic.make()
+    assert seen() == before
+
+
 def test_each_access_is_in_the_patients_accounting(clinic: Clinic) -> None:
     made = clinic.make()
     before = clinic.accounting()
