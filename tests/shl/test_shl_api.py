@@ -456,6 +456,17 @@ def test_other_bad_link_requests(clinic: Clinic) -> None:
     assert clinic.api.log_size() == size
 
 
+def test_a_public_url_too_long_for_shl_makes_no_link(tmp_path: Path) -> None:
+    """SHL allows a manifest URL of 128 characters: with a 43-character id, 66 for the base."""
+    base = "https://" + "x" * 50 + ".example.org"  # 70 characters
+    with open_api(tmp_path / "data", public_url=base) as api:
+        hospital = api.credential("hospital", ORG)
+        body = {"patient": PATIENT, "expires": expires()}
+        answer = api.client.post("/v1/shl", json=body, headers=hospital)
+        assert answer.status_code == 422
+        assert "too long" in is_outcome(answer)["issue"][0]["diagnostics"]
+
+
 def test_a_sender_the_registry_bars_makes_no_link(clinic: Clinic) -> None:
     """The summary is the hospital's submission: a registry that knows no such institution
     (strict mode) refuses it as it refuses any submission, before anything is appended."""
