@@ -28,6 +28,7 @@ from exchange.http.routes import organization as organization_router
 from exchange.http.routes import quality as quality_router
 from exchange.http.routes import rwd_export as rwd_export_router
 from exchange.http.routes import settlement as settlement_router
+from exchange.http.routes import shl as shl_router
 from exchange.http.routes import smart as smart_router
 from exchange.http.routes import verification as verification_router
 from exchange.http.routes.metadata import SOFTWARE_VERSION
@@ -131,6 +132,7 @@ def create_app(
     app.include_router(bulk_export_router.router)
     app.include_router(cases_router.router)
     app.include_router(deliveries_router.router)
+    app.include_router(shl_router.router)
     app.include_router(health.router)
     app.include_router(metrics_router.router)
     return app

@@ -33,8 +33,9 @@ from exchange.outbox.worker import Worker, WorkerConfig
 from exchange.privacy.upgrade import upgrade_vault
 from exchange.registry.admission import SenderCache
 from exchange.settlement import bulk_export
+from exchange.shl.viewer import render_viewer
 from exchange.store import migrate
-from exchange.store.secrets import PSEUDONYM_KEY, secret, secret_in
+from exchange.store.secrets import PSEUDONYM_KEY, SHL_TICKET_KEY, secret, secret_in
 from exchange.store.tables import keys_table
 from ledger import store
 from ledger.audit.state import atomic_write
@@ -63,6 +64,8 @@ class Services:
     indexes: Indexes
     gate: TransferLedger  # the cross-border transfer gate
     outbox: Worker  # deliveries to home hospitals (its queue: outbox.queue)
+    shl_viewer: bytes  # the SMART Health Links viewer page, trusting the log's active keys
+    shl_secret: bytes  # seals SHL location tickets (exchange.shl.manifest.Locations)
     witnesses: CosignatureCollector | None = None  # under a witness policy (serve --policy)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -153,6 +156,15 @@ def _require_key_file(settings: Settings) -> None:
             f"no signing key at {settings.key_file}: create the log's key files with "
             f"`medledger keys init --key-file {settings.key_file}` (docs/operations.md)"
         )
+
+
+def active_vkeys(engine: Engine, ring: Keyring) -> list[str]:
+    """The verifier keys of the log's keys active at its current size: those the SHL viewer
+    page is built with (it checks receipts against the newest checkpoint)."""
+    with engine.connect() as conn:
+        head = store.read_head(conn)
+        keys = ring.keyset(conn)
+    return [k.verifier.vkey() for k in keys.active_at(0 if head is None else head[1])]
 
 
 def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
@@ -258,7 +270,7 @@ def open_services(
     """The services of one log instance. `intake`, when given, is a runner started before
     (its workers warm while the store opens); else one of `intake_workers` is made."""
     engine, opened = open_store(settings)
-    ledger_log, _ = open_log(settings, engine)
+    ledger_log, ring = open_log(settings, engine)
     try:
         witnesses = open_witnesses(settings, ledger_log)
     except WitnessPolicyError:
@@ -283,6 +295,8 @@ def open_services(
         indexes=indexes,
         gate=gate,
         outbox=outbox_worker(settings, opened, indexes, ledger_log, gate),
+        shl_viewer=render_viewer(active_vkeys(engine, ring)),
+        shl_secret=secret(engine, SHL_TICKET_KEY),
         witnesses=witnesses,
     )
 

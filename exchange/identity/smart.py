@@ -106,7 +106,7 @@ _REGISTRY = {"Organization": "rs", "MeasureReport": "s", "VerificationResult": "
 ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
     "hospital": {
         "Bundle": "crus",  # submit, replace, read, and the recall search (/v1/trace)
-        "Patient": "r",  # Patient/$summary
+        "Patient": "r",  # Patient/$summary, and SMART Health Links to the summary
         "AuditEvent": "s",  # the accounting of disclosures
         # its own settlement resources: searched, and exported (read)
         **{t: "rs" for t in _SETTLEMENT},

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from exchange.store.tables import bundles_table, state_table, tables_table
+from exchange.store.tables import bundles_table, shl_links_table, state_table, tables_table
 from exchange.vault import Vault
 from ledger import store
 
@@ -86,12 +86,17 @@ def catch_up(vault_: Vault, index: DerivedIndex, batch: int = CATCH_UP_BATCH) ->
     read = 0
     t = bundles_table
     engine = vault_.engine
+    # The summary a SMART Health Link shares (exchange.sharing) is a submission built from
+    # records already indexed, not a record of its own: indexed, its content would count twice
+    # (recalls, quality facts) and a patient's next summary would be built from it too. Its
+    # link's row is written in its entry's transaction, so no catch-up sees it without it.
+    shared = select(shl_links_table.c.ips_bundle)
     while True:
         with engine.connect() as conn:
             last = _mark(conn, index.name)
             found = conn.execute(
                 select(t.c.idx, t.c.sender, t.c.id, t.c.version, t.c.data)
-                .where(t.c.kind.in_(index.kinds), t.c.idx > last)
+                .where(t.c.kind.in_(index.kinds), t.c.idx > last, t.c.id.not_in(shared))
                 .order_by(t.c.idx)
                 .limit(batch)
             ).all()

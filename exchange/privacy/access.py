@@ -121,6 +121,7 @@ def audit_event(
     recorded: str,
     detail: str | None = None,
     other_subjects: Sequence[bytes] = (),
+    recipient: str | None = None,
 ) -> dict[str, object]:
     """The BALP-shaped AuditEvent of one access (PrivacyDisclosure when data was disclosed).
 
@@ -129,7 +130,8 @@ def audit_event(
     data names) as an entity of role 1 (Patient) identified by pseudonym only, the disclosed
     data as an entity of role 4 (Domain resource) by type. A disclosure (outcome 0 of a
     read/search/export/transform) also carries the PrivacyDisclosure profile and DICOM 110106
-    "Export" as its type.
+    "Export" as its type. `recipient` is the name a requester without a client of its own
+    gave (whoever opens a SMART Health Link names themselves): the agent's name, as given.
     """
     disclosed = action != "denied" and outcome == "0"
     subtype = _SUBTYPES[action]
@@ -140,6 +142,8 @@ def audit_event(
     }
     if client.org is not None:
         agent["name"] = client.org
+    if recipient is not None:
+        agent["name"] = recipient
     if purpose is not None:
         agent["purposeOfUse"] = [{"coding": [_coding(_ACT_REASON, purpose)]}]
     entities: list[dict[str, object]] = [
@@ -195,6 +199,7 @@ def _submission(
     outcome: str,
     detail: str | None,
     other_subjects: Sequence[bytes],
+    recipient: str | None = None,
 ) -> Submission:
     """The ledger submission of one access; its AuditEvent is built with the entry's time."""
     _check(action, outcome)
@@ -214,6 +219,7 @@ def _submission(
         recorded=recorded,
         detail=detail,
         other_subjects=others,
+        recipient=recipient,
     )
     AuditEvent.parse_obj(event)  # shaped as R4 requires, or not recorded at all
     data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
@@ -288,11 +294,15 @@ async def record_access_per_patient(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
+    recipient: str | None = None,
 ) -> list[int]:
     """One `access` entry per patient (subject -> the further patients its data names: see
     the module doc), or one naming none when there are none, submitted together so that the
-    log commits them as one batch; returns their ledger indexes."""
-    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    log commits them as one batch; returns their ledger indexes. `recipient`: see
+    :func:`audit_event`."""
+    subs = _per_patient(
+        client, patients, action, resource_type, purpose, outcome, detail, recipient
+    )
     futures = [asyncio.wrap_future(log.submit(sub)) for sub in subs]
     return [appended.entry.index for appended in await asyncio.gather(*futures)]
 
@@ -343,6 +353,7 @@ def _per_patient(
     purpose: str | None,
     outcome: str,
     detail: str | None,
+    recipient: str | None = None,
 ) -> list[Submission]:
     each: list[tuple[bytes | None, Sequence[bytes]]] = [*patients.items()] or [(None, ())]
     return [
@@ -355,6 +366,7 @@ def _per_patient(
             outcome=outcome,
             detail=detail,
             other_subjects=others,
+            recipient=recipient,
         )
         for subject, others in each
     ]

@@ -12,6 +12,8 @@ from exchange.store.tables import secrets_table
 from ledger import store
 
 PSEUDONYM_KEY = "pseudonym-key"  # keys lookup tags (exchange.vault.lookup_tag)
+# Seals SHL location tickets: shared by every process serving the log, never a link's key.
+SHL_TICKET_KEY = "shl-ticket-key"
 
 
 def secret(engine: Engine, name: str, size: int = 32) -> bytes:

@@ -441,3 +441,26 @@ key_events_table = Table(
     Column("note", Text, nullable=False),
     Column("salt", LargeBinary, nullable=False),
 )
+
+# --- sharing.links ----------------------------------------
+
+# One SMART Health Link (exchange.sharing): what its public routes read. The patient key, the
+# files' key and the label are sealed under the Bundle key of the summary the link shares,
+# so erasing the patient leaves a row nothing can open and the link answers 404.
+shl_links_table = Table(
+    "exchange_shl_links",
+    metadata,
+    Column("id", String(43), primary_key=True),  # base64url of 32 random bytes
+    Column("created_by", String(64), nullable=False),  # the hospital's org
+    Column("ips_bundle", String(64), nullable=False),  # the summary's stored Bundle
+    Column("ips_version", Integer, nullable=False),
+    Column("ips_index", BigInteger, nullable=False),  # its ledger entry
+    Column("flag", String(3), nullable=False),  # "", "P" or "U"
+    Column("exp", BigInteger, nullable=False),  # epoch seconds
+    Column("sealed", LargeBinary, nullable=False),  # {key, patient, label} (vault.seal_derived)
+    Column("passcode_hash", String(160)),  # scrypt (exchange.shl.link.hash_passcode)
+    Column("remaining_attempts", Integer),  # wrong passcodes left; 0: disabled for good
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_exchange_shl_links_created_by", "created_by"),
+)

@@ -39,6 +39,12 @@ def test_every_error_answer_is_an_operation_outcome() -> None:
                     assert schema == {"$ref": "#/components/schemas/OAuthError"}, (
                         f"{method.upper()} {path} {status}"
                     )
+                elif int(status) == 401 and path == "/v1/shl/{link_id}/manifest":
+                    # SHL fixes a wrong passcode's answer, since SHL clients parse it.
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ShlPasscodeRefused"}, (
+                        f"{method.upper()} {path} {status}"
+                    )
                 elif int(status) >= 400:
                     schema = answer["content"]["application/fhir+json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/OperationOutcome"}, (

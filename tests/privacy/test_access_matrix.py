@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -336,6 +337,8 @@ PATH_SAMPLES = {
     "org": "hospital-a",
     "index": "0",
     "path": "0/000.p/1",
+    "link_id": "A" * 43,
+    "ticket": "AAAA",
 }
 
 
@@ -654,6 +657,17 @@ def _tiles(w: World, actor: str) -> None:
         assert w.get(actor, f"/tlog/{path}").status_code == 200, path
 
 
+def _shl_links(w: World, actor: str) -> None:
+    """A link only to the hospital's own patient; these patients have no name, which an IPS
+    needs, so even that is refused (422, naming it) and nothing is shared."""
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    for p in PATIENTS:
+        body = {"patient": f"{p.ident[0]}|{p.ident[1]}", "expires": expires}
+        made = w.call("post", actor, "/v1/shl", json=body)
+        want = 422 if p.hospital == actor else 404 if actor.startswith("hospital") else 403
+        assert made.status_code == want, (actor, p.name, made.text)
+
+
 SETTLEMENT_SEARCHES = {
     f"/fhir/{t}": _per_patient(f"/fhir/{t}", "patient.identifier") for t in smart._SETTLEMENT
 }
@@ -680,6 +694,16 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/$export-status/{job_id}/{file_name}", "get"): _no_probe_needed,
     ("/v1/trace/rwd-export", "get"): _plain_get("/v1/trace/rwd-export", gtin=GTIN),
     ("/v1/cases", "post"): _case_package,
+    # SMART Health Links: whoever asks may make links to its own patients only; what a
+    # link's public routes answer is encrypted under the link's key, so these probes cannot
+    # read it: tests/sharing/test_shl_api.py opens the files and checks each access entry.
+    ("/v1/shl", "post"): _shl_links,
+    ("/v1/shl/{link_id}", "delete"): _no_probe_needed,
+    ("/v1/shl/{link_id}/qr.png", "get"): _no_probe_needed,
+    ("/v1/shl/{link_id}/manifest", "post"): _no_probe_needed,
+    ("/v1/shl/{link_id}/files/{ticket}", "get"): _no_probe_needed,
+    ("/v1/shl/{link_id}/file", "get"): _no_probe_needed,
+    ("/shl/view", "get"): _plain_get("/shl/view"),
     # No patient data: probed all the same.
     ("/fhir/metadata", "get"): _plain_get("/fhir/metadata"),
     ("/fhir/Organization", "get"): _plain_get("/fhir/Organization"),
