@@ -198,7 +198,7 @@ def open_log(settings: Settings, engine: Engine) -> tuple[Log, Keyring]:
 
 class WitnessPolicyError(Exception):
     """The witness policy (Settings.policy) cannot be used: unreadable, malformed, naming
-    other logs only, or with a quorum its witnesses with URLs cannot meet."""
+    other log keys only, or with a quorum its witnesses with URLs cannot meet."""
 
 
 def open_witnesses(settings: Settings, ledger_log: Log) -> CosignatureCollector | None:
@@ -215,11 +215,13 @@ def open_witnesses(settings: Settings, ledger_log: Log) -> CosignatureCollector 
         raise WitnessPolicyError(f"witness policy {path}: {e}") from e
     except OSError as e:
         raise WitnessPolicyError(f"cannot read the witness policy {path}: {e.strerror}") from e
-    if policy.logs and all(lg.verifier.name != ledger_log.origin for lg in policy.logs):
-        named = ", ".join(sorted({lg.verifier.name for lg in policy.logs}))
-        raise WitnessPolicyError(
-            f"witness policy {path} names the logs {named}, not this one ({ledger_log.origin})"
-        )
+    if policy.logs:  # readers trust its log keys: one must be a key this log signs with
+        try:
+            policy.evaluate(ledger_log.checkpoint())
+        except CheckpointRefused as e:
+            raise WitnessPolicyError(
+                f"witness policy {path} does not accept this log's checkpoints: {e}"
+            ) from e
     kept = settings.witnessed_path
 
     def keep(note: str) -> None:

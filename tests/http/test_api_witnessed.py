@@ -166,10 +166,13 @@ def test_the_witnessed_checkpoint_outlives_a_restart(witnessed: Witnessed) -> No
 def test_serve_refuses_an_unusable_policy(
     witnessed: Witnessed, tmp_path: Path, capsys: Any
 ) -> None:
+    other = new_signer("other.example/log").verifier
+    same_name = new_signer(witnessed.vkey.name).verifier  # the log's origin, another key
     cases = {
         "line 3": "log {log}\nwitness W0 {w0}\nquorum W1\n",  # an unknown name
         "cannot be met": "log {log}\nwitness W0 {w0}\nquorum W0\n",  # W0 without a URL
-        "not this one": f"log {new_signer('other.example/log').verifier.vkey()}\nquorum none\n",
+        "no log of the policy has the origin": f"log {other.vkey()}\nquorum none\n",
+        "does not accept this log's": f"log {same_name.vkey()}\nquorum none\n",
     }
     w0 = witnessed.policy.witnesses[0].verifier.vkey()
     for expected, text in cases.items():
