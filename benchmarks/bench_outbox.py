@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/bench_outbox.py --n 1000 --db postgresql+psycopg://…
 
 On a fresh store (SQLite in a temporary directory, or --db), one patient consents to
-delivery for treatment to a recipient whose endpoint is a local FHIR receiver (FastAPI under
-uvicorn, validating every document with fhir.resources and doing conditional create, as in
-tests/delivery/peers.py). Then:
+delivery for treatment to a recipient whose endpoint is a local FHIR receiver in another
+process (tests/delivery/peers.py's: FastAPI under uvicorn, validating every document with
+fhir.resources and doing conditional create). Then:
 
 - submit: N record Bundles (the continuity fixture, each with its own identifier) through
   exchange.bundles.submit, once without and once with the outbox's plan (consent evaluated,
@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +46,6 @@ from exchange.intake import IntakeLimits  # noqa: E402
 from exchange.intake.worker import check  # noqa: E402
 from exchange.outbox.endpoints import set_endpoint  # noqa: E402
 from tests.delivery.fixtures import boao_kr  # noqa: E402
-from tests.delivery.peers import fhir_receiver  # noqa: E402
 from tests.outbox.helpers import BASIS, HOME, PASSPORT, TOKEN  # noqa: E402
 from tests.settlement.test_settlement_index import consent_bundle  # noqa: E402
 
@@ -76,13 +80,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--db", help="a PostgreSQL URL (default: SQLite in a temporary directory)")
+    p.add_argument(
+        "--transport",
+        choices=("fhir", "mllp"),
+        default="fhir",
+        help="the receiver: FHIR (validates each IPS with fhir.resources, one process) or "
+        "python-hl7's MLLP server (answers AA)",
+    )
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, fhir_receiver() as peer:
-        peer.bearer_tokens.add(TOKEN)
+    with tempfile.TemporaryDirectory() as tmp, _receiver(args.transport) as url:
         services = open_services(Settings(data_dir=Path(tmp), db_url=args.db))
         try:
             set_recipient(services.engine, Recipient(HOME, "KR", BASIS))
-            endpoint = parse_endpoint(f"{peer.base}/fhir", token=TOKEN)
+            endpoint = parse_endpoint(url, token=TOKEN if args.transport == "fhir" else None)
             set_endpoint(services.engine, services.vault, HOME, endpoint)
             consent = consent_bundle(PASSPORT, HOME, purpose="TREAT")
             checked = check(consent, "application/fhir+json", IntakeLimits())
@@ -92,9 +102,9 @@ def main() -> None:
             start = time.perf_counter()
             sent = asyncio.run(_drain(services))
             elapsed = time.perf_counter() - start
+            stored = len(services.outbox.queue.list(status="delivered", limit=10 * args.n))
         finally:
             services.close()
-        stored = len(peer.stored)
     p50 = statistics.median
     print(
         f"submit without outbox: {1000 * p50(plain):.2f} ms p50, "
@@ -105,10 +115,54 @@ def main() -> None:
         f"{args.n / sum(queued):.0f} bundles/s (+{100 * (sum(queued) / sum(plain) - 1):.1f} %)"
     )
     print(
-        f"drain: {sent} attempts, {stored} documents stored by the receiver in {elapsed:.2f} s"
+        f"drain ({args.transport}): {sent} attempts, {stored} delivered in {elapsed:.2f} s"
         f" = {stored / elapsed:.0f} deliveries/s"
     )
     print(f"peak RSS {_peak_rss_mb():.0f} MB")
+
+
+RECEIVERS = {
+    "fhir": """
+import sys, uvicorn
+from tests.delivery.peers import ReceiverState, fhir_app
+state = ReceiverState(base=sys.argv[1], bearer_tokens={sys.argv[2]})
+uvicorn.run(fhir_app(state), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
+""",
+    "mllp": """
+import asyncio, sys
+from tests.delivery.peers import Hl7Receiver
+async def main():
+    async with Hl7Receiver(port=int(sys.argv[3])):
+        await asyncio.Event().wait()
+asyncio.run(main())
+""",
+}
+
+
+@contextmanager
+def _receiver(transport: str) -> Iterator[str]:
+    """The receiver in a process of its own; the endpoint URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RECEIVERS[transport], base, TOKEN, str(port)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no receiver"
+                time.sleep(0.1)
+        yield f"{base}/fhir" if transport == "fhir" else f"mllp://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 async def _drain(services: Services) -> int:

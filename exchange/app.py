@@ -88,9 +88,11 @@ def create_app(
             if listener is not None:
                 listener.close()
                 await listener.wait_closed()
-            outbox.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await outbox
+            # In-flight deliveries finish and are recorded; one stuck past its timeout is
+            # cancelled, its claim left to end with its lease.
+            services.outbox.stop()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(outbox, services.settings.delivery_timeout + 5)
             await services.outbox.close()
             services.close()
 

@@ -122,6 +122,7 @@ class Worker:
         # Final outcomes may lack their access entry (a server killed between the two, or
         # a failure recording it): looked for at the start and after such a failure.
         self._unaccounted = True
+        self._stopping = False
 
     # --- the loop
 
@@ -130,10 +131,16 @@ class Worker:
         if self._wake is not None:
             self._wake.set()
 
+    def stop(self) -> None:
+        """Finish the round in progress (its attempts and their outcomes), then return from
+        :meth:`run` (in the loop)."""
+        self._stopping = True
+        self.wake()
+
     async def run(self) -> None:
-        """Until cancelled: drain what is due, then wait to be woken or for the next poll."""
+        """Until stopped: drain what is due, then wait to be woken or for the next poll."""
         self._wake = asyncio.Event()
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 if self._unaccounted:
@@ -159,12 +166,13 @@ class Worker:
     async def drain(self) -> int:
         """Send everything due now, round after round; how many attempts were made."""
         done = 0
-        while True:
+        while not self._stopping:
             rows = await run_in_threadpool(self._claim, datetime.now(UTC))
             if not rows:
                 return done
             await asyncio.gather(*(self._one(row) for row in rows))
             done += len(rows)
+        return done
 
     async def _one(self, row: RowMapping) -> None:
         try:
