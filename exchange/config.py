@@ -10,11 +10,14 @@ variable.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -51,6 +54,7 @@ class Environment:
     policy: str | None = None  # MEDLEDGER_POLICY: serve --policy
     token: str | None = field(default=None, repr=False)  # MEDLEDGER_TOKEN: audit --token
     admin_token: str | None = field(default=None, repr=False)  # MEDLEDGER_ADMIN_TOKEN: erase
+    log_format: str | None = None  # MEDLEDGER_LOG_FORMAT: serve --log-format
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -70,6 +74,7 @@ class Environment:
             policy=env.get("MEDLEDGER_POLICY") or None,
             token=env.get("MEDLEDGER_TOKEN"),
             admin_token=env.get(ADMIN_TOKEN_ENV),
+            log_format=env.get("MEDLEDGER_LOG_FORMAT") or None,
         )
 
 
@@ -192,3 +197,42 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         vault_key=env.vault_key,
         institutions_strict=env.institutions_strict,
     )
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+LOG_FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, RFC 3339, milliseconds), level, logger, message,
+    and the traceback as `exception` when there is one. The message is the record's own: the
+    exchange logs no patient data (docs/operations.md, "Logging"), and a newline inside it is
+    escaped, so a line is always one record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC)
+        out = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Every record of the process, the server's own included, to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def json_logging() -> bool:
+    """Whether configure_json_logging set up this process: then what a command would print to
+    stderr for the operator goes through logging instead, so every stderr line is JSON."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)

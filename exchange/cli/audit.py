@@ -75,6 +75,8 @@ examples:
 
 --tiles reads the log's C2SP tiles (GET /tlog/..., or a directory `medledger tiles sync`
 wrote) and nothing else: pass every key the log signed with, as tiles carry no key list.
+From --url or --db the audit derives the log's keys from its key entries, anchored in --key,
+and reports each rotation it saw (key added or retired, at which entry; "key_events" in --json).
 With --policy (C2SP tlog-policy) the latest checkpoint must also carry the cosignatures of
 the policy's quorum; the policy's log lines are trusted as --key is.
 
@@ -277,6 +279,7 @@ def _audit(args: argparse.Namespace) -> int:
     finally:
         source.close()
     out = _audit_json(result)
+    out["key_events"] = _key_events(keyset)
     if result.status == "ok":
         if args.state is not None and result.state is not None:
             try:
@@ -329,6 +332,25 @@ def _log_keyset(source: Any, keys: list[Verifier]) -> KeySet | None:
             "check that --key is one of the log's keys (GET /v1/log/keys); if it is, report "
             "the log's key entries to its operator",
         ) from e
+
+
+def _key_events(keyset: KeySet | None) -> list[dict[str, Any]]:
+    """The log's key entries the audit derived its key set from, in log order."""
+    if keyset is None:
+        return []
+    events = [
+        {"index": i, "action": action, "key": f"{k.verifier.name}+{k.verifier.key_id.hex()}"}
+        for k in keyset.keys
+        for action, i in (("add", k.added), ("retire", k.retired))
+        if i is not None
+    ]
+    return sorted(events, key=lambda e: e["index"])
+
+
+def _print_key_events(out: dict[str, Any], file: Any = None) -> None:
+    for e in out["key_events"]:
+        done = "added" if e["action"] == "add" else "retired"
+        print(f"  key rotation: entry {e['index']:,} {done} key {e['key']}", file=file)
 
 
 def _audit_json(r: AuditResult) -> dict[str, Any]:
@@ -387,6 +409,7 @@ def _print_audit(r: AuditResult, out: dict[str, Any], args: argparse.Namespace) 
             print(f"  {r.entries_checked / r.elapsed:,.0f} entries/s")
         for note in r.notes:
             print(f"  note: {note}")
+        _print_key_events(out)
         if args.policy is not None:
             print(f"  witnessed by {', '.join(r.witnesses)}")
         if args.explain:
@@ -407,6 +430,7 @@ def _print_audit(r: AuditResult, out: dict[str, Any], args: argparse.Namespace) 
         print(f"  checked so far: {checked}", file=sys.stderr)
         for note in r.notes:
             print(f"  note: {note}", file=sys.stderr)
+        _print_key_events(out, sys.stderr)
         print(f"  next: {err.hint}", file=sys.stderr)
         return
     ev = r.evidence

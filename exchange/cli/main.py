@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from exchange import __version__
 from exchange.cli import (
+    access,
     adapt,
     audit,
     backup,
@@ -41,6 +42,7 @@ COMMANDS = (
     audit,
     adapt,
     recipients,
+    access,
     deliveries,
     institutions,
     keys,

@@ -7,6 +7,7 @@ a database of another log, a rolled-back database).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -16,15 +17,19 @@ from typing import Any
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
+from uvicorn.config import LOGGING_CONFIG
 
 from exchange.app import create_app
 from exchange.bootstrap import WitnessPolicyError, open_services
 from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from exchange.config import (
+    LOG_FORMATS,
     Environment,
     Settings,
     add_state_options,
+    configure_json_logging,
     exposed_state,
+    json_logging,
     settings_from_args,
 )
 from exchange.demo import instructions, seed
@@ -188,6 +193,14 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         "/v1/log/checkpoint (MEDLEDGER_POLICY; docs/witness.md)",
     )
     p.add_argument(
+        "--log-format",
+        default=env.log_format or "text",
+        metavar="{text,json}",
+        help="text (the default) or json: one JSON object per line on stderr (time, level, "
+        "logger, message) for a log collector (MEDLEDGER_LOG_FORMAT; docs/operations.md, "
+        '"Logging")',
+    )
+    p.add_argument(
         "--access-log",
         action="store_true",
         help="log every request line (off by default: search URLs may carry identifiers)",
@@ -195,9 +208,22 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p.set_defaults(func=run_serve)
 
 
+log = logging.getLogger("medledger.serve")
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"medledger: {message}", file=sys.stderr)
+    if json_logging():
+        log.error("%s", message)
+    else:
+        print(f"medledger: {message}", file=sys.stderr)
     return code
+
+
+def _warn(message: str) -> None:
+    if json_logging():
+        log.warning("%s", message)
+    else:
+        print(f"medledger: warning: {message}", file=sys.stderr)
 
 
 def _default_workers() -> int:
@@ -207,6 +233,14 @@ def _default_workers() -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
 
+    if args.log_format not in LOG_FORMATS:
+        return _fail(
+            f"--log-format (or MEDLEDGER_LOG_FORMAT) {args.log_format!r} is not one of "
+            f"{', '.join(LOG_FORMATS)}",
+            EXIT_USAGE,
+        )
+    if args.log_format == "json":
+        configure_json_logging()
     if args.export_ttl <= 0:
         return _fail("--export-ttl must be a positive number of hours", EXIT_USAGE)
     if args.db is not None and args.key_file is None:
@@ -257,18 +291,14 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail("refusing to start in production mode: " + "; ".join(lost + exposed),
                      EXIT_MALFORMED)  # fmt: skip
     for problem in durability:
-        print(f"medledger: warning: {problem}: a crash could lose entries", file=sys.stderr)
+        _warn(f"{problem}: a crash could lose entries")
     for problem in exposed:
-        print(f"medledger: warning: {problem}", file=sys.stderr)
+        _warn(problem)
     if services.log.read_only_reason:
-        print(
-            f"medledger: warning: serving reads only: {services.log.read_only_reason}",
-            file=sys.stderr,
-        )
+        _warn(f"serving reads only: {services.log.read_only_reason}")
     if args.host in ("0.0.0.0", "::") and args.public_url is None:
-        print(f"medledger: warning: absolute URLs (the SMART token audience among them) name "
-              f"{public_url}: give --public-url, the address clients use",
-              file=sys.stderr)  # fmt: skip
+        _warn(f"absolute URLs (the SMART token audience among them) name {public_url}: give "
+              "--public-url, the address clients use")  # fmt: skip
     mllp = None if args.mllp_port is None else (args.host, args.mllp_port)
     app = create_app(
         settings, services=services, rate_limit=rate_limit, public_url=public_url,
@@ -302,6 +332,8 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         access_log=args.access_log,
+        # With JSON logs uvicorn's records go to the root logger's JSON handler, not its own.
+        log_config=None if args.log_format == "json" else LOGGING_CONFIG,
         http=protocol_class(limits),
         # X-Forwarded-* is applied by the app, and only from --trust-proxy (exchange.public).
         proxy_headers=False,

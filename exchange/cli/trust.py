@@ -25,11 +25,19 @@ from exchange.cli.exits import (
 )
 from ledger.keyset import KeySet
 from ledger.note import NoteError, Verifier
+from ledger.note import split as split_note
 from ledger.policy import Policy, PolicyError, QuorumNotMet, load_policy
 from ledger.untrusted import InputRejected, read_file, read_json, read_stream
 
 MAX_KEY_FILE_BYTES = 1 << 20
 """--key and --keys files larger than this are refused unread; a key is under 100 bytes."""
+
+KEYS_HINT = (
+    "the log has likely rotated its signing key since: save its key list (every key it ever "
+    "signed with, and when) with `curl -s $URL/v1/log/keys > keys.json` and pass --keys "
+    "keys.json, or --key with its newer key too (`medledger keys list --json` on the log's "
+    "host prints the same list)"
+)
 
 KEY_HINT = (
     "pass the log's verifier key as text (<name>+<8 hex>+<base64>, from GET /v1/log/key or the "
@@ -45,6 +53,34 @@ def add_key(p: argparse.ArgumentParser, required: bool = True) -> None:
         metavar="VKEY",
         help="the log's verifier key, as text or a file; repeat during a key rotation",
     )
+
+
+def add_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keys",
+        type=Path,
+        metavar="FILE",
+        help="the log's keys with their lifetimes (JSON of GET /v1/log/keys): all are trusted "
+        "and a key retired before the checkpoint's size is rejected",
+    )
+
+
+def rotated_past(notes: list[str], keys: list[Verifier]) -> list[str]:
+    """The keys (name+id) that signed one of `notes` under the name of a given key but are
+    not given: after a rotation, what checkpoints signed only by the log's newer key show."""
+    names = {k.name for k in keys}
+    given = {(k.name, k.key_id) for k in keys}
+    found: list[str] = []
+    for note in notes:
+        try:
+            sigs = split_note(note)[1]
+        except NoteError:
+            continue
+        for s in sigs:
+            label = f"{s.name}+{s.key_id.hex()}"
+            if s.name in names and (s.name, s.key_id) not in given and label not in found:
+                found.append(label)
+    return found
 
 
 def add_policy(p: argparse.ArgumentParser) -> None:

@@ -24,8 +24,10 @@ from exchange.cli.exits import (
 )
 from exchange.cli.trust import (
     KEY_HINT,
+    KEYS_HINT,
     Failure,
     add_key,
+    add_keys,
     add_policy,
     finish,
     load_keys,
@@ -34,6 +36,7 @@ from exchange.cli.trust import (
     policy_keys,
     policy_of,
     read_input,
+    rotated_past,
 )
 from exchange.config import Environment
 from ledger.audit import (
@@ -72,13 +75,17 @@ exit: 0 verified; 1 usage; 3 malformed receipt, key, policy, bundle or salt; 4 d
 """
 
 EVIDENCE_EXAMPLES = """\
-Re-checks an evidence file written by `medledger audit` (exit 5) with only the log's key: both
+Re-checks an evidence file written by `medledger audit` (exit 5) with only the log's keys: both
 checkpoints must be validly signed, and the proofs or entries in the file must show that the
 two cannot both be true (a fork), or that the log went back to a smaller tree (a rollback).
+After a key rotation, checkpoints are signed by the log's newer key: pass the log's key list
+(--keys, the JSON of GET /v1/log/keys), every key of which is trusted.
 
 examples:
   medledger verify-evidence audit.json.evidence-20261128T101500Z.json --key log.vkey
   medledger verify-evidence evidence.json --key log.vkey --explain
+  curl -s $URL/v1/log/keys > keys.json
+  medledger verify-evidence evidence.json --keys keys.json
 
 exit: 5 misbehaviour confirmed; 1 usage; 3 malformed file or key; 4 the file proves nothing
 """
@@ -95,13 +102,7 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     )
     p.add_argument("receipt", metavar="RECEIPT", help="a .tlog-proof file, or - for stdin")
     add_key(p, required=False)
-    p.add_argument(
-        "--keys",
-        type=Path,
-        metavar="FILE",
-        help="the log's keys with their lifetimes (JSON of GET /v1/log/keys): all are trusted "
-        "and a key retired before the checkpoint's size is rejected",
-    )
+    add_keys(p)
     add_policy(p)
     p.add_argument("--bundle", type=Path, metavar="FILE", help="the submitted bytes")
     p.add_argument("--salt", metavar="B64", help="the salt returned with the receipt (base64)")
@@ -117,7 +118,8 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         formatter_class=fmt,
     )
     p.add_argument("file", type=Path, metavar="FILE")
-    add_key(p)
+    add_key(p, required=False)
+    add_keys(p)
     p.add_argument("--explain", action="store_true", help="show the hash steps of the proofs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_verify_evidence)
@@ -177,6 +179,16 @@ def _verify(args: argparse.Namespace) -> int:
             EXIT_MALFORMED, str(e), "the receipt is incomplete: ask the log for a fresh one"
         ) from e
     except VerificationError as e:
+        newer = rotated_past([r.checkpoint], mine) if keyset is None else []
+        if newer:
+            raise Failure(
+                EXIT_VERIFY_FAILED,
+                f"receipt does not verify with the keys given: its checkpoint is signed by "
+                f"{', '.join(newer)}, a key of log {cp.origin!r} not given ({e})",
+                KEYS_HINT,
+                index=r.index,
+                rotation=True,
+            ) from e
         raise Failure(
             EXIT_VERIFY_FAILED,
             f"receipt does not verify: {e}",
@@ -264,12 +276,29 @@ def run_verify_evidence(args: argparse.Namespace) -> int:
 
 
 def _verify_evidence(args: argparse.Namespace) -> int:
-    keys = load_keys(args.key)
+    if not args.key and args.keys is None:
+        raise Failure(EXIT_USAGE, "pass --key VKEY or --keys FILE", KEY_HINT)
+    keys = load_keys(args.key or [])
+    if args.keys is not None:
+        # A fork or rollback signed by any key the log ever had is the log's: no lifetimes.
+        keys += [v for v in load_keyset(args.keys).verifiers() if v not in keys]
     data = read_input(str(args.file), "evidence file", MAX_EVIDENCE_BYTES)
     try:
         ev = Evidence.from_json(data)
+    except MalformedInput as e:
+        raise _unreadable(args.file, e) from e
+    try:
         report = verify_evidence(ev, keys)
     except EvidenceError as e:
+        newer = rotated_past(list(ev.checkpoints), keys)
+        if newer:
+            raise Failure(
+                EXIT_VERIFY_FAILED,
+                f"the evidence cannot be checked with the keys given: {e}; its checkpoints "
+                f"are signed by {', '.join(newer)}, a key of log {ev.origin!r} not given",
+                KEYS_HINT,
+                rotation=True,
+            ) from e
         raise Failure(
             EXIT_VERIFY_FAILED,
             f"the evidence proves no misbehaviour: {e}",
@@ -277,11 +306,7 @@ def _verify_evidence(args: argparse.Namespace) -> int:
             "fork or rollback (it may have been altered): ask its author for the original",
         ) from e
     except MalformedInput as e:
-        raise Failure(
-            EXIT_MALFORMED,
-            f"{args.file} is not readable evidence: {e}",
-            "pass the file `medledger audit` wrote when it exited with 5",
-        ) from e
+        raise _unreadable(args.file, e) from e
     if args.json:
         out = {
             "result": "misbehaviour",
@@ -306,3 +331,11 @@ def _verify_evidence(args: argparse.Namespace) -> int:
         "treat receipts from this log after the earlier checkpoint as unproven"
     )
     return EXIT_MISBEHAVIOUR
+
+
+def _unreadable(path: Path, e: MalformedInput) -> Failure:
+    return Failure(
+        EXIT_MALFORMED,
+        f"{path} is not readable evidence: {e}",
+        "pass the file `medledger audit` wrote when it exited with 5",
+    )

@@ -14,12 +14,13 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange.bootstrap import Services
-from exchange.store.tables import bundles_table
+from exchange.outbox.queue import STATUSES
+from exchange.store.tables import bundles_table, deliveries_table
 
 SUBMIT_ROUTE = "/fhir/Bundle"
 # Seconds from a submission's first byte to its receipt; group commit sets the floor.
@@ -82,7 +83,8 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    """Gauges read at scrape time: the log's size, submissions in flight, Bundles by kind."""
+    """Gauges read at scrape time: the log's size, submissions in flight, Bundles by kind,
+    deliveries by state."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -103,16 +105,30 @@ class _StateCollector(Collector):
         stored = GaugeMetricFamily(
             "medledger_bundles_stored", "Stored Bundle versions by kind", labels=["kind"]
         )
+        for kind, count in self._counts(bundles_table.c.kind):
+            stored.add_metric([str(kind)], count)
+        yield stored
+        deliveries = GaugeMetricFamily(
+            "medledger_deliveries",
+            "Deliveries to home hospitals by state: pending (queued or waiting to retry), "
+            "delivered, failed (refused by the receiver, or given up)",
+            labels=["state"],
+        )
+        # Every state, 0 too: an alert on pending growing needs the series before it does.
+        counts = dict(self._counts(deliveries_table.c.status))
+        for state in STATUSES:
+            deliveries.add_metric([state], counts.get(state, 0))
+        yield deliveries
+
+    def _counts(self, column: ColumnElement[str]) -> list[tuple[str, int]]:
+        """Rows of the column's table counted by its value; none while the store is down, so
+        that the other metrics still answer."""
         try:
             with self.services.engine.connect() as conn:
-                rows = conn.execute(
-                    select(bundles_table.c.kind, func.count()).group_by(bundles_table.c.kind)
-                ).all()
+                rows = conn.execute(select(column, func.count()).group_by(column)).all()
         except SQLAlchemyError:
-            rows = []  # the store is down: the other metrics still answer
-        for kind, count in rows:
-            stored.add_metric([str(kind)], int(count))
-        yield stored
+            return []
+        return [(str(value), int(count)) for value, count in rows]
 
 
 class MetricsMiddleware:

@@ -411,3 +411,55 @@ def access_count(engine: Engine) -> int:
     """How many access entries are stored (one per recorded request)."""
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(access_table)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Request:
+    """One access entry as an operator reads it: what a client asked, and what it got."""
+
+    index: int
+    recorded: datetime  # the AuditEvent's own time of the request, with its offset
+    action: str
+    resource_type: str
+    purpose: str | None
+    outcome: str
+    detail: str  # the reason recorded: the disclosed data's entity description
+    patients: int  # how many patients the entry names (by pseudonym only)
+
+
+def _request(row: AccessRow) -> Request:
+    event = json.loads(row.data)
+    detail, patients = "", 0
+    for entity in event.get("entity", []):
+        role = entity.get("role", {}).get("code")
+        if role == "1":
+            patients += 1
+        elif role == "4":
+            detail = entity.get("description", "")
+    recorded = datetime.fromisoformat(event["recorded"])
+    return Request(
+        row.index, recorded, row.action, row.resource_type, row.purpose, row.outcome, detail,
+        patients,
+    )  # fmt: skip
+
+
+def requests_of(
+    engine: Engine, client_id: str, since: datetime | None = None, limit: int = 1000
+) -> list[Request]:
+    """The access entries of one client's requests, most recent first: those recorded at or
+    after `since` (an aware datetime), at most `limit` of them."""
+    q = (
+        select(access_table)
+        .where(access_table.c.client_id == client_id)
+        .order_by(access_table.c.idx.desc())
+    )
+    found: list[Request] = []
+    with engine.connect() as conn:
+        for r in conn.execute(q):
+            req = _request(_row(r))
+            if since is not None and req.recorded < since:
+                continue  # concurrent requests may append a moment out of time order
+            found.append(req)
+            if len(found) >= limit:
+                break
+    return found

@@ -56,3 +56,50 @@ def test_rate_limited_requests_are_counted(tmp_path: Path) -> None:
         assert 429 in codes
         seen = _samples(api.client.get("/metrics").text)
         assert seen[("medledger_rate_limited_total", ())] == codes.count(429)
+
+
+def _deliveries(text: str) -> dict[str, float]:
+    return {
+        s.labels["state"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "medledger_deliveries"
+        for s in family.samples
+    }
+
+
+def test_deliveries_by_state(tmp_path: Path) -> None:
+    from tests.delivery.peers import bound_socket, fhir_receiver
+    from tests.outbox.helpers import (
+        TOKEN,
+        consent,
+        deliveries,
+        exchange,
+        recipient,
+        record,
+        settled,
+    )
+
+    with fhir_receiver() as peer, exchange(tmp_path / "a") as api:
+        assert _deliveries(api.client.get("/metrics").text) == {
+            "pending": 0, "delivered": 0, "failed": 0,
+        }  # fmt: skip
+        peer.bearer_tokens.add(TOKEN)
+        recipient(api, f"{peer.base}/fhir", token=TOKEN)
+        hospital = api.credential()
+        consent(api, hospital)
+        record(api, hospital)
+        [done] = settled(api, hospital)
+        assert done["status"] == "delivered"
+        text = api.client.get("/metrics").text
+        assert _deliveries(text) == {"pending": 0, "delivered": 1, "failed": 0}
+        assert "home-kr" not in text  # no recipient in any label
+    closed = bound_socket()  # a home hospital that does not answer: its delivery waits
+    with exchange(tmp_path / "b") as api:
+        recipient(api, f"http://127.0.0.1:{closed.getsockname()[1]}/fhir", token=TOKEN)
+        hospital = api.credential()
+        consent(api, hospital)
+        record(api, hospital)
+        assert [d["status"] for d in deliveries(api, hospital)] == ["pending"]
+        text = api.client.get("/metrics").text
+        assert _deliveries(text) == {"pending": 1, "delivered": 0, "failed": 0}
+    closed.close()

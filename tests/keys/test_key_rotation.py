@@ -4,6 +4,7 @@ with the published keys; a checkpoint signed by a retired key after its retireme
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,95 @@ def test_incremental_audit_across_a_rotation(tmp_path: Path, db_url: str, capsys
         assert main([*audit_args, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["result"] == "ok" and out["size"] == api.log_size() == 5
+
+
+# --- the auditor's commands after a rotation, holding only the original key -----------------
+
+
+def test_verify_with_the_original_key_names_the_rotation(
+    rotated: Rotated, tmp_path: Path, capsys
+) -> None:
+    f = tmp_path / "after.tlog-proof"
+    f.write_text(rotated.receipts["after"])
+    new_label = f"{rotated.new.name}+{rotated.new.key_id.hex()}"
+    assert main(["verify", str(f), f"--key={rotated.old.vkey()}", "--json"]) == 4
+    out = json.loads(capsys.readouterr().out)
+    assert out["rotation"] is True and new_label in out["error"]
+    assert "--keys" in out["next"] and "/v1/log/keys" in out["next"]
+    assert "report the log" not in out["next"]
+    assert main(["verify", str(f), f"--key={rotated.old.vkey()}"]) == 4
+    err = capsys.readouterr().err
+    assert "rotated its signing key" in err and "--keys keys.json" in err
+    assert main(["verify", str(f), "--keys", str(rotated.keys_file)]) == 0
+    capsys.readouterr()
+
+
+def test_audit_reports_the_key_events_it_saw(rotated: Rotated, capsys) -> None:
+    old = rotated.keyset.by_key_id(rotated.old.key_id.hex())
+    new = rotated.keyset.by_key_id(rotated.new.key_id.hex())
+    assert old is not None and new is not None
+    label = {k: f"{k.name}+{k.key_id.hex()}" for k in (rotated.old, rotated.new)}
+    args = ["audit", "--db", rotated.db_url, f"--key={rotated.old.vkey()}"]
+    assert main([*args, "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)["key_events"]
+    assert events == [
+        {"index": new.added, "action": "add", "key": label[rotated.new]},
+        {"index": old.retired, "action": "retire", "key": label[rotated.old]},
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert f"key rotation: entry {new.added} added key {label[rotated.new]}" in text
+    assert f"key rotation: entry {old.retired} retired key {label[rotated.old]}" in text
+
+
+def test_no_key_events_for_a_log_that_never_rotated(tmp_path: Path, capsys) -> None:
+    with open_api(tmp_path / "data", f"sqlite:///{tmp_path / 'm.db'}") as api:
+        submit(api, api.credential(), "1.5")
+        args = ["audit", "--db", f"sqlite:///{tmp_path / 'm.db'}", f"--key={api.verifier().vkey()}"]
+        assert main([*args, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["key_events"] == []
+        assert main(args) == 0
+        assert "key rotation" not in capsys.readouterr().out
+
+
+def test_fork_evidence_after_a_rotation_verifies_with_the_log_key_list(
+    rotated: Rotated, tmp_path: Path, capsys
+) -> None:
+    if not rotated.db_url.startswith("sqlite"):
+        pytest.skip("the fork is made from a copy of the SQLite file")
+    fork_db = tmp_path / "fork.db"
+    src = sqlite3.connect(rotated.db_url.removeprefix("sqlite:///"))
+    dst = sqlite3.connect(fork_db)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    # The log goes on; the copy, signed by the same (new) key, grows another history.
+    submit(rotated.api, rotated.api.credential(), "4.5")
+    state, evidence = tmp_path / "audit.json", tmp_path / "evidence.json"
+    original = [f"--key={rotated.old.vkey()}", "--state", str(state), "-q"]
+    assert main(["audit", "--db", rotated.db_url, *original]) == 0
+    signer = load_signer(rotated.data / "keys" / f"{rotated.new.key_id.hex()}.key", DEFAULT_ORIGIN)
+    fork = Log(make_engine(f"sqlite:///{fork_db}"), signer, origin=DEFAULT_ORIGIN)
+    try:
+        fork.append(submission(b"other"))
+        fork.append(submission(b"history"))
+    finally:
+        fork.close()
+        fork.engine.dispose()
+    forked = ["audit", "--db", f"sqlite:///{fork_db}", *original, "--evidence", str(evidence)]
+    assert main(forked) == 5
+    capsys.readouterr()
+    # With only the original key the evidence cannot be checked, and the message says why.
+    code = main(["verify-evidence", str(evidence), f"--key={rotated.old.vkey()}", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 4 and out["rotation"] is True
+    assert "--keys" in out["next"] and "/v1/log/keys" in out["next"]
+    assert "altered" not in out["next"]
+    # The log's key list, as GET /v1/log/keys gave it, confirms the fork.
+    assert main(["verify-evidence", str(evidence), "--keys", str(rotated.keys_file)]) == 5
+    assert "CONFIRMED" in capsys.readouterr().out
+    both = [f"--key={rotated.old.vkey()}", f"--key={rotated.new.vkey()}"]
+    assert main(["verify-evidence", str(evidence), *both]) == 5
+    capsys.readouterr()
+    assert main(["verify-evidence", str(evidence)]) == 1
+    assert "--keys" in capsys.readouterr().err
