@@ -32,6 +32,7 @@ def test_backup_while_serving_then_restore(tmp_path: Path) -> None:
         for n in range(20):
             body = patient_bundle(f"MRN-{n}")
             submitted[api.post(body, hospital).json()["id"]] = body
+        before_backup = dict(submitted)  # acknowledged before the backup began
         stop = threading.Event()
 
         def keep_submitting() -> None:
@@ -77,7 +78,9 @@ def test_backup_while_serving_then_restore(tmp_path: Path) -> None:
                 read += 1
             else:
                 assert answer.status_code == 404  # submitted after the backup's snapshot
-        assert read >= 20
+        assert read >= len(before_backup)
+        for bundle_id, body in before_backup.items():  # every one acknowledged before it began
+            assert api.client.get(f"/fhir/Bundle/{bundle_id}", headers=hospital).content == body
         assert api.post(patient_bundle("MRN-AFTER"), hospital).status_code == 201
     assert _run("audit", "--db", str(restored), "--key", vkey)[0] == EXIT_OK
 
