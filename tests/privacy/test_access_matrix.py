@@ -588,10 +588,10 @@ def test_the_scope_tables_in_docs_match_the_app(world: World) -> None:
 Probe = Callable[[World, str], None]
 
 
-def _per_bundle(suffix: str) -> Probe:
+def _per_bundle(suffix: str, prefix: str = "/fhir/Bundle") -> Probe:
     def probe(w: World, actor: str) -> None:
         for b in w.bundle_ids:
-            w.get(actor, f"/fhir/Bundle/{b}{suffix}")
+            w.get(actor, f"{prefix}/{b}{suffix}")
 
     return probe
 
@@ -649,6 +649,10 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Bundle/{bundle_id}", "get"): _per_bundle(""),
     ("/fhir/Bundle/{bundle_id}/_history/{version}", "get"): _per_bundle("/_history/1"),
     ("/fhir/Bundle/{bundle_id}/$hl7v2", "get"): _per_bundle("/$hl7v2"),
+    ("/fhir/Binary/{bundle_id}", "get"): _per_bundle("", "/fhir/Binary"),
+    ("/fhir/Binary/{bundle_id}/_history/{version}", "get"): _per_bundle(
+        "/_history/1", "/fhir/Binary"
+    ),
     ("/fhir/Patient/$summary", "get"): _per_patient("/fhir/Patient/$summary", "identifier"),
     ("/v1/patients/{value}/disclosures", "get"): _per_patient(
         "/v1/patients/{value}/disclosures", "system", split=True

@@ -24,7 +24,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
 
@@ -33,6 +33,7 @@ from exchange.errors import Forbidden, Invalid, NotFound
 from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
 from exchange.http.guards import require_role
+from exchange.http.searchset import minted_full_url, searchset
 from exchange.identity.clients import Client
 from exchange.quality import facts as quality_facts
 from exchange.quality import indicators as quality
@@ -151,6 +152,7 @@ def quality_reports(
     },
 )
 async def search_measure_reports(
+    request: Request,
     client: Reader,
     services: ServicesDep,
     indexes: IndexesDep,
@@ -176,13 +178,12 @@ async def search_measure_reports(
     await run_in_threadpool(indexes.fresh, quality_facts.QUALITY)
     now = datetime.now(UTC)
     reports = await run_in_threadpool(quality_reports, services, org, start, end, now)
-    body: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(reports),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in reports],
-    }
-    return FhirJSONResponse(body)
+    entries = [
+        {"fullUrl": minted_full_url("MeasureReport", org, str(r["measure"]), str(start), str(end)),
+         "resource": r}
+        for r in reports
+    ]  # fmt: skip
+    return FhirJSONResponse(searchset(request, entries))
 
 
 def capability_resources() -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ from exchange.consent.crossborder import TransferLedger
 from exchange.consent.rules import INSURER_PURPOSES
 from exchange.errors import Forbidden, Invalid, MedledgerError
 from exchange.http.deps import GateDep, IndexesDep, ServicesDep, public_url
-from exchange.http.errors import FHIR_JSON, error_responses, status_of
+from exchange.http.errors import FHIR_JSON, FHIR_JSON_UTF8, error_responses, status_of
 from exchange.http.guards import endpoint_scopes, require_role
 from exchange.identity.clients import Client, require_scope
 from exchange.indexes.derived import Indexes
@@ -489,7 +489,7 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
             )
         else:
             answer = await run(None)
-        return Response(answer.body, 200, media_type=f"{FHIR_JSON}; charset=utf-8")
+        return Response(answer.body, 200, media_type=FHIR_JSON_UTF8)
 
     search_settlement.__name__ = f"search_{resource_type}"
     return search_settlement
