@@ -158,6 +158,32 @@ def test_every_fhir_answer_parses_as_r4b(walked: tuple[World, list[Seen]]) -> No
     assert {"Bundle", "OperationOutcome", "CapabilityStatement", "Organization"} <= kinds
 
 
+# R4 MeasureReport.subject: Reference(Patient | Practitioner | PractitionerRole | Location |
+# Device | RelatedPerson | Group); the institution that reports is MeasureReport.reporter.
+MEASURE_SUBJECTS = ("Patient", "Practitioner", "PractitionerRole", "Location", "Device",
+                    "RelatedPerson", "Group")  # fmt: skip
+
+
+def _resources(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield doc
+    for entry in doc.get("entry", []) if doc["resourceType"] == "Bundle" else []:
+        if "resource" in entry:
+            yield from _resources(entry["resource"])
+
+
+def test_measure_reports_follow_r4_reference_rules(walked: tuple[World, list[Seen]]) -> None:
+    _, seen = walked
+    reports = [
+        r for _, doc in _fhir_documents(seen) for r in _resources(doc)
+        if r["resourceType"] == "MeasureReport"
+    ]  # fmt: skip
+    assert reports
+    for report in reports:
+        subject = report.get("subject", {}).get("reference")
+        assert subject is None or subject.split("/")[0] in MEASURE_SUBJECTS, subject
+        assert report["reporter"]["reference"] == "Organization/hospital-a"
+
+
 def test_every_searchset_links_itself_and_names_its_entries(
     walked: tuple[World, list[Seen]],
 ) -> None:

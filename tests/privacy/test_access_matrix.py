@@ -671,7 +671,7 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/v1/trace", "get"): _plain_get("/v1/trace", gtin=GTIN),
     # Aggregates over an institution's Bundles (counts and ratios, no patient named).
     ("/fhir/MeasureReport", "get"): _plain_get(
-        "/fhir/MeasureReport", subject="Organization/hospital-a", period="2026"
+        "/fhir/MeasureReport", reporter="Organization/hospital-a", period="2026"
     ),
     ("/fhir/VerificationResult", "get"): _plain_get(
         "/fhir/VerificationResult", target="Organization/hospital-a"
