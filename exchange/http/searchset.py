@@ -1,9 +1,9 @@
 """Searchset Bundles as FHIR R4 search.html#return shapes them: a `self` link naming the
 search the server ran, and a `fullUrl` on every entry.
 
-Unknown parameters are refused before a search runs (exchange.http.query), so every
-parameter of the request was used: the `self` link is the request itself, on the public
-base (exchange.http.public), never on the request's Host.
+Unknown parameters are refused before a search runs, or ignored when the client asked for
+lenient handling (exchange.http.query): the `self` link is the request with the parameters
+that were used, on the public base (exchange.http.public), never on the request's Host.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from urllib.parse import urlencode
 from fastapi import Request
 
 from exchange.http.deps import public_url
+from exchange.http.query import used_params
 
 # The namespace of the urn:uuid fullUrls of resources no read of this server serves.
 _NAMESPACE = uuid.UUID("6c0e7c1a-5f0b-4d0e-9a43-7f1b3c9e2d10")
 
 
 def self_url(request: Request) -> str:
-    """The absolute URL of the search `request` asked for, with its parameters in order."""
-    query = urlencode(request.query_params.multi_items())
+    """The absolute URL of the search `request` asked for, with the parameters used, in order."""
+    query = urlencode(used_params(request))
     return public_url(request) + request.url.path + (f"?{query}" if query else "")
 
 
