@@ -322,14 +322,14 @@ def _preference(prefer: str | None) -> str:
 
 def _answer(stored: Stored, body: bytes, base: str, preference: str) -> Response:
     status = 201 if stored.created else 200
+    salt = base64.b64encode(stored.salt).decode()
     headers = {
         "Location": f"{base}/fhir/Bundle/{stored.id}/_history/{stored.version}",
         "ETag": f'W/"{stored.version}"',
         "Last-Modified": http_date(stored.received),
         "X-Ledger-Index": str(stored.index),
-        "X-Ledger-Salt": base64.b64encode(stored.salt).decode(),
+        "X-Ledger-Salt": salt,
     }
-    salt = base64.b64encode(stored.salt).decode()
     if preference == "minimal":
         return Response(status_code=status, headers=headers)
     if preference == "representation":
