@@ -15,6 +15,7 @@ from exchange.config import Settings
 from exchange.http.deps import ExchangeApp
 from exchange.http.errors import document_outcomes, install_handlers
 from exchange.http.metrics import MetricsMiddleware
+from exchange.http.negotiation import refuse_other_formats
 from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
 from exchange.http.query import refuse_unknown_query
 from exchange.http.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
@@ -104,7 +105,7 @@ def create_app(
         version=SOFTWARE_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[Depends(refuse_unknown_query)],
+        dependencies=[Depends(refuse_other_formats), Depends(refuse_unknown_query)],
     )
     if rate_limit is not None:
 

@@ -89,6 +89,8 @@ def instructions(demo: Demo, base_url: str, vkey: str) -> str:
         f"$HOSPITAL_TOKEN\" -H 'Content-Type: application/fhir+json' --data-binary "
         f"@{q(str(files / 'settlement-1.json'))}",
         f'  curl -s {base_url}/fhir/Bundle/{first.id} -H "Authorization: Bearer $HOSPITAL_TOKEN"',
+        "  # the exact bytes it was submitted as, which its receipt commits to",
+        f'  curl -s {base_url}/fhir/Binary/{first.id} -H "Authorization: Bearer $HOSPITAL_TOKEN"',
         f"  curl -s {base_url}/v1/log/checkpoint",
         f"  curl -s {base_url}/v1/log/key > log.vkey",
         f"  curl -s {base_url}/v1/log/entries/{first.index}/receipt > entry.tlog-proof",

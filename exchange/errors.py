@@ -67,6 +67,12 @@ class NotFound(MedledgerError):
     default_code = "not-found"
 
 
+class NotAcceptable(MedledgerError):
+    """The client accepts no format the answer could be given in (406)."""
+
+    default_code = "not-supported"
+
+
 class Conflict(MedledgerError):
     """The request contradicts what is stored (409)."""
 

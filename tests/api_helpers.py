@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 import socket
 import threading
 import time
@@ -11,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,8 @@ from ledger.verify import verify_receipt, verify_submission
 from tests.paths import VECTORS
 
 FHIR_JSON = "application/fhir+json"
+FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
+BASE = "http://testserver"  # the public URL open_api gives the app
 HOSPITAL_ORG = "hospital-a"
 # The database open_api uses when not given one (set per test by conftest.api_backend).
 API_DB_URL: ContextVar[str | None] = ContextVar("API_DB_URL", default=None)
@@ -77,6 +83,37 @@ class Api:
 
     def entry(self, index: int) -> Entry:
         return parse_entry(self.services.log.entries(index, index + 1)[0])
+
+    def read_back(self, location: str, headers: dict[str, str], body: bytes) -> Any:
+        """Reads a submitted version back both ways and returns the Bundle read: the Bundle
+        has the server's id, versionId and lastUpdated and every other member exactly as
+        submitted (number lexemes included); the Binary is exactly `body`."""
+        found = re.fullmatch(rf"{BASE}/fhir/Bundle/([^/]+)/_history/([0-9]+)", location)
+        assert found, location
+        bundle_id, version = found.groups()
+        read = self.client.get(location, headers=headers)
+        assert read.status_code == 200, read.text[:500]
+        assert read.headers["content-type"] == FHIR_JSON_UTF8
+        got = lexemes(read.content)
+        last_updated = got["meta"]["lastUpdated"]
+        modified = parsedate_to_datetime(read.headers["last-modified"])
+        assert modified == datetime.fromisoformat(last_updated).replace(microsecond=0)
+        want = lexemes(body)
+        meta = want.get("meta") if isinstance(want.get("meta"), dict) else {}
+        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        want["id"] = bundle_id
+        want["meta"] = {"versionId": version, "lastUpdated": last_updated, **meta}
+        assert got == want
+        binary = location.replace("/fhir/Bundle/", "/fhir/Binary/")
+        original = self.client.get(binary, headers=headers)
+        assert original.status_code == 200 and original.content == body
+        assert original.headers["etag"] == read.headers["etag"] == f'W/"{version}"'
+        return read
+
+
+def lexemes(data: bytes) -> Any:
+    """JSON with every number kept as the text it was written as: 1.50 is not 1.5."""
+    return json.loads(data, parse_float=str, parse_int=str)
 
 
 @contextmanager

@@ -1,5 +1,5 @@
-"""Stored Bundles read back: one version by id or by ledger index, opened by the vault; and
-whom each names.
+"""Stored Bundles read back: one version by id or by ledger index, opened by the vault; as a
+FHIR read serves it; and whom each names.
 
 `exchange_bundles` holds each submitted Bundle version byte for byte, with the salt of its
 ledger commitment, both sealed by the vault (exchange.vault: the readers here open them,
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, RowMapping, select
 
+from exchange.bundles.splice import splice_identity
 from exchange.store.tables import bundles_table
 from exchange.vault import Erased, Vault, sealed_key_ids
 
@@ -28,7 +29,15 @@ class BundleRow:
     kind: str
     media: str
     salt: bytes
-    data: bytes
+    data: bytes  # exactly as submitted: what the ledger entry commits to
+    received: str  # the entry's time, RFC 3339 UTC with milliseconds
+
+
+def as_read(data: bytes, bundle_id: str, version: int, received: str) -> bytes:
+    """A stored Bundle version as a FHIR read answers it: its submitted bytes with the
+    server's `id`, `meta.versionId` and `meta.lastUpdated` spliced in (exchange.bundles.splice),
+    whatever the client put there. The receipt commits to the submitted bytes, not these."""
+    return splice_identity(data, bundle_id, str(version), received)
 
 
 _ROW_COLUMNS = (
@@ -39,6 +48,7 @@ _ROW_COLUMNS = (
     bundles_table.c.kind,
     bundles_table.c.media,
     bundles_table.c.salt,
+    bundles_table.c.received,
 )
 
 
@@ -152,4 +162,5 @@ def _bundle_row(opened: Vault, conn: Connection, m: RowMapping) -> BundleRow:
         media=m["media"],
         salt=salt,
         data=data,
+        received=m["received"],
     )

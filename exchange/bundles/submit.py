@@ -59,6 +59,7 @@ class Stored:
     salt: bytes
     receipt: str
     created: bool  # False: a retry matched an earlier submission; nothing was appended
+    received: str  # when the log took it (the entry's time): its meta.lastUpdated
 
 
 class VersionNotFound(LedgerError):
@@ -199,12 +200,15 @@ def conclude(vault_: vault.Vault, appended: Appended, pending: _Pending, version
             pending.salt,
             appended.receipt,
             True,
+            appended.entry.time,
         )
     with vault_.engine.connect() as conn:
         row = bundle_by_index(vault_, conn, appended.entry.index)
     if row is None:
         raise LedgerError(f"entry {appended.entry.index} has no stored Bundle")
-    return Stored(row.id, row.version, row.index, row.kind, row.salt, appended.receipt, False)
+    return Stored(
+        row.id, row.version, row.index, row.kind, row.salt, appended.receipt, False, row.received
+    )
 
 
 def refusal(err: BaseException, req: SubmitRequest) -> BaseException:

@@ -52,7 +52,7 @@ def _answer(status: int, reason: str, diagnostics: str) -> bytes:
     issue = {"severity": "error", "code": code, "diagnostics": diagnostics}
     body = json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/fhir+json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/fhir+json; charset=utf-8\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body

@@ -29,6 +29,7 @@ from exchange.errors import (
     Gone,
     Invalid,
     MedledgerError,
+    NotAcceptable,
     NotFound,
     PreconditionFailed,
     Throttled,
@@ -40,6 +41,8 @@ from exchange.intake import IntakeError, Issue
 from ledger.errors import LedgerUnavailable
 
 FHIR_JSON = "application/fhir+json"
+# What every FHIR answer is labelled: FHIR R4 http.html#mime asks for the charset.
+FHIR_JSON_UTF8 = f"{FHIR_JSON}; charset=utf-8"
 
 log = logging.getLogger("medledger.exchange")
 
@@ -68,7 +71,20 @@ _STATUS_CODES = {
 
 
 class FhirJSONResponse(JSONResponse):
+    """A FHIR resource as JSON, labelled :data:`FHIR_JSON_UTF8` (the class's media type, the
+    one the OpenAPI document shows, stays the bare FHIR one)."""
+
     media_type = FHIR_JSON
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: Any = None,
+    ) -> None:
+        super().__init__(content, status_code, headers, media_type or FHIR_JSON_UTF8, background)
 
 
 class OutcomeIssue(BaseModel):
@@ -97,6 +113,7 @@ STATUS: Mapping[type[MedledgerError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
     NotFound: 404,
+    NotAcceptable: 406,
     Conflict: 409,
     Gone: 410,
     PreconditionFailed: 412,
@@ -154,6 +171,7 @@ _REASONS = {
     401: "No valid bearer credential (see WWW-Authenticate)",
     403: "The client's role may not do this",
     404: "No such resource (or not visible to this client)",
+    406: "Accept or _format asks only for a format other than FHIR JSON",
     409: "Bundle.identifier already names other content",
     410: "The record was erased at the patient's request (the outcome names the erasure entry)",
     412: "If-Match does not name the latest version",

@@ -125,7 +125,7 @@ def measure_report(
         "status": "complete",
         "type": "summary",
         "measure": "urn:medledger:measure:institution-quality",
-        "subject": {"reference": f"Organization/{org}"},
+        # The institution reports; R4 allows no Organization as a MeasureReport's subject.
         "date": now.isoformat(),
         "reporter": {"reference": f"Organization/{org}"},
         "period": {"start": start.isoformat(), "end": end.isoformat()},

@@ -535,6 +535,7 @@ class Query:
     insurer: str | None = None
     patient_keys: frozenset[bytes] | None = None
     identifier_key: tuple[str, bytes] | None = None  # (key kind, hash)
+    resource_ids: tuple[str, ...] | None = None  # `_id`: any of these, as submitted
     last_updated: tuple[DateBound, ...] = ()
     after: tuple[int, int] | None = None  # (idx, pos): the page starts after it
     limit: int = 50
@@ -568,6 +569,8 @@ def search_rows(engine: Engine, q: Query) -> list[Row]:
         stmt = stmt.where(_key_filter(KEY_PATIENT, sorted(q.patient_keys)))
     if q.identifier_key is not None:
         stmt = stmt.where(_key_filter(q.identifier_key[0], [q.identifier_key[1]]))
+    if q.resource_ids is not None:
+        stmt = stmt.where(s.resource_id.in_(q.resource_ids))
     for bound in q.last_updated:
         stmt = stmt.where(getattr(s.last_updated, _OPS[bound.op])(bound.value))
     if q.after is not None:

@@ -1,4 +1,5 @@
-"""POST and GET /fhir/Bundle: receipts, exact bytes, retries, versions, roles, Prefer."""
+"""POST and GET /fhir/Bundle, GET /fhir/Binary: receipts, the server's identity on reads, the
+exact bytes, retries, versions, roles, Prefer."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from sqlalchemy.exc import DBAPIError
 
 from exchange.intake.samples import sample_bundles
 from tests.api_helpers import (
+    BASE,
     FHIR_JSON,
+    FHIR_JSON_UTF8,
     HOSPITAL_ORG,
     Api,
     is_outcome,
+    lexemes,
     observation_bundle,
     open_api,
     patient_bundle,
@@ -35,8 +39,10 @@ def test_submit_answers_with_a_receipt_that_verifies_offline(api: Api) -> None:
     answer = r.json()
     assert set(answer) == {"id", "index", "kind", "receipt", "salt"}
     assert answer["kind"] == "settlement" and answer["index"] == 0
-    assert r.headers["location"] == f"/fhir/Bundle/{answer['id']}"
-    assert r.headers["etag"] == 'W/"1"'
+    assert r.headers["location"] == f"{BASE}/fhir/Bundle/{answer['id']}/_history/1"
+    assert r.headers["etag"] == 'W/"1"' and r.headers["last-modified"].endswith(" GMT")
+    # Not a FHIR resource, so not labelled as one.
+    assert r.headers["content-type"] == "application/json"
     assert r.headers["x-ledger-index"] == "0"
     assert base64.b64decode(r.headers["x-ledger-salt"]) == base64.b64decode(answer["salt"])
     entry = api.check_receipt(answer, body)
@@ -44,17 +50,41 @@ def test_submit_answers_with_a_receipt_that_verifies_offline(api: Api) -> None:
     assert entry.subject is not None and len(entry.subject) == 32
 
 
-def test_read_returns_the_submitted_bytes(api: Api) -> None:
+def test_read_has_the_server_identity_and_binary_the_submitted_bytes(api: Api) -> None:
     headers = api.credential()
     body = sample_bundles()[6]
     assert b"1200.00" in body and b".000Z" in body
-    location = api.post(body, headers).headers["location"]
-    r = api.client.get(location, headers=headers)
-    assert r.status_code == 200
-    assert r.content == body
-    assert r.headers["content-type"] == f"{FHIR_JSON}; charset=utf-8"
-    assert r.headers["etag"] == 'W/"1"'
-    assert r.headers["x-ledger-index"] == "0"
+    answer = api.post(body, headers)
+    read = api.read_back(answer.headers["location"], headers, body)
+    assert b"1200.00" in read.content and read.headers["x-ledger-index"] == "0"
+    bundle_id = answer.json()["id"]
+    latest = api.client.get(f"/fhir/Bundle/{bundle_id}", headers=headers)
+    assert latest.content == read.content
+    assert latest.headers["last-modified"] == answer.headers["last-modified"]
+    original = api.client.get(f"/fhir/Binary/{bundle_id}", headers=headers)
+    assert original.content == body
+    assert original.headers["content-type"] == FHIR_JSON_UTF8
+    assert original.headers["etag"] == 'W/"1"' and original.headers["x-ledger-index"] == "0"
+
+
+def test_client_chosen_id_and_version_are_replaced_on_read(api: Api) -> None:
+    """FHIR R4 http.html#create: the server ignores a supplied id and sets meta itself."""
+    headers = api.credential()
+    body = (
+        b'{"resourceType":"Bundle","id":"client-chosen","meta":{"versionId":"7",'
+        b'"lastUpdated":"2001-01-01T00:00:00Z","tag":[{"code":"kept"}]},"type":"collection",'
+        b'"entry":[{"fullUrl":"urn:uuid:00000000-0000-4000-8000-000000000001","resource":'
+        b'{"resourceType":"Basic","code":{"text":"x"}}}]}'
+    )
+    answer = api.post(body, headers)
+    assert answer.status_code == 201
+    read = api.read_back(answer.headers["location"], headers, body)
+    doc = read.json()
+    assert doc["id"] == answer.json()["id"] != "client-chosen"
+    assert doc["meta"]["versionId"] == "1" and doc["meta"]["tag"] == [{"code": "kept"}]
+    assert doc["meta"]["lastUpdated"] != "2001-01-01T00:00:00Z"
+    # The receipt commits to what was submitted, which the Binary serves; not to the read.
+    api.check_receipt(answer.json(), body)
 
 
 def test_application_json_is_accepted_and_kept(api: Api) -> None:
@@ -63,8 +93,10 @@ def test_application_json_is_accepted_and_kept(api: Api) -> None:
     r = api.post(body, headers, content_type="application/json; charset=utf-8")
     assert r.status_code == 201
     assert api.entry(0).media == "application/json"
-    got = api.client.get(r.headers["location"], headers=headers)
-    assert got.content == body and got.headers["content-type"].startswith("application/json")
+    read = api.read_back(r.headers["location"], headers, body)
+    assert read.headers["content-type"] == FHIR_JSON_UTF8
+    binary = api.client.get(f"/fhir/Binary/{r.json()['id']}", headers=headers)
+    assert binary.headers["content-type"] == "application/json; charset=utf-8"
 
 
 def test_each_kind_is_derived_from_the_contents(api: Api) -> None:
@@ -152,12 +184,16 @@ def test_if_match_submits_a_new_version(api: Api) -> None:
     second = api.post(v2, {**headers, "If-Match": first.headers["etag"]})
     assert second.status_code == 201
     assert second.headers["etag"] == 'W/"2"'
-    assert second.headers["location"] == first.headers["location"]  # the same Bundle
     location = first.headers["location"]
-    assert api.client.get(location, headers=headers).content == v2
-    assert api.client.get(f"{location}/_history/1", headers=headers).content == v1
-    assert api.client.get(f"{location}/_history/2", headers=headers).content == v2
-    assert api.client.get(f"{location}/_history/3", headers=headers).status_code == 404
+    assert second.headers["location"] == location.replace("/_history/1", "/_history/2")
+    api.read_back(location, headers, v1)
+    api.read_back(second.headers["location"], headers, v2)
+    bundle = location.removesuffix("/_history/1")
+    assert lexemes(api.client.get(bundle, headers=headers).content)["meta"]["versionId"] == "2"
+    assert api.client.get(f"{bundle}/_history/3", headers=headers).status_code == 404
+    binary = bundle.replace("/Bundle/", "/Binary/")
+    assert api.client.get(binary, headers=headers).content == v2
+    assert api.client.get(f"{binary}/_history/3", headers=headers).status_code == 404
     retry = api.post(v2, {**headers, "If-Match": 'W/"1"'})
     assert retry.status_code == 200 and retry.json() == second.json()
     assert api.post(v1, headers).status_code == 200  # v1's own retry still matches v1
@@ -203,20 +239,34 @@ def test_malformed_if_match_is_400(api: Api, value: str) -> None:
 # --- Prefer -------------------------------------------------------------------------------
 
 
-def test_prefer_representation_returns_the_stored_bundle(api: Api) -> None:
-    body = observation_bundle()
-    r = api.post(body, {**api.credential(), "Prefer": "return=representation"})
-    assert r.status_code == 201 and r.content == body
+def test_prefer_representation_returns_the_bundle_as_read(api: Api) -> None:
+    headers = api.credential()
+    body = observation_bundle(identifier="urn:uuid:0b7c1d52-0000-4000-8000-0000000000a1")
+    prefer = {**headers, "Prefer": "return=representation"}
+    r = api.post(body, prefer)
+    assert r.status_code == 201 and r.headers["content-type"] == FHIR_JSON_UTF8
     assert r.headers["location"] and r.headers["x-ledger-salt"]
+    assert r.content == api.read_back(r.headers["location"], headers, body).content
+    again = api.post(body, prefer)  # a retry: the original, as read
+    assert again.status_code == 200 and again.content == r.content
 
 
 def test_prefer_minimal_and_operation_outcome(api: Api) -> None:
     headers = api.credential()
     minimal = api.post(observation_bundle(), {**headers, "Prefer": "return=minimal"})
     assert minimal.status_code == 201 and minimal.content == b""
-    oo = api.post(observation_bundle(), {**headers, "Prefer": "return=OperationOutcome"})
-    assert oo.status_code == 201
-    assert is_outcome(oo)["issue"][0]["severity"] == "information"
+    assert minimal.headers["location"].startswith(f"{BASE}/fhir/Bundle/")
+    body = observation_bundle()
+    oo = api.post(body, {**headers, "Prefer": "return=OperationOutcome"})
+    assert oo.status_code == 201 and oo.headers["content-type"] == FHIR_JSON_UTF8
+    outcome = is_outcome(oo)
+    assert outcome["issue"][0]["severity"] == "information"
+    ext = {e["url"]: e for e in outcome["extension"]}
+    receipt = ext["urn:medledger:extension:receipt"]["valueString"]
+    salt = ext["urn:medledger:extension:salt"]["valueBase64Binary"]
+    assert salt == oo.headers["x-ledger-salt"]
+    entry = api.check_receipt({"receipt": receipt, "salt": salt, "index": 1}, body)
+    assert entry.kind == "record"
 
 
 # --- credentials and roles ----------------------------------------------------------------
@@ -253,13 +303,15 @@ def test_a_hospital_reads_only_what_its_org_submitted(api: Api) -> None:
     other = api.credential(org="hospital-b")
     body = observation_bundle()
     location = api.post(body, mine).headers["location"]
-    assert api.client.get(location, headers=colleague).content == body
-    r = api.client.get(location, headers=other)
-    assert r.status_code == 404
-    is_outcome(r)
-    assert api.client.get(location, headers=api.credential("admin")).content == body
-    assert api.client.get(location, headers=api.credential("auditor")).status_code == 403
-    assert api.client.get(location).status_code == 401
+    binary = location.replace("/Bundle/", "/Binary/")
+    api.read_back(location, colleague, body)
+    for url in (location, binary):
+        r = api.client.get(url, headers=other)
+        assert r.status_code == 404
+        is_outcome(r)
+        assert api.client.get(url, headers=api.credential("auditor")).status_code == 403
+        assert api.client.get(url).status_code == 401
+    api.read_back(location, api.credential("admin"), body)
 
 
 def test_unknown_and_malformed_ids(api: Api) -> None:

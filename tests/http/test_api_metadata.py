@@ -30,6 +30,8 @@ def test_capability_statement_is_valid_and_truthful(api: Api) -> None:
     assert bundle["type"] == "Bundle"
     assert sorted(i["code"] for i in bundle["interaction"]) == ["create", "read", "vread"]
     assert bundle["conditionalCreate"] is False and bundle["updateCreate"] is False
+    (binary,) = [r for r in rest["resource"] if r["type"] == "Binary"]
+    assert sorted(i["code"] for i in binary["interaction"]) == ["read", "vread"]
     limits = {e["url"]: e["valueInteger"] for e in rest["extension"][0]["extension"]}
     assert rest["extension"][0]["url"] == LIMITS_EXTENSION
     defaults = IntakeLimits()

@@ -93,7 +93,7 @@ def test_demo_seeds_each_kind_once(tmp_path: Path) -> None:
         assert f"export HOSPITAL_TOKEN={token}" in text and "curl" in text
         headers = {"Authorization": f"Bearer {token}"}
         assert (tmp_path / "demo" / "settlement-1.json").read_bytes() == api.client.get(
-            f"/fhir/Bundle/{demo.stored[6].id}", headers=headers
+            f"/fhir/Binary/{demo.stored[6].id}", headers=headers
         ).content
         try_me = (tmp_path / "demo" / "try-me.json").read_bytes()
         assert try_me == try_me_bundle()

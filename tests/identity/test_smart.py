@@ -174,7 +174,7 @@ def test_each_algorithm_gets_a_token_that_submits_a_bundle(backend: Backend, alg
     assert r.status_code == 201, r.text
     assert backend.api.entry(r.json()["index"]).sender == "hospital-a"
     bundle_id = r.headers["location"].split("/Bundle/")[1].split("/")[0]
-    read = backend.api.client.get(f"/fhir/Bundle/{bundle_id}", headers=headers)
+    read = backend.api.client.get(f"/fhir/Binary/{bundle_id}", headers=headers)
     assert read.status_code == 200 and read.content == body
 
 

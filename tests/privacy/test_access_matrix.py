@@ -595,10 +595,10 @@ def test_the_scope_tables_in_docs_match_the_app(world: World) -> None:
 Probe = Callable[[World, str], None]
 
 
-def _per_bundle(suffix: str) -> Probe:
+def _per_bundle(suffix: str, prefix: str = "/fhir/Bundle") -> Probe:
     def probe(w: World, actor: str) -> None:
         for b in w.bundle_ids:
-            w.get(actor, f"/fhir/Bundle/{b}{suffix}")
+            w.get(actor, f"{prefix}/{b}{suffix}")
 
     return probe
 
@@ -682,6 +682,10 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Bundle/{bundle_id}/$deliver", "post"): _no_probe_needed,
     # The outbox: ids and statuses, no patient data.
     ("/v1/deliveries", "get"): _plain_get("/v1/deliveries"),
+    ("/fhir/Binary/{bundle_id}", "get"): _per_bundle("", "/fhir/Binary"),
+    ("/fhir/Binary/{bundle_id}/_history/{version}", "get"): _per_bundle(
+        "/_history/1", "/fhir/Binary"
+    ),
     ("/fhir/Patient/$summary", "get"): _per_patient("/fhir/Patient/$summary", "identifier"),
     ("/v1/patients/{value}/disclosures", "get"): _per_patient(
         "/v1/patients/{value}/disclosures", "system", split=True
@@ -711,7 +715,7 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/v1/trace", "get"): _plain_get("/v1/trace", gtin=GTIN),
     # Aggregates over an institution's Bundles (counts and ratios, no patient named).
     ("/fhir/MeasureReport", "get"): _plain_get(
-        "/fhir/MeasureReport", subject="Organization/hospital-a", period="2026"
+        "/fhir/MeasureReport", reporter="Organization/hospital-a", period="2026"
     ),
     ("/fhir/VerificationResult", "get"): _plain_get(
         "/fhir/VerificationResult", target="Organization/hospital-a"

@@ -148,6 +148,8 @@ def test_erasing_a_random_patient(
                 f"/fhir/Bundle/{answer['id']}",
                 f"/fhir/Bundle/{answer['id']}/_history/{version}",
                 f"/fhir/Bundle/{answer['id']}/$hl7v2",
+                f"/fhir/Binary/{answer['id']}",
+                f"/fhir/Binary/{answer['id']}/_history/{version}",
             ):
                 gone = api.client.get(url, headers=hospital)
                 assert gone.status_code == 410, (url, gone.text)
@@ -160,7 +162,7 @@ def test_erasing_a_random_patient(
         # The other patients' Bundles read back byte for byte.
         for answer, body, version in submitted["answers"]:
             if answer["index"] not in erased_indices:
-                url = f"/fhir/Bundle/{answer['id']}/_history/{version}"
+                url = f"/fhir/Binary/{answer['id']}/_history/{version}"
                 read = api.client.get(url, headers=hospital)
                 assert read.status_code == 200 and read.content == body
 

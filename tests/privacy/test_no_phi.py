@@ -136,7 +136,7 @@ def test_markers_appear_nowhere_but_in_the_vault(
             answers.append(doc)
             used.extend(m)
             # Authorised reads see the data; they leave only an access entry behind.
-            assert api.client.get(f"/fhir/Bundle/{doc['id']}", headers=hospital).content == body
+            assert api.client.get(f"/fhir/Binary/{doc['id']}", headers=hospital).content == body
             hl7 = api.client.get(f"/fhir/Bundle/{doc['id']}/$hl7v2", headers=admin)
             assert hl7.status_code == 200, hl7.text
             assert m[3].encode() in hl7.content

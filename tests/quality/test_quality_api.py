@@ -18,7 +18,7 @@ from exchange.http.errors import status_of
 from tests.api_helpers import HOSPITAL_ORG, Api, is_outcome, open_api
 from tests.quality.test_quality_facts import expected_counts, submit_all
 
-SUBJECT = f"Organization/{HOSPITAL_ORG}"
+REPORTER = f"Organization/{HOSPITAL_ORG}"
 
 
 def _reports(response: Any) -> dict[str, tuple[int, int]]:
@@ -32,7 +32,8 @@ def _reports(response: Any) -> dict[str, tuple[int, int]]:
     for entry in doc["entry"]:
         report = MeasureReport.parse_obj(entry["resource"])
         assert report.type == "summary" and report.status == "complete"
-        assert report.subject.reference == SUBJECT
+        # R4 allows no Organization as subject: the institution is the reporter.
+        assert report.subject is None and report.reporter.reference == REPORTER
         (group,) = report.group
         pops = {p.code.coding[0].code: p.count for p in group.population}
         assert report.measure.endswith(group.id)
@@ -61,15 +62,20 @@ def test_reports_parse_and_count_what_was_expected(seeded: Api) -> None:
     api = seeded
     insurer = api.credential("insurer", "insurer-a")
     size = api.log_size()
-    got = _reports(_get(api, insurer, subject=SUBJECT, period="2026"))
+    got = _reports(_get(api, insurer, reporter=REPORTER, period="2026"))
     assert got == expected_counts(datetime.now(UTC))
     # A range in FHIR date search form: the first quarter.
-    q1 = _get(api, insurer, subject=HOSPITAL_ORG, period=["ge2026-01", "lt2026-04"])
+    q1 = _get(api, insurer, reporter=HOSPITAL_ORG, period=["ge2026-01", "lt2026-04"])
     assert _reports(q1) == expected_counts(datetime.now(UTC), date(2026, 1, 1), date(2026, 3, 31))
-    month = _get(api, insurer, subject=SUBJECT, period="eq2026-02")
+    month = _get(api, insurer, reporter=REPORTER, period="eq2026-02")
     assert _reports(month) == expected_counts(
         datetime.now(UTC), date(2026, 2, 1), date(2026, 2, 28)
     )
+    # subject= is another name for reporter, as an earlier release asked for it.
+    alias = _get(api, insurer, subject=REPORTER, period="2026")
+    assert alias.json()["entry"] and _reports(alias) == got
+    both = _get(api, insurer, reporter=HOSPITAL_ORG, subject=REPORTER, period="2026")
+    assert _reports(both) == got
     # Aggregates disclose no patient: no access entry is appended.
     assert api.log_size() == size
 
@@ -77,13 +83,14 @@ def test_reports_parse_and_count_what_was_expected(seeded: Api) -> None:
 def test_who_may_read_quality(seeded: Api) -> None:
     api = seeded
     for role, org in (("hospital", HOSPITAL_ORG), ("auditor", None), ("admin", None)):
-        answer = _get(api, api.credential(role, org), subject=SUBJECT, period="2026")
+        answer = _get(api, api.credential(role, org), reporter=REPORTER, period="2026")
         assert answer.status_code == 200, (role, answer.text)
-    other = _get(api, api.credential("hospital", "hospital-b"), subject=SUBJECT, period="2026")
+    other = _get(api, api.credential("hospital", "hospital-b"), reporter=REPORTER, period="2026")
     assert other.status_code == 403
     assert "own organisation" in is_outcome(other)["issue"][0]["diagnostics"]
-    assert _get(api, {}, subject=SUBJECT, period="2026").status_code == 401
-    unknown = _get(api, api.credential("admin", None), subject="Organization/nobody", period="2026")
+    assert _get(api, {}, reporter=REPORTER, period="2026").status_code == 401
+    admin = api.credential("admin", None)
+    unknown = _get(api, admin, reporter="Organization/nobody", period="2026")
     assert unknown.status_code == 404
     assert "nobody" in is_outcome(unknown)["issue"][0]["diagnostics"]
 
@@ -91,15 +98,17 @@ def test_who_may_read_quality(seeded: Api) -> None:
 @pytest.mark.parametrize(
     ("params", "says"),
     [
-        ({"subject": SUBJECT, "period": "2026-13"}, "period"),
-        ({"subject": SUBJECT, "period": "26"}, "period"),
-        ({"subject": SUBJECT, "period": "ge2026-01-01"}, "both ends"),
-        ({"subject": SUBJECT, "period": ["ge2026-06", "le2026-01"]}, "before it starts"),
-        ({"subject": SUBJECT, "period": ["2026", "ge2026-01"]}, "repeats"),
-        ({"subject": SUBJECT, "period": ["2026", "2026", "2026"]}, "at most two"),
-        ({"subject": "Patient/p1", "period": "2026"}, "subject"),
-        ({"subject": SUBJECT}, "period"),
-        ({"subject": SUBJECT, "period": "2026", "date": "2026"}, "unknown query parameter date"),
+        ({"reporter": REPORTER, "period": "2026-13"}, "period"),
+        ({"reporter": REPORTER, "period": "26"}, "period"),
+        ({"reporter": REPORTER, "period": "ge2026-01-01"}, "both ends"),
+        ({"reporter": REPORTER, "period": ["ge2026-06", "le2026-01"]}, "before it starts"),
+        ({"reporter": REPORTER, "period": ["2026", "ge2026-01"]}, "repeats"),
+        ({"reporter": REPORTER, "period": ["2026", "2026", "2026"]}, "at most two"),
+        ({"reporter": "Patient/p1", "period": "2026"}, "reporter"),
+        ({"period": "2026"}, "reporter=Organization/<id> is required"),
+        ({"reporter": REPORTER, "subject": "Organization/other", "period": "2026"}, "different"),
+        ({"reporter": REPORTER}, "period"),
+        ({"reporter": REPORTER, "period": "2026", "date": "2026"}, "unknown query parameter date"),
     ],
 )
 def test_bad_search_is_a_400_outcome(tmp_path: Path, params: dict[str, Any], says: str) -> None:
@@ -123,7 +132,7 @@ def test_capability_statement_lists_the_registry_and_quality_reads(tmp_path: Pat
         }
         assert params == {
             "Organization": set(),
-            "MeasureReport": {"subject", "period"},
+            "MeasureReport": {"reporter", "subject", "period"},
             "VerificationResult": {"target"},
         }
 

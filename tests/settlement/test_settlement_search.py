@@ -256,6 +256,8 @@ def test_identifier_insurer_and_last_updated(tmp_path: Path) -> None:
         def ids(**params: Any) -> list[str]:
             return [r["id"] for r in resources(search(api, "Claim", hospital, **params))]
 
+        assert ids(_id="c-E2") == ["c-E2"]
+        assert ids(_id="c-E3,c-E1,nobody") == ["c-E1", "c-E3"]
         assert ids(identifier="urn:example:claim|E2") == ["c-E2"]
         assert ids(identifier="E1") == ["c-E1"]
         assert ids(identifier="urn:other|E1") == []
@@ -269,7 +271,8 @@ def test_identifier_insurer_and_last_updated(tmp_path: Path) -> None:
         for bad in ({"_lastUpdated": "ne2026"}, {"_lastUpdated": "2026-13"},
                     {"_lastUpdated": "2026-01-01T10:00"}, {"identifier": "sys|"},
                     {"insurer": "Organization/<x>"}, {"patient.identifier": "nobar"},
-                    {"patient": "Patient/1"}, {"_count": "0"}, {"pateint": "x"}):  # fmt: skip
+                    {"patient": "Patient/1"}, {"_count": "0"}, {"pateint": "x"},
+                    {"_id": "c E1"}, {"patient:identifier": "nobar"}):  # fmt: skip
             refused = search(api, "Claim", hospital, **bad)
             assert refused.status_code == 400, (bad, refused.text)
             doc = is_outcome(refused)
@@ -287,19 +290,54 @@ def test_an_insurer_names_one_patient_and_only_its_own_payer(tmp_path: Path) -> 
         assert access_count(api.services.engine) == 2  # each refusal is one access entry
 
 
-@pytest.mark.parametrize("patient_param", ["patient", "patient.identifier"])
-def test_a_patient_by_pseudonym_or_identifier(tmp_path: Path, patient_param: str) -> None:
+@pytest.mark.parametrize(
+    ("patient_param", "form"),
+    [
+        ("patient", "{}"),  # R4 reference search: a logical id ...
+        ("patient", "Patient/{}"),  # ... or Type/id; the id is the patient's pseudonym
+        ("patient.identifier", "system|value"),
+        ("patient:identifier", "system|value"),  # R4's identifier modifier
+    ],
+)
+def test_a_patient_by_reference_or_identifier(
+    tmp_path: Path, patient_param: str, form: str
+) -> None:
     with open_api(tmp_path / "data") as api:
         hospital = api.credential()
         submit(api, settlement_bundle(KIM, "insurer-a"), hospital)
         submit(api, settlement_bundle(LEE, "insurer-a", tag="L1"), hospital)
-        value = (
-            pseudonym(api.services.pseudonym_key, HOSPITAL, KIM).hex()
-            if patient_param == "patient"
-            else pid(KIM)
-        )
+        if form == "system|value":
+            value = pid(KIM)
+        else:
+            value = form.format(pseudonym(api.services.pseudonym_key, HOSPITAL, KIM).hex())
         found = resources(search(api, "Claim", hospital, **{patient_param: value}))
         assert [r["id"] for r in found] == ["c-A1"]
+
+
+def test_the_two_spellings_of_patient_identifier_must_agree(tmp_path: Path) -> None:
+    with open_api(tmp_path / "data") as api:
+        hospital = api.credential()
+        submit(api, settlement_bundle(KIM, "insurer-a"), hospital)
+        both = {"patient.identifier": pid(KIM), "patient:identifier": pid(KIM)}
+        assert len(resources(search(api, "Claim", hospital, **both))) == 1
+        other = {"patient.identifier": pid(KIM), "patient:identifier": pid(LEE)}
+        refused = search(api, "Claim", hospital, **other)
+        assert refused.status_code == 400
+        assert is_outcome(refused)["issue"][0]["expression"] == ["patient:identifier"]
+
+
+def test_lenient_handling_ignores_unknown_parameters_and_says_so(tmp_path: Path) -> None:
+    with open_api(tmp_path / "data") as api:
+        hospital = api.credential()
+        submit(api, settlement_bundle(KIM, "insurer-a"), hospital)
+        params = {"pateint": "x", "identifier": "urn:example:claim|A1"}
+        assert search(api, "Claim", hospital, **params).status_code == 400  # strict by default
+        lenient = {**hospital, "Prefer": "handling=lenient"}
+        answer = search(api, "Claim", lenient, **params)
+        assert [r["id"] for r in resources(answer)] == ["c-A1"]
+        (link,) = answer.json()["link"]
+        assert link["relation"] == "self"
+        assert parse_qsl(urlsplit(link["url"]).query) == [("identifier", "urn:example:claim|A1")]
 
 
 # --- SMART Backend Services tokens --------------------------------------------------------------
@@ -366,8 +404,10 @@ def test_the_capability_statement_lists_what_the_search_takes(tmp_path: Path) ->
     listed = {r["type"]: r for r in rest["resource"]}
     for rtype in ("Claim", "ClaimResponse", "Invoice", "ExplanationOfBenefit", "Coverage",
                   "DocumentReference"):  # fmt: skip
+        # A modifier (patient:identifier) is a form of its parameter, not one of its own.
         declared = {
-            p["name"] for p in document["paths"][f"/fhir/{rtype}"]["get"]["parameters"]
+            p["name"].split(":")[0]
+            for p in document["paths"][f"/fhir/{rtype}"]["get"]["parameters"]
             if p["in"] == "query"
         }  # fmt: skip
         assert {p["name"] for p in listed[rtype]["searchParam"]} == declared

@@ -144,7 +144,7 @@ def test_a_bundle_is_readable_iff_none_of_its_patients_was_erased(tmp_path: Path
                 generation[arg] += 1
                 known[arg] = False
             for bundle_id, body, named in bundles:
-                read = api.client.get(f"/fhir/Bundle/{bundle_id}/_history/1", headers=hospital)
+                read = api.client.get(f"/fhir/Binary/{bundle_id}/_history/1", headers=hospital)
                 if all(generation[p] == g for p, g in named.items()):
                     assert read.status_code == 200 and read.content == body
                 else:

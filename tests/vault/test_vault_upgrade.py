@@ -262,7 +262,7 @@ def test_a_store_of_the_first_format_is_upgraded_and_still_reads(
             assert blob.startswith(b"MLV2") and salt_blob.startswith(b"MLV2"), name
             row = db.bundle_by_id(api.services.vault, w.id)
             assert row is not None and row.data == w.body and row.salt == w.salt, name
-            read = api.client.get(f"/fhir/Bundle/{w.id}/_history/1", headers=hospital)
+            read = api.client.get(f"/fhir/Binary/{w.id}/_history/1", headers=hospital)
             assert read.status_code == 200 and read.content == w.body
             assert api.entry(w.index).commit == commitment(w.salt, w.body)
         assert vault.sealed_key_ids(stored[written["both"].index][0]) == (

@@ -1,4 +1,11 @@
-"""/fhir/Bundle: submit a Bundle (one ledger entry), read it back byte for byte.
+"""/fhir/Bundle: submit a Bundle (one ledger entry) and read it back; /fhir/Binary: the exact
+bytes submitted.
+
+A read answers as FHIR R4 asks (http.html#read): the Bundle with the server's `id`,
+`meta.versionId` and `meta.lastUpdated`, whatever the client put there, spliced into the
+submitted bytes (exchange.bundles.read.as_read). The receipt commits to the submitted bytes
+themselves, which `GET /fhir/Binary/{id}` serves unchanged, under the same rule of who may read
+and the same access entry as the Bundle read.
 
 Retries are safe: the same sender with the same Idempotency-Key, or with the same
 Bundle.identifier and the same bytes, is answered 200 with the original submission. A new
@@ -11,17 +18,25 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from email.utils import format_datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from exchange.bootstrap import Services
-from exchange.bundles.read import BundleRow, bundle_by_id, bundle_patients
+from exchange.bundles.read import BundleRow, as_read, bundle_by_id, bundle_patients
 from exchange.bundles.submit import Stored, SubmitRequest, submit
 from exchange.errors import Invalid, NotFound
-from exchange.http.deps import ServicesDep
-from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses, outcome_body
+from exchange.http.deps import ServicesDep, public_url
+from exchange.http.errors import (
+    FHIR_JSON,
+    FHIR_JSON_UTF8,
+    FhirJSONResponse,
+    error_responses,
+    outcome_body,
+)
 from exchange.http.guards import endpoint_scopes, require_role
 from exchange.identity.clients import Client, require_scope
 from exchange.intake import IntakeError, Issue, check_media_type
@@ -30,6 +45,10 @@ from exchange.registry.admission import FLAGS_HEADER
 from exchange.vault import Erased
 
 router = APIRouter(prefix="/fhir", tags=["Bundle"])
+
+# Where the receipt and salt go in the OperationOutcome a submission may be answered with.
+RECEIPT_EXTENSION = "urn:medledger:extension:receipt"
+SALT_EXTENSION = "urn:medledger:extension:salt"
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 _WEAK_ETAG = re.compile(r'(?:W/)?"([1-9][0-9]{0,8})"')
@@ -54,13 +73,34 @@ _BUNDLE_BODY = {
     },
 }
 _SUBMIT_HEADERS = {
-    "Location": {"description": "/fhir/Bundle/{id}", "schema": {"type": "string"}},
+    "Location": {
+        "description": "[base]/fhir/Bundle/{id}/_history/{version} (absolute)",
+        "schema": {"type": "string"},
+    },
     "ETag": {"description": 'W/"<version>"', "schema": {"type": "string"}},
+    "Last-Modified": {
+        "description": "when the log took the version (its meta.lastUpdated)",
+        "schema": {"type": "string"},
+    },
     "X-Ledger-Index": {"description": "the ledger entry's index", "schema": {"type": "integer"}},
     "X-Ledger-Salt": {"description": "base64 of the salt", "schema": {"type": "string"}},
 }
-_READ_HEADERS = {k: _SUBMIT_HEADERS[k] for k in ("ETag", "X-Ledger-Index")}
+_READ_HEADERS = {k: _SUBMIT_HEADERS[k] for k in ("ETag", "Last-Modified", "X-Ledger-Index")}
 _BUNDLE_CONTENT = {FHIR_JSON: {"schema": {"type": "object", "description": "FHIR R4 Bundle"}}}
+_SUBMIT_ALTERNATIVES = {
+    FHIR_JSON: {
+        "schema": {
+            "type": "object",
+            "description": "with Prefer: return=representation the Bundle as a read answers "
+            "it; with return=OperationOutcome an OperationOutcome carrying the receipt and salt "
+            f"in the extensions {RECEIPT_EXTENSION} and {SALT_EXTENSION}",
+        }
+    }
+}
+_ORIGINAL_CONTENT = {
+    FHIR_JSON: {"schema": {"type": "object", "description": "the Bundle as submitted"}},
+    "application/json": {"schema": {"type": "object", "description": "the Bundle as submitted"}},
+}
 # A submission creates a Bundle; with If-Match it replaces the latest version (a FHIR update).
 _SUBMIT_SCOPES = endpoint_scopes(
     "`system/Bundle.c`; `system/Bundle.u` with If-Match", "Bundle.c", "Bundle.u"
@@ -73,13 +113,14 @@ Reader = Annotated[Client, Depends(require_role("hospital", "admin", scope="Bund
     summary="Submit a Bundle",
     status_code=201,
     response_model=SubmissionResult,
-    response_class=FhirJSONResponse,
+    response_class=JSONResponse,
     responses={
-        201: {"headers": _SUBMIT_HEADERS},
+        201: {"headers": _SUBMIT_HEADERS, "content": _SUBMIT_ALTERNATIVES},
         200: {
             "model": SubmissionResult,
             "description": "a retry: the original submission",
             "headers": _SUBMIT_HEADERS,
+            "content": _SUBMIT_ALTERNATIVES,
         },
         **error_responses(400, 401, 403, 409, 412, 413, 415, 422, 429, 503),
     },
@@ -116,8 +157,9 @@ async def create_bundle(
 ) -> Response:
     """Validates a Bundle, stores its bytes, and commits them to the log with a fresh salt.
 
-    201 with Location, ETag (`W/"<version>"`), X-Ledger-Index, X-Ledger-Salt and the receipt; 200
-    with the same for a retry of an earlier submission.
+    201 with Location, ETag (`W/"<version>"`), Last-Modified, X-Ledger-Index, X-Ledger-Salt and
+    the receipt (application/json: the answer is not a FHIR resource); 200 with the same for a
+    retry of an earlier submission.
     """
     # A new version of an existing Bundle (If-Match) is a FHIR update, not a create.
     require_scope(client, "Bundle", "create" if if_match is None else "update")
@@ -136,7 +178,7 @@ async def create_bundle(
         stored = await submit(services.log, services.vault, req)
     if deliveries is not None and stored.created:
         services.outbox.wake()
-    answer = _answer(stored, body, checked.media, _preference(prefer))
+    answer = _answer(stored, body, public_url(request), _preference(prefer))
     if flags:
         answer.headers[FLAGS_HEADER] = ",".join(flags)
     return answer
@@ -144,12 +186,13 @@ async def create_bundle(
 
 @router.get(
     "/Bundle/{bundle_id}",
-    summary="Read a Bundle (latest version), exactly as submitted",
+    summary="Read a Bundle (latest version) with the server's id and meta",
     response_class=Response,
     responses={
         200: {
             "content": _BUNDLE_CONTENT,
-            "description": "the submitted bytes",
+            "description": "the submitted bytes with the server's id, meta.versionId and "
+            "meta.lastUpdated spliced in; every other byte as submitted",
             "headers": _READ_HEADERS,
         },
         **error_responses(400, 401, 403, 404, 410),
@@ -160,17 +203,19 @@ def read_bundle(
     client: Reader,
     services: ServicesDep,
 ) -> Response:
-    return _disclosed(services, client, read_visible(services, client, bundle_id, None, bundle_id))
+    row = _disclosed(services, client, read_visible(services, client, bundle_id, None, bundle_id))
+    return _read_answer(row)
 
 
 @router.get(
     "/Bundle/{bundle_id}/_history/{version}",
-    summary="Read one version of a Bundle, exactly as submitted",
+    summary="Read one version of a Bundle with the server's id and meta",
     response_class=Response,
     responses={
         200: {
             "content": _BUNDLE_CONTENT,
-            "description": "the submitted bytes",
+            "description": "the submitted bytes with the server's id, meta.versionId and "
+            "meta.lastUpdated spliced in; every other byte as submitted",
             "headers": _READ_HEADERS,
         },
         **error_responses(400, 401, 403, 404, 410),
@@ -183,7 +228,56 @@ def read_bundle_version(
     services: ServicesDep,
 ) -> Response:
     what = f"{bundle_id}/_history/{version}"
-    return _disclosed(services, client, read_visible(services, client, bundle_id, version, what))
+    row = _disclosed(services, client, read_visible(services, client, bundle_id, version, what))
+    return _read_answer(row)
+
+
+@router.get(
+    "/Binary/{bundle_id}",
+    summary="The exact bytes submitted as a Bundle's latest version (what its receipt commits to)",
+    response_class=Response,
+    tags=["Binary"],
+    responses={
+        200: {
+            "content": _ORIGINAL_CONTENT,
+            "description": "the submitted bytes, with the media type they were submitted as",
+            "headers": _READ_HEADERS,
+        },
+        **error_responses(400, 401, 403, 404, 410),
+    },
+)
+def read_original(
+    bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
+    client: Reader,
+    services: ServicesDep,
+) -> Response:
+    row = _disclosed(services, client, read_visible(services, client, bundle_id, None, bundle_id))
+    return _original_answer(row)
+
+
+@router.get(
+    "/Binary/{bundle_id}/_history/{version}",
+    summary="The exact bytes submitted as one version of a Bundle",
+    response_class=Response,
+    tags=["Binary"],
+    responses={
+        200: {
+            "content": _ORIGINAL_CONTENT,
+            "description": "the submitted bytes, with the media type they were submitted as",
+            "headers": _READ_HEADERS,
+        },
+        **error_responses(400, 401, 403, 404, 410),
+    },
+)
+def read_original_version(
+    bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
+    version: Annotated[int, Path(ge=1, le=999_999_999)],
+    client: Reader,
+    services: ServicesDep,
+) -> Response:
+    what = f"{bundle_id}/_history/{version}"
+    row = _disclosed(services, client, read_visible(services, client, bundle_id, version, what))
+    return _original_answer(row)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -230,31 +324,47 @@ def _preference(prefer: str | None) -> str:
     return ""
 
 
-def _answer(stored: Stored, body: bytes, media: str, preference: str) -> Response:
+def _answer(stored: Stored, body: bytes, base: str, preference: str) -> Response:
     status = 201 if stored.created else 200
+    salt = base64.b64encode(stored.salt).decode()
     headers = {
-        "Location": f"/fhir/Bundle/{stored.id}",
+        "Location": f"{base}/fhir/Bundle/{stored.id}/_history/{stored.version}",
         "ETag": f'W/"{stored.version}"',
+        "Last-Modified": http_date(stored.received),
         "X-Ledger-Index": str(stored.index),
-        "X-Ledger-Salt": base64.b64encode(stored.salt).decode(),
+        "X-Ledger-Salt": salt,
     }
     if preference == "minimal":
         return Response(status_code=status, headers=headers)
     if preference == "representation":
         # The retry matched on the same bytes, so the request body is the stored Bundle.
-        return Response(body, status, headers, media_type=f"{media}; charset=utf-8")
+        read = as_read(body, stored.id, stored.version, stored.received)
+        return Response(read, status, headers, media_type=FHIR_JSON_UTF8)
     if preference == "OperationOutcome":
         what = "stored" if stored.created else "already stored"
         note = Issue("information", "informational", f"{what} as ledger entry {stored.index}")
-        return FhirJSONResponse(outcome_body([note]), status, headers)
+        outcome: dict[str, Any] = {
+            "resourceType": "OperationOutcome",
+            "extension": [
+                {"url": RECEIPT_EXTENSION, "valueString": stored.receipt},
+                {"url": SALT_EXTENSION, "valueBase64Binary": salt},
+            ],
+            **outcome_body([note]),
+        }
+        return FhirJSONResponse(outcome, status, headers)
     result = SubmissionResult(
         id=stored.id,
         index=stored.index,
         kind=stored.kind,  # type: ignore[arg-type]
         receipt=stored.receipt,
-        salt=base64.b64encode(stored.salt).decode(),
+        salt=salt,
     )
-    return FhirJSONResponse(result.model_dump(), status, headers)
+    return JSONResponse(result.model_dump(), status, headers)
+
+
+def http_date(instant: str) -> str:
+    """An RFC 3339 UTC instant (an entry's time) as an HTTP-date (RFC 9110 section 5.6.7)."""
+    return format_datetime(datetime.fromisoformat(instant).astimezone(UTC), usegmt=True)
 
 
 def read_visible(
@@ -277,9 +387,9 @@ def _visible(row: BundleRow | None, client: Client, what: str) -> BundleRow:
     return row
 
 
-def _disclosed(services: Services, client: Client, row: BundleRow) -> Response:
-    """The stored bytes, once recorded: read by anyone but the hospital that submitted them
-    (an admin), they are a disclosure, an access entry in the patient's accounting."""
+def _disclosed(services: Services, client: Client, row: BundleRow) -> BundleRow:
+    """`row`, once recorded: read by anyone but the hospital that submitted it (an admin),
+    its data leaving is a disclosure, an access entry in the patient's accounting."""
     if client.org != row.sender:
         record_access_per_patient_blocking(
             services.log,
@@ -291,13 +401,21 @@ def _disclosed(services: Services, client: Client, row: BundleRow) -> Response:
             outcome="0",
             detail=f"Bundle {row.id} version {row.version}",
         )
-    return _stored_bytes(row)
+    return row
 
 
-def _stored_bytes(row: BundleRow) -> Response:
-    return Response(
-        row.data,
-        200,
-        {"ETag": f'W/"{row.version}"', "X-Ledger-Index": str(row.index)},
-        media_type=f"{row.media}; charset=utf-8",
-    )
+def _row_headers(row: BundleRow) -> dict[str, str]:
+    return {
+        "ETag": f'W/"{row.version}"',
+        "Last-Modified": http_date(row.received),
+        "X-Ledger-Index": str(row.index),
+    }
+
+
+def _read_answer(row: BundleRow) -> Response:
+    read = as_read(row.data, row.id, row.version, row.received)
+    return Response(read, 200, _row_headers(row), media_type=FHIR_JSON_UTF8)
+
+
+def _original_answer(row: BundleRow) -> Response:
+    return Response(row.data, 200, _row_headers(row), media_type=f"{row.media}; charset=utf-8")

@@ -27,7 +27,7 @@ from exchange.bootstrap import Services
 from exchange.bundles.read import bundle_by_id, bundle_patients
 from exchange.errors import Invalid, NotFound, Unprocessable
 from exchange.http.deps import IndexesDep, ServicesDep
-from exchange.http.errors import FHIR_JSON, error_responses
+from exchange.http.errors import FHIR_JSON, FHIR_JSON_UTF8, error_responses
 from exchange.http.guards import require_role
 from exchange.http.routes.bundles import read_visible
 from exchange.identity.clients import Client
@@ -137,7 +137,7 @@ async def patient_summary(
         outcome="0",
         detail="IPS $summary",
     )
-    return Response(body, 200, media_type=f"{FHIR_JSON}; charset=utf-8")
+    return Response(body, 200, media_type=FHIR_JSON_UTF8)
 
 
 @router.get(

@@ -12,14 +12,16 @@ entry's fullUrl).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from exchange.http.deps import ServicesDep
-from exchange.http.errors import FHIR_JSON, error_responses
+from exchange.http.errors import FHIR_JSON, FHIR_JSON_UTF8, error_responses
 from exchange.http.guards import require_role
+from exchange.http.searchset import self_url
 from exchange.identity.clients import Client
 from exchange.privacy.access import disclosures_of
 from exchange.vault import lookup_tag
@@ -29,7 +31,7 @@ router = APIRouter(prefix="/v1/patients", tags=["disclosures"])
 MAX_ENTRIES = 1000
 
 
-def searchset(documents: list[tuple[int, bytes]]) -> bytes:
+def searchset(documents: list[tuple[int, bytes]], self_link: str) -> bytes:
     """A searchset Bundle around stored AuditEvents, without re-serialising them."""
     entries = b",".join(
         b'{"fullUrl":"urn:medledger:entry:' + str(index).encode() + b'","resource":' + data
@@ -37,7 +39,8 @@ def searchset(documents: list[tuple[int, bytes]]) -> bytes:
         for index, data in documents
     )  # fmt: skip
     head = b'{"resourceType":"Bundle","type":"searchset","total":' + str(len(documents)).encode()
-    return head + b',"entry":[' + entries + b"]}"
+    link = json.dumps([{"relation": "self", "url": self_link}], separators=(",", ":"))
+    return head + b',"link":' + link.encode() + b',"entry":[' + entries + b"]}"
 
 
 # `:path`: an identifier value may hold a `/` (sent as %2F, which the server decodes before
@@ -52,6 +55,7 @@ def searchset(documents: list[tuple[int, bytes]]) -> bytes:
     },
 )
 async def patient_disclosures(
+    request: Request,
     client: Annotated[Client, Depends(require_role("hospital", scope="AuditEvent.s"))],
     services: ServicesDep,
     value: Annotated[
@@ -72,5 +76,5 @@ async def patient_disclosures(
     subjects = [lookup_tag(services.pseudonym_key, client.org, patient)]
     subjects += await run_in_threadpool(services.vault.subjects_of, client.org, patient)
     rows = await run_in_threadpool(disclosures_of, services.engine, subjects, MAX_ENTRIES)
-    body = searchset([(row.index, row.data) for row in rows])
-    return Response(body, media_type=FHIR_JSON)
+    body = searchset([(row.index, row.data) for row in rows], self_url(request))
+    return Response(body, media_type=FHIR_JSON_UTF8)

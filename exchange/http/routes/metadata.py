@@ -101,8 +101,12 @@ def capability_statement(services: Services) -> dict[str, Any]:
                         "documentation": _SUBMIT_DOC,
                         "interaction": [
                             {"code": "create", "documentation": "POST /fhir/Bundle"},
-                            {"code": "read", "documentation": "the bytes as submitted"},
-                            {"code": "vread", "documentation": "one version, as submitted"},
+                            {
+                                "code": "read",
+                                "documentation": "the submitted bytes with the server's id, "
+                                "meta.versionId and meta.lastUpdated spliced in",
+                            },
+                            {"code": "vread", "documentation": "one version, the same way"},
                         ],
                         "versioning": "versioned",
                         "readHistory": False,
@@ -111,6 +115,14 @@ def capability_statement(services: Services) -> dict[str, Any]:
                         "conditionalRead": "not-supported",
                         "conditionalUpdate": False,
                         "conditionalDelete": "not-supported",
+                    },
+                    {
+                        "type": "Binary",
+                        "documentation": "Binary/{id} is the exact bytes Bundle/{id} was "
+                        "submitted as, which its ledger receipt commits to, served as they "
+                        "came (their own media type); the same access rule as the Bundle read",
+                        "interaction": [{"code": "read"}, {"code": "vread"}],
+                        "versioning": "versioned",
                     },
                     *settlement_router.capability_resources(),
                     *quality_router.capability_resources(),

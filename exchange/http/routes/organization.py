@@ -8,17 +8,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from exchange.errors import NotFound
-from exchange.http.deps import ServicesDep
-from exchange.http.errors import error_responses
+from exchange.http.deps import ServicesDep, public_url
+from exchange.http.errors import FhirJSONResponse, error_responses
 from exchange.http.guards import require_role
+from exchange.http.searchset import searchset
 from exchange.identity.clients import Client
 from exchange.registry import institutions
 
-router = APIRouter(prefix="/fhir", tags=["organization"])
+router = APIRouter(prefix="/fhir", tags=["organization"], default_response_class=FhirJSONResponse)
 
 _READERS = ("hospital", "insurer", "auditor", "admin")
 Searcher = Annotated[Client, Depends(require_role(*_READERS, scope="Organization.s"))]
@@ -34,14 +35,20 @@ def _today() -> Any:
     summary="Search the institution registry (searchset Bundle)",
     responses=error_responses(401, 403),
 )
-async def search_organizations(_client: Searcher, services: ServicesDep) -> dict[str, Any]:
+async def search_organizations(
+    request: Request, _client: Searcher, services: ServicesDep
+) -> dict[str, Any]:
     registry = await run_in_threadpool(institutions.current_registry, services.engine)
     today = _today()
+    base = public_url(request)
     entries = [
-        {"resource": institutions.organization_resource(rec, today)}
-        for _, rec in sorted(registry.items())
+        {
+            "fullUrl": f"{base}/fhir/Organization/{org}",
+            "resource": institutions.organization_resource(rec, today),
+        }
+        for org, rec in sorted(registry.items())
     ]
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+    return searchset(request, entries)
 
 
 @router.get(

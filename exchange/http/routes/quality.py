@@ -1,9 +1,11 @@
 """`GET /fhir/MeasureReport`: an institution's quality indicators over a period.
 
-FHIR R4 search on MeasureReport (section 3.1.1 "Search"; the `subject` reference parameter
+FHIR R4 search on MeasureReport (section 3.1.1 "Search"; the `reporter` reference parameter
 and the `period` date parameter of MeasureReport, with the prefixes of section 3.1.1.5.6):
 
-- `subject=Organization/{org}` (or `{org}`): the institution, required;
+- `reporter=Organization/{org}` (or `{org}`): the institution, required. The reports name it
+  as their `reporter`: R4 allows no Organization as a MeasureReport's `subject`. `subject=` is
+  taken as another name for `reporter`, as an earlier release asked for it;
 - `period=2026` (also `2026-03`, `2026-03-15`, or `eq` before them): that whole year, month or
   day; or a range, `period=ge2026-01-01&period=le2026-06-30` (`gt`/`lt` exclude the named
   day, month or year). A report needs both ends: an open range is refused (400).
@@ -24,7 +26,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
 
@@ -33,6 +35,7 @@ from exchange.errors import Forbidden, Invalid, NotFound
 from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
 from exchange.http.guards import require_role
+from exchange.http.searchset import minted_full_url, searchset
 from exchange.identity.clients import Client
 from exchange.quality import facts as quality_facts
 from exchange.quality import indicators as quality
@@ -60,6 +63,28 @@ def subject_org(value: str, param: str = "subject") -> str:
             code="value",
         )
     return match.group(1)
+
+
+def reporter_param(reporter: str | None, subject: str | None) -> tuple[str, str]:
+    """The parameter that named the institution and its id: `reporter`, or `subject` as
+    another name for it (both given, they must name the same one)."""
+    if reporter is None and subject is None:
+        raise Invalid(
+            "reporter=Organization/<id> is required: the institution whose indicators to report",
+            "reporter",
+            code="required",
+        )
+    if reporter is not None and subject is not None:
+        if subject_org(reporter, "reporter") != subject_org(subject):
+            raise Invalid(
+                "reporter and subject (another name for it) name different institutions: "
+                "send reporter only",
+                "subject",
+                code="value",
+            )
+    param, value = ("reporter", reporter) if reporter is not None else ("subject", subject)
+    assert value is not None
+    return param, subject_org(value, param)
 
 
 def _bounds(value: str) -> tuple[date, date]:
@@ -151,38 +176,44 @@ def quality_reports(
     },
 )
 async def search_measure_reports(
+    request: Request,
     client: Reader,
     services: ServicesDep,
     indexes: IndexesDep,
-    subject: Annotated[str, Query(max_length=80, description="Organization/<id>: the institution")],
     period: Annotated[
         list[str],
         Query(
             description="2026, 2026-03, 2026-03-15, or ge<date> and le<date> (repeated)",
         ),
     ],
+    reporter: Annotated[
+        str | None,
+        Query(max_length=80, description="Organization/<id>: the institution (required)"),
+    ] = None,
+    subject: Annotated[
+        str | None, Query(max_length=80, description="another name for reporter")
+    ] = None,
 ) -> FhirJSONResponse:
-    org = subject_org(subject)
+    param, org = reporter_param(reporter, subject)
     if len(period) > 2:
         raise Invalid("period: at most two values (a lower and an upper bound)", code="value")
     start, end = period_of(period)
     if client.role == "hospital" and client.org != org:
         raise Forbidden(
             f"a hospital reads its own organisation's indicators ({client.org}), not {org}'s",
-            "subject",
+            param,
         )
     if not await run_in_threadpool(known_org, services.engine, org):
         raise NotFound(f"no institution {org!r} in the registry or the ledger")
     await run_in_threadpool(indexes.fresh, quality_facts.QUALITY)
     now = datetime.now(UTC)
     reports = await run_in_threadpool(quality_reports, services, org, start, end, now)
-    body: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(reports),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in reports],
-    }
-    return FhirJSONResponse(body)
+    entries = [
+        {"fullUrl": minted_full_url("MeasureReport", org, str(r["measure"]), str(start), str(end)),
+         "resource": r}
+        for r in reports
+    ]  # fmt: skip
+    return FhirJSONResponse(searchset(request, entries))
 
 
 def capability_resources() -> list[dict[str, Any]]:
@@ -215,9 +246,15 @@ def capability_resources() -> list[dict[str, Any]]:
             "interaction": [{"code": "search-type"}],
             "searchParam": [
                 {
-                    "name": "subject",
+                    "name": "reporter",
                     "type": "reference",
                     "documentation": "Organization/<id> (required)",
+                },
+                {
+                    "name": "subject",
+                    "type": "reference",
+                    "documentation": "another name for reporter (Organization/<id>); the "
+                    "reports name no subject",
                 },
                 {
                     "name": "period",

@@ -3,13 +3,15 @@ DocumentReference}`, answered with a FHIR searchset Bundle of the resources exac
 
 Search parameters (FHIR R4 section 3.1.1 "Search"; strict handling, unknown ones are refused):
 
-- `patient.identifier=system|value`: the patient as the hospital identified them (chained
-  search on the patient's identifier; Patients are not resources of this server, so
-  `patient=Patient/x` has nothing to point at). `patient=<64 hex>` names the patient by the
-  keyed pseudonym the ledger entries and AuditEvents carry.
+- `patient:identifier=system|value` (or `patient.identifier=`): the patient as the hospital
+  identified them (R4's `identifier` modifier of a reference parameter). `patient` is a
+  reference, `Patient/<id>` or `<id>`, whose id on this server is the keyed pseudonym the
+  ledger entries and AuditEvents carry (64 hex digits): the hospital's own Patient ids mean
+  nothing across hospitals.
 - `insurer=Organization/x` (or `x`): the payer (Claim/ClaimResponse/EOB.insurer, Coverage.payor,
   Invoice.recipient; a DocumentReference takes the payer of its Bundle's claim).
 - `identifier=system|value`, `identifier=value`, `identifier=|value` (token search).
+- `_id=<id>[,<id>...]`: the resources' ids as submitted.
 - `_lastUpdated=[ge|gt|le|lt|eq]<date or dateTime>`, repeatable (meta.lastUpdated, else the
   time the Bundle was received).
 - `_count` (at most :data:`MAX_COUNT`), and `_cursor`, the opaque, signed position the `next`
@@ -44,8 +46,9 @@ from exchange.consent.crossborder import TransferLedger
 from exchange.consent.rules import INSURER_PURPOSES
 from exchange.errors import Forbidden, Invalid, MedledgerError
 from exchange.http.deps import GateDep, IndexesDep, ServicesDep, public_url
-from exchange.http.errors import FHIR_JSON, error_responses, status_of
+from exchange.http.errors import FHIR_JSON, FHIR_JSON_UTF8, error_responses, status_of
 from exchange.http.guards import endpoint_scopes, require_role
+from exchange.http.query import used_params
 from exchange.identity.clients import Client, require_scope
 from exchange.indexes.derived import Indexes
 from exchange.privacy.access import record_access, record_access_per_patient
@@ -188,13 +191,49 @@ def token_param(key: bytes, value: str, name: str) -> tuple[str, bytes]:
     return settlement.KEY_IDENT, settlement.ident_key(key, system, code)
 
 
-def patient_identifier_param(value: str) -> tuple[str, str]:
+def patient_identifier_of(dotted: str | None, modifier: str | None) -> str | None:
+    """The patient identifier of `patient.identifier` or `patient:identifier` (the same
+    search, spelt two ways; both given, they must agree)."""
+    if dotted is not None and modifier is not None and dotted != modifier:
+        raise Invalid(
+            "patient.identifier and patient:identifier name different patients: send one",
+            "patient:identifier",
+            code="value",
+        )
+    if dotted is None and modifier is not None:
+        patient_identifier_param(modifier, "patient:identifier")
+    return dotted if dotted is not None else modifier
+
+
+def patient_reference(value: str) -> str:
+    """The pseudonym of a `patient` reference: `Patient/<64 hex>` or `<64 hex>`."""
+    pseudonym = value.removeprefix("Patient/")
+    if not _PSEUDONYM.fullmatch(pseudonym):
+        raise Invalid(
+            "patient must reference a patient of this server, Patient/<id> or <id>, whose id "
+            "is the patient's pseudonym (64 lower-case hex digits, as in the AuditEvents); to "
+            "name the patient by identifier use patient:identifier=system|value",
+            "patient",
+            code="value",
+        )
+    return pseudonym
+
+
+def ids_param(value: str) -> tuple[str, ...]:
+    """`_id`: one id or several, comma-separated (any of them matches)."""
+    ids = tuple(value.split(","))
+    if not all(re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", i) for i in ids):
+        raise Invalid("_id must be ids (1-64 of A-Z a-z 0-9 - .), comma-separated", "_id")
+    return ids
+
+
+def patient_identifier_param(value: str, name: str = "patient.identifier") -> tuple[str, str]:
     system, bar, code = value.partition("|")
     if not bar or not system or not code:
         raise Invalid(
-            "patient.identifier must be system|value (e.g. urn:oid:2.16.156.1|MRN-1): the "
-            "patient is matched by an identifier the hospital submitted",
-            "patient.identifier",
+            f"{name} must be system|value (e.g. urn:oid:2.16.156.1|MRN-1): the patient is "
+            "matched by an identifier the hospital submitted",
+            name,
             code="value",
         )
     return system, code
@@ -436,9 +475,24 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
                 description="the patient's identifier as submitted: system|value",
             ),
         ] = None,
+        patient_identifier_modifier: Annotated[
+            str | None,
+            Query(
+                alias="patient:identifier",
+                max_length=512,
+                description="the same as patient.identifier, in R4's modifier form",
+            ),
+        ] = None,
         patient: Annotated[
             str | None,
-            Query(max_length=80, description="the patient's pseudonym (64 hex digits)"),
+            Query(
+                max_length=90,
+                description="Patient/<id> or <id>: the id is the patient's pseudonym (64 hex)",
+            ),
+        ] = None,
+        ids: Annotated[
+            str | None,
+            Query(alias="_id", max_length=1000, description="ids as submitted, comma-separated"),
         ] = None,
         insurer: Annotated[
             str | None, Query(max_length=80, description="Organization/<id> or <id>")
@@ -462,7 +516,11 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
     ) -> Response:
         async def run(purpose: str | None) -> Answer:
             require_scope(client, resource_type, "search")
-            q = _query(resource_type, client, patient_identifier, patient, insurer, identifier)
+            named = patient_identifier_of(patient_identifier, patient_identifier_modifier)
+            pseudonym = patient_reference(patient) if patient is not None else None
+            q = _query(resource_type, client, named, pseudonym, insurer, identifier)
+            if ids is not None:
+                q = replace(q, resource_ids=ids_param(ids))
             bounds = date_bounds(last_updated or [])
             n = min(count or DEFAULT_COUNT, MAX_COUNT)
             if identifier is not None:
@@ -473,12 +531,10 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
                 count=n,
                 client=client,
                 base_url=public_url(request) + request.url.path,
-                params=list(request.query_params.multi_items()),
+                params=used_params(request),
             )
             await run_in_threadpool(fresh_indexes, services, indexes)
-            keys = await run_in_threadpool(
-                _patient_keys, services, client, patient_identifier, patient
-            )
+            keys = await run_in_threadpool(_patient_keys, services, client, named, pseudonym)
             if keys is not None:
                 search = replace(search, query=replace(search.query, patient_keys=keys))
             return await run_in_threadpool(run_search, services, gate, search, purpose, cursor)
@@ -489,7 +545,7 @@ def _make_endpoint(resource_type: str) -> Callable[..., Awaitable[Response]]:
             )
         else:
             answer = await run(None)
-        return Response(answer.body, 200, media_type=f"{FHIR_JSON}; charset=utf-8")
+        return Response(answer.body, 200, media_type=FHIR_JSON_UTF8)
 
     search_settlement.__name__ = f"search_{resource_type}"
     return search_settlement
@@ -506,13 +562,6 @@ def _query(
     """The search as the client's role narrows it (patients are resolved afterwards)."""
     if patient_identifier is not None:
         patient_identifier_param(patient_identifier)
-    if patient is not None and not _PSEUDONYM.fullmatch(patient):
-        raise Invalid(
-            "patient must be the patient's pseudonym (64 lower-case hex digits, as in the "
-            "AuditEvents); to name the patient by identifier use patient.identifier=system|value",
-            "patient",
-            code="value",
-        )
     wanted = insurer_param(insurer) if insurer is not None else None
     if client.role == "insurer":
         if patient_identifier is None and patient is None:
@@ -574,9 +623,16 @@ def capability_resources() -> list[dict[str, Any]]:
     6.1 CapabilityStatement: searchParam names the parameters each type takes)."""
     params = [
         ("patient.identifier", "token", "the patient's identifier as submitted: system|value"),
-        ("patient", "token", "the patient's pseudonym (64 hex digits, as in the AuditEvents)"),
+        (
+            "patient",
+            "reference",
+            "Patient/<id> or <id>, the id being the patient's pseudonym (64 hex digits, as in "
+            "the AuditEvents); patient:identifier=system|value names the patient by an "
+            "identifier the hospital submitted",
+        ),
         ("insurer", "reference", "the payer: Organization/<id>"),
         ("identifier", "token", "system|value, |value or value"),
+        ("_id", "token", "the resources' ids as submitted, comma-separated"),
         ("_lastUpdated", "date", "meta.lastUpdated, else the time the Bundle was received"),
         ("_count", "number", f"page size, at most {MAX_COUNT} (default {DEFAULT_COUNT})"),
         ("_cursor", "string", "the opaque position a `next` link carries"),

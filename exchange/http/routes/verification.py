@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
@@ -32,6 +32,7 @@ from exchange.http.deps import ServicesDep
 from exchange.http.errors import FHIR_JSON, FhirJSONResponse, error_responses
 from exchange.http.guards import require_role
 from exchange.http.routes.quality import subject_org
+from exchange.http.searchset import minted_full_url, searchset
 from exchange.identity.clients import Client
 from exchange.registry import institutions
 from exchange.store.tables import attestations_table, institutions_table
@@ -178,6 +179,7 @@ def verification_results(attested: AttestedRecord, now: datetime) -> list[dict[s
     },
 )
 async def search_verification_results(
+    request: Request,
     _client: Reader,
     services: ServicesDep,
     target: Annotated[str, Query(max_length=80, description="Organization/<id>: the institution")],
@@ -190,11 +192,8 @@ async def search_verification_results(
     if attested is None:
         raise NotFound(f"no institution {org!r} in the registry", "target")
     results = verification_results(attested, datetime.now(UTC))
-    return FhirJSONResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(results),
-            "entry": [{"resource": r, "search": {"mode": "match"}} for r in results],
-        }
-    )
+    entries = [
+        {"fullUrl": minted_full_url("VerificationResult", str(r["id"])), "resource": r}
+        for r in results
+    ]
+    return FhirJSONResponse(searchset(request, entries))
