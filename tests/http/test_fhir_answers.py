@@ -26,6 +26,7 @@ from exchange.registry import institutions as inst
 from tests.api_helpers import BASE, FHIR_JSON, FHIR_JSON_UTF8, observation_bundle
 from tests.indexes.test_continuity_api import FIXTURES as KR_FIXTURES
 from tests.indexes.test_continuity_api import KR, MRN
+from tests.outbox.helpers import HOME, TOKEN, consent, recipient
 from tests.privacy.test_access_matrix import (
     ACTORS,
     ASYNC,
@@ -45,6 +46,10 @@ OTHER_FORMATS: dict[tuple[Route, int], str] = {
     (("/fhir/Bundle/{bundle_id}/$hl7v2", "get"), 200): f"{ER7}; charset=utf-8",
     (("/fhir/$export-status/{job_id}", "get"), 200): "application/json",  # the manifest
     (("/fhir/$export-status/{job_id}/{file_name}", "get"), 200): "application/fhir+ndjson",
+    # The delivery queued (docs/api.md): its JSON, not a FHIR resource.
+    **{
+        (("/fhir/Bundle/{bundle_id}/$deliver", "post"), st): "application/json" for st in (200, 201)
+    },
 }
 SUBMIT = ("/fhir/Bundle", "post")
 
@@ -72,6 +77,13 @@ def _answered_routes(world: World) -> None:
     ]  # fmt: skip
     world.route = ("/fhir/Patient/$summary", "get")
     world.get("hospital-a", "/fhir/Patient/$summary", identifier=MRN)
+    # A delivery queued by hand: a recipient with an endpoint (never reached here) that the
+    # patient's consent names for treatment.
+    recipient(world.api, "http://127.0.0.1:9/fhir", token=TOKEN)
+    consent(world.api, world.headers["hospital-a"])
+    world.route = ("/fhir/Bundle/{bundle_id}/$deliver", "post")
+    world.call("post", "hospital-a", f"/fhir/Bundle/{ids[0]}/$deliver",
+               params={"recipient": f"Organization/{HOME}"})  # fmt: skip
     world.route = ("/fhir/Bundle/{bundle_id}/$hl7v2", "get")
     world.get("hospital-a", f"/fhir/Bundle/{ids[0]}/$hl7v2", message="ADT_A08")
     world.route = ("/fhir/$export-status/{job_id}", "delete")
