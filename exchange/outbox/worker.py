@@ -118,7 +118,7 @@ class Worker:
         self.config = config
         self.tokens = TokenCache()
         self._http: Any = None  # one httpx client, made in the loop that uses it
-        self._wake: asyncio.Event | None = None
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         # Final outcomes may lack their access entry (a server killed between the two, or
         # a failure recording it): looked for at the start and after such a failure.
         self._unaccounted = True
@@ -127,9 +127,13 @@ class Worker:
     # --- the loop
 
     def wake(self) -> None:
-        """Something was queued: look now rather than at the next poll (in the loop)."""
-        if self._wake is not None:
-            self._wake.set()
+        """Something was queued: look now rather than at the next poll. Safe from any thread
+        or event loop: the event is set in the loop :meth:`run` runs in."""
+        if self._wake is None:
+            return
+        loop, event = self._wake
+        with contextlib.suppress(RuntimeError):  # that loop has closed: nothing to wake
+            loop.call_soon_threadsafe(event.set)
 
     def stop(self) -> None:
         """Finish the round in progress (its attempts and their outcomes), then return from
@@ -139,9 +143,10 @@ class Worker:
 
     async def run(self) -> None:
         """Until stopped: drain what is due, then wait to be woken or for the next poll."""
-        self._wake = asyncio.Event()
+        wake = asyncio.Event()
+        self._wake = (asyncio.get_running_loop(), wake)
         while not self._stopping:
-            self._wake.clear()
+            wake.clear()
             try:
                 if self._unaccounted:
                     await run_in_threadpool(self.account_missing)
@@ -149,7 +154,7 @@ class Worker:
             except Exception:
                 log.exception("outbox: a round failed; the rows are taken up again later")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll)
+                await asyncio.wait_for(wake.wait(), timeout=self.config.poll)
 
     async def plan(self, client: Client, checked: Checked) -> RowWriter | None:
         """The deliveries a submission queues (:meth:`Queue.plan`), off the event loop, and

@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from exchange.errors import Invalid
 from exchange.http.deps import ServicesDep
 from exchange.http.errors import error_responses
 from exchange.http.guards import require_role
@@ -92,13 +91,11 @@ async def list_deliveries(
     services: ServicesDep,
     bundle: Annotated[str | None, Query(pattern=FHIR_ID, description="a Bundle id")] = None,
     recipient: Annotated[
-        str | None, Query(max_length=80, description="an Organization id (or reference)")
+        str | None, Query(pattern=ORG_REFERENCE, description="Organization/<id> of the recipient")
     ] = None,
     status: Annotated[Status | None, Query(description="pending, delivered or failed")] = None,
 ) -> DeliveryList:
     org = None if recipient is None else recipient.removeprefix("Organization/")
-    if org is not None and not org:
-        raise Invalid("recipient names no Organization", "recipient")
     sender = None if client.role == "admin" else client.org
     found = await run_in_threadpool(
         services.outbox.queue.list, sender=sender, bundle=bundle, recipient=org, status=status
