@@ -678,6 +678,7 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Bundle/{bundle_id}", "get"): _per_bundle(""),
     ("/fhir/Bundle/{bundle_id}/_history/{version}", "get"): _per_bundle("/_history/1"),
     ("/fhir/Bundle/{bundle_id}/$hl7v2", "get"): _per_bundle("/$hl7v2"),
+    ("/fhir/Bundle/{bundle_id}/$e2b", "get"): _per_bundle("/$e2b"),
     # Queues a delivery (no recipient has an endpoint here: refused); answers no patient data.
     ("/fhir/Bundle/{bundle_id}/$deliver", "post"): _no_probe_needed,
     # The outbox: ids and statuses, no patient data.

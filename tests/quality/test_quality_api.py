@@ -76,9 +76,14 @@ def test_reports_parse_and_count_what_was_expected(seeded: Api) -> None:
 
 def test_who_may_read_quality(seeded: Api) -> None:
     api = seeded
-    for role, org in (("hospital", HOSPITAL_ORG), ("auditor", None), ("admin", None)):
+    expected = _reports(_get(api, api.credential(), subject=SUBJECT, period="2026"))
+    for role, org in (("hospital", HOSPITAL_ORG), ("auditor", None), ("admin", None),
+                      ("regulator", "nmpa"), ("insurer", "insurer-a")):  # fmt: skip
         answer = _get(api, api.credential(role, org), subject=SUBJECT, period="2026")
         assert answer.status_code == 200, (role, answer.text)
+        assert _reports(answer) == expected, role
+    mediator = _get(api, api.credential("mediator", "m-1"), subject=SUBJECT, period="2026")
+    assert mediator.status_code == 403
     other = _get(api, api.credential("hospital", "hospital-b"), subject=SUBJECT, period="2026")
     assert other.status_code == 403
     assert "own organisation" in is_outcome(other)["issue"][0]["diagnostics"]

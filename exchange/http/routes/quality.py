@@ -43,7 +43,11 @@ router = APIRouter(prefix="/fhir", tags=["quality"])
 
 Reader = Annotated[
     Client,
-    Depends(require_role("hospital", "insurer", "auditor", "admin", scope="MeasureReport.s")),
+    Depends(
+        require_role(
+            "hospital", "insurer", "auditor", "regulator", "admin", scope="MeasureReport.s"
+        )
+    ),
 ]
 
 SUBJECT = re.compile(r"(?:Organization/)?([A-Za-z0-9\-.]{1,64})")
