@@ -710,6 +710,8 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Organization", "get"): _plain_get("/fhir/Organization"),
     ("/fhir/Organization/{org}", "get"): _plain_get("/fhir/Organization/hospital-a"),
     ("/v1/trace", "get"): _plain_get("/v1/trace", gtin=GTIN),
+    # Dispensing events: packs, times and places (these Bundles dispense nothing).
+    ("/epcis/events", "get"): _plain_get("/epcis/events"),
     # Aggregates over an institution's Bundles (counts and ratios, no patient named).
     ("/fhir/MeasureReport", "get"): _plain_get(
         "/fhir/MeasureReport", subject="Organization/hospital-a", period="2026"

@@ -53,7 +53,7 @@ HOSPITAL_PURPOSE = "PUBHLTH"
     response_class=Response,
     responses={
         200: {"content": {XML: {"schema": {"type": "string"}}}},
-        **error_responses(401, 403, 404, 422),
+        **error_responses(400, 401, 403, 404, 422),
     },
 )
 async def bundle_e2b(
