@@ -19,7 +19,7 @@ def test_organization_read_and_search(tmp_path: Path) -> None:
         key = Ed25519PrivateKey.generate()
         inst.register_admin_key(api.services.engine, "admin-1", key.public_key())
         inst.append_attestation(api.services.log, inst.sign_attestation(BASE, "admin-1", key))
-        # Any authenticated client reads the registry but a mediator's (a case package only).
+        # Every role but the mediator (a case package only) reads the registry.
         for role, who in (("insurer", "insurer-x"), ("regulator", "nmpa"), ("auditor", None)):
             headers = api.credential(role, who)
             got = api.client.get(f"/fhir/Organization/{BASE.org}", headers=headers)
