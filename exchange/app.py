@@ -24,6 +24,8 @@ from exchange.http.routes import bundles, continuity, health, log, metadata, til
 from exchange.http.routes import cases as cases_router
 from exchange.http.routes import deliveries as deliveries_router
 from exchange.http.routes import disclosures as disclosures_router
+from exchange.http.routes import e2b as e2b_router
+from exchange.http.routes import epcis as epcis_router
 from exchange.http.routes import metrics as metrics_router
 from exchange.http.routes import organization as organization_router
 from exchange.http.routes import quality as quality_router
@@ -126,6 +128,8 @@ def create_app(
     app.include_router(trace.router)
     app.include_router(rwd_export_router.router)
     app.include_router(continuity.router)
+    app.include_router(e2b_router.router)
+    app.include_router(epcis_router.router)
     app.include_router(smart_router.router)
     app.include_router(organization_router.router)
     app.include_router(quality_router.router)

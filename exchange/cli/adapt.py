@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     p.add_argument("--now", help="RFC 3339 time to stamp the output with (default: now)")
     p.add_argument("--control-id", help="message control id / document id to use")
     p.add_argument("--language", help="language of added translations, e.g. en, ko, ru, ar, th")
+    p.add_argument(
+        "--location",
+        metavar="GLN",
+        help="EPCIS: the site's location (GLN, SGLN URN or GLN Digital Link) for Bundles that "
+        "name no GLN of their own",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_MALFORMED
     now = datetime.fromisoformat(args.now.replace("Z", "+00:00")) if args.now else datetime.now(UTC)
     options = AdaptOptions(
-        now=now, message=args.message, control_id=args.control_id, language=args.language
+        now=now,
+        message=args.message,
+        control_id=args.control_id,
+        language=args.language,
+        location=args.location,
     )
     module = importlib.import_module(TARGETS[args.target])
     try:

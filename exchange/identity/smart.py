@@ -114,7 +114,8 @@ ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
     },
     "insurer": {**{t: "rs" for t in _SETTLEMENT}, **_REGISTRY},
     "auditor": dict(_REGISTRY),
-    "regulator": {"Bundle": "s"},  # the RWD export of one product
+    # the RWD export of one product, a Bundle's ICSR, and the registry it supervises
+    "regulator": {"Bundle": "rs", **_REGISTRY},
     "mediator": {"Bundle": "r"},  # a patient's case package (POST /v1/cases)
     "admin": {"*": "rs"},
 }

@@ -1,10 +1,13 @@
 """The recall index: which ledger entries used a pack or lot, kept in SQL beside the Bundles.
 
-A derived index (:mod:`exchange.derived`) over the stored RWD Bundles: the packs each one used,
-read by :func:`adapters.rwd_identity.pack_identities`, the same reading the intake checked.
+A derived index (:mod:`exchange.indexes.derived`) over the stored Bundles of every kind: the
+packs of each one that carries RWD content, read by
+:func:`adapters.rwd_identity.recall_identities`, the same content the intake checked
+(``checks_for``), so an RWD report filed with an Invoice as `settlement` is found too.
 
-Matching is :func:`adapters.trace_index.matches` expressed as SQL: GTIN-14 equal; lot and
-serial equal when the query names them (case-sensitive, GS1 character set 82).
+Matching is :func:`adapters.trace_index.matches` expressed as SQL: each product key the query
+names (GTIN-14, approval number, Chinese code) equal; lot and serial equal when the query
+names them (case-sensitive, GS1 character set 82).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
-from adapters.rwd_identity import PackIdentity, pack_identities
+from adapters.rwd_identity import PackIdentity, recall_identities
 from adapters.trace_index import RecallQuery
 from exchange.indexes.derived import DerivedIndex, StoredBundle
 from exchange.store.tables import trace_table
@@ -32,7 +35,8 @@ class TraceHit:
 def index_rows(
     index: int, sender: str, bundle_id: str, identities: list[PackIdentity]
 ) -> list[dict[str, object]]:
-    """The index rows of one entry: a pack without a GTIN cannot answer a GTIN query."""
+    """The index rows of one entry: a pack with none of the three product keys cannot answer
+    a recall query, so it has no row."""
     return [
         {
             "idx": index,
@@ -43,25 +47,34 @@ def index_rows(
             "serial": identity.serial,
             "expiry": identity.expiry,
             "cn_code": identity.cn_code,
+            "import_approval": identity.import_approval,
         }
         for identity in identities
         if identity.gtin is not None
+        or identity.import_approval is not None
+        or identity.cn_code is not None
     ]
 
 
 def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
     # Stored Bundles passed intake, so they are JSON; the reading is lenient by design.
-    identities = pack_identities(json.loads(bundle.data))
+    identities = recall_identities(json.loads(bundle.data))
     return index_rows(bundle.index, bundle.sender, bundle.id, identities)
 
 
-TRACE = DerivedIndex("trace", ("rwd",), trace_table, _rows_of)
+TRACE = DerivedIndex("trace", ("record", "rwd", "settlement", "consent"), trace_table, _rows_of)
 
 
 def recall(engine: Engine, query: RecallQuery, sender: str | None = None) -> list[TraceHit]:
     """Entries whose packs match the query, in ledger order; only `sender`'s when given."""
     t = trace_table
-    q = select(t.c.idx, t.c.bundle_id, t.c.sender).where(t.c.gtin == query.gtin).distinct()
+    q = select(t.c.idx, t.c.bundle_id, t.c.sender).distinct()
+    if query.gtin is not None:
+        q = q.where(t.c.gtin == query.gtin)
+    if query.approval is not None:
+        q = q.where(t.c.import_approval == query.approval)
+    if query.cn_code is not None:
+        q = q.where(t.c.cn_code == query.cn_code)
     if query.lot is not None:
         q = q.where(t.c.lot == query.lot)
     if query.serial is not None:

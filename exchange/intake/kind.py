@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.rwd_identity import check_rwd_bundle
+from adapters.rwd_identity import checks_for
 from exchange.intake.identifiers import normalise
 
 from .genomic import check_genomic_approval
@@ -63,8 +63,7 @@ def check_bundle(
     validate_bundle(doc, limits)
     check_genomic_approval(doc)
     kind = derive_kind(doc)
-    if kind == "rwd":
-        check_pack_identities(doc)
+    check_pack_identities(doc)
     if kind == "consent":
         check_consent_times(doc)
     return Intake(
@@ -78,12 +77,14 @@ def check_bundle(
 
 
 def check_pack_identities(doc: dict[str, Any]) -> None:
-    """Refuse an RWD Bundle whose packs are not traceable (adapters.rwd_identity's errors).
+    """Refuse a Bundle carrying RWD content whose packs are not traceable, whatever kind it is
+    filed under (adapters.rwd_identity.checks_for decides by the resource types present).
 
     Lecheng real-world data is only worth keeping when each pack can be followed back to its
-    foreign manufacturer and lot for a recall; warnings (weaker traceability) do not refuse.
+    foreign manufacturer and lot for a recall; an Invoice or a Consent beside it changes the
+    Bundle's kind, never that. Warnings (weaker traceability) do not refuse.
     """
-    errors = [i for i in check_rwd_bundle(doc) if i.severity in ("error", "fatal")]
+    errors = [i for i in checks_for(doc) if i.severity in ("error", "fatal")]
     if errors:
         raise IntakeError(
             422, [Issue(i.severity, i.code, i.diagnostics, i.expression) for i in errors]

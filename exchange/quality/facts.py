@@ -44,6 +44,9 @@ from sqlalchemy import (
     select,
 )
 
+from adapters.indicators import INDICATORS as STENT_INDICATORS
+from adapters.indicators import bundle_facts, evaluate, stent_episodes
+from adapters.indicators import in_period as stent_in_period
 from exchange import vault
 from exchange.indexes.derived import DerivedIndex, StoredBundle
 from exchange.quality.indicators import EpisodeFacts
@@ -87,6 +90,10 @@ FACTS = (
     "plan",
     "obs",
 )
+# The facts of the indicators after coronary stent placement (adapters.indicators.bundle_facts),
+# kept beside the others in the same sealed rows; `void` is a resource that says none of them
+# any more.
+STENT_FACTS = frozenset({"stent", "lvef", "bp", "smoking", "death", "void"})
 
 _REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _SKIPPED_STATUS = frozenset({"entered-in-error", "cancelled", "revoked"})
@@ -372,7 +379,8 @@ def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
     # Stored Bundles passed intake, so they are JSON; the reading is lenient by design.
     key = vault.joint_key([bundle.bundle_key], FACT_LABEL)
     out: list[dict[str, object]] = []
-    for row in bundle_rows(json.loads(bundle.data), bundle.id):
+    doc = json.loads(bundle.data)
+    for row in [*bundle_rows(doc, bundle.id), *bundle_facts(doc, bundle.id)]:
         payload = json.dumps({k: row[k] for k in PAYLOAD}, separators=(",", ":")).encode()
         fact = str(row["fact"])
         sealed = vault.seal_derived(key, payload, _aad(bundle.id, bundle.index, fact))
@@ -414,6 +422,16 @@ def episode_facts(vault_: vault.Vault, sender: str, as_of: datetime) -> list[Epi
     """The sender's episodes and complaints as the indicators read them (index kept fresh by
     the caller: `Indexes.fresh(QUALITY)`)."""
     return assemble(sender_rows(vault_, sender), as_of)
+
+
+def stent_groups(
+    rows: Iterable[dict[str, object]], start: date, end: date, as_of: datetime
+) -> list[dict[str, object]]:
+    """The MeasureReport groups of the stent indicators (adapters.indicators) over one sender's
+    rows: the placements of the period whose follow-up window has closed by `as_of`."""
+    episodes = stent_episodes([r for r in rows if r["fact"] in STENT_FACTS], as_of)
+    chosen = stent_in_period(episodes, start, end)
+    return [evaluate(code, chosen).group() for code in STENT_INDICATORS]
 
 
 # --- from rows to episodes --------------------------------------------------------------------

@@ -134,13 +134,20 @@ def measure_report(
 
 
 def indicator_reports(
-    org: str, start: date, end: date, facts: Iterable[EpisodeFacts], *, now: datetime
+    org: str,
+    start: date,
+    end: date,
+    facts: Iterable[EpisodeFacts],
+    *,
+    now: datetime,
+    groups: Iterable[dict[str, object]] = (),
 ) -> list[dict[str, object]]:
-    """One summary MeasureReport per indicator (the groups of `measure_report`, each on its
-    own, with `measure` naming the indicator), as a FHIR search answers MeasureReport."""
+    """One summary MeasureReport per indicator (the groups of `measure_report`, then `groups`
+    computed elsewhere, each on its own, with `measure` naming the indicator), as a FHIR
+    search answers MeasureReport."""
     whole = measure_report(org, start, end, facts, now=now)
     reports = []
-    for group in whole["group"]:  # type: ignore[attr-defined]
+    for group in [*whole["group"], *groups]:  # type: ignore[misc]
         code = group["id"]
         reports.append(
             {

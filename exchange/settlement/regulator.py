@@ -53,6 +53,16 @@ def consents_about(vault_: Vault, sender: str, doc: dict[str, Any]) -> list[dict
     return [json.loads(reader.resource(rows[k])) for k in sorted(rows)]
 
 
+def research_permits(
+    vault_: Vault, sender: str, doc: dict[str, Any], org: str, purpose: str, now: datetime
+) -> bool:
+    """Whether the newest consent `sender` holds from the Bundle's patient lets regulator
+    `org` have it for `purpose` (research) at `now`; the settlement index must be fresh."""
+    consents = consents_about(vault_, sender, doc)
+    req = consent_rules.Request(org=org, purpose=purpose, resource_type="Bundle", now=now)
+    return bool(consents) and consent_rules.evaluate(consents, req, consent_rules.RESEARCH).permit
+
+
 def export_product(
     vault_: Vault, query: RecallQuery, org: str, purpose: str, now: datetime
 ) -> Export:
@@ -70,10 +80,7 @@ def export_product(
             continue
         if row is None:
             continue
-        doc = json.loads(row.data)
-        consents = consents_about(vault_, row.sender, doc)
-        req = consent_rules.Request(org=org, purpose=purpose, resource_type="Bundle", now=now)
-        if consents and consent_rules.evaluate(consents, req, consent_rules.RESEARCH).permit:
+        if research_permits(vault_, row.sender, json.loads(row.data), org, purpose, now):
             permitted.append((row.index, row.data))
             named.append(subjects_by_index(vault_, [row.index]).get(row.index, []))
         else:

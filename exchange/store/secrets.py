@@ -14,6 +14,8 @@ from ledger import store
 PSEUDONYM_KEY = "pseudonym-key"  # keys lookup tags (exchange.vault.lookup_tag)
 # Seals SHL location tickets: shared by every process serving the log, never a link's key.
 SHL_TICKET_KEY = "shl-ticket-key"
+# Seals EPCIS nextPageToken cursors (adapters.epcis_query.PageTokens) for every process.
+EPCIS_PAGE_KEY = "epcis-page-key"
 
 
 def secret(engine: Engine, name: str, size: int = 32) -> bytes:

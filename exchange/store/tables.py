@@ -218,14 +218,17 @@ trace_table = Table(
     Column("idx", BigInteger, nullable=False),  # the ledger entry that used the pack
     Column("sender", String(64), nullable=False),
     Column("bundle_id", String(64), nullable=False),
-    Column("gtin", String(14), nullable=False),
+    Column("gtin", String(14)),  # None: a pack known by its approval or Chinese code only
     Column("lot", Text),
     Column("serial", Text),
     Column("expiry", String(10)),
     Column("cn_code", String(20)),
+    Column("import_approval", Text),  # in adapters.trace_fhir.normalise_approval's form
     Index("ix_exchange_trace_gtin_lot", "gtin", "lot"),
     Index("ix_exchange_trace_gtin_serial", "gtin", "serial"),
     Index("ix_exchange_trace_idx", "idx"),
+    Index("ix_exchange_trace_approval", "import_approval"),
+    Index("ix_exchange_trace_cn_code", "cn_code"),
 )
 
 # --- settlement.index ----------------------------------------

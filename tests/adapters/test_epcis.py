@@ -471,3 +471,19 @@ def test_cli_adapt_epcis_without_a_location(tmp_path: Path) -> None:
     assert (
         cli_main(["adapt", "epcis", "--in", str(path), "--now", "2026-11-28T10:00:00+08:00"]) == 3
     )
+
+
+def test_cli_adapt_epcis_with_a_location(tmp_path: Path, validate: Any) -> None:
+    doc = load(ADMIN)
+    doc["entry"] = [
+        e for e in doc["entry"] if e["resource"]["resourceType"] not in ("Location", "Organization")
+    ]
+    path, out = tmp_path / "no-location.json", tmp_path / "events.jsonld"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    argv = ["adapt", "epcis", "--in", str(path), "--now", "2026-11-28T10:00:00+08:00"]
+    assert cli_main([*argv, "--location", "6901234000030", "--out", str(out)]) == 0
+    written = json.loads(out.read_bytes())
+    assert validate(written) == []
+    (event,) = written["epcisBody"]["eventList"]
+    assert event["bizLocation"] == {"id": "https://id.gs1.org/414/6901234000030"}
+    assert cli_main([*argv, "--location", "6901234000031"]) == 3  # no GLN: bad check digit

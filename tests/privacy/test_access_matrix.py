@@ -678,6 +678,7 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Bundle/{bundle_id}", "get"): _per_bundle(""),
     ("/fhir/Bundle/{bundle_id}/_history/{version}", "get"): _per_bundle("/_history/1"),
     ("/fhir/Bundle/{bundle_id}/$hl7v2", "get"): _per_bundle("/$hl7v2"),
+    ("/fhir/Bundle/{bundle_id}/$e2b", "get"): _per_bundle("/$e2b"),
     # Queues a delivery (no recipient has an endpoint here: refused); answers no patient data.
     ("/fhir/Bundle/{bundle_id}/$deliver", "post"): _no_probe_needed,
     # The outbox: ids and statuses, no patient data.
@@ -713,6 +714,8 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/Organization", "get"): _plain_get("/fhir/Organization"),
     ("/fhir/Organization/{org}", "get"): _plain_get("/fhir/Organization/hospital-a"),
     ("/v1/trace", "get"): _plain_get("/v1/trace", gtin=GTIN),
+    # Dispensing events: packs, times and places (these Bundles dispense nothing).
+    ("/epcis/events", "get"): _plain_get("/epcis/events"),
     # Aggregates over an institution's Bundles (counts and ratios, no patient named).
     ("/fhir/MeasureReport", "get"): _plain_get(
         "/fhir/MeasureReport", reporter="Organization/hospital-a", period="2026"

@@ -19,14 +19,18 @@ def test_organization_read_and_search(tmp_path: Path) -> None:
         key = Ed25519PrivateKey.generate()
         inst.register_admin_key(api.services.engine, "admin-1", key.public_key())
         inst.append_attestation(api.services.log, inst.sign_attestation(BASE, "admin-1", key))
-        headers = api.credential("insurer", "insurer-x")
-        got = api.client.get(f"/fhir/Organization/{BASE.org}", headers=headers)
-        assert got.status_code == 200
-        org = Organization.parse_obj(got.json())
-        assert org.identifier[0].value == BASE.licence_number
-        assert org.alias == [BASE.name_zh]
-        found = api.client.get("/fhir/Organization", headers=headers).json()
-        assert [e["resource"]["id"] for e in found["entry"]] == [BASE.org]
+        # Every role but the mediator (a case package only) reads the registry.
+        for role, who in (("insurer", "insurer-x"), ("regulator", "nmpa"), ("auditor", None)):
+            headers = api.credential(role, who)
+            got = api.client.get(f"/fhir/Organization/{BASE.org}", headers=headers)
+            assert got.status_code == 200, (role, got.text)
+            org = Organization.parse_obj(got.json())
+            assert org.identifier[0].value == BASE.licence_number
+            assert org.alias == [BASE.name_zh]
+            found = api.client.get("/fhir/Organization", headers=headers).json()
+            assert [e["resource"]["id"] for e in found["entry"]] == [BASE.org]
+        mediator = api.credential("mediator", "m-1")
+        assert api.client.get("/fhir/Organization", headers=mediator).status_code == 403
         missing = api.client.get("/fhir/Organization/nobody", headers=headers)
         assert missing.status_code == 404
         assert "nobody" in is_outcome(missing)["issue"][0]["diagnostics"]

@@ -87,6 +87,12 @@ def test_one_result_per_licence_and_accreditation(tmp_path: Path, db_url: str) -
             signature = base64.b64decode(r["attestation"]["sourceSignature"]["data"])
             Ed25519PublicKey.from_public_bytes(key).verify(signature, canonicalize(unsigned))
         assert got[1]["primarySource"][0]["who"]["display"] == "JCI (academic medical center)"
+        # The regulator supervising the institution reads the same results.
+        regulator = api.credential("regulator", "nmpa")
+        as_read = _results(api, f"Organization/{RECORD.org}", regulator)
+        assert [{**r, "statusDate": None} for r in as_read] == [
+            {**r, "statusDate": None} for r in got
+        ]  # statusDate is when each answer was made
 
 
 def test_a_later_change_and_a_blacklisting_show(tmp_path: Path) -> None:

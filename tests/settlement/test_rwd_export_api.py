@@ -10,6 +10,7 @@ from exchange.bundles.read import bundle_by_id
 from exchange.privacy.access import access_count
 from tests.api_helpers import is_outcome, open_api
 from tests.indexes.test_trace_api import GTIN, pack
+from tests.indexes.test_trace_by_content import APPROVAL, CN_CODE, with_invoice
 from tests.settlement.test_settlement_index import consent_bundle
 
 REGULATOR = "nmpa"
@@ -98,3 +99,29 @@ def test_a_regulator_needs_an_org(tmp_path: Path) -> None:
         assert "--org" in str(e)
     else:
         raise AssertionError("a regulator without an org was accepted")
+
+
+def test_the_export_takes_the_approval_and_the_chinese_code_and_mixed_bundles(
+    tmp_path: Path,
+) -> None:
+    with open_api(tmp_path / "data") as api:
+        hospital = api.credential("hospital", "hospital-a")
+        regulator = {**api.credential("regulator", REGULATOR), "X-Purpose-Of-Use": "HRESCH"}
+        mixed = with_invoice(json.loads(patient_pack(1, "111111111")))
+        r = api.post(json.dumps(mixed, ensure_ascii=False).encode(), hospital)
+        assert r.status_code == 201 and r.json()["kind"] == "settlement", r.text
+        consent = consent_bundle((PASSPORT, "111111111"), REGULATOR, purpose="HRESCH")
+        assert api.post(consent, hospital).status_code == 201
+        expected = ndjson_line(bundle_by_id(api.services.vault, r.json()["id"]).data)
+        for params in (
+            {"gtin": GTIN},
+            {"approval": "琼特药审[2026]0158号"},
+            {"approval": APPROVAL, "lot": "AB12C34"},
+            {"cn_code": CN_CODE},
+        ):
+            got = api.client.get("/v1/trace/rwd-export", params=params, headers=regulator)
+            assert got.status_code == 200, got.text
+            assert got.content == expected, params
+        got = api.client.get("/v1/trace/rwd-export", params={"cn_code": "123"}, headers=regulator)
+        assert got.status_code == 400
+        assert is_outcome(got)["issue"][0]["expression"] == ["cn_code"]

@@ -2,11 +2,12 @@
 
 For the hospital that treated the patient, to hand to the patient's home-country systems:
 `GET /fhir/Patient/$summary?identifier=system|value` (the IPS `$summary` operation at type
-level, FHIR IPS IG 1.1 "Patient/$summary") builds one IPS document from the hospital's clinical
-and RWD Bundles of that patient; `GET /fhir/Bundle/{id}/$hl7v2?message=ORU_R01` renders one
-stored Bundle as an HL7 v2.5.1 message (ER7). The adapters are pure; this layer chooses the
-Bundles, the clock and the ids, and records each export as an access entry on the ledger
-(:mod:`exchange.access`), like every other disclosure of a patient's data.
+level, FHIR IPS IG 1.1 "Patient/$summary") builds one IPS document from the hospital's Bundles
+of that patient that have something for it (adapters.ips.contributes), whatever their kind;
+`GET /fhir/Bundle/{id}/$hl7v2?message=ORU_R01` renders one stored Bundle as an HL7 v2.5.1
+message (ER7). The adapters are pure; this layer chooses the Bundles, the clock and the ids,
+and records each export as an access entry on the ledger (:mod:`exchange.privacy.access`),
+like every other disclosure of a patient's data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
-from adapters.ips import build_ips
+from adapters.ips import build_ips, contributes
 from adapters.ips_json import dumps
 from exchange.bootstrap import Services
 from exchange.bundles.read import bundle_by_id, bundle_patients
@@ -39,8 +40,6 @@ router = APIRouter(prefix="/fhir", tags=["continuity"])
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 ER7 = "x-application/hl7-v2+er7"
-# What a summary is built from: clinical records and medication use, not bills or consents.
-SUMMARY_KINDS = ("record", "rwd")
 Message = Literal["ADT_A08", "ORU_R01", "MDM_T02", "RDS_O13"]
 # A hospital handing a patient's record on does so for their treatment unless it says otherwise.
 DEFAULT_PURPOSE = "TREAT"
@@ -76,12 +75,17 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
 def patient_bundles(
     services: Services, indexes: Indexes, sender: str, patient: tuple[str, str]
 ) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
-    """The latest version of each of the sender's summary Bundles about the patient, and the
-    patients those Bundles name, as their access entries name them (exchange.access)."""
+    """The latest version of each of the sender's Bundles about the patient that has something
+    for the summary, and the patients those Bundles name, as their access entries name them
+    (exchange.privacy.access).
+
+    Content decides, not kind: a discharge Bundle that also carries a Consent or an Invoice is
+    filed as `consent` or `settlement` and still holds the clinical entries; a Bundle of bills
+    or consents alone contributes nothing and is not disclosed."""
     indexes.fresh(patient_index(services.pseudonym_key))
     ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
     found = [bundle_by_id(services.vault, bundle_id) for bundle_id in ids]
-    rows = [row for row in found if row is not None and row.kind in SUMMARY_KINDS]
+    rows = [row for row in found if row is not None and contributes(json.loads(row.data))]
     return [row.data for row in rows], bundle_patients(services.vault, [r.index for r in rows])
 
 

@@ -21,7 +21,7 @@ from exchange.registry import institutions
 
 router = APIRouter(prefix="/fhir", tags=["organization"], default_response_class=FhirJSONResponse)
 
-_READERS = ("hospital", "insurer", "auditor", "admin")
+_READERS = ("hospital", "insurer", "auditor", "regulator", "admin")
 Searcher = Annotated[Client, Depends(require_role(*_READERS, scope="Organization.s"))]
 Reader = Annotated[Client, Depends(require_role(*_READERS, scope="Organization.r"))]
 

@@ -46,7 +46,11 @@ router = APIRouter(prefix="/fhir", tags=["quality"])
 
 Reader = Annotated[
     Client,
-    Depends(require_role("hospital", "insurer", "auditor", "admin", scope="MeasureReport.s")),
+    Depends(
+        require_role(
+            "hospital", "insurer", "auditor", "regulator", "admin", scope="MeasureReport.s"
+        )
+    ),
 ]
 
 SUBJECT = re.compile(r"(?:Organization/)?([A-Za-z0-9\-.]{1,64})")
@@ -159,8 +163,10 @@ def quality_reports(
     services: Services, org: str, start: date, end: date, now: datetime
 ) -> list[dict[str, object]]:
     """The MeasureReports of `org` (blocking: reads the derived index, kept fresh before)."""
-    facts = quality_facts.episode_facts(services.vault, org, now)
-    return quality.indicator_reports(org, start, end, facts, now=now)
+    rows = quality_facts.sender_rows(services.vault, org)
+    facts = quality_facts.assemble(rows, now)
+    stent = quality_facts.stent_groups(rows, start, end, now)
+    return quality.indicator_reports(org, start, end, facts, now=now, groups=stent)
 
 
 @router.get(
@@ -219,7 +225,7 @@ async def search_measure_reports(
 def capability_resources() -> list[dict[str, Any]]:
     """CapabilityStatement.rest.resource entries of the registry and quality reads: the
     institution registry, its verification results, and the indicators."""
-    anyone = "Any authenticated client (no personal data)."
+    anyone = "Every role but the mediator (no personal data)."
     return [
         {
             "type": "Organization",
@@ -240,9 +246,9 @@ def capability_resources() -> list[dict[str, Any]]:
         {
             "type": "MeasureReport",
             "documentation": "search-type: one summary MeasureReport per quality indicator of "
-            "an institution over a period, computed from its stored Bundles. Insurers, auditors "
-            "and admins: any institution; hospitals: their own. Aggregates only: no access "
-            "entry is appended.",
+            "an institution over a period, computed from its stored Bundles. Insurers, "
+            "auditors, regulators and admins: any institution; hospitals: their own. "
+            "Aggregates only: no access entry is appended.",
             "interaction": [{"code": "search-type"}],
             "searchParam": [
                 {

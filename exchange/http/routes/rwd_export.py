@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from adapters.trace_index import recall_query
+from adapters.trace_index import RecallQuery, RecallQueryError, recall_query
 from exchange.bootstrap import Services
 from exchange.consent.rules import REGULATOR_PURPOSES
 from exchange.errors import Forbidden, Invalid, MedledgerError
@@ -50,9 +50,15 @@ async def rwd_export(
     client: Annotated[Client, Depends(require_role("regulator", scope="Bundle.s"))],
     services: ServicesDep,
     indexes: IndexesDep,
-    gtin: Annotated[str, Query(max_length=32, description="GTIN-8, -12, -13 or -14")],
+    gtin: Annotated[str | None, Query(max_length=32, description="GTIN-8, -12, -13 or -14")] = None,
     lot: Annotated[str | None, Query(max_length=20, description="AI 10, as labelled")] = None,
     serial: Annotated[str | None, Query(max_length=20, description="AI 21, as labelled")] = None,
+    approval: Annotated[
+        str | None, Query(max_length=64, description="special-import approval number")
+    ] = None,
+    cn_code: Annotated[
+        str | None, Query(max_length=32, description="Chinese 20-digit drug trace code")
+    ] = None,
     purpose_of_use: Annotated[
         str | None,
         Header(
@@ -67,15 +73,15 @@ async def rwd_export(
     this regulator for research; the others are withheld (counted on the access entry)."""
     purpose = purpose_of_use or client.purpose
     try:
-        query = recall_query(gtin, lot, serial)
+        query = recall_query(gtin, lot, serial, approval=approval, cn_code=cn_code)
         if purpose not in REGULATOR_PURPOSES:
             raise Forbidden(
                 "a regulator must state a research purpose of use: send X-Purpose-Of-Use "
                 f"{' or '.join(sorted(REGULATOR_PURPOSES))}",
             )
-    except ValueError as e:
+    except RecallQueryError as e:
         await _record(services, client, purpose, "denied", "4", f"bad query ({e})")
-        raise Invalid(str(e), "gtin", code="value") from None
+        raise Invalid(str(e), e.parameter, code="value") from None
     except MedledgerError as refusal:
         await _record(services, client, purpose, "denied", "4", f"refused ({status_of(refusal)})")
         raise
@@ -90,7 +96,7 @@ async def rwd_export(
         datetime.now(UTC),
     )
     detail = (
-        f"RWD export of GTIN {query.gtin}: {export.disclosed} Bundles, {export.withheld} withheld"
+        f"RWD export of {_product(query)}: {export.disclosed} Bundles, {export.withheld} withheld"
     )
     if export.patients:
         # One entry per patient disclosed, appended together, all before the data leaves.
@@ -116,6 +122,11 @@ async def rwd_export(
             "0" if nothing_used else "4", detail,
         )  # fmt: skip
     return Response(export.ndjson, media_type=NDJSON)
+
+
+def _product(query: RecallQuery) -> str:
+    keys = [("GTIN", query.gtin), ("approval", query.approval), ("code", query.cn_code)]
+    return ", ".join(f"{name} {value}" for name, value in keys if value is not None)
 
 
 async def _record(

@@ -43,7 +43,11 @@ router = APIRouter(prefix="/fhir", tags=["verification"])
 
 Reader = Annotated[
     Client,
-    Depends(require_role("hospital", "insurer", "auditor", "admin", scope="VerificationResult.s")),
+    Depends(
+        require_role(
+            "hospital", "insurer", "auditor", "regulator", "admin", scope="VerificationResult.s"
+        )
+    ),
 ]
 
 ADMIN_SYSTEM = "urn:medledger:institution-admin"
