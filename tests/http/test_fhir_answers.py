@@ -26,6 +26,7 @@ from exchange.registry import institutions as inst
 from tests.api_helpers import BASE, FHIR_JSON, FHIR_JSON_UTF8, observation_bundle
 from tests.indexes.test_continuity_api import FIXTURES as KR_FIXTURES
 from tests.indexes.test_continuity_api import KR, MRN
+from tests.indexes.test_e2b_api import EVENT
 from tests.outbox.helpers import HOME, TOKEN, consent, recipient
 from tests.privacy.test_access_matrix import (
     ACTORS,
@@ -44,6 +45,7 @@ DISCLOSURES = ("/v1/patients/{value}/disclosures", "get")
 # Answers whose format FHIR or Bulk Data fix as other than FHIR JSON: (route, status) -> type.
 OTHER_FORMATS: dict[tuple[Route, int], str] = {
     (("/fhir/Bundle/{bundle_id}/$hl7v2", "get"), 200): f"{ER7}; charset=utf-8",
+    (("/fhir/Bundle/{bundle_id}/$e2b", "get"), 200): "application/xml; charset=utf-8",  # ICSR
     (("/fhir/$export-status/{job_id}", "get"), 200): "application/json",  # the manifest
     (("/fhir/$export-status/{job_id}/{file_name}", "get"), 200): "application/fhir+ndjson",
     # The delivery queued (docs/api.md): its JSON, not a FHIR resource.
@@ -81,6 +83,11 @@ def _answered_routes(world: World) -> None:
     # patient's consent names for treatment.
     recipient(world.api, "http://127.0.0.1:9/fhir", token=TOKEN)
     consent(world.api, world.headers["hospital-a"])
+    # An adverse event's ICSR (E2B(R3) XML, not FHIR).
+    event = world.call("post", "hospital-a", "/fhir/Bundle", content=EVENT,
+                       headers={"Content-Type": FHIR_JSON}).json()["id"]  # fmt: skip
+    world.route = ("/fhir/Bundle/{bundle_id}/$e2b", "get")
+    world.get("hospital-a", f"/fhir/Bundle/{event}/$e2b")
     world.route = ("/fhir/Bundle/{bundle_id}/$deliver", "post")
     world.call("post", "hospital-a", f"/fhir/Bundle/{ids[0]}/$deliver",
                params={"recipient": f"Organization/{HOME}"})  # fmt: skip

@@ -28,7 +28,8 @@ def example_blocks() -> list[tuple[str, str]]:
 
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
-        argv, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        argv, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True, text=True,
         timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, f"{argv}\n{done.stdout}\n{done.stderr}"

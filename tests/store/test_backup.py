@@ -72,7 +72,7 @@ def test_backup_while_serving_then_restore(tmp_path: Path) -> None:
         hospital = api.credential()
         read = 0
         for bundle_id, body in submitted.items():
-            answer = api.client.get(f"/fhir/Bundle/{bundle_id}", headers=hospital)
+            answer = api.client.get(f"/fhir/Binary/{bundle_id}", headers=hospital)
             if answer.status_code == 200:
                 assert answer.content == body
                 read += 1
@@ -80,7 +80,7 @@ def test_backup_while_serving_then_restore(tmp_path: Path) -> None:
                 assert answer.status_code == 404  # submitted after the backup's snapshot
         assert read >= len(before_backup)
         for bundle_id, body in before_backup.items():  # every one acknowledged before it began
-            assert api.client.get(f"/fhir/Bundle/{bundle_id}", headers=hospital).content == body
+            assert api.client.get(f"/fhir/Binary/{bundle_id}", headers=hospital).content == body
         assert api.post(patient_bundle("MRN-AFTER"), hospital).status_code == 201
     assert _run("audit", "--db", str(restored), "--key", vkey)[0] == EXIT_OK
 
