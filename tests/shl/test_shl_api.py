@@ -185,7 +185,8 @@ def test_a_link_opens_to_a_verified_ips(clinic: Clinic, tmp_path: Path) -> None:
     assert "MINJUN" in json.dumps(patient.dict()["name"])
     # The summary is the hospital's submission, byte for byte, and its own ledger entry.
     stored = clinic.http.get(f"/fhir/Bundle/{made['bundle']}", headers=clinic.hospital)
-    assert stored.status_code == 200 and stored.content == summary
+    exact = clinic.http.get(f"/fhir/Binary/{made['bundle']}", headers=clinic.hospital)
+    assert stored.status_code == 200 and exact.content == summary
     assert int(stored.headers["X-Ledger-Index"]) == made["index"]
     entry = clinic.api.entry(made["index"])
     assert entry.sender == ORG and entry.kind in ("record", "rwd")  # as intake classifies it
@@ -535,7 +536,7 @@ def test_links_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         assert right.status_code == 200, right.text
         key = read_link(made["shlink"])["key"]
         summary = open_jwe(key, right.json()["files"][0]["embedded"])[1]
-        assert summary == api.client.get(f"/fhir/Bundle/{made['bundle']}", headers=hospital).content
+        assert summary == api.client.get(f"/fhir/Binary/{made['bundle']}", headers=hospital).content
         assert api.client.delete(f"/v1/shl/{made['id']}", headers=hospital).status_code == 204
         assert clinic.manifest(made, recipient="Dr. Lee", passcode="7394").status_code == 404
         assert recipients(clinic.accounting()) == [
