@@ -50,9 +50,10 @@ class Metrics:
         )
         self.submissions = Counter(
             "medledger_submissions",
-            "Bundle submissions (POST /fhir/Bundle) by outcome: accepted (201, or 200 for a "
-            "retry), refused (4xx), throttled (429), failed (5xx)",
-            ["outcome"],
+            "Bundle submissions (POST /fhir/Bundle) by kind (record, consent, rwd, settlement; "
+            "'unknown' when refused before intake named one) and outcome: accepted (201, or "
+            "200 for a retry), refused (4xx), throttled (429), failed (5xx)",
+            ["kind", "outcome"],
             registry=self.registry,
         )
         self.receipt_seconds = Histogram(
@@ -68,13 +69,15 @@ class Metrics:
         )
         self.registry.register(_StateCollector(services))
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe(
+        self, route: str, method: str, status: int, seconds: float, kind: str | None = None
+    ) -> None:
         self.requests.labels(route, method, str(status)).inc()
         if status == 429:
             self.rate_limited.inc()
         if route == SUBMIT_ROUTE and method == "POST":
             outcome = _outcome(status)
-            self.submissions.labels(outcome).inc()
+            self.submissions.labels(kind or "unknown", outcome).inc()
             if outcome == "accepted":
                 self.receipt_seconds.observe(seconds)
 
@@ -155,4 +158,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, counted)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe(route, scope["method"], status, time.perf_counter() - start)
+            kind = scope.get("state", {}).get("submission_kind")
+            self.metrics.observe(route, scope["method"], status, time.perf_counter() - start, kind)

@@ -34,8 +34,10 @@ def test_metrics_count_submissions_and_show_the_state(tmp_path: Path) -> None:
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/plain; version=")
         seen = _samples(answer.text)
-        assert seen[("medledger_submissions_total", (("outcome", "accepted"),))] == 3
-        assert seen[("medledger_submissions_total", (("outcome", "refused"),))] == 1
+        accepted = (("kind", "record"), ("outcome", "accepted"))
+        assert seen[("medledger_submissions_total", accepted)] == 3
+        refused = (("kind", "unknown"), ("outcome", "refused"))
+        assert seen[("medledger_submissions_total", refused)] == 1
         assert seen[("medledger_receipt_seconds_count", ())] == 3
         assert seen[("medledger_log_size", ())] == api.log_size()
         assert seen[("medledger_bundles_stored", (("kind", "record"),))] == 3

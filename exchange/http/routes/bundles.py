@@ -178,6 +178,7 @@ async def create_bundle(
         stored = await submit(services.log, services.vault, req)
     if deliveries is not None and stored.created:
         services.outbox.wake()
+    request.state.submission_kind = stored.kind  # the metrics' kind label (http/metrics.py)
     answer = _answer(stored, body, public_url(request), _preference(prefer))
     if flags:
         answer.headers[FLAGS_HEADER] = ",".join(flags)
