@@ -331,7 +331,7 @@ def _index_placements(stents: list[Row]) -> dict[str, list[tuple[str, datetime, 
     """Per patient, the placements that open an episode (not within 120 days of one that did)."""
     found: dict[str, list[tuple[datetime, date, str]]] = defaultdict(list)
     for r in stents:
-        at, day = _time(r["at"]), _day(r["at"])
+        at, day = parse_time(r["at"]), _day(r["at"])
         if at is not None and day is not None:
             found[str(r["patient"])].append((at, day, str(r["key"])))
     out: dict[str, list[tuple[str, datetime, date]]] = {}
@@ -387,7 +387,7 @@ def _episode(
 
 
 def _reading(row: Row, day: date, values: tuple[Decimal, ...]) -> Reading | None:
-    at, when = _time(row["at"]), _day(row["at"])
+    at, when = parse_time(row["at"]), _day(row["at"])
     if at is None or when is None:
         return None
     return Reading((when - day).days, at, str(row["key"]), values)
@@ -407,7 +407,7 @@ def _pressure_readings(rows: list[Row], day: date) -> list[Reading]:
     """Pairs of systolic and diastolic: a panel's components, or two Observations of one time."""
     pairs: dict[tuple[str, ...], dict[str, Row]] = defaultdict(dict)
     for r in rows:
-        at = _time(r["at"])
+        at = parse_time(r["at"])
         if at is None:
             continue
         instant = at.astimezone(UTC).isoformat()
@@ -436,8 +436,9 @@ def _closest(readings: Iterable[Reading]) -> Reading | None:
     return min(inside, key=lambda r: (abs(r.day - aim), -r.day, -r.at.timestamp(), r.key))
 
 
-def _time(text: object) -> datetime | None:
-    """A FHIR dateTime as an aware datetime (no zone or a partial date: UTC, at its start)."""
+def parse_time(text: object) -> datetime | None:
+    """A FHIR date, dateTime or instant as an aware datetime (no zone, or a partial date:
+    UTC, at the start of what it names); None when it is not one."""
     if not isinstance(text, str):
         return None
     for pattern, width in (("%Y", 4), ("%Y-%m", 7)):
@@ -458,7 +459,7 @@ def _day(text: object) -> date | None:
     month is too vague for counting days and gives None."""
     if not isinstance(text, str) or len(text) < 10:
         return None
-    parsed = _time(text)
+    parsed = parse_time(text)
     return None if parsed is None else parsed.date()
 
 

@@ -36,7 +36,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -45,7 +45,7 @@ from sqlalchemy import (
 )
 
 from adapters.indicators import INDICATORS as STENT_INDICATORS
-from adapters.indicators import bundle_facts, evaluate, stent_episodes
+from adapters.indicators import bundle_facts, evaluate, parse_time, stent_episodes
 from adapters.indicators import in_period as stent_in_period
 from exchange import vault
 from exchange.indexes.derived import DerivedIndex, StoredBundle
@@ -435,24 +435,6 @@ def stent_groups(
 
 
 # --- from rows to episodes --------------------------------------------------------------------
-
-
-def parse_time(text: object) -> datetime | None:
-    """A FHIR date, dateTime or instant as an aware datetime (no zone, or a partial date:
-    UTC, at the start of what it names); None when it is not one."""
-    if not isinstance(text, str):
-        return None
-    for pattern, width in (("%Y", 4), ("%Y-%m", 7)):
-        if len(text) == width:
-            try:
-                return datetime.strptime(text, pattern).replace(tzinfo=UTC)
-            except ValueError:
-                return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def local_day(text: object) -> date | None:
