@@ -12,11 +12,6 @@ is not what a log API gives becomes SourceMalformed (exit 3).
 from __future__ import annotations
 
 import base64
-import socket
-import threading
-import time
-import weakref
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ledger import merkle, store
 from ledger.audit import SourceMalformed, SourceUnavailable
+from ledger.audit.reading import READ_TIMEOUT, Deadline, read_capped
 from ledger.merkle import ProofError
 from ledger.untrusted import InputRejected, read_json
 
@@ -36,8 +32,6 @@ _Reader = Callable[[Sequence[int]], list[bytes]]  # stored hashes by index (ledg
 HTTP_PAGE = 1000
 DB_PAGE = 4096
 
-READ_TIMEOUT = 30.0
-"""Seconds one step of a request (connect, send, each receive) may wait, or the time left."""
 ANSWER_MAX = 1 << 20
 """Bytes of a checkpoint, proof or key list answer after gzip is undone; each is a few KiB."""
 ENTRY_ANSWER_MAX = 2048
@@ -283,53 +277,12 @@ class HttpSource:
         self.client = client or httpx.Client(follow_redirects=True)
         self.headers = headers
         self.timeout = timeout
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._expired = False
-        self._watchdog: threading.Timer | None = None
-        if timeout is not None:
-            self._watchdog = threading.Timer(timeout, self._expire)
-            self._watchdog.daemon = True
-            self._watchdog.start()
-
-    # -- the deadline
-
-    def _expire(self) -> None:
-        """The watchdog: a blocked read returns at once from a socket shut down under it."""
-        with self._lock:
-            self._expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
+        self._deadline = Deadline(timeout)
 
     def _trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace extension: keeps every socket the source opens, for the watchdog."""
-        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            return
-        sock = info["return_value"].get_extra_info("socket")
-        with self._lock:
-            self._sockets.add(sock)
-            expired = self._expired
-        if expired:
-            _shut(sock)
-
-    def _late(self) -> bool:
-        return self._deadline is not None and (self._expired or time.monotonic() >= self._deadline)
-
-    def _out_of_time(self, url: str) -> SourceUnavailable:
-        return SourceUnavailable(
-            f"the time limit of {self.timeout:g} s for the whole run ran out reading {url}",
-            "retry later, or raise --timeout for a large log or a slow link",
-        )
-
-    def _step_timeout(self, url: str) -> httpx.Timeout:
-        if self._deadline is None:
-            return httpx.Timeout(READ_TIMEOUT)
-        left = self._deadline - time.monotonic()
-        if left <= 0 or self._expired:
-            raise self._out_of_time(url)
-        return httpx.Timeout(min(READ_TIMEOUT, left))
+        """httpcore's trace extension: hands every socket the source opens to the deadline."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._deadline.watch(info["return_value"].get_extra_info("socket"))
 
     # -- reading
 
@@ -344,16 +297,24 @@ class HttpSource:
                 url,
                 params=params,
                 headers=self.headers,
-                timeout=self._step_timeout(url),
+                timeout=httpx.Timeout(self._deadline.step(url)),
                 extensions={"trace": self._trace},
             ) as r:
                 url = str(r.request.url)
                 _check_status(r.status_code, url)
-                body = _read_body(r, limit, url) if r.status_code == 200 else b""
+                body = b""
+                if r.status_code == 200:
+                    body = read_capped(
+                        r.iter_raw(),
+                        length=r.headers.get("content-length", ""),
+                        coding=r.headers.get("content-encoding", ""),
+                        limit=limit,
+                        malformed=lambda what: _malformed(url, what),
+                    )
                 return r.status_code, body, url
         except httpx.HTTPError as e:
-            if self._late():
-                raise self._out_of_time(url) from e
+            if self._deadline.passed():
+                raise self._deadline.out_of_time(url) from e
             if isinstance(e, httpx.TimeoutException):
                 raise SourceUnavailable(
                     f"{url} did not answer in time ({type(e).__name__}: one step of a request "
@@ -429,16 +390,8 @@ class HttpSource:
         return None, None
 
     def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        self._deadline.close()
         self.client.close()
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
 
 
 def _check_status(status: int, url: str) -> None:
@@ -452,31 +405,6 @@ def _check_status(status: int, url: str) -> None:
         raise SourceUnavailable(
             f"{url} answered {status}", "the server is overloaded or failing: retry later"
         )
-
-
-def _read_body(r: httpx.Response, limit: int, url: str) -> bytes:
-    """The body, undone from gzip, read no further than `limit` bytes past the undoing."""
-    length = r.headers.get("content-length", "")
-    coding = r.headers.get("content-encoding", "").strip().lower() or "identity"
-    if coding == "identity" and length.isdigit() and (len(length) > 20 or int(length) > limit):
-        raise _too_large(url, limit)
-    if coding not in ("identity", "gzip"):
-        raise _malformed(url, f"content encoding {coding!r}; only gzip is accepted")
-    inflate = zlib.decompressobj(wbits=31) if coding == "gzip" else None
-    out = bytearray()
-    for chunk in r.iter_raw():
-        if inflate is not None:
-            try:
-                # At most one byte past the cap: a bomb is never inflated further.
-                chunk = inflate.decompress(chunk, limit + 1 - len(out))
-            except zlib.error as e:
-                raise _malformed(url, f"gzip that does not inflate ({e})") from e
-        out += chunk
-        if len(out) > limit:
-            raise _too_large(url, limit)
-    if inflate is not None and (not inflate.eof or inflate.unused_data):
-        raise _malformed(url, "gzip cut short or followed by other bytes")
-    return bytes(out)
 
 
 def _decode(x: object, where: str) -> bytes:
@@ -502,7 +430,3 @@ def _malformed(url: str, what: str) -> SourceMalformed:
         "check that --url is the server's base address (e.g. https://host:8000); a server "
         "that answers this way is broken or hostile: report it to its operator",
     )
-
-
-def _too_large(url: str, limit: int) -> SourceMalformed:
-    return _malformed(url, f"an answer of more than {limit:,} bytes")

@@ -29,16 +29,13 @@ its bytes. Standard library only.
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
-import threading
-import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..audit.errors import AuditError
+from ..audit.reading import READ_TIMEOUT, Deadline, read_capped
 from ..audit.source import SourceMalformed, SourceUnavailable
 from ..checkpoint import CheckpointError, parse_checkpoint
 from ..merkle import HASH_SIZE, ProofError
@@ -52,8 +49,6 @@ CHECKPOINT = "checkpoint"
 PAGE = 16 * TILE_WIDTH
 """Entries an audit asks for at a time: sixteen bundles."""
 
-READ_TIMEOUT = 30.0
-"""Seconds one step of a request (connect, send, each receive) may wait, or the time left."""
 ANSWER_MAX = 1 << 20
 """Bytes of a checkpoint; an entry bundle may add ENTRY_ANSWER_MAX per entry it holds."""
 ENTRY_ANSWER_MAX = 2048
@@ -193,7 +188,7 @@ def open_tiles(location: str, *, timeout: float | None = None) -> TileSource:
         http = HttpTiles(location, timeout=timeout)
         return TileSource(http.get, http.base, close=http.close)
     d = DirectoryTiles(Path(location), timeout=timeout)
-    return TileSource(d.get, str(d.root))
+    return TileSource(d.get, str(d.root), close=d.close)
 
 
 class DirectoryTiles:
@@ -202,7 +197,7 @@ class DirectoryTiles:
     def __init__(self, root: Path, *, timeout: float | None = None) -> None:
         self.root = root
         self.timeout = timeout
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._deadline = Deadline(timeout)
         if not root.is_dir():
             raise SourceUnavailable(
                 f"{root} is not a directory", "pass the directory `medledger tiles sync` wrote"
@@ -210,8 +205,7 @@ class DirectoryTiles:
 
     def get(self, path: str) -> bytes:
         file = self.root / path
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise _out_of_time(self.timeout, str(file))
+        self._deadline.step(str(file))
         try:
             return read_file(file, answer_cap(path))
         except FileNotFoundError as e:
@@ -220,6 +214,9 @@ class DirectoryTiles:
             raise SourceUnavailable(f"{file} cannot be read: {e}", _SYNC_HINT) from e
         except InputRejected as e:
             raise _malformed(str(self.root), path, str(e)) from e
+
+    def close(self) -> None:
+        self._deadline.close()
 
 
 class HttpTiles:
@@ -240,39 +237,7 @@ class HttpTiles:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
-        # The connection's socket, kept apart: http.client forgets it (conn.sock = None) as
-        # soon as a response says the connection closes after it, while that response's
-        # body is still being read from it.
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._expired = False
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._watchdog: threading.Timer | None = None
-        if timeout is not None:
-            self._watchdog = threading.Timer(timeout, self._expire)
-            self._watchdog.daemon = True
-            self._watchdog.start()
-
-    # -- the deadline
-
-    def _expire(self) -> None:
-        """The watchdog: a read blocked on the connection returns at once once it is shut."""
-        with self._lock:
-            self._expired = True
-            sock = self._sock
-        if sock is not None:
-            _shut(sock)
-
-    def _late(self) -> bool:
-        return self._deadline is not None and (self._expired or time.monotonic() >= self._deadline)
-
-    def _step(self, url: str) -> float:
-        if self._deadline is None:
-            return READ_TIMEOUT
-        left = self._deadline - time.monotonic()
-        if left <= 0 or self._expired:
-            raise _out_of_time(self.timeout, url)
-        return min(READ_TIMEOUT, left)
+        self._deadline = Deadline(timeout)
 
     # -- the connection
 
@@ -286,24 +251,20 @@ class HttpTiles:
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=step)
             conn.connect()
-            with self._lock:
-                self._conn, self._sock = conn, conn.sock
-                expired = self._expired
-            if expired and conn.sock is not None:
-                _shut(conn.sock)
+            self._conn = conn
+            if conn.sock is not None:
+                self._deadline.watch(conn.sock)
         elif conn.sock is not None:
             conn.sock.settimeout(step)
         return conn
 
     def _drop(self) -> None:
-        with self._lock:
-            conn, self._conn, self._sock = self._conn, None, None
+        conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
     def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        self._deadline.close()
         self._drop()
 
     # -- reading
@@ -317,7 +278,7 @@ class HttpTiles:
         for attempt in (0, 1):
             reused = self._conn is not None
             try:
-                conn = self._connect(self._step(url))
+                conn = self._connect(self._deadline.step(url))
                 conn.request(
                     "GET",
                     f"{self._prefix}/{path}",
@@ -333,8 +294,8 @@ class HttpTiles:
                 return body
             except (OSError, http.client.HTTPException) as e:
                 self._drop()
-                if self._late():
-                    raise _out_of_time(self.timeout, url) from e
+                if self._deadline.passed():
+                    raise self._deadline.out_of_time(url) from e
                 if isinstance(e, TimeoutError):
                     raise SourceUnavailable(
                         f"{url} did not answer in time (one step of a request waited over "
@@ -354,40 +315,19 @@ class HttpTiles:
 
 
 def _read_body(resp: http.client.HTTPResponse, limit: int, url: str, base: str) -> bytes:
-    """The body, undone from gzip, read no further than `limit` bytes past the undoing."""
-    length = resp.getheader("Content-Length", "") or ""
-    coding = (resp.getheader("Content-Encoding", "") or "").strip().lower() or "identity"
-    if coding == "identity" and length.isdigit() and (len(length) > 20 or int(length) > limit):
-        raise _too_large(base, url, limit)
-    if coding not in ("identity", "gzip"):
-        raise _malformed(base, url, f"content encoding {coding!r}; only gzip is accepted")
-    inflate = zlib.decompressobj(wbits=31) if coding == "gzip" else None
-    out = bytearray()
-    while True:
-        chunk = resp.read(65536)
-        if not chunk:
-            break
-        if inflate is not None:
-            try:
-                # At most one byte past the cap: a bomb is never inflated further.
-                chunk = inflate.decompress(chunk, limit + 1 - len(out))
-            except zlib.error as e:
-                raise _malformed(base, url, f"gzip that does not inflate ({e})") from e
-        out += chunk
-        if len(out) > limit:
-            raise _too_large(base, url, limit)
-    if resp.length:  # read(amt) ends quietly at a connection closed early
-        raise http.client.IncompleteRead(bytes(out), resp.length)
-    if inflate is not None and (not inflate.eof or inflate.unused_data):
-        raise _malformed(base, url, "gzip cut short or followed by other bytes")
-    return bytes(out)
+    def chunks() -> Iterator[bytes]:
+        while chunk := resp.read(65536):
+            yield chunk
+        if resp.length:  # read(amt) ends quietly at a connection closed early
+            raise http.client.IncompleteRead(b"", resp.length)
 
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
+    return read_capped(
+        chunks(),
+        length=resp.getheader("Content-Length", "") or "",
+        coding=resp.getheader("Content-Encoding", "") or "",
+        limit=limit,
+        malformed=lambda what: _malformed(base, url, what),
+    )
 
 
 def _status(url: str, status: int, location: str | None) -> SourceUnavailable:
@@ -405,20 +345,9 @@ def _status(url: str, status: int, location: str | None) -> SourceUnavailable:
     return SourceUnavailable(f"{url} answered {status}", "retry later")
 
 
-def _out_of_time(timeout: float | None, where: str) -> SourceUnavailable:
-    return SourceUnavailable(
-        f"the time limit of {timeout:g} s for the whole run ran out reading {where}",
-        "retry later, or raise --timeout for a large log or a slow link",
-    )
-
-
 def _malformed(where: str, path: str, what: str) -> SourceMalformed:
     return SourceMalformed(
         f"{where}: {path} is not what a tile host serves: {what}",
         "check that the address is the log's tile prefix; a host that answers this way is "
         "broken or hostile: " + _SYNC_HINT,
     )
-
-
-def _too_large(where: str, url: str, limit: int) -> SourceMalformed:
-    return _malformed(where, url, f"an answer of more than {limit:,} bytes")
