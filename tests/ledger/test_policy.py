@@ -28,8 +28,12 @@ from ledger.policy import (
 )
 
 ORIGIN = "log.example/medledger"
-LOG = Signer(ORIGIN, Ed25519PrivateKey.generate())
-COSIGNERS = [Cosigner(f"w{i}.example/witness", Ed25519PrivateKey.generate()) for i in range(6)]
+# Fixed keys: the parameters below name them, and every test process must collect the same ids.
+LOG = Signer(ORIGIN, Ed25519PrivateKey.from_private_bytes(bytes([0xA0]) * 32))
+COSIGNERS = [
+    Cosigner(f"w{i}.example/witness", Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32))
+    for i in range(6)
+]
 
 
 def _vk(i: int) -> str:
