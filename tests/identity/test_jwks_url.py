@@ -8,6 +8,7 @@ keys must be a 401 invalid_client at the token endpoint that issues nothing, nev
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -52,6 +53,7 @@ class Publisher:
     delay: float = 0.0  # before the headers
     trickle: float = 0.0  # between each byte of the body
     content_length: bool = True
+    encoding: str | None = None  # Content-Encoding, sent whatever the request accepts
     fetches: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/jwk-set+json")
         if pub.cache_control is not None:
             self.send_header("Cache-Control", pub.cache_control)
+        if pub.encoding is not None:
+            self.send_header("Content-Encoding", pub.encoding)
         if pub.content_length:
             self.send_header("Content-Length", str(len(pub.body)))
         self.end_headers()
@@ -245,9 +249,13 @@ def test_an_oversize_jwks_is_refused(
         backend.refused(keys[0], "a", f"exceeds {jwks_url.MAX_BYTES} bytes")
         pub.content_length = False  # the cap holds while reading, too
         backend.refused(keys[0], "a", f"exceeds {jwks_url.MAX_BYTES} bytes")
+        # A small gzip that would unpack past the cap is not unpacked at all.
+        pub.body, pub.encoding = gzip.compress(b" " * 10 * jwks_url.MAX_BYTES), "gzip"
+        backend.refused(keys[0], "a", "compressed")
         pub.publish(public_jwk(keys[0], "a"))
+        pub.encoding = None
         assert backend.token(keys[0], "a").status_code == 200
-    assert pub.fetches == 3
+    assert pub.fetches == 4
 
 
 def test_a_slow_jwks_is_refused_within_the_timeout(
