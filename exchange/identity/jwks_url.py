@@ -46,11 +46,17 @@ def checked_url(url: str) -> str:
     no credentials and no fragment. JwksError says what is wrong."""
     if len(url) > MAX_URL_CHARS:
         raise JwksError(f"the JWKS URL exceeds {MAX_URL_CHARS} characters")
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        raise JwksError(
+            f"the JWKS URL {url!r} holds spaces, control or non-ASCII characters "
+            "(percent-encode them; a host in punycode)"
+        )
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018  (raises on a malformed port)
-    except ValueError as e:
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as e:
         raise JwksError(f"the JWKS URL {url!r} is not a URL: {e}") from None
     if parts.scheme not in ("https", "http") or not host:
         raise JwksError(f"the JWKS URL {url!r} is not an absolute https URL")
@@ -172,7 +178,9 @@ class JwksFetcher:
                 cache_control = r.headers.get("cache-control")
         except httpx.TimeoutException:
             raise JwksUnavailable(url, f"it took over {self.timeout:g} s to answer") from None
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ValueError) as e:
+            # ValueError: a host IDNA cannot encode (a label empty or malformed) is found
+            # only when the request is made.
             raise JwksUnavailable(url, f"it cannot be reached: {type(e).__name__} {e}") from None
         try:
             text = bytes(body).decode("utf-8")

@@ -310,11 +310,21 @@ def test_a_url_that_is_down_or_wrong_is_invalid_client_and_not_hammered(
         ("https://keys.example.org/jwks#x", "fragment"),
         ("https://keys.example.org:99999/jwks", "not a URL"),
         ("https://keys.example.org/" + "a" * 2048, "exceeds"),
+        ("https://exa mple.org/jwks", "spaces, control or non-ASCII"),
+        ("https://keys.example.org/\x00", "spaces, control or non-ASCII"),
+        ("https://clés.example.org/jwks", "spaces, control or non-ASCII"),
+        ("https://[::1/jwks", "not a URL"),
     ],
 )
 def test_urls_that_cannot_be_registered(url: str, says: str) -> None:
     with pytest.raises(smart.JwksError, match=says):
         checked_url(url)
+
+
+@pytest.mark.parametrize("host", ["a..b", "xn--"])
+def test_a_host_only_the_request_finds_malformed_is_unavailable(host: str) -> None:
+    with pytest.raises(smart.JwksUnavailable, match="cannot be reached"):
+        JwksFetcher().keys(checked_url(f"https://{host}/jwks"), "a")
 
 
 @pytest.mark.parametrize(
