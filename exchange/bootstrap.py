@@ -24,6 +24,7 @@ from exchange.config import Settings
 from exchange.consent.crossborder import TransferLedger
 from exchange.delivery import backoff
 from exchange.identity.cache import ClientCache
+from exchange.identity.jwks_url import JwksFetcher
 from exchange.indexes.derived import Indexes
 from exchange.intake import IntakeLimits
 from exchange.intake.runner import IntakeRunner
@@ -66,6 +67,8 @@ class Services:
     outbox: Worker  # deliveries to home hospitals (its queue: outbox.queue)
     shl_viewer: bytes  # the SMART Health Links viewer page, trusting the log's active keys
     shl_secret: bytes  # seals SHL location tickets (exchange.shl.manifest.Locations)
+    # The JWKS of SMART clients registered by URL, fetched and cached (exchange.identity.jwks_url).
+    jwks: JwksFetcher = field(default_factory=JwksFetcher)
     witnesses: CosignatureCollector | None = None  # under a witness policy (serve --policy)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 

@@ -5,8 +5,9 @@ only as its SHA-256. revoke and rotate take effect on the next request of a runn
 it reads the credential epoch those commands bump before it trusts a cached credential.
 
 Exit codes: 0 ok; 1 usage (an unknown role, a missing or malformed org, a bad --expires, an
-unreadable file); 2 the database is unavailable; 3 malformed input or local state (a JWKS that
-cannot be registered, an unknown or revoked client id, no database where --data points).
+unreadable file, --jwks and --jwks-url together); 2 the database is unavailable; 3 malformed
+input or local state (a JWKS or JWKS URL that cannot be registered, an unknown or revoked client
+id, no database where --data points).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ EXPIRES_HELP = (
 )
 
 
+JWKS_URL_HELP = (
+    "instead of --jwks: the https URL the client publishes its JWKS at (http only on a "
+    "loopback host); the server fetches it when the client asks for a token, and again "
+    "when an assertion names a kid it lacks (docs/smart.md)"
+)
+
+
 def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     clients = sub.add_parser("clients", help="API clients and their bearer credentials")
     csub = clients.add_subparsers(dest="clients_command", required=True)
@@ -57,13 +65,15 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
         help="the organisation the client acts for (required for hospital, insurer and "
         "regulator): a FHIR id, as in Organization/<org>",
     )
-    add.add_argument(
+    keys = add.add_mutually_exclusive_group()
+    keys.add_argument(
         "--jwks",
         type=Path,
         metavar="FILE",
         help="a JWKS file of the client's public keys (EC P-384, RSA, Ed25519; each with a "
         "unique kid), for SMART Backend Services tokens at POST /auth/token",
     )
+    keys.add_argument("--jwks-url", metavar="URL", help=JWKS_URL_HELP)
     add.add_argument("--expires", metavar="WHEN", help=EXPIRES_HELP)
     add.add_argument("--json", action="store_true", help="print JSON")
     add.set_defaults(func=run_add)
@@ -90,8 +100,8 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     rotate = csub.add_parser(
         "rotate",
         help="give a client a new credential (the old one dies), or replace its JWKS",
-        description="Without --jwks: prints a new mlt_ credential once; the old one stops "
-        "working on the next request. With --jwks: replaces the client's SMART JWKS; "
+        description="Without --jwks or --jwks-url: prints a new mlt_ credential once; the old "
+        "one stops working on the next request. With either: replaces the client's SMART keys; "
         "assertions signed by the old keys are refused and the access tokens they got stop "
         "working. Either way the client's issued SMART access tokens die.",
     )
@@ -100,6 +110,7 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     which = rotate.add_mutually_exclusive_group()
     which.add_argument("--expires", metavar="WHEN", help=EXPIRES_HELP)
     which.add_argument("--jwks", type=Path, metavar="FILE", help="the client's new JWKS file")
+    which.add_argument("--jwks-url", metavar="URL", help="the client's new JWKS URL")
     rotate.add_argument("--json", action="store_true", help="print JSON")
     rotate.set_defaults(func=run_rotate)
 
@@ -188,7 +199,9 @@ def run_add(args: argparse.Namespace) -> int:
 
     def work(engine: Engine) -> int:
         jwks = _read(args.jwks, "JWKS file") if args.jwks is not None else None
-        client, token = auth.register_client(engine, args.name, args.role, args.org, jwks, expires)
+        client, token = auth.register_client(
+            engine, args.name, args.role, args.org, jwks, expires, args.jwks_url
+        )
         info = {
             "client_id": client.client_id,
             "token": token,
@@ -197,6 +210,8 @@ def run_add(args: argparse.Namespace) -> int:
             "org": client.org,
             "expires": _when(expires),
         }
+        if args.jwks_url is not None:
+            info["jwks_url"] = args.jwks_url
         _show(info, args.json, "The token is shown only now: store it. The server keeps only "
               "its hash.")  # fmt: skip
         if client.role == "insurer" and client.org and recipient_of(engine, client.org) is None:
@@ -259,8 +274,9 @@ def run_rotate(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_USAGE)
 
     def work(engine: Engine) -> int:
-        if args.jwks is not None:
-            auth.replace_jwks(engine, args.client_id, _read(args.jwks, "JWKS file"))
+        if args.jwks is not None or args.jwks_url is not None:
+            jwks = _read(args.jwks, "JWKS file") if args.jwks is not None else None
+            auth.replace_jwks(engine, args.client_id, jwks, args.jwks_url)
             info = {"client_id": args.client_id, "jwks": "replaced"}
             _show(info, args.json, "Assertions signed by the old keys are refused from now on.")
             return EXIT_OK

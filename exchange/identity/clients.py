@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from exchange.errors import Forbidden
 from exchange.identity import smart
+from exchange.identity.jwks_url import checked_url
 from exchange.store.tables import (
     clients_table,
     credential_epoch_table,
@@ -93,15 +94,17 @@ def register_client(
     org: str | None,
     jwks: str | None = None,
     expires: int | None = None,
+    jwks_url: str | None = None,
 ) -> tuple[Client, str]:
     """Stores a new client and returns it with its credential, which is not kept anywhere.
 
-    `jwks` (JSON text) registers the client's public keys for SMART Backend Services; it is
-    validated first (smart.JwksError) and stored in the same transaction as the client.
-    `expires` (unix seconds) is when the credential stops working; None: never.
+    `jwks` (JSON text) registers the client's public keys for SMART Backend Services, or
+    `jwks_url` where they are published (not both); either is checked first (smart.JwksError)
+    and stored in the same transaction as the client. `expires` (unix seconds) is when the
+    credential stops working; None: never.
     """
     check_client(name, role, org)
-    jwks_json = smart.validated_jwks(jwks) if jwks is not None else None
+    keys = _checked_keys(jwks, jwks_url) if jwks is not None or jwks_url is not None else None
     client = Client("cl-" + secrets.token_hex(8), name.strip(), role, org)
     token = new_token()
     with store.write_transaction(engine) as conn:
@@ -116,15 +119,20 @@ def register_client(
                 expires=expires,
             )
         )
-        if jwks_json is not None:
-            conn.execute(
-                insert(smart_jwks_table).values(
-                    client_id=client.client_id,
-                    jwks=jwks_json,
-                    created=format_time(datetime.now(UTC)),
-                )
-            )
+        if keys is not None:
+            conn.execute(insert(smart_jwks_table).values(client_id=client.client_id, **keys))
     return client, token
+
+
+def _checked_keys(jwks: str | None, url: str | None) -> dict[str, str | None]:
+    """The smart_jwks_table row values of a JWKS or a JWKS URL (exactly one of them)."""
+    if (jwks is None) == (url is None):
+        raise smart.JwksError("register either a JWKS or a JWKS URL, not both")
+    return {
+        "jwks": smart.validated_jwks(jwks) if jwks is not None else None,
+        "jwks_url": checked_url(url) if url is not None else None,
+        "created": format_time(datetime.now(UTC)),
+    }
 
 
 class ClientStateError(LookupError):
@@ -222,19 +230,18 @@ def rotate_token(engine: Engine, client_id: str, expires: int | None = None) -> 
     return token
 
 
-def replace_jwks(engine: Engine, client_id: str, jwks: str) -> None:
-    """Replaces the client's registered JWKS (or registers one): assertions signed by the old
-    keys are refused from now on, and the access tokens they got stop working."""
-    jwks_json = smart.validated_jwks(jwks)
+def replace_jwks(
+    engine: Engine, client_id: str, jwks: str | None = None, jwks_url: str | None = None
+) -> None:
+    """Replaces the client's registered JWKS or JWKS URL (or registers one): assertions
+    signed by the old keys are refused from now on, and the access tokens they got stop
+    working."""
+    keys = _checked_keys(jwks, jwks_url)
     j = smart_jwks_table.c
     with store.write_transaction(engine) as conn:
         _changeable(conn, client_id)
         conn.execute(delete(smart_jwks_table).where(j.client_id == client_id))
-        conn.execute(
-            insert(smart_jwks_table).values(
-                client_id=client_id, jwks=jwks_json, created=format_time(datetime.now(UTC))
-            )
-        )
+        conn.execute(insert(smart_jwks_table).values(client_id=client_id, **keys))
         _credentials_changed(conn, client_id)
 
 

@@ -1,6 +1,7 @@
 """SMART Backend Services: client assertions, access tokens and SMART v2 system scopes.
 
-A backend client registers a public JWKS (`medledger clients add --jwks FILE`), signs a short
+A backend client registers a public JWKS (`medledger clients add --jwks FILE`), or the URL it
+is published at (`--jwks-url URL`, fetched and cached by exchange.identity.jwks_url), signs a short
 JWT with its private key (SMART App Launch 2.x, Backend Services, "Authenticating to the token
 endpoint"; RFC 7523 §3), and trades it at `POST /auth/token` for an opaque access token of at
 most five minutes, bound to the granted scopes and to the `purpose_of_use` the assertion names.
@@ -17,7 +18,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from sqlalchemy import Engine, Select, delete, insert, select
@@ -135,6 +136,24 @@ class TokenError(Exception):
 
 class JwksError(ValueError):
     """A JWKS that cannot be registered (private keys, missing or repeated kid, unknown kty)."""
+
+
+class JwksUnavailable(Exception):
+    """The JWKS at a client's registered URL cannot be had: unreachable, too slow, too large,
+    not 200, or not a usable JWKS (`why`)."""
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(f"the JWKS at {url} cannot be used: {why}")
+        self.url = url
+        self.why = why
+
+
+class RemoteKeys(Protocol):
+    """Where the keys of a client registered by JWKS URL come from (jwks_url.JwksFetcher)."""
+
+    def keys(self, url: str, kid: str) -> list[dict[str, Any]]:
+        """The keys at `url`, fresh enough to look for `kid` in; JwksUnavailable if none."""
+        ...
 
 
 def invalid_client(description: str) -> TokenError:
@@ -292,20 +311,25 @@ def key_fits_alg(key: Mapping[str, Any], alg: str) -> bool:
 
 @dataclass(frozen=True)
 class RegisteredClient:
+    """A client's registered keys: a JWKS, or the URL it is published at (one of the two).
+    As stored: a token is issued only while they are still the client's registration."""
+
     client_id: str
     role: str
-    jwks: str  # as stored: a token is issued only while it is still the client's JWKS
+    jwks: str | None
+    jwks_url: str | None = None
 
-    @property
-    def keys(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.jwks)["keys"])
+    def keys(self, remote: RemoteKeys, kid: str) -> list[dict[str, Any]]:
+        if self.jwks_url is not None:
+            return remote.keys(self.jwks_url, kid)
+        return list(json.loads(self.jwks or '{"keys":[]}')["keys"])
 
 
-def _registered(client_id: str) -> Select[tuple[str, str, str]]:
-    """The client's row with its JWKS, if it has one and is not revoked."""
+def _registered(client_id: str) -> Select[tuple[str, str, str | None, str | None]]:
+    """The client's row with its JWKS or JWKS URL, if it has one and is not revoked."""
     c, j = clients_table.c, smart_jwks_table.c
     return (
-        select(c.client_id, c.role, j.jwks)
+        select(c.client_id, c.role, j.jwks, j.jwks_url)
         .join(smart_jwks_table, j.client_id == c.client_id)
         .where(c.client_id == client_id, c.revoked.is_(None))
     )
@@ -314,7 +338,9 @@ def _registered(client_id: str) -> Select[tuple[str, str, str]]:
 def load_client(engine: Engine, client_id: str) -> RegisteredClient | None:
     with engine.connect() as conn:
         row = conn.execute(_registered(client_id)).first()
-    return None if row is None else RegisteredClient(row.client_id, row.role, row.jwks)
+    if row is None:
+        return None
+    return RegisteredClient(row.client_id, row.role, row.jwks, row.jwks_url)
 
 
 @dataclass(frozen=True)
@@ -325,10 +351,13 @@ class Assertion:
     purpose: str | None
 
 
-def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertion:
+def verify_assertion(
+    engine: Engine, assertion: str, token_url: str, remote: RemoteKeys
+) -> Assertion:
     """Checks a client assertion (SMART Backend Services, "Protocol details"; RFC 7523 §3).
 
-    Every failure is `invalid_client`. The jti is not recorded here: see consume_jti.
+    Every failure is `invalid_client`, a JWKS URL that cannot be fetched too. The jti is not
+    recorded here: see consume_jti.
     """
     now = time.time()
     if len(assertion) > MAX_ASSERTION_CHARS:
@@ -352,7 +381,13 @@ def verify_assertion(engine: Engine, assertion: str, token_url: str) -> Assertio
     client = load_client(engine, iss)
     if client is None:
         raise invalid_client("no client with a registered JWKS has this client_id")
-    key = next((k for k in client.keys if k.get("kid") == kid), None)
+    try:
+        keys = client.keys(remote, kid)
+    except JwksUnavailable as e:
+        raise invalid_client(
+            f"the client's registered JWKS URL gave no usable keys: {e.why}"
+        ) from None
+    key = next((k for k in keys if k.get("kid") == kid), None)
     if key is None:
         raise invalid_client(f"kid {kid!r} names no key registered for this client")
     if not key_fits_alg(key, alg):
@@ -440,10 +475,13 @@ def hash_access_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def issue_token(engine: Engine, assertion: str, scope: str, token_url: str) -> IssuedToken:
-    """Verifies the assertion, grants scopes, and stores the new token's hash."""
+def issue_token(
+    engine: Engine, assertion: str, scope: str, token_url: str, remote: RemoteKeys
+) -> IssuedToken:
+    """Verifies the assertion (keys registered by URL from `remote`), grants scopes, and
+    stores the new token's hash."""
     now = time.time()
-    checked = verify_assertion(engine, assertion, token_url)
+    checked = verify_assertion(engine, assertion, token_url, remote)
     scopes = grant_scopes(checked.client.role, scope)
     consume_jti(engine, checked.client.client_id, checked.jti, checked.exp, now)
     token = ACCESS_TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -454,7 +492,8 @@ def issue_token(engine: Engine, assertion: str, scope: str, token_url: str) -> I
         current = conn.execute(
             _registered(checked.client.client_id).with_for_update(of=clients_table)
         ).first()
-        if current is None or current.jwks != checked.client.jwks:
+        registered = (checked.client.jwks, checked.client.jwks_url)
+        if current is None or (current.jwks, current.jwks_url) != registered:
             raise invalid_client("the client was revoked or its keys replaced meanwhile")
         conn.execute(delete(t).where(t.c.expires < int(now)))
         conn.execute(

@@ -80,8 +80,11 @@ smart_jwks_table = Table(
     "exchange_smart_jwks",
     metadata,
     Column("client_id", String(64), primary_key=True),
-    Column("jwks", Text, nullable=False),
+    # One of the two: the JWKS itself, or the https URL it is published at
+    # (exchange.identity.jwks_url).
+    Column("jwks", Text),
     Column("created", String(32), nullable=False),
+    Column("jwks_url", String(2048)),
 )
 
 

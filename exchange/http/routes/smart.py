@@ -172,7 +172,12 @@ async def token(request: Request, services: ServicesDep) -> JSONResponse:
     try:
         assertion, scope = _checked_parameters(await _form(request))
         issued = await run_in_threadpool(
-            smart.issue_token, services.engine, assertion, scope, token_url(request)
+            smart.issue_token,
+            services.engine,
+            assertion,
+            scope,
+            token_url(request),
+            services.jwks,
         )
     except smart.TokenError as e:
         return _error(e)
