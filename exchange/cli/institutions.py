@@ -48,12 +48,12 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     show.set_defaults(func=run_show)
 
 
-def _log(args: argparse.Namespace) -> Log:
+def open_log_of(args: argparse.Namespace) -> Log:
     settings = settings_from_args(args)
     return open_log(settings, open_engine(settings))[0]
 
 
-def _private_key(path: Path) -> Ed25519PrivateKey:
+def private_key(path: Path) -> Ed25519PrivateKey:
     key = load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
@@ -62,8 +62,8 @@ def _private_key(path: Path) -> Ed25519PrivateKey:
 
 def run_register_key(args: argparse.Namespace) -> int:
     try:
-        key = _private_key(args.key)
-        log = _log(args)
+        key = private_key(args.key)
+        log = open_log_of(args)
         institutions.register_admin_key(log.engine, args.admin, key.public_key())
         log.close()
     except (ValueError, OSError) as e:
@@ -78,8 +78,8 @@ def run_register_key(args: argparse.Namespace) -> int:
 def run_set(args: argparse.Namespace) -> int:
     try:
         record = institutions.Institution.from_json(json.loads(args.record.read_text()))
-        key = _private_key(args.key)
-        log = _log(args)
+        key = private_key(args.key)
+        log = open_log_of(args)
         try:
             index = institutions.append_attestation(
                 log, institutions.sign_attestation(record, args.admin, key)
@@ -98,7 +98,7 @@ def run_set(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     try:
-        log = _log(args)
+        log = open_log_of(args)
         try:
             registry = institutions.registry_as_of(log, args.as_of)
         finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -36,20 +36,22 @@ from ledger.merkle import leaf_hash
 
 
 def events(
-    vault_: Vault, log: Log, sender: str | None, site: str | None = None
+    vault_: Vault, log: Log, sender: str | None, sites: Mapping[str, str] | None = None
 ) -> Iterator[tuple[EventKey, dict[str, Any]]]:
     """`sender`'s events (everyone's when None) in key order; the recall index must be fresh.
 
-    ``site`` is the location for Bundles that name no GLN of their own (SGLN URN, GLN Digital
-    Link or bare GLN), as ``medledger adapt epcis --location`` gives it offline.
+    ``sites`` maps a sender to its location for Bundles that name no GLN of their own (SGLN
+    URN, GLN Digital Link or bare GLN): the GLN the institution registry records for it, as
+    ``medledger adapt epcis --location`` gives it offline.
     """
+    sites = sites or {}
     t, b = trace_table, bundles_table
     used = select(t.c.idx).distinct()
     if sender is not None:
         used = used.where(t.c.sender == sender)
     newest = select(b.c.id, func.max(b.c.version).label("version")).group_by(b.c.id).subquery()
     q = (
-        select(b.c.idx, b.c.id, b.c.version, b.c.data)
+        select(b.c.idx, b.c.id, b.c.version, b.c.data, b.c.sender)
         .join(newest, (newest.c.id == b.c.id) & (newest.c.version == b.c.version))
         .where(b.c.idx.in_(used))
         .order_by(b.c.idx)
@@ -69,7 +71,7 @@ def events(
         try:
             made = dispensing_events(
                 doc,
-                location=event_location(doc, site),
+                location=event_location(doc, sites.get(row.sender)),
                 link=ledger_link(base64.b64encode(leaf_hash(entry)).decode("ascii")),
             )
         except AdaptError:

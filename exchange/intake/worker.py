@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .kind import check_bundle
 from .outcome import IntakeError, Issue
+from .performers import Performance, performances
 from .strict_json import IntakeLimits
 
 
@@ -25,6 +26,8 @@ class Checked:
     # Every Patient.identifier (system, value) the Bundle names, in its one spelling; the first
     # is the patient the ledger entry's `subject` names.
     patients: tuple[tuple[str, str], ...]
+    # Each Procedure's practitioner performers and day, for the registry's licence check.
+    performers: tuple[Performance, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ def check(body: bytes, content_type: str | None, limits: IntakeLimits) -> Checke
         media=media,
         identifier=intake.identifier,
         patients=tuple(intake.patients),
+        performers=performances(intake.doc),
     )
 
 

@@ -1,7 +1,8 @@
 """Sender admission: whether the registry lets an institution submit today.
 
 Blacklisted, or outside its licence's validity: refused (Forbidden) before anything is
-stored. A lapsed international accreditation: accepted and flagged in FLAGS_HEADER. No
+stored. A lapsed international accreditation: accepted and flagged in FLAGS_HEADER. A Procedure
+performer without a valid licence: accepted with a warning (refused, 422, when strict). No
 registry record: refused in strict deployments (MEDLEDGER_INSTITUTIONS_STRICT, through
 exchange.config), accepted and unflagged otherwise, so embedded and demo deployments work
 without a registry.
@@ -16,7 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 
 from exchange.errors import Forbidden
+from exchange.intake import Issue
+from exchange.intake.performers import Performance
 from exchange.registry.institutions import Institution, changes, check_sender, lookup
+from exchange.registry.practitioners import check_performers
 
 FLAGS_HEADER = "X-Institution-Flags"
 
@@ -58,6 +62,17 @@ class SenderCache:
         if org is None:
             return ()
         return admit_sender(await self.record(org), org, today, strict=self.strict)
+
+    async def performers(
+        self, org: str | None, performances: tuple[Performance, ...]
+    ) -> list[Issue]:
+        """Warnings for Procedure performers without a valid licence on the Procedure's date
+        (exchange.registry.practitioners); a 422 IntakeError instead in strict deployments."""
+        if org is None or not performances:
+            return []
+        return await run_in_threadpool(
+            lambda: check_performers(self.engine, org, performances, strict=self.strict)
+        )
 
     async def record(self, org: str) -> Institution | None:
         now = time.monotonic()

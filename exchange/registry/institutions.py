@@ -18,8 +18,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from adapters.tracecode import gtin_check_digit
 from exchange.store.tables import admin_keys_table, attestations_table, institutions_table
 from ledger.encoding import b64
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
@@ -66,9 +68,17 @@ class Institution:
     accreditations: tuple[Accreditation, ...] = ()
     blacklisted: bool = False
     blacklist_reason: str | None = None
+    # The GS1 global location number of the site (13 digits, mod-10 check digit): where its
+    # dispensing events happen when a Bundle names no GLN of its own (GET /epcis/events).
+    gln: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gln is not None and not is_gln(self.gln):
+            raise RegistryError(f"gln {self.gln!r} is not a GLN (13 digits, mod-10 check digit)")
 
     def to_json(self) -> dict[str, object]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        # A record without a GLN keeps the bytes records had before the field existed.
+        return {k: _jsonable(v) for k, v in asdict(self).items() if not (k == "gln" and v is None)}
 
     @staticmethod
     def from_json(obj: dict[str, object]) -> Institution:
@@ -90,6 +100,7 @@ class Institution:
         )
         reason = obj.get("blacklist_reason")
         region = obj.get("region")
+        gln = obj.get("gln")
         return Institution(
             org=str(obj["org"]),
             name_zh=str(obj["name_zh"]),
@@ -101,7 +112,16 @@ class Institution:
             accreditations=accs,
             blacklisted=bool(obj.get("blacklisted", False)),
             blacklist_reason=None if reason is None else str(reason),
+            gln=None if gln is None else str(gln),
         )
+
+
+def is_gln(value: str) -> bool:
+    """A GS1 GLN: 13 digits whose last is the mod-10 check digit (GS1 General Specifications
+    7.9.1), the same check as a GTIN-13's."""
+    return re.fullmatch(r"[0-9]{13}", value) is not None and gtin_check_digit(value[:12]) == int(
+        value[12]
+    )
 
 
 def _jsonable(value: object) -> object:
@@ -171,7 +191,7 @@ def register_admin_key(engine: Engine, admin: str, public_key: Ed25519PublicKey)
         conn.execute(admin_keys_table.insert().values(admin=admin, public_key=raw))
 
 
-def _registered_key(conn: Connection, admin: str) -> bytes | None:
+def registered_key(conn: Connection, admin: str) -> bytes | None:
     row = conn.execute(
         select(admin_keys_table.c.public_key).where(admin_keys_table.c.admin == admin)
     ).first()
@@ -186,7 +206,7 @@ def append_attestation(log: Log, data: bytes) -> int:
     """
     att = verify_attestation(data)
     with log.engine.connect() as conn:
-        registered = _registered_key(conn, att.admin)
+        registered = registered_key(conn, att.admin)
     if registered is None:
         raise RegistryError(f"admin {att.admin!r} has no registered key")
     if registered != att.key:
@@ -280,6 +300,47 @@ def replay_registry(log: Log) -> dict[str, Institution]:
     return registry_as_of(log, None)
 
 
+# --- accreditation lapses ----------------------------------------------------------------
+
+# JCI accredits for three years: a hospital whose last (re)assessment is older than that has
+# not been resurveyed, whatever end date its record states.
+REASSESSMENT_CYCLE_YEARS = {"JCI": 3}
+
+
+@dataclass(frozen=True)
+class Lapse:
+    """When an accreditation stops counting, and why (`expired` or `reassessment-overdue`)."""
+
+    on: date  # the first day it no longer counts
+    reason: str
+
+
+def _years_after(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def lapse_of(acc: Accreditation) -> Lapse:
+    """The day `acc` lapses: the day after `valid_to`, or for a body with a reassessment cycle
+    (JCI: 3 years) the cycle's end after the last (re)assessment (else after `valid_from`),
+    whichever comes first."""
+    expired = Lapse(acc.valid_to + timedelta(days=1), "expired")
+    cycle = REASSESSMENT_CYCLE_YEARS.get(acc.body.upper())
+    if cycle is None:
+        return expired
+    due = _years_after(acc.last_reassessment or acc.valid_from, cycle)
+    return Lapse(due, "reassessment-overdue") if due < expired.on else expired
+
+
+def accreditation_status(acc: Accreditation, day: date) -> str:
+    """`accredited`, `lapsed` (on or after its lapse) or `not-yet` (before `valid_from`)."""
+    if day < acc.valid_from:
+        return "not-yet"
+    return "lapsed" if day >= lapse_of(acc).on else "accredited"
+
+
 # --- checking a sender --------------------------------------------------------------------
 
 
@@ -312,9 +373,10 @@ def check_sender(record: Institution | None, today: date, *, strict: bool) -> Se
             f"{record.licence_valid_from.isoformat()}"
         )
     flags = tuple(
-        f"accreditation-lapsed:{a.body}:{a.valid_to.isoformat()}"
+        # The last day it counted: valid_to when it expired, as the header always said.
+        f"accreditation-lapsed:{a.body}:{(lapse_of(a).on - timedelta(days=1)).isoformat()}"
         for a in record.accreditations
-        if a.international and not (a.valid_from <= today <= a.valid_to)
+        if a.international and accreditation_status(a, today) != "accredited"
     )
     return SenderVerdict(None, flags)
 

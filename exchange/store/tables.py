@@ -438,6 +438,20 @@ institutions_table = Table(
     Column("record", LargeBinary, nullable=False),  # canonical JSON of the Institution
 )
 
+# One signed licence attestation of a practitioner (exchange.registry.practitioners), by the
+# ledger index of its `practitioner` entry; the latest per (practitioner, licence_number) is
+# the licence's current state.
+practitioner_licences_table = Table(
+    "practitioner_licences",
+    metadata,
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("org", String(64), nullable=False, index=True),
+    Column("practitioner", String(64), nullable=False, index=True),
+    Column("licence_number", String(64), nullable=False, index=True),
+    Column("salt", LargeBinary, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
 # --- keys.keyring ----------------------------------------
 
 key_events_table = Table(

@@ -170,3 +170,54 @@ def test_unknown_parameters_and_other_roles_are_refused(tmp_path: Path) -> None:
                 == 403
             )
         assert api.client.get("/epcis/events").status_code == 401
+
+
+def _without_glns(body: bytes) -> bytes:
+    doc = json.loads(body)
+    for entry in doc["entry"]:
+        res = entry["resource"]
+        if res["resourceType"] in ("Location", "Organization"):
+            kept = [i for i in res.get("identifier", []) if "gs1.org/gln" not in i["system"]]
+            if kept:
+                res["identifier"] = kept
+            else:
+                res.pop("identifier", None)
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def test_a_bundle_without_a_gln_is_placed_at_the_registry_gln(
+    tmp_path: Path, validate: Any
+) -> None:
+    from dataclasses import replace
+    from datetime import date, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from exchange.registry import institutions as inst
+    from tests.registry.test_institutions import BASE
+
+    gln = "6901234567892"
+    with open_api(tmp_path) as api:
+        a = api.credential("hospital", "hospital-a")
+        regulator = api.credential("regulator", "nmpa")
+        assert api.post(_without_glns(pack("AB12C34", "SER000001", 0)), a).status_code == 201
+        # Nowhere to place it: no event rather than a wrong one.
+        assert _events(api.client.get("/epcis/events", headers=regulator)) == []
+        key = Ed25519PrivateKey.generate()
+        inst.register_admin_key(api.services.engine, "admin-1", key.public_key())
+        today = date.today()
+        record = replace(
+            BASE,
+            org="hospital-a",
+            licence_valid_from=today - timedelta(days=1),
+            licence_valid_to=today + timedelta(days=1),
+            gln=gln,
+        )
+        inst.append_attestation(api.services.log, inst.sign_attestation(record, "admin-1", key))
+        for who in (a, regulator):
+            got = api.client.get("/epcis/events", headers=who)
+            assert got.status_code == 200, got.text
+            assert validate(got, []) == []
+            (event,) = _events(got)
+            site = f"https://id.gs1.org/414/{gln}"
+            assert event["readPoint"] == {"id": site} and event["bizLocation"] == {"id": site}

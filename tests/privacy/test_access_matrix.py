@@ -652,6 +652,11 @@ def _plain_get(path: str, **params: Any) -> Probe:
     return probe
 
 
+def _verification_results(w: World, actor: str) -> None:
+    for target in ("Organization/hospital-a", "Practitioner/dr-wang"):
+        w.get(actor, "/fhir/VerificationResult", target=target)
+
+
 def _tiles(w: World, actor: str) -> None:
     for path in ("tile/0/000.p/2", "tile/entries/000.p/2"):
         assert w.get(actor, f"/tlog/{path}").status_code == 200, path
@@ -720,9 +725,8 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/fhir/MeasureReport", "get"): _plain_get(
         "/fhir/MeasureReport", reporter="Organization/hospital-a", period="2026"
     ),
-    ("/fhir/VerificationResult", "get"): _plain_get(
-        "/fhir/VerificationResult", target="Organization/hospital-a"
-    ),
+    # An institution's licence and accreditations, a practitioner's licences: no patient.
+    ("/fhir/VerificationResult", "get"): _verification_results,
     ("/v1/log/checkpoint", "get"): _plain_get("/v1/log/checkpoint"),
     ("/v1/log/key", "get"): _plain_get("/v1/log/key"),
     ("/v1/log/keys", "get"): _plain_get("/v1/log/keys"),

@@ -50,7 +50,9 @@ def test_intake_refuses_expired_or_blacklisted_and_flags_lapsed(tmp_path: Path) 
     from tests.api_helpers import HOSPITAL_ORG, observation_bundle
 
     today = date.today()
-    lapsed = inst.Accreditation("JCI", "hospital", date(2020, 1, 1), today - timedelta(days=1))
+    lapsed = inst.Accreditation(
+        "JCI", "hospital", today - timedelta(days=400), today - timedelta(days=1)
+    )
     live = replace(
         BASE,
         org=HOSPITAL_ORG,

@@ -50,8 +50,18 @@ router = APIRouter(prefix="/fhir", tags=["Bundle"])
 RECEIPT_EXTENSION = "urn:medledger:extension:receipt"
 SALT_EXTENSION = "urn:medledger:extension:salt"
 
+# The flag a submission with unlicensed performers adds to FLAGS_HEADER.
+UNLICENSED_FLAG = "performer-unlicensed"
+
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 _WEAK_ETAG = re.compile(r'(?:W/)?"([1-9][0-9]{0,8})"')
+
+
+class IntakeWarning(BaseModel):
+    """An accepted submission's warning, as its OperationOutcome issue says it."""
+
+    diagnostics: str
+    expression: str | None = Field(None, description="FHIRPath to the element it concerns")
 
 
 class SubmissionResult(BaseModel):
@@ -62,6 +72,11 @@ class SubmissionResult(BaseModel):
     kind: Literal["record", "consent", "rwd", "settlement"]
     receipt: str = Field(description="c2sp.org/tlog-proof@v1 text, verifiable offline")
     salt: str = Field(description="base64 of the 32-byte salt: commit = SHA-256(salt || bytes)")
+    warnings: list[IntakeWarning] | None = Field(
+        None,
+        description="what was accepted but is noteworthy (a Procedure performer without a "
+        "valid licence); absent when nothing is",
+    )
 
 
 _BUNDLE_BODY = {
@@ -172,6 +187,8 @@ async def create_bundle(
     with services.admission.enter(client.org or client.client_id):
         body = await _read_body(request, services.limits.max_bytes)
         checked = await services.intake.check(body, content_type)
+        # Performers without a valid licence: warnings, or a 422 in strict deployments.
+        warnings = await services.senders.performers(client.org, checked.performers)
         # Deliveries to home hospitals are queued in the Bundle's own transaction.
         deliveries = await services.outbox.plan(client, checked)
         req = SubmitRequest(client, body, checked, idempotency_key, base_version, deliveries)
@@ -179,7 +196,9 @@ async def create_bundle(
     if deliveries is not None and stored.created:
         services.outbox.wake()
     request.state.submission_kind = stored.kind  # the metrics' kind label (http/metrics.py)
-    answer = _answer(stored, body, public_url(request), _preference(prefer))
+    answer = _answer(stored, body, public_url(request), _preference(prefer), warnings)
+    if warnings:
+        flags = (*flags, UNLICENSED_FLAG)
     if flags:
         answer.headers[FLAGS_HEADER] = ",".join(flags)
     return answer
@@ -325,7 +344,9 @@ def _preference(prefer: str | None) -> str:
     return ""
 
 
-def _answer(stored: Stored, body: bytes, base: str, preference: str) -> Response:
+def _answer(
+    stored: Stored, body: bytes, base: str, preference: str, warnings: list[Issue]
+) -> Response:
     status = 201 if stored.created else 200
     salt = base64.b64encode(stored.salt).decode()
     headers = {
@@ -350,7 +371,7 @@ def _answer(stored: Stored, body: bytes, base: str, preference: str) -> Response
                 {"url": RECEIPT_EXTENSION, "valueString": stored.receipt},
                 {"url": SALT_EXTENSION, "valueBase64Binary": salt},
             ],
-            **outcome_body([note]),
+            **outcome_body([note, *warnings]),
         }
         return FhirJSONResponse(outcome, status, headers)
     result = SubmissionResult(
@@ -359,8 +380,12 @@ def _answer(stored: Stored, body: bytes, base: str, preference: str) -> Response
         kind=stored.kind,  # type: ignore[arg-type]
         receipt=stored.receipt,
         salt=salt,
+        warnings=[
+            IntakeWarning(diagnostics=w.diagnostics, expression=w.expression) for w in warnings
+        ]
+        or None,
     )
-    return JSONResponse(result.model_dump(), status, headers)
+    return JSONResponse(result.model_dump(exclude_none=True), status, headers)
 
 
 def http_date(instant: str) -> str:

@@ -4,7 +4,8 @@ A traceability partner's SimpleEventQuery as URL query parameters (adapters.epci
 standard's names, `|` between alternatives, `perPage` and the HMAC-sealed `nextPageToken`,
 the next page in a `Link` header). A hospital queries its own dispensing events, a regulator
 everyone's (exchange.indexes.dispensing: they name packs, times and places, no patient, so a
-query appends no access entry). A refused query is the REST binding's RFC 7807 problem
+query appends no access entry). A Bundle that names no GLN of its own is placed at the GLN the
+institution registry records for its sender. A refused query is the REST binding's RFC 7807 problem
 (`application/problem+json`, its `type` the EPCIS exception), not an OperationOutcome: EPCIS
 clients read that.
 """
@@ -24,6 +25,7 @@ from exchange.http.errors import error_responses
 from exchange.http.guards import require_role
 from exchange.identity.clients import Client
 from exchange.indexes import dispensing, trace
+from exchange.registry import institutions
 from exchange.store.secrets import EPCIS_PAGE_KEY, secret
 
 router = APIRouter(prefix="/epcis", tags=["epcis"])
@@ -99,11 +101,13 @@ async def epcis_events(
     sender = client.org if client.role == "hospital" else None
     key = await run_in_threadpool(secret, services.engine, EPCIS_PAGE_KEY)
     await run_in_threadpool(indexes.fresh, trace.TRACE)
+    registry = await run_in_threadpool(institutions.current_registry, services.engine)
+    sites = {org: r.gln for org, r in registry.items() if r.gln is not None}
 
     def run() -> Any:
         return answer(
             params,
-            dispensing.events(services.vault, services.log, sender),
+            dispensing.events(services.vault, services.log, sender, sites),
             tokens=PageTokens(key, lifetime=_TOKENS_LIVE),
             scope=f"{client.role}:{client.org or client.client_id}",
             now=datetime.now(UTC),

@@ -17,6 +17,10 @@ Search parameters (FHIR R4 section 3.1.1 "Search"; strict handling, unknown ones
 - `_count` (at most :data:`MAX_COUNT`), and `_cursor`, the opaque, signed position the `next`
   link carries.
 
+Each entry carries the submitting hospital's international accreditation status on the
+resource's service date (:data:`ACCREDITATION_STATUS_EXTENSION` on `Bundle.entry`; the
+registry's current record, its accreditations' periods and lapses evaluated on that day).
+
 Roles: a hospital sees its own submissions; an insurer sees resources addressed to its
 organisation about one named patient, each one only if the patient's newest Consent permits
 this insurer and purpose now (:func:`exchange.consent.evaluate`) and the cross-border gate
@@ -31,9 +35,9 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -52,6 +56,7 @@ from exchange.http.query import used_params
 from exchange.identity.clients import Client, require_scope
 from exchange.indexes.derived import Indexes
 from exchange.privacy.access import record_access, record_access_per_patient
+from exchange.registry import institutions
 from exchange.settlement import index as settlement
 from exchange.store import secrets
 
@@ -354,14 +359,55 @@ def _unb64(text: str) -> bytes:
 # --- the searchset ------------------------------------------------------------------------
 
 
-def searchset(resources: list[tuple[settlement.Row, bytes]], links: list[tuple[str, str]]) -> bytes:
-    """A searchset Bundle around resources exactly as submitted (FHIR R4 section 3.1.1.3).
+ACCREDITATION_STATUS_EXTENSION = "urn:medledger:extension:accreditation-status"
+
+
+def service_date(row: settlement.Row) -> date:
+    """The day a resource's service is dated: its own date (Claim.created, Invoice.date,
+    Coverage.period.start, ...), else the day it was last updated."""
+    return date.fromisoformat((row.data_date or row.last_updated)[:10])
+
+
+def accreditation_extensions(record: institutions.Institution | None, day: date) -> bytes:
+    """`Bundle.entry.extension` saying the submitting hospital's international accreditation
+    status on the service date: one per accreditation (`accredited`, `lapsed` with the day it
+    lapsed, or `not-yet`), or one `none` for a hospital without any in the registry."""
+    shown: list[dict[str, Any]] = []
+    for acc in record.accreditations if record is not None else ():
+        if not acc.international:
+            continue
+        status = institutions.accreditation_status(acc, day)
+        parts: list[dict[str, Any]] = [
+            {"url": "body", "valueString": acc.body},
+            {"url": "date", "valueDate": day.isoformat()},
+            {"url": "status", "valueCode": status},
+        ]
+        if status == "lapsed":
+            parts.append({"url": "lapsed", "valueDate": institutions.lapse_of(acc).on.isoformat()})
+        shown.append({"url": ACCREDITATION_STATUS_EXTENSION, "extension": parts})
+    if not shown:
+        none = [
+            {"url": "date", "valueDate": day.isoformat()},
+            {"url": "status", "valueCode": "none"},
+        ]
+        shown.append({"url": ACCREDITATION_STATUS_EXTENSION, "extension": none})
+    return json.dumps(shown, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def searchset(
+    resources: list[tuple[settlement.Row, bytes]],
+    links: list[tuple[str, str]],
+    registry: Mapping[str, institutions.Institution | None],
+) -> bytes:
+    """A searchset Bundle around resources exactly as submitted (FHIR R4 section 3.1.1.3),
+    each entry carrying its hospital's accreditation status on the service date.
 
     `total` is left out: a count would have to run the consent policy over every match.
     """
     link = json.dumps([{"relation": r, "url": u} for r, u in links], separators=(",", ":"))
     entries = b",".join(
-        b'{"fullUrl":"urn:medledger:entry:' + f"{row.index}:{row.pos}".encode()
+        b'{"extension":' + accreditation_extensions(registry[row.sender], service_date(row))
+        + b',"fullUrl":"urn:medledger:entry:' + f"{row.index}:{row.pos}".encode()
         + b'","resource":' + data + b',"search":{"mode":"match"}}'
         for row, data in resources
     )  # fmt: skip
@@ -418,6 +464,7 @@ def run_search(
         if len(batch) < BATCH:
             break
     resources = [(row, reader.resource(row)) for row in page]
+    registry = {r.sender: institutions.lookup(engine, r.sender) for r in page}
     self_url = search.base_url + ("?" + urlencode(search.params) if search.params else "")
     links = [("self", self_url)]
     if more:
@@ -430,7 +477,7 @@ def run_search(
     # patient an identifier names at several hospitals.
     about = page or withheld
     return Answer(
-        body=searchset(resources, links),
+        body=searchset(resources, links, registry),
         disclosed=len(page),
         withheld=len(withheld),
         patients=bundle_patients(services.vault, (r.index for r in about)),

@@ -1,11 +1,15 @@
-"""`GET /fhir/VerificationResult?target=Organization/{org}`: how the registry verified an
-institution's licence and accreditations.
+"""`GET /fhir/VerificationResult?target=Organization/{org}|Practitioner/{id}`: how the registry
+verified an institution's licence and accreditations, or a practitioner's licences.
 
 One FHIR R4 VerificationResult (section 8.25) per licence and per accreditation of the
 institution's current registry record:
 
-- `status`: `validated` while valid today; `req-revalid` once expired (it needs revalidation);
-  `in-process` before it is valid; `val-fail` for everything of a blacklisted institution;
+- `status`: `validated` while valid today; `req-revalid` once expired or lapsed (it needs
+  revalidation; an accreditation lapses as exchange.registry.institutions.lapse_of says, and
+  :data:`LAPSE_EXTENSION` gives the day and why); `in-process` before it is valid; `val-fail`
+  for everything of a blacklisted institution and for a revoked practitioner licence;
+- a practitioner: one per current licence (exchange.registry.practitioners), its category and
+  number in :data:`LICENCE_EXTENSION`;
 - `validator` and `attestation.who`: the admin who signed the attestation (identifier system
   :data:`ADMIN_SYSTEM`), with the admin's Ed25519 public key as `identityCertificate` and the
   attestation's signature as `attestation.sourceSignature`;
@@ -19,6 +23,7 @@ Any authenticated client may read it, as it may read the registry: no personal d
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -34,7 +39,7 @@ from exchange.http.guards import require_role
 from exchange.http.routes.quality import subject_org
 from exchange.http.searchset import minted_full_url, searchset
 from exchange.identity.clients import Client
-from exchange.registry import institutions
+from exchange.registry import institutions, practitioners
 from exchange.store.tables import attestations_table, institutions_table
 from ledger.entry import commitment, parse_entry
 from ledger.log import Log
@@ -57,6 +62,9 @@ ACCREDITATION_EXTENSION = "urn:medledger:extension:accreditation"
 # ISO/ASTM E1762-95 signature type "Verification Signature" (FHIR R4 signature-type).
 VERIFICATION_SIGNATURE = {"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.5"}
 _TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
+LAPSE_EXTENSION = "urn:medledger:extension:accreditation-lapse"
+LICENCE_EXTENSION = "urn:medledger:extension:practitioner-licence"
+_PRACTITIONER = re.compile(r"Practitioner/([A-Za-z0-9\-.]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -105,40 +113,52 @@ def _coding(system: str, code: str) -> dict[str, Any]:
     return {"coding": [{"system": _TERMINOLOGY + system, "code": code}]}
 
 
-def verification_results(attested: AttestedRecord, now: datetime) -> list[dict[str, Any]]:
-    """The VerificationResults of one attested record: the licence, then each accreditation."""
-    att, record = attested.attestation, attested.attestation.record
-    admin = {"identifier": {"system": ADMIN_SYSTEM, "value": att.admin}, "display": att.admin}
-    key_b64 = base64.b64encode(att.key).decode("ascii")
-    common: dict[str, Any] = {
+def _common(
+    index: int, time: str, admin_id: str, key: bytes, signature: bytes, target: str, now: datetime
+) -> dict[str, Any]:
+    """What every VerificationResult of one attestation says: its target, signer and entry."""
+    admin = {"identifier": {"system": ADMIN_SYSTEM, "value": admin_id}, "display": admin_id}
+    key_b64 = base64.b64encode(key).decode("ascii")
+    return {
         "resourceType": "VerificationResult",
         "extension": [
             {
                 "url": LEDGER_ENTRY_EXTENSION,
-                "valueIdentifier": {
-                    "system": LEDGER_INDEX_SYSTEM,
-                    "value": str(attested.index),
-                },
+                "valueIdentifier": {"system": LEDGER_INDEX_SYSTEM, "value": str(index)},
             }
         ],
-        "target": [{"reference": f"Organization/{record.org}"}],
+        "target": [{"reference": target}],
         "need": _coding("need", "periodic"),
         "statusDate": now.isoformat(),
         "validationType": _coding("validation-type", "primary"),
-        "lastPerformed": attested.time,
+        "lastPerformed": time,
         "attestation": {
             "who": admin,
-            "date": attested.time[:10],
+            "date": time[:10],
             "sourceIdentityCertificate": key_b64,
             "sourceSignature": {
                 "type": [VERIFICATION_SIGNATURE],
-                "when": attested.time,
+                "when": time,
                 "who": admin,
-                "data": base64.b64encode(att.signature).decode("ascii"),
+                "data": base64.b64encode(signature).decode("ascii"),
             },
         },
         "validator": [{"organization": admin, "identityCertificate": key_b64}],
     }
+
+
+def verification_results(attested: AttestedRecord, now: datetime) -> list[dict[str, Any]]:
+    """The VerificationResults of one attested record: the licence, then each accreditation."""
+    att, record = attested.attestation, attested.attestation.record
+    common = _common(
+        attested.index,
+        attested.time,
+        att.admin,
+        att.key,
+        att.signature,
+        f"Organization/{record.org}",
+        now,
+    )
     today = now.date()
     results = [
         {
@@ -152,13 +172,25 @@ def verification_results(attested: AttestedRecord, now: datetime) -> list[dict[s
         }
     ]
     for n, acc in enumerate(record.accreditations):
+        lapse = institutions.lapse_of(acc)
+        status = status_of(acc.valid_from, acc.valid_to, record.blacklisted, today)
+        if status == "validated" and today >= lapse.on:
+            status = "req-revalid"
+        lapse_ext = {
+            "url": LAPSE_EXTENSION,
+            "extension": [
+                {"url": "date", "valueDate": lapse.on.isoformat()},
+                {"url": "reason", "valueCode": lapse.reason},
+            ],
+        }
         results.append(
             {
                 **common,
+                "extension": [*common["extension"], lapse_ext],
                 "id": f"{attested.index}-accreditation-{n}",
                 "targetLocation": [f"Organization.extension('{ACCREDITATION_EXTENSION}')[{n}]"],
-                "status": status_of(acc.valid_from, acc.valid_to, record.blacklisted, today),
-                "nextScheduled": acc.valid_to.isoformat(),
+                "status": status,
+                "nextScheduled": min(acc.valid_to, lapse.on).isoformat(),
                 "primarySource": [
                     {
                         "who": {"display": f"{acc.body} ({acc.scope})"},
@@ -170,9 +202,51 @@ def verification_results(attested: AttestedRecord, now: datetime) -> list[dict[s
     return results
 
 
+def licence_results(attested: list[practitioners.Attested], now: datetime) -> list[dict[str, Any]]:
+    """One VerificationResult per current licence of a practitioner."""
+    today = now.date()
+    out: list[dict[str, Any]] = []
+    for n, a in enumerate(attested):
+        lic = a.attestation.licence
+        common = _common(
+            a.index,
+            a.time,
+            a.attestation.admin,
+            a.attestation.key,
+            a.attestation.signature,
+            f"Practitioner/{lic.practitioner}",
+            now,
+        )
+        licence_ext = {
+            "url": LICENCE_EXTENSION,
+            "extension": [
+                {"url": "category", "valueCode": lic.category},
+                {"url": "number", "valueString": lic.licence_number},
+                {"url": "institution", "valueReference": {"reference": f"Organization/{lic.org}"}},
+            ],
+        }
+        out.append(
+            {
+                **common,
+                "extension": [*common["extension"], licence_ext],
+                "id": f"{a.index}-practitioner-licence",
+                "targetLocation": [f"Practitioner.qualification[{n}]"],
+                "status": status_of(lic.valid_from, lic.valid_to, lic.revoked, today),
+                "nextScheduled": lic.valid_to.isoformat(),
+                "primarySource": [
+                    {
+                        "who": {"reference": f"Organization/{lic.org}"},
+                        "type": [_coding("primary-source-type", "lic-board")],
+                    }
+                ],
+            }
+        )
+    return out
+
+
 @router.get(
     "/VerificationResult",
-    summary="How the registry verified an institution's licence and accreditations",
+    summary="How the registry verified an institution's or a practitioner's licences",
     response_class=FhirJSONResponse,
     responses={
         200: {
@@ -186,8 +260,25 @@ async def search_verification_results(
     request: Request,
     _client: Reader,
     services: ServicesDep,
-    target: Annotated[str, Query(max_length=80, description="Organization/<id>: the institution")],
+    target: Annotated[
+        str,
+        Query(
+            max_length=80,
+            description="Organization/<id> (the institution) or Practitioner/<id>",
+        ),
+    ],
 ) -> FhirJSONResponse:
+    practitioner = _PRACTITIONER.fullmatch(target)
+    now = datetime.now(UTC)
+    if practitioner is not None:
+        who = practitioner.group(1)
+        try:
+            licences = await run_in_threadpool(practitioners.attested_licences, services.log, who)
+        except institutions.RegistryError as e:
+            raise Conflict(f"the licences of {who} do not match the ledger: {e}") from None
+        if not licences:
+            raise NotFound(f"no practitioner {who!r} in the registry", "target")
+        return _answer(request, licence_results(licences, now))
     org = subject_org(target, "target")
     try:
         attested = await run_in_threadpool(attested_record, services.log, org)
@@ -195,7 +286,10 @@ async def search_verification_results(
         raise Conflict(f"the registry record of {org} does not match the ledger: {e}") from None
     if attested is None:
         raise NotFound(f"no institution {org!r} in the registry", "target")
-    results = verification_results(attested, datetime.now(UTC))
+    return _answer(request, verification_results(attested, now))
+
+
+def _answer(request: Request, results: list[dict[str, Any]]) -> FhirJSONResponse:
     entries = [
         {"fullUrl": minted_full_url("VerificationResult", str(r["id"])), "resource": r}
         for r in results
