@@ -8,7 +8,7 @@ from sqlalchemy import Column, Index, Integer, LargeBinary, MetaData, String, Ta
 from exchange.store.migrations.helpers import columns_of
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
