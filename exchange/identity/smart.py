@@ -115,7 +115,8 @@ ROLE_SCOPES: Mapping[str, Mapping[str, str]] = {
     },
     "insurer": {**{t: "rs" for t in _SETTLEMENT}, **_REGISTRY},
     "auditor": dict(_REGISTRY),
-    # the RWD export of one product, a Bundle's ICSR, and the registry it supervises
+    # recall counts and dispensing events (search), the RWD export of one product and a
+    # Bundle's ICSR (read, under research consent), and the registry it supervises
     "regulator": {"Bundle": "rs", **_REGISTRY},
     "mediator": {"Bundle": "r"},  # a patient's case package (POST /v1/cases)
     "admin": {"*": "rs"},

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, func, select
 
 from adapters.rwd_identity import PackIdentity, recall_identities
 from adapters.trace_index import RecallQuery
@@ -65,10 +66,8 @@ def _rows_of(bundle: StoredBundle) -> list[dict[str, object]]:
 TRACE = DerivedIndex("trace", ("record", "rwd", "settlement", "consent"), trace_table, _rows_of)
 
 
-def recall(engine: Engine, query: RecallQuery, sender: str | None = None) -> list[TraceHit]:
-    """Entries whose packs match the query, in ledger order; only `sender`'s when given."""
+def _matching(q: Select[Any], query: RecallQuery) -> Select[Any]:
     t = trace_table
-    q = select(t.c.idx, t.c.bundle_id, t.c.sender).distinct()
     if query.gtin is not None:
         q = q.where(t.c.gtin == query.gtin)
     if query.approval is not None:
@@ -79,8 +78,26 @@ def recall(engine: Engine, query: RecallQuery, sender: str | None = None) -> lis
         q = q.where(t.c.lot == query.lot)
     if query.serial is not None:
         q = q.where(t.c.serial == query.serial)
+    return q
+
+
+def recall(engine: Engine, query: RecallQuery, sender: str | None = None) -> list[TraceHit]:
+    """Entries whose packs match the query, in ledger order; only `sender`'s when given."""
+    t = trace_table
+    q = _matching(select(t.c.idx, t.c.bundle_id, t.c.sender).distinct(), query)
     if sender is not None:
         q = q.where(t.c.sender == sender)
     with engine.connect() as conn:
         found = conn.execute(q.order_by(t.c.idx)).all()
     return [TraceHit(int(idx), bundle_id, owner) for idx, bundle_id, owner in found]
+
+
+def recall_counts(engine: Engine, query: RecallQuery) -> list[tuple[str, int]]:
+    """(sender, how many of its entries match the query), by sender, senders with none left
+    out: the entries :func:`recall` would list for each sender, counted."""
+    t = trace_table
+    entries = func.count(t.c.idx.distinct())
+    q = _matching(select(t.c.sender, entries), query).group_by(t.c.sender)
+    with engine.connect() as conn:
+        found = conn.execute(q.order_by(t.c.sender)).all()
+    return [(sender, int(n)) for sender, n in found]

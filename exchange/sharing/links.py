@@ -1,6 +1,6 @@
 """A hospital's SMART Health Links: the summary each shares, and the link's stored row.
 
-    patient_records(vault, indexes, key, sender, patient) -> [bytes]   # what a summary is of
+    summary_sources(vault, indexes, key, sender, patient) -> [BundleRow]  # what a summary is of
     create(log, vault, client, request, ips, checked, now=, direct=) -> Link
     load(vault, link_id) -> Link | None       # None: unknown, or its patient was erased
     files_of(vault, log, link) / direct_file_of(vault, log, link)   # what leaves, proven now
@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from adapters.ips import contributes
 from exchange import vault
-from exchange.bundles.read import bundle_by_id
+from exchange.bundles.read import BundleRow, bundle_by_id
 from exchange.bundles.submit import SubmitRequest, prepare, refusal
 from exchange.errors import Conflict, NotFound
 from exchange.identity.clients import Client
@@ -45,19 +46,16 @@ from ledger.errors import LedgerError
 from ledger.log import Log, RowWriter
 
 __all__ = [
-    "SUMMARY_KINDS",
     "Link",
     "count_attempt",
     "create",
     "direct_file_of",
     "files_of",
     "load",
-    "patient_records",
     "revoke",
+    "summary_sources",
 ]
 
-# What a summary is built from: clinical records and medication use (as Patient/$summary).
-SUMMARY_KINDS = ("record", "rwd")
 _LABEL = b"medledger-shl/v1 link"
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -74,22 +72,28 @@ def _aad(link_id: str) -> bytes:
     return b"medledger-shl/v1\x00" + link_id.encode("ascii")
 
 
-def patient_records(
+def summary_sources(
     vault_: vault.Vault, indexes: Indexes, key: bytes, sender: str, patient: tuple[str, str]
-) -> list[bytes]:
-    """The latest version of each of the sender's record Bundles about the patient, in
-    ledger order, leaving out Bundles an erasure made unreadable (and the summaries earlier
-    links shared, which no derived index reads: exchange.indexes.derived). Blocking."""
+) -> list[BundleRow]:
+    """The latest version of each of the sender's Bundles about the patient that has something
+    for a summary (:func:`adapters.ips.contributes`), in ledger order: what Patient/$summary
+    and a link's summary are both built from. Blocking.
+
+    Content decides, not kind: a discharge Bundle that also carries a Consent or an Invoice is
+    filed as `consent` or `settlement` and still holds the clinical entries; a Bundle of bills
+    or consents alone contributes nothing and is not disclosed. Bundles an erasure made
+    unreadable are left out, and so are the summaries earlier links shared, which no derived
+    index reads (exchange.indexes.derived)."""
     indexes.fresh(patient_index(key))
-    records = []
+    rows = []
     for bundle_id in bundles_about(vault_.engine, key, sender, patient):
         try:
             row = bundle_by_id(vault_, bundle_id)
         except vault.Erased:
             continue
-        if row is not None and row.kind in SUMMARY_KINDS:
-            records.append(row.data)
-    return records
+        if row is not None and contributes(json.loads(row.data)):
+            rows.append(row)
+    return rows
 
 
 def _seal(bundle_key: bytes, state: LinkState) -> bytes:

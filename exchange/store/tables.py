@@ -462,6 +462,19 @@ key_events_table = Table(
     Column("salt", LargeBinary, nullable=False),
 )
 
+# --- inspections.draw ----------------------------------------
+
+# The seed document of each `inspection` entry and its salt: what a re-draw reads beside the
+# log (the entry commits to SHA-256(salt || data)). No patient data.
+inspection_seeds_table = Table(
+    "inspection_seeds",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("seed", String(128), nullable=False, unique=True),
+    Column("salt", LargeBinary, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # {"entries","institutions","seed","v"}
+)
+
 # --- sharing.links ----------------------------------------
 
 # One SMART Health Link (exchange.sharing): what its public routes read. The patient key, the

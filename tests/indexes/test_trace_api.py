@@ -69,6 +69,31 @@ def test_a_recall_finds_the_senders_entries_and_only_theirs(tmp_path: Path, db_u
         admin = api.credential("admin", None)
         assert len(ask(admin, gtin=GTIN)) == 5
 
+        # A regulator asks every institution and is answered in counts, no entry named: what
+        # each hospital's own answer lists, counted. A count is no disclosure: no access entry.
+        regulator = api.credential("regulator", "nmpa")
+        size = api.log_size()
+        for params in (
+            {"gtin": GTIN, "lot": "AB12C34"},
+            {"gtin": DEVICE_GTIN},
+            {"gtin": GTIN, "serial": "SER000004"},
+            {"approval": "琼特药审〔2026〕0158号"},
+            {"cn_code": "83741290012345678901"},
+            {"gtin": GTIN, "lot": "NOSUCHLOT"},
+        ):
+            r = api.client.get("/v1/trace", params=params, headers=regulator)
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert set(answer) == {"gtin", "approval", "cn_code", "lot", "serial", "institutions"}
+            expected = [
+                {"institution": org, "entries": len(ask(who, **params))}
+                for org, who in (("hospital-a", a), ("hospital-b", b))
+                if ask(who, **params)
+            ]
+            assert answer["institutions"] == expected, params
+        assert api.log_size() == size
+        assert ask(a, gtin=GTIN, lot="AB12C34") and ask(b, approval="琼特药审〔2026〕0158号")
+
         r = api.client.get("/v1/trace", params={"gtin": GTIN}, headers=a)
         assert r.json()["entries"][0]["bundle"].startswith("/fhir/Bundle/")
         bundle = api.client.get(r.json()["entries"][0]["bundle"], headers=a)

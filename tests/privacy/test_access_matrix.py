@@ -395,6 +395,39 @@ def test_roles_are_enforced_as_declared(world: World) -> None:
                 assert world.api.log_size() == size  # a refused role appends nothing
 
 
+# What the regulator may read, named here rather than read from the app: the registry and its
+# attestations, quality indicators, a product's traceability (recall counts, EPCIS events, the
+# RWD export under research consent, a Bundle's ICSR), and the public routes. Every other route
+# refuses it.
+REGULATOR_READS = {
+    ("/fhir/Organization", "get"),
+    ("/fhir/Organization/{org}", "get"),
+    ("/fhir/VerificationResult", "get"),
+    ("/fhir/MeasureReport", "get"),
+    ("/v1/trace", "get"),
+    ("/v1/trace/rwd-export", "get"),
+    ("/epcis/events", "get"),
+    ("/fhir/Bundle/{bundle_id}/$e2b", "get"),
+}
+
+
+def test_the_regulator_reads_exactly_its_routes(world: World) -> None:
+    """Each route the app serves, asked by the regulator: the guarded ones of REGULATOR_READS
+    pass the role check, every other guarded route refuses it and appends nothing."""
+    client = world.api.client
+    rules = route_rules(client.app)
+    guarded = {route for route, rule in rules.items() if rule is not None and not rule.public}
+    assert REGULATOR_READS <= guarded
+    for path, method in sorted(guarded):
+        size = world.api.log_size()
+        answer = client.request(method, _filled(path), headers=world.headers[REGULATOR])
+        if (path, method) in REGULATOR_READS:
+            assert answer.status_code != 401 and not _role_refused(answer), (path, answer.text)
+        else:
+            assert _role_refused(answer), (path, method, answer.text)
+            assert world.api.log_size() == size
+
+
 def _without(role: str, scope: Scope) -> list[str]:
     """Every scope `role` may be granted except `scope`."""
     grants = dict(smart.ROLE_SCOPES[role])
@@ -884,6 +917,19 @@ def test_each_insurer_request_appends_exactly_one_access_entry(
     assert access_count(engine) == start_count + n
     assert world.api.log_size() == start_size + n
     assert {200, 400, 403} <= set(statuses)  # allowed and refused requests were both made
+
+
+def test_the_regulators_recall_answer_is_counts_per_institution(probed: list[Seen]) -> None:
+    """The hospitals' recall answer lists their entries; the regulator's counts them per
+    institution (MOK's RWD Bundle at hospital-a), names no entry and appends no access entry."""
+    asked = {s.actor: s for s in probed if s.route == ("/v1/trace", "get")}
+    answer = asked[REGULATOR].response
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["institutions"] == [{"institution": "hospital-a", "entries": 1}]
+    assert "entries" not in answer.json() and b"/fhir/Bundle/" not in answer.content
+    assert asked[REGULATOR].entries == []
+    assert len(asked["hospital-a"].response.json()["entries"]) == 1
+    assert asked["hospital-b"].response.json()["entries"] == []
 
 
 def test_access_entries_hold_no_patient_data(world: World, probed: list[Seen]) -> None:

@@ -42,6 +42,7 @@ from ledger.verify import verify_receipt, verify_submission
 from tests.api_helpers import Api, is_outcome, open_api
 from tests.delivery.peers import bound_socket
 from tests.paths import FIXTURES
+from tests.settlement.test_settlement_index import consent_resource
 from tests.shl.conftest import ARTIFACTS
 from tests.shl.test_viewer_browser import verdict
 
@@ -219,6 +220,45 @@ def test_a_new_link_summarises_the_records_not_earlier_summaries(clinic: Clinic)
     )
     assert len(a["entry"]) == len(b["entry"])  # the first summary is no record of the second
     assert a["id"] != b["id"] and second["index"] > first["index"]
+
+
+def test_a_record_filed_with_a_consent_is_summarised_as_by_summary(tmp_path: Path) -> None:
+    """A discharge Bundle that also carries a Consent is filed as `consent`; its clinical
+    entries are in the link's summary all the same, exactly the entries Patient/$summary
+    builds from the same Bundles."""
+    doc = json.loads(RECORDS[0].read_text("utf-8"))
+    patient_url = doc["entry"][0]["fullUrl"]
+    doc["entry"].append(
+        {
+            "fullUrl": "urn:uuid:7d1e0c52-3f0a-4b8e-9c61-0a1b2c3d4eff",
+            "resource": consent_resource(patient_url, "insurer-a"),
+        }
+    )
+    with open_api(tmp_path) as api:
+        hospital = api.credential("hospital", ORG)
+        filed = api.post(json.dumps(doc, ensure_ascii=False).encode(), hospital)
+        assert filed.status_code == 201 and filed.json()["kind"] == "consent", filed.text
+        made = Clinic(api, hospital).make()
+        shared = api.client.get(f"/fhir/Binary/{made['bundle']}", headers=hospital).json()
+        summary = api.client.get(
+            "/fhir/Patient/$summary", params={"identifier": PATIENT}, headers=hospital
+        )
+        assert summary.status_code == 200, summary.text
+
+    def clinical(ips: dict[str, Any]) -> list[tuple[str, str]]:
+        """Each entry's type and code (ids are the document's own)."""
+        resources = [e["resource"] for e in ips["entry"]]
+        skip = ("Composition", "Patient")
+        return sorted(
+            (r["resourceType"], json.dumps(r.get("code")))
+            for r in resources
+            if r["resourceType"] not in skip
+        )
+
+    types = {t for t, _ in clinical(shared)}
+    assert {"Condition", "Procedure", "AllergyIntolerance"} <= types
+    assert "Consent" not in types
+    assert clinical(shared) == clinical(summary.json())
 
 
 def test_a_shared_summary_is_no_record_of_its_own(clinic: Clinic) -> None:

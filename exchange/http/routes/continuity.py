@@ -3,7 +3,8 @@
 For the hospital that treated the patient, to hand to the patient's home-country systems:
 `GET /fhir/Patient/$summary?identifier=system|value` (the IPS `$summary` operation at type
 level, FHIR IPS IG 1.1 "Patient/$summary") builds one IPS document from the hospital's Bundles
-of that patient that have something for it (adapters.ips.contributes), whatever their kind;
+of that patient that have something for it (adapters.ips.contributes), whatever their kind
+(exchange.sharing.links.summary_sources, the Bundles a SMART Health Link's summary is of too);
 `GET /fhir/Bundle/{id}/$hl7v2?message=ORU_R01` renders one stored Bundle as an HL7 v2.5.1
 message (ER7). The adapters are pure; this layer chooses the Bundles, the clock and the ids,
 and records each export as an access entry on the ledger (:mod:`exchange.privacy.access`),
@@ -22,10 +23,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapters.base import AdaptError
 from adapters.hl7v2 import build_message
-from adapters.ips import build_ips, contributes
+from adapters.ips import build_ips
 from adapters.ips_json import dumps
 from exchange.bootstrap import Services
-from exchange.bundles.read import bundle_by_id, bundle_patients
+from exchange.bundles.read import bundle_patients
 from exchange.errors import Invalid, NotFound, Unprocessable
 from exchange.http.deps import IndexesDep, ServicesDep
 from exchange.http.errors import FHIR_JSON, FHIR_JSON_UTF8, error_responses
@@ -33,8 +34,8 @@ from exchange.http.guards import require_role
 from exchange.http.routes.bundles import read_visible
 from exchange.identity.clients import Client
 from exchange.indexes.derived import Indexes
-from exchange.indexes.patients import bundles_about, patient_index
 from exchange.privacy.access import record_access_per_patient
+from exchange.sharing import links
 
 router = APIRouter(prefix="/fhir", tags=["continuity"])
 
@@ -75,17 +76,10 @@ def parse_token(value: str, name: str) -> tuple[str, str]:
 def patient_bundles(
     services: Services, indexes: Indexes, sender: str, patient: tuple[str, str]
 ) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
-    """The latest version of each of the sender's Bundles about the patient that has something
-    for the summary, and the patients those Bundles name, as their access entries name them
-    (exchange.privacy.access).
-
-    Content decides, not kind: a discharge Bundle that also carries a Consent or an Invoice is
-    filed as `consent` or `settlement` and still holds the clinical entries; a Bundle of bills
-    or consents alone contributes nothing and is not disclosed."""
-    indexes.fresh(patient_index(services.pseudonym_key))
-    ids = bundles_about(services.engine, services.pseudonym_key, sender, patient)
-    found = [bundle_by_id(services.vault, bundle_id) for bundle_id in ids]
-    rows = [row for row in found if row is not None and contributes(json.loads(row.data))]
+    """The Bundles a summary of the patient is built from (exchange.sharing.links
+    .summary_sources, as a link's summary is), and the patients those Bundles name, as their
+    access entries name them (exchange.privacy.access)."""
+    rows = links.summary_sources(services.vault, indexes, services.pseudonym_key, sender, patient)
     return [row.data for row in rows], bundle_patients(services.vault, [r.index for r in rows])
 
 

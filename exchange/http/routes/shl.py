@@ -225,14 +225,15 @@ async def create_link(
     # The summary is the hospital's submission: the registry may bar it as any other.
     await services.senders.admit(client.org, now.date())
     system, _, value = req.patient.partition("|")
-    records = await run_in_threadpool(
-        links.patient_records,
+    sources = await run_in_threadpool(
+        links.summary_sources,
         services.vault,
         indexes,
         services.pseudonym_key,
         client.org,
         (system, value),
     )
+    records = [row.data for row in sources]
     if not records:
         raise NotFound("this hospital submitted no clinical Bundle about that patient", "patient")
     try:

@@ -1,0 +1,1 @@
+"""Inspections: "double random, one open" draws bound to a seed logged first."""
