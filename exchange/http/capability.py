@@ -11,7 +11,8 @@ served, and nothing is declared that is not. A route's path and method say what 
     [base]/Type/{id}/_history/{vid}    vread (GET)
     [base]/$op, [base]/Type/$op, [base]/Type/{id}/$op    the operation `op`
 
-`[base]/metadata` is the statement itself. A path under a `[base]/$name` segment with more
+`[base]/metadata` is the statement itself, `[base]/.well-known/` holds discovery documents
+(RFC 8615; SMART's). A path under a `[base]/$name` segment with more
 segments after it is a URL an operation hands out (Bulk Data's status and file URLs): clients
 follow it from the operation's answer, so it is not a capability of its own. Any other shape
 under the base is an :class:`UnclassifiedRoute`.
@@ -103,7 +104,7 @@ def served(routes: Sequence[BaseRoute]) -> Served:
 def _classify(found: Served, method: str, path: str, params: Iterable[str], summary: str) -> None:
     parts = path[len(BASE) + 1 :].split("/")
     head = parts[0]
-    if parts == ["metadata"] and method == "GET":
+    if (parts == ["metadata"] and method == "GET") or head == ".well-known":
         return
     if head.startswith("$"):
         if len(parts) == 1:

@@ -76,8 +76,10 @@ def test_every_fhir_route_served_is_declared(api: Api) -> None:
     routes = _fhir_routes(api.client.app)
     checked = set()
     for (path, method), params in sorted(routes.items()):
-        if path == "/fhir/metadata" or path.startswith("/fhir/$export-status/"):
-            continue  # the statement itself; the URLs $export hands out
+        if path in ("/fhir/metadata", "/fhir/.well-known/smart-configuration"):
+            continue  # the statement itself, SMART's discovery document
+        if path.startswith("/fhir/$export-status/"):
+            continue  # the URLs $export hands out
         rtype, kind, name = _needs(path, method)
         checked.add(f"{rtype or ''}{'$' if kind == 'operation' else '.'}{name}")
         if rtype is None:
