@@ -56,7 +56,8 @@ class UnclassifiedRoute(ValueError):
 
 @dataclass
 class Operation:
-    """One `$name` as served: at which level, and the summary of its route(s)."""
+    """One `$name` as served, with the summary of its route (what the statement says of it
+    unless its route module documents more)."""
 
     name: str
     summary: str

@@ -199,7 +199,7 @@ def document_oauth2(app: FastAPI) -> None:
 def _flow_scopes(routes: Sequence[BaseRoute]) -> dict[str, str]:
     """Each scope a guard checks, one permission each (the operations name these; a token
     request may combine them, `system/Bundle.cr`), and the wildcard."""
-    names = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+    names = {letter: name for name, letter in smart.INTERACTIONS.items()}
     scopes = {WILDCARD_SCOPE: "read and search every type the client's role may"}
     for rtype, letters in checked_scopes(routes).items():
         scopes |= {f"system/{rtype}.{p}": f"{names[p]} {rtype}" for p in letters}
