@@ -14,6 +14,7 @@ from exchange.bootstrap import Services, open_services
 from exchange.config import Settings
 from exchange.http.deps import ExchangeApp
 from exchange.http.errors import document_outcomes, install_handlers
+from exchange.http.guards import document_oauth2
 from exchange.http.metrics import MetricsMiddleware
 from exchange.http.negotiation import refuse_other_formats
 from exchange.http.public import ForwardedHeaders, Network, PublicBase, parse_public_url
@@ -121,6 +122,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=app.metrics)  # outermost: counts every 429
     install_handlers(app)
     document_outcomes(app)
+    document_oauth2(app)
     app.include_router(bundles.router)
     app.include_router(metadata.router)
     app.include_router(log.router)

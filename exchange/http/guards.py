@@ -6,12 +6,15 @@ A route without either fails the access matrix test (tests/http/test_access_matr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import iter_route_contexts
 from fastapi.security import HTTPBearer
+from starlette.routing import BaseRoute
 
 from exchange.errors import Forbidden, Unauthenticated
 from exchange.http.deps import services_of
@@ -123,3 +126,97 @@ def bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+# A wildcard asks for every type the client's role may read and search (exchange.identity.smart
+# cuts it down to them).
+WILDCARD_SCOPE = "system/*.rs"
+OAUTH2_SCHEME = "oauth2"
+
+
+def checked_scopes(routes: Sequence[BaseRoute]) -> dict[str, str]:
+    """Resource type -> the SMART v2 permissions some guard of `routes` checks on it, in
+    their order (`{"Bundle": "crus", ...}`)."""
+    permissions: dict[str, set[str]] = {}
+    for ctx in iter_route_contexts(routes):
+        for guard in _route_guards(ctx):
+            for scope in _checked(guard):
+                permissions.setdefault(scope.resource_type, set()).add(scope.permission)
+    return {
+        rtype: "".join(p for p in smart.PERMISSIONS if p in letters)
+        for rtype, letters in sorted(permissions.items())
+    }
+
+
+def offered_scopes(routes: Sequence[BaseRoute]) -> list[str]:
+    """The SMART scopes discovery offers (scopes_supported): the wildcard, and one per
+    resource type with every permission some route checks (`system/Bundle.crus`). Only
+    these: each one buys something. Any subset of one's permissions may be asked for."""
+    checked = checked_scopes(routes)
+    return [WILDCARD_SCOPE] + [f"system/{t}.{p}" for t, p in checked.items()]
+
+
+def document_oauth2(app: FastAPI) -> None:
+    """Makes the app's OpenAPI document declare SMART Backend Services beside the bearer
+    scheme: an `oauth2` scheme with the clientCredentials flow at the token endpoint, and on
+    each guarded operation, as the alternative to bearer, the scope its guard checks (none
+    named where the endpoint checks the scope against the request: its description says
+    which). The token URL is relative, so it resolves against wherever the document is
+    served (a public URL with a path included)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = generate()
+        schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+        if OAUTH2_SCHEME in schemes:
+            return doc
+        schemes[OAUTH2_SCHEME] = {
+            "type": "oauth2",
+            "description": "SMART Backend Services: a client_credentials grant with a "
+            "private_key_jwt client assertion (docs/smart.md)",
+            "flows": {
+                "clientCredentials": {
+                    "tokenUrl": smart.TOKEN_PATH.lstrip("/"),
+                    "scopes": _flow_scopes(app.routes),
+                }
+            },
+        }
+        for ctx in iter_route_contexts(app.routes):
+            operations = doc.get("paths", {}).get(ctx.path_format or "", {})
+            for guard in _route_guards(ctx):
+                for method in ctx.methods or ():
+                    operation = operations.get(method.lower())
+                    if operation is not None:
+                        scopes = (
+                            [] if isinstance(guard.scope, EndpointScopes) else [str(guard.scope)]
+                        )
+                        operation.setdefault("security", []).append({OAUTH2_SCHEME: scopes})
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _flow_scopes(routes: Sequence[BaseRoute]) -> dict[str, str]:
+    """Each scope a guard checks, one permission each (the operations name these; a token
+    request may combine them, `system/Bundle.cr`), and the wildcard."""
+    names = {letter: name for name, letter in smart.INTERACTIONS.items()}
+    scopes = {WILDCARD_SCOPE: "read and search every type the client's role may"}
+    for rtype, letters in checked_scopes(routes).items():
+        scopes |= {f"system/{rtype}.{p}": f"{names[p]} {rtype}" for p in letters}
+    return scopes
+
+
+def _checked(guard: RoleGuard) -> tuple[Scope, ...]:
+    return guard.scope.scopes if isinstance(guard.scope, EndpointScopes) else (guard.scope,)
+
+
+def _route_guards(ctx: Any) -> Iterator[RoleGuard]:
+    dependant = getattr(ctx, "dependant", None)
+    return _guards(dependant) if dependant is not None else iter(())
+
+
+def _guards(dependant: Dependant) -> Iterator[RoleGuard]:
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, RoleGuard):
+            yield sub.call
+        yield from _guards(sub)

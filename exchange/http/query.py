@@ -28,13 +28,14 @@ def declared(request: Request) -> frozenset[str]:
     dependant = getattr(route, "dependant", None)
     if dependant is None:
         return frozenset()
-    return frozenset(_query_names(dependant))
+    return frozenset(query_names(dependant))
 
 
-def _query_names(dependant: Dependant) -> set[str]:
+def query_names(dependant: Dependant) -> set[str]:
+    """The query parameters `dependant` and its dependencies declare."""
     names = {p.alias for p in dependant.query_params}
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
+        names |= query_names(sub)
     return names
 
 

@@ -47,6 +47,8 @@ OTHER_FORMATS: dict[tuple[Route, int], str] = {
     (("/fhir/Bundle/{bundle_id}/$hl7v2", "get"), 200): f"{ER7}; charset=utf-8",
     (("/fhir/Bundle/{bundle_id}/$e2b", "get"), 200): "application/xml; charset=utf-8",  # ICSR
     (("/fhir/$export-status/{job_id}", "get"), 200): "application/json",  # the manifest
+    # SMART discovery at the FHIR base (SMART App Launch 2.x, "Conformance").
+    (("/fhir/.well-known/smart-configuration", "get"), 200): "application/json",
     (("/fhir/$export-status/{job_id}/{file_name}", "get"), 200): "application/fhir+ndjson",
     # The delivery queued (docs/api.md): its JSON, not a FHIR resource.
     **{

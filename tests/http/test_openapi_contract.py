@@ -7,11 +7,14 @@ After a deliberate change of the API, regenerate it:
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import urljoin
 
 import yaml
 
 from exchange.http.routes.epcis import PROBLEM_SCHEMA
 from exchange.openapi_dump import openapi_document
+from tests.api_helpers import BASE, open_api
 from tests.paths import ROOT
 
 CONTRACT = ROOT / "openapi.yaml"
@@ -60,3 +63,32 @@ def test_every_error_answer_is_an_operation_outcome() -> None:
                         f"{method.upper()} {path} {status}"
                     )
     assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+def test_smart_backend_services_is_declared_beside_bearer(tmp_path: Path) -> None:
+    with open_api(tmp_path / "data") as api:
+        doc = api.client.get("/openapi.json").json()
+        token_endpoint = api.client.get("/.well-known/smart-configuration").json()["token_endpoint"]
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"] == {
+        "type": "http",
+        "description": "a credential from `medledger clients add`",
+        "scheme": "bearer",
+    }
+    flow = schemes["oauth2"]["flows"]["clientCredentials"]
+    assert set(schemes["oauth2"]["flows"]) == {"clientCredentials"}
+    # Relative, as OpenAPI allows: resolved against where the document is served.
+    assert urljoin(f"{BASE}/openapi.json", flow["tokenUrl"]) == token_endpoint
+    guarded = 0
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            security = operation.get("security")
+            if security is None:
+                continue
+            guarded += 1
+            # Either scheme admits the caller: a credential, or a token with these scopes.
+            assert [next(iter(s)) for s in security] == ["bearer", "oauth2"], (method, path)
+            assert set(security[1]["oauth2"]) <= set(flow["scopes"]), (method, path)
+    assert guarded >= 30
+    read = doc["paths"]["/fhir/Bundle/{bundle_id}"]["get"]["security"]
+    assert read == [{"bearer": []}, {"oauth2": ["system/Bundle.r"]}]

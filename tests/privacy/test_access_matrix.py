@@ -770,6 +770,9 @@ DATA_PROBES: dict[Route, Probe] = {
     ("/tlog/checkpoint", "get"): _plain_get("/tlog/checkpoint"),
     ("/tlog/tile/{path}", "get"): _tiles,
     ("/.well-known/smart-configuration", "get"): _plain_get("/.well-known/smart-configuration"),
+    ("/fhir/.well-known/smart-configuration", "get"): _plain_get(
+        "/fhir/.well-known/smart-configuration"
+    ),
     ("/health/live", "get"): _plain_get("/health/live"),
     ("/health/ready", "get"): _plain_get("/health/ready"),
     ("/metrics", "get"): _plain_get("/metrics"),  # counts by route, status and kind

@@ -1,6 +1,7 @@
 """SMART Backend Services endpoints: discovery and the client_credentials token endpoint.
 
-SMART App Launch 2.x, "Backend Services" and "Conformance" (/.well-known/smart-configuration);
+SMART App Launch 2.x, "Backend Services" and "Conformance" (/.well-known/smart-configuration,
+at the server's root and at the FHIR base);
 token errors are RFC 6749 §5.2 JSON, not OperationOutcomes, because OAuth clients parse them.
 """
 
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from exchange.http.deps import ServicesDep, public_url
-from exchange.http.guards import public
+from exchange.http.guards import offered_scopes, public
 from exchange.identity import smart
 
 router = APIRouter(tags=["smart"])
@@ -26,13 +27,20 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 class SmartConfiguration(BaseModel):
-    issuer: str
+    """SMART App Launch 2.x, "Conformance": the metadata of a Backend Services server.
+
+    No `issuer` or `jwks_uri` (required only with `sso-openid-connect`, which is not offered),
+    no `authorization_endpoint` and no `response_types_supported`: no grant here goes through
+    an authorization endpoint, the implicit flow's `token` least of all. The specification
+    requires `code_challenge_methods_supported` of every server, `S256` in it and `plain` not.
+    """
+
     token_endpoint: str
     token_endpoint_auth_methods_supported: list[str]
     token_endpoint_auth_signing_alg_values_supported: list[str]
     grant_types_supported: list[str]
     scopes_supported: list[str]
-    response_types_supported: list[str]
+    code_challenge_methods_supported: list[str]
     capabilities: list[str]
 
 
@@ -70,16 +78,20 @@ def token_url(request: Request) -> str:
     summary="SMART discovery: token endpoint, auth methods, algorithms, scopes",
     response_model=SmartConfiguration,
 )
+@router.get(
+    "/fhir/.well-known/smart-configuration",
+    summary="SMART discovery at the FHIR base, where SMART clients look first",
+    response_model=SmartConfiguration,
+)
 @public
 def smart_configuration(request: Request) -> SmartConfiguration:
     return SmartConfiguration(
-        issuer=public_url(request),
         token_endpoint=token_url(request),
         token_endpoint_auth_methods_supported=["private_key_jwt"],
         token_endpoint_auth_signing_alg_values_supported=list(smart.KEY_TYPES),
         grant_types_supported=[smart.GRANT_TYPE],
-        scopes_supported=smart.all_scopes(),
-        response_types_supported=["token"],
+        scopes_supported=offered_scopes(request.app.routes),
+        code_challenge_methods_supported=["S256"],
         capabilities=["client-confidential-asymmetric", "permission-v2"],
     )
 
