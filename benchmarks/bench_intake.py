@@ -16,6 +16,14 @@ generated ones), each with its own Bundle.identifier, and a Bundle of about 1 MB
 
 Peak RSS is read from /proc (VmHWM) for the server and each of its processes. The last line
 reads `end-to-end <N> bundles/s = <R> of validation-only`.
+
+    .venv/bin/python benchmarks/bench_intake.py --n 600 --deliveries 2
+
+With `--deliveries ROUNDS`, the end-to-end run is made without deliveries and then with every
+Bundle's patient consented (one consent Bundle each, posted first) to delivery for treatment
+to a local FHIR receiver in another process (benchmarks/bench_outbox.py's), alternately,
+ROUNDS times each, on fresh stores: both rates, their ratio (issue 26 asks for 90 % or
+more), the server's peak RSS, and how fast the worker drained while intake ran.
 """
 
 from __future__ import annotations
