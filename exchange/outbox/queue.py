@@ -23,7 +23,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from exchange.bundles.read import bundle_by_id
+from exchange.bundles.submit import RowWriter
 from exchange.consent import rules as consent_rules
 from exchange.consent.crossborder import CHINA, Recipient, basis_problem, recipient_of
 from exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -69,8 +70,6 @@ DELIVERED_KINDS = frozenset({"record"})
 
 # Consent resources whose bytes are kept (Queue.consents), the least recently used dropped.
 CONSENT_CACHE = 4096
-
-RowWriter = Callable[[Connection, Entry, str, int], None]
 
 
 @dataclass(frozen=True)

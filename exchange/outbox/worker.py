@@ -41,6 +41,7 @@ from sqlalchemy import Connection, RowMapping, or_, select, update
 
 from adapters.base import AdaptError
 from exchange.bundles.read import bundle_by_id, bundle_patients
+from exchange.bundles.submit import RowWriter
 from exchange.consent.crossborder import CHINA, TransferLedger, recipient_of
 from exchange.delivery import fhir_push
 from exchange.delivery.attempt import Attempt, attempt
@@ -61,7 +62,6 @@ from exchange.outbox.queue import (
     PURPOSE,
     Permission,
     Queue,
-    RowWriter,
     permission,
 )
 from exchange.privacy.access import record_access_per_patient_blocking
