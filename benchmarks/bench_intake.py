@@ -16,12 +16,21 @@ generated ones), each with its own Bundle.identifier, and a Bundle of about 1 MB
 
 Peak RSS is read from /proc (VmHWM) for the server and each of its processes. The last line
 reads `end-to-end <N> bundles/s = <R> of validation-only`.
+
+    .venv/bin/python benchmarks/bench_intake.py --n 600 --deliveries 2
+
+With `--deliveries ROUNDS`, the end-to-end run is made without deliveries and then with every
+Bundle's patient consented (one consent Bundle each, posted first) to delivery for treatment
+to a local FHIR receiver in another process (benchmarks/bench_outbox.py's), alternately,
+ROUNDS times each, on fresh stores: both rates, their ratio (issue 26 asks for 90 % or
+more), the server's peak RSS, and how fast the worker drained while intake ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -36,6 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +281,80 @@ def pct(values: list[float], p: float) -> float:
 # --- main ---------------------------------------------------------------------------------
 
 
+# --- deliveries ---------------------------------------------------------------------------
+
+RECIPIENT = "home-kr"
+TOKEN = "home-kr-bearer-token"
+
+
+def consents(items: list[bytes]) -> list[bytes]:
+    """One consent Bundle per patient the Bundles name: treatment, naming the recipient."""
+    from tests.settlement.test_settlement_index import consent_bundle
+
+    patients = {check_bundle(b, FHIR_JSON, IntakeLimits()).patients[0] for b in items}
+    return [consent_bundle(p, RECIPIENT, purpose="TREAT") for p in sorted(patients)]
+
+
+def delivery_counts(data: Path) -> dict[str, int]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(data / "medledger.db")) as db:
+        rows = db.execute("SELECT status, count(*) FROM exchange_deliveries GROUP BY status")
+        return dict(rows.fetchall())
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    rate: float
+    lat: list[float]
+    big_lat: list[float]
+    rss: list[tuple[int, float]]
+    queued: int = 0
+    drain: float = 0.0  # deliveries/s, from the first submission to the last delivered
+
+
+def serve_and_load(
+    args: argparse.Namespace, small: list[bytes], warm: list[bytes], big: list[bytes],
+    receiver: str | None,
+) -> Run:  # fmt: skip
+    """One server on a fresh store; with a receiver, every Bundle's patient consented to
+    delivery to it for treatment (the consents posted before the timed load)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        token = json.loads(
+            cli(data, "clients", "add", "--name", "bench", "--role", "hospital",
+                "--org", "bench-hospital", "--json")
+        )["token"]  # fmt: skip
+        if receiver is not None:
+            cli(data, "recipients", "set", "--org", RECIPIENT, "--country", "KR", "--basis",
+                "standard-contract", "--reference", "bench-0001", "--endpoint", receiver,
+                "--endpoint-token", TOKEN)  # fmt: skip
+        port = free_port()
+        server = start_server(data, port, args.intake_workers)
+        try:
+            if receiver is not None:
+                asyncio.run(load(port, token, consents(small + warm), 1))
+            asyncio.run(load(port, token, warm, min(args.concurrency, len(warm))))
+            t = time.perf_counter()
+            lat = asyncio.run(load(port, token, small, args.concurrency))
+            elapsed = time.perf_counter() - t
+            queued, drain = 0, 0.0
+            if receiver is not None:
+                queued = sum(delivery_counts(data).values())
+                while delivery_counts(data).get("pending", 0) and time.perf_counter() - t < 600:
+                    time.sleep(0.05)
+                drain = delivery_counts(data).get("delivered", 0) / (time.perf_counter() - t)
+            big_lat = asyncio.run(load(port, token, big, 1))
+            rss = [(pid, peak_rss_mb(pid)) for pid in process_tree(server.pid)]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return Run(len(small) / elapsed, lat, big_lat, rss, queued, drain)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=3000, help="8 KB Bundles to post (%(default)s)")
@@ -278,6 +362,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="connections (%(default)s)")
     ap.add_argument("--big", type=int, default=5, help="1 MB Bundles to post (%(default)s)")
     ap.add_argument("--intake-workers", type=int, default=None, help="the server's (default)")
+    ap.add_argument(
+        "--deliveries", type=int, default=0, metavar="ROUNDS",
+        help="also run with every Bundle's patient consented to delivery to a local FHIR "
+        "receiver, alternating with runs without, ROUNDS times each; print both and the ratio",
+    )  # fmt: skip
     args = ap.parse_args()
 
     small = bundles(args.n, args.size)
@@ -299,29 +388,14 @@ def main() -> None:
           f"{floor_all:.0f} bundles/s")
     print(f"intake only (check_bundle: strict JSON + R4B, 1 core): {intake:.0f} bundles/s")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp)
-        token = json.loads(
-            cli(data, "clients", "add", "--name", "bench", "--role", "hospital",
-                "--org", "bench-hospital", "--json")
-        )["token"]
-        port = free_port()
-        server = start_server(data, port, args.intake_workers)
-        try:
-            asyncio.run(load(port, token, warm, min(args.concurrency, len(warm))))
-            t = time.perf_counter()
-            lat = asyncio.run(load(port, token, small, args.concurrency))
-            elapsed = time.perf_counter() - t
-            big_lat = asyncio.run(load(port, token, big, 1))
-            pids = process_tree(server.pid)
-            rss = [(pid, peak_rss_mb(pid)) for pid in pids]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    e2e = len(small) / elapsed
+    if args.deliveries:
+        compare_deliveries(args, small, warm, big)
+        return
+    run = serve_and_load(args, small, warm, big, None)
+    e2e, lat, big_lat, rss = run.rate, run.lat, run.big_lat, run.rss
     print(f"end-to-end HTTP, {args.concurrency} connections: {e2e:.0f} bundles/s, "
           f"p50 {pct(lat, 50) * 1000:.1f} ms, p95 {pct(lat, 95) * 1000:.1f} ms "
-          f"({len(small)} Bundles in {elapsed:.1f} s)")
+          f"({len(small)} Bundles in {len(small) / e2e:.1f} s)")
     print(f"end-to-end HTTP, 1 MB Bundle: mean {statistics.mean(big_lat) * 1000:.0f} ms, "
           f"max {max(big_lat) * 1000:.0f} ms ({len(big[0]) / 1e6 / statistics.mean(big_lat):.1f}"
           f" MB/s; validation-only {floor_big * 1000:.0f} ms)")
@@ -332,6 +406,32 @@ def main() -> None:
           f"workers, fork server) {others:.0f} MB together; this client {client_rss:.0f} MB")
     print(f"end-to-end = {e2e / floor_all:.0%} of validation-only on all {os.cpu_count()} CPUs")
     print(f"end-to-end {e2e:.0f} bundles/s = {e2e / floor:.0%} of validation-only")
+
+
+def compare_deliveries(
+    args: argparse.Namespace, small: list[bytes], warm: list[bytes], big: list[bytes]
+) -> None:
+    """Runs without deliveries and with, alternating, each on a fresh store and server."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_outbox import _receiver
+
+    runs: dict[bool, list[Run]] = {False: [], True: []}
+    with _receiver("fhir") as url:
+        for _ in range(args.deliveries):
+            for with_deliveries in (False, True):
+                run = serve_and_load(args, small, warm, big, url if with_deliveries else None)
+                runs[with_deliveries].append(run)
+                what = "with deliveries   " if with_deliveries else "without deliveries"
+                extra = (f"; {run.queued} deliveries queued, drained at {run.drain:.0f}/s"
+                         if with_deliveries else "")  # fmt: skip
+                print(f"{what}: {run.rate:.0f} bundles/s, p50 {pct(run.lat, 50) * 1000:.1f} ms,"
+                      f" p95 {pct(run.lat, 95) * 1000:.1f} ms, server peak RSS "
+                      f"{run.rss[0][1]:.0f} MB{extra}")
+    without = statistics.median(r.rate for r in runs[False])
+    with_ = statistics.median(r.rate for r in runs[True])
+    print(f"medians: without {without:.0f} bundles/s, with deliveries {with_:.0f} bundles/s "
+          f"= {with_ / without:.0%}; server peak RSS {max(r.rss[0][1] for r in runs[True]):.0f} "
+          f"MB with, {max(r.rss[0][1] for r in runs[False]):.0f} MB without")
 
 
 if __name__ == "__main__":

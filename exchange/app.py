@@ -84,7 +84,7 @@ def create_app(
         if mllp is not None:
             listener = await inbound.start(
                 services.engine, services.log, services.vault, services.intake,
-                services.senders, *mllp,
+                services.senders, *mllp, plan=services.outbox.plan, queued=services.outbox.wake,
             )  # fmt: skip
         try:
             yield

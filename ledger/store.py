@@ -10,6 +10,8 @@ transaction leaves no gap. Ledger tables reject UPDATE and DELETE by trigger.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +97,15 @@ def make_engine(url: str) -> Engine:
     """
     if url.startswith("sqlite"):
         _create_private_database(make_url(url).database)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # As many pooled connections as the server has threads: a connection returned past
+        # the pool's size is closed, and the next checkout pays for a new one and its PRAGMAs.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=SQLITE_POOL,
+            max_overflow=SQLITE_POOL,
+        )
+        _WRITE_LOCKS[engine] = threading.RLock()
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -134,6 +144,15 @@ def _create_private_database(database: str | None) -> None:
         pass  # no such directory: SQLite names the problem when it opens the file
 
 
+# The SQLite pool's size: the server's worker threads (anyio's default 40) and the log's writer.
+SQLITE_POOL = 48
+# SQLite has one writer at a time. Writers of one process queue here, in order, rather than in
+# SQLite's busy handler, which sleeps up to 100 ms between tries: under contention that sleep,
+# not the work, set the pace. Other processes still meet the busy handler.
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITE_LOCK_WAIT = 30.0  # as the busy timeout: then on to SQLite's own waiting
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -141,6 +160,8 @@ def is_sqlite(engine: Engine) -> bool:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """One write transaction holding the log's write lock; commits on success."""
+    lock = _WRITE_LOCKS.get(engine)
+    held = lock is not None and lock.acquire(timeout=_WRITE_LOCK_WAIT)
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(ledger_write=True)
@@ -148,6 +169,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
     except OperationalError as e:
         raise LedgerUnavailable(f"the ledger store cannot be written: {e.orig}") from e
+    finally:
+        if held:
+            assert lock is not None
+            lock.release()
 
 
 # The PostgreSQL advisory lock every schema change holds for its whole transaction. One key

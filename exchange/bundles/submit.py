@@ -35,6 +35,10 @@ from ledger.entry import SALT_SIZE, Entry, commitment
 from ledger.errors import DuplicateConflict, LedgerError, LedgerUnavailable, LogStateError
 from ledger.log import Appended, Log, Submission
 
+# Rows of others written in a submission's transaction, given its entry and the Bundle's id
+# and version (the outbox's deliveries, exchange.outbox.queue).
+RowWriter = Callable[[Connection, Entry, str, int], None]
+
 
 @dataclass(frozen=True)
 class SubmitRequest:
@@ -43,9 +47,7 @@ class SubmitRequest:
     checked: Checked
     idempotency_key: str | None = None
     base_version: int | None = None  # from If-Match: the version this one replaces
-    # Rows of others written in the entry's transaction, given the entry and the Bundle's id
-    # and version (the outbox's deliveries, exchange.outbox.queue).
-    also_write: Callable[[Connection, Entry, str, int], None] | None = None
+    also_write: RowWriter | None = None
 
 
 @dataclass(frozen=True)

@@ -180,13 +180,23 @@ class TransferLedger:
     ) -> Decision:
         """Decide one transfer and, when it adds a patient, count them, in one transaction."""
         t = transfers_table
+        counted_now = select(t.c.subject).where(t.c.year == year, t.c.subject == subject)
+        if recipient_country.upper() != CHINA:
+            # A patient counted this year is never counted again, and the year's count does
+            # not bear on them: decided without the write lock (most deliveries are these).
+            with self.engine.connect() as conn:
+                if conn.execute(counted_now).first() is not None:
+                    return decide(
+                        recipient_country=recipient_country, basis=basis,
+                        consent_names_recipient=consent_names_recipient,
+                        patient_counted_this_year=True, distinct_patients_this_year=0,
+                        config=self.config,
+                    )  # fmt: skip
         with store.write_transaction(self.engine) as conn:
             if conn.dialect.name == "postgresql":
                 # One gate decision at a time per year: the count and the insert must agree.
                 conn.execute(select(func.pg_advisory_xact_lock(38_000_000 + year)))
-            counted = conn.execute(
-                select(t.c.subject).where(t.c.year == year, t.c.subject == subject)
-            ).first()
+            counted = conn.execute(counted_now).first()
             total = conn.execute(
                 select(func.count()).select_from(t).where(t.c.year == year)
             ).scalar_one()

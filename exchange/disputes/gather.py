@@ -162,8 +162,7 @@ def mediator_decision(
     org submitted, evaluated now) permits disclosing their case to organisation `mediator`
     for legal purposes (v3-ActReason HLEGAL)."""
     key = vault_.lookup_key
-    indexes.fresh(settlement_index(vault_.engine, key))
-    indexes.fresh(settlement_keys_index(key))
+    indexes.fresh(settlement_index(vault_.engine, key), settlement_keys_index(key))
     rows = consents_of(vault_.engine, req.org, lookup_tag(key, req.org, req.patient))
     reader = BundleBytes(vault_)
     consents = [json.loads(reader.resource(row)) for row in rows]

@@ -6,23 +6,27 @@
 the message became like any HTTP submission of that hospital client: the institution registry
 may bar it, intake checks it, and it is appended with its sealed row (exchange.bundles.submit).
 A refusal by the service is the ACK's AE with its reason; the MSA-3 of an AA names the ledger
-index.
+index. Deliveries are planned as for an HTTP submission: ``plan`` (the outbox's) gives the
+rows written in the Bundle's transaction, and ``queued`` is told when some were.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 
-from exchange.bundles.submit import SubmitRequest, submit
+from exchange.bundles.submit import RowWriter, SubmitRequest, submit
 from exchange.delivery.ack import Header
 from exchange.delivery.inbound import SubmitRefused, handler
 from exchange.delivery.mllp import MllpServer, Peer, start_server
 from exchange.errors import MedledgerError
+from exchange.identity.clients import Client
 from exchange.identity.mllp import sender, sender_by_client
 from exchange.intake.runner import IntakeRunner
+from exchange.intake.worker import Checked
 from exchange.registry.admission import SenderCache
 from exchange.vault import Vault
 from ledger.log import Log
@@ -40,6 +44,8 @@ async def start(
     senders: SenderCache,
     host: str,
     port: int,
+    plan: Callable[[Client, Checked], Awaitable[RowWriter | None]],
+    queued: Callable[[], None],
 ) -> MllpServer:
     """Listen for HL7 v2 on ``host:port`` (0: a free port) until the server is closed."""
 
@@ -55,9 +61,13 @@ async def start(
         try:
             await senders.admit(client.org, datetime.now(UTC).date())
             checked = await intake.check(bundle, FHIR_JSON)
-            stored = await submit(log, vault_, SubmitRequest(client, bundle, checked))
+            deliveries = await plan(client, checked)
+            req = SubmitRequest(client, bundle, checked, also_write=deliveries)
+            stored = await submit(log, vault_, req)
         except MedledgerError as e:
             raise SubmitRefused(e.diagnostics) from None
+        if deliveries is not None and stored.created:
+            queued()
         return stored.index
 
     return await start_server(handler(identify, submit_bundle), host, port)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     delete,
+    func,
     insert,
     inspect,
     select,
@@ -77,11 +78,15 @@ def register(engine: Engine, index: DerivedIndex) -> None:
         pass  # another process registered it first
 
 
-def catch_up(vault_: Vault, index: DerivedIndex, batch: int = CATCH_UP_BATCH) -> int:
+def catch_up(
+    vault_: Vault, index: DerivedIndex, batch: int = CATCH_UP_BATCH, seen: Seen | None = None
+) -> int:
     """Index the Bundles stored since the last catch-up; returns how many were read.
 
     Bundles are read and parsed outside the write transaction (on SQLite it holds the log's
-    write lock); the transaction only moves the mark and inserts the rows.
+    write lock); the transaction only moves the mark and inserts the rows. ``seen``, when
+    given, skips the Bundles an earlier catch-up already looked at and found none of the
+    index's kinds among, and is moved past those this one finds so.
     """
     read = 0
     t = bundles_table
@@ -94,9 +99,13 @@ def catch_up(vault_: Vault, index: DerivedIndex, batch: int = CATCH_UP_BATCH) ->
     while True:
         with engine.connect() as conn:
             last = _mark(conn, index.name)
+            # Read before the scan: every entry up to it is committed (indexes are assigned
+            # and committed in order), so the scan below sees all of them.
+            top = conn.execute(select(func.max(t.c.idx))).scalar()
+            start = last if seen is None else seen.start(last)
             found = conn.execute(
                 select(t.c.idx, t.c.sender, t.c.id, t.c.version, t.c.data)
-                .where(t.c.kind.in_(index.kinds), t.c.idx > last, t.c.id.not_in(shared))
+                .where(t.c.kind.in_(index.kinds), t.c.idx > start, t.c.id.not_in(shared))
                 .order_by(t.c.idx)
                 .limit(batch)
             ).all()
@@ -105,6 +114,8 @@ def catch_up(vault_: Vault, index: DerivedIndex, batch: int = CATCH_UP_BATCH) ->
                 conn, [(bytes(r.data), r.id, int(r.version), int(r.idx)) for r in found]
             )
         if not found:
+            if seen is not None and top is not None:
+                seen.move(last, int(top))
             return read
         rows: list[dict[str, object]] = []
         for (idx, sender, bundle_id, _, _), got in zip(found, opened, strict=True):
@@ -146,6 +157,30 @@ def _mark(conn: Connection, name: str, *, lock: bool = False) -> int:
     return int(conn.execute(q).scalar_one())
 
 
+class Seen:
+    """How far one index's catch-ups have looked past its mark, in this process: the entries
+    from the mark to ``top`` hold none of the index's kinds, so the next catch-up starts its
+    scan at ``top``. Records of other kinds (most submissions) stay between the mark and the
+    newest entry, and scanning them on every catch-up costs more the longer the log grows.
+    Valid only while the mark is where it was: a reset (derived.reset) or an advance drops it.
+    """
+
+    def __init__(self) -> None:
+        self._at: tuple[int, int] | None = None  # (mark, top)
+        self._lock = threading.Lock()
+
+    def start(self, mark: int) -> int:
+        with self._lock:
+            if self._at is None or self._at[0] != mark:
+                return mark
+            return max(mark, self._at[1])
+
+    def move(self, mark: int, top: int) -> None:
+        with self._lock:
+            if self._at is None or self._at[0] != mark or self._at[1] < top:
+                self._at = (mark, top)
+
+
 class Indexes:
     """The derived indexes of one open log: each registered on first use, caught up before use."""
 
@@ -153,12 +188,48 @@ class Indexes:
         self.vault = vault_
         self.engine = vault_.engine
         self._registered: set[str] = set()
+        self._seen: dict[str, Seen] = {}
         self._lock = threading.Lock()
 
-    def fresh(self, index: DerivedIndex) -> None:
-        """Make the index cover every Bundle stored so far (blocking: run it in a thread)."""
+    def fresh(self, *indexes: DerivedIndex) -> None:
+        """Make the indexes cover every Bundle stored so far (blocking: run it in a thread).
+
+        Most calls find nothing new: one read of the marks and of the newest entry says so,
+        and only an index with entries of its kinds past what was seen is caught up."""
         with self._lock:
-            if index.name not in self._registered:
-                register(self.engine, index)
-                self._registered.add(index.name)
-        catch_up(self.vault, index)
+            for index in indexes:
+                if index.name not in self._registered:
+                    register(self.engine, index)
+                    self._registered.add(index.name)
+                    self._seen[index.name] = Seen()
+        names = [index.name for index in indexes]
+        with self.engine.connect() as conn:
+            marks = dict(
+                conn.execute(
+                    select(state_table.c.name, state_table.c.last_index).where(
+                        state_table.c.name.in_(names)
+                    )
+                ).all()
+            )
+            top = conn.execute(select(func.max(bundles_table.c.idx))).scalar()
+            if top is None:
+                return
+            behind = [
+                (index, int(marks[index.name]))
+                for index in indexes
+                if self._seen[index.name].start(int(marks[index.name])) < top
+            ]
+            if not behind:
+                return
+            t = bundles_table
+            low = min(self._seen[index.name].start(mark) for index, mark in behind)
+            kinds = {kind for index, _ in behind for kind in index.kinds}
+            first = conn.execute(
+                select(func.min(t.c.idx)).where(t.c.kind.in_(kinds), t.c.idx > low, t.c.idx <= top)
+            ).scalar()
+        if first is None:  # only other kinds since: nothing to index
+            for index, mark in behind:
+                self._seen[index.name].move(mark, int(top))
+            return
+        for index, _ in behind:
+            catch_up(self.vault, index, seen=self._seen[index.name])

@@ -11,6 +11,7 @@ is sent to is always what the parser accepts today.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
@@ -29,6 +30,7 @@ from ledger import store
 
 __all__ = [
     "NotRecorded",
+    "Parsed",
     "RecipientEndpoint",
     "describe",
     "endpoint_of",
@@ -99,7 +101,36 @@ def _parse(
     )
 
 
-def endpoint_of(engine: Engine, vault_: Vault, org: str) -> RecipientEndpoint | None:
+# What the recipient's row held -> the endpoint parsed from it (Parsed).
+_Stored = tuple[str, str, str | None, bytes | None]
+
+
+class Parsed:
+    """Endpoints already parsed, by the exact row they came from: the row is read on every
+    use, so a changed endpoint is parsed (and its credentials opened) again, and an unchanged
+    one is not, once per delivery."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._by_row: dict[_Stored, Endpoint] = {}
+        self._lock = threading.Lock()
+
+    def get(self, vault_: Vault, stored: _Stored) -> Endpoint:
+        with self._lock:
+            found = self._by_row.get(stored)
+        if found is None:
+            found = _parse(vault_, *stored)
+            with self._lock:
+                if len(self._by_row) >= self.SIZE:
+                    self._by_row.clear()
+                self._by_row[stored] = found
+        return found
+
+
+def endpoint_of(
+    engine: Engine, vault_: Vault, org: str, parsed: Parsed | None = None
+) -> RecipientEndpoint | None:
     """The recipient's endpoint with its credentials, or None when it has none."""
     t = recipients_table
     q = select(t.c.country, t.c.endpoint, t.c.endpoint_message, t.c.endpoint_secret)
@@ -107,8 +138,10 @@ def endpoint_of(engine: Engine, vault_: Vault, org: str) -> RecipientEndpoint | 
         row = conn.execute(q.where(t.c.org == org)).first()
     if row is None or row.endpoint is None:
         return None
-    parsed = _parse(vault_, org, row.endpoint, row.endpoint_message, row.endpoint_secret)
-    return RecipientEndpoint(org, row.country, parsed)
+    sealed = None if row.endpoint_secret is None else bytes(row.endpoint_secret)
+    stored = (org, row.endpoint, row.endpoint_message, sealed)
+    endpoint = _parse(vault_, *stored) if parsed is None else parsed.get(vault_, stored)
+    return RecipientEndpoint(org, row.country, endpoint)
 
 
 def endpoints(engine: Engine) -> dict[str, str]:

@@ -20,8 +20,10 @@ deliveries exist together or not at all; :meth:`Queue.by_hand` queues one for a 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +32,7 @@ from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from exchange.bundles.read import bundle_by_id
+from exchange.bundles.submit import RowWriter
 from exchange.consent import rules as consent_rules
 from exchange.consent.crossborder import CHINA, Recipient, basis_problem, recipient_of
 from exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -65,7 +68,8 @@ STATUSES = (PENDING, DELIVERED, FAILED)
 # What the deliveries are of: clinical records, not bills or consents.
 DELIVERED_KINDS = frozenset({"record"})
 
-RowWriter = Callable[[Connection, Entry, str, int], None]
+# Consent resources whose bytes are kept (Queue.consents), the least recently used dropped.
+CONSENT_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -153,16 +157,40 @@ class Queue:
         self.engine: Engine = vault_.engine
         self.indexes = indexes
         self.pseudonym_key = pseudonym_key
+        self._settlement = settlement_index(self.engine, pseudonym_key)
+        self._settlement_keys = settlement_keys_index(pseudonym_key)
+        self._consent_bytes: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
 
     # --- the rule
 
     def consents(self, sender: str, tag: bytes) -> list[dict[str, Any]]:
         """The patient's current Consents from this hospital (``tag``: the lookup tag of the
-        patient's identifier, exchange.vault.lookup_tag), the index caught up first."""
-        self.indexes.fresh(settlement_index(self.engine, self.pseudonym_key))
-        self.indexes.fresh(settlement_keys_index(self.pseudonym_key))
-        reader = BundleBytes(self.vault)
-        return [json.loads(reader.resource(r)) for r in consents_of(self.engine, sender, tag)]
+        patient's identifier, exchange.vault.lookup_tag), the index caught up first.
+
+        Which Consents are current is asked of the index every time; only the bytes of one
+        indexed resource (a Bundle version's entry, which never changes) are kept, so a
+        patient's next submission or delivery does not open and parse the same Consent again.
+        """
+        self.indexes.fresh(self._settlement, self._settlement_keys)
+        rows = consents_of(self.engine, sender, tag)
+        reader: BundleBytes | None = None
+        out = []
+        for r in rows:
+            key = (r.index, r.pos)
+            with self._lock:
+                text = self._consent_bytes.get(key)
+                if text is not None:
+                    self._consent_bytes.move_to_end(key)
+            if text is None:
+                reader = reader or BundleBytes(self.vault)
+                text = reader.resource(r)
+                with self._lock:
+                    self._consent_bytes[key] = text
+                    while len(self._consent_bytes) > CONSENT_CACHE:
+                        self._consent_bytes.popitem(last=False)
+            out.append(json.loads(text))
+        return out
 
     def permission(self, sender: str, tag: bytes, org: str, now: datetime) -> Permission:
         return permission(self.consents(sender, tag), recipient_of(self.engine, org), now)

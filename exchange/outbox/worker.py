@@ -41,6 +41,7 @@ from sqlalchemy import Connection, RowMapping, or_, select, update
 
 from adapters.base import AdaptError
 from exchange.bundles.read import bundle_by_id, bundle_patients
+from exchange.bundles.submit import RowWriter
 from exchange.consent.crossborder import CHINA, TransferLedger, recipient_of
 from exchange.delivery import fhir_push
 from exchange.delivery.attempt import Attempt, attempt
@@ -51,7 +52,7 @@ from exchange.delivery.result import Outcome
 from exchange.delivery.smart_client import TokenCache
 from exchange.identity.clients import Client
 from exchange.intake.worker import Checked
-from exchange.outbox.endpoints import endpoint_of
+from exchange.outbox.endpoints import Parsed, endpoint_of
 from exchange.outbox.proof import DELIVERY_KIND, MEDIA, Sent, record
 from exchange.outbox.queue import (
     DELIVERED,
@@ -61,7 +62,7 @@ from exchange.outbox.queue import (
     PURPOSE,
     Permission,
     Queue,
-    RowWriter,
+    permission,
 )
 from exchange.privacy.access import record_access_per_patient_blocking
 from exchange.store.tables import deliveries_table
@@ -117,6 +118,7 @@ class Worker:
         self.gate = gate
         self.config = config
         self.tokens = TokenCache()
+        self._endpoints = Parsed()
         self._http: Any = None  # one httpx client, made in the loop that uses it
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         # Final outcomes may lack their access entry (a server killed between the two, or
@@ -219,13 +221,8 @@ class Worker:
         now = datetime.now(UTC)
         attempts = int(row["attempts"])
         first = _aware(row["first_attempt"])
-        verdict = await run_in_threadpool(self._permitted, row, now)
-        if not verdict.permit:
-            final = _Final(FAILED, f"refused at sending: {verdict.reason}", attempts, first)
-            await run_in_threadpool(self._finish, row, final)
-            return
         try:
-            endpoint, payload, sent = await run_in_threadpool(self._payload, row)
+            endpoint, payload, sent = await run_in_threadpool(self._prepare, row, now)
         except _Unsendable as e:
             await run_in_threadpool(self._finish, row, _Final(FAILED, e.reason, attempts, first))
             return
@@ -259,16 +256,21 @@ class Worker:
             final = _Final(FAILED, reason, attempts, first, sent, result)
         await run_in_threadpool(self._finish, row, final)
 
+    def _prepare(self, row: RowMapping, now: datetime) -> tuple[Endpoint, Document | bytes, Sent]:
+        """Consent and the gate, then the bytes: one step, just before the attempt."""
+        verdict = self._permitted(row, now)
+        if not verdict.permit:
+            raise _Unsendable(f"refused at sending: {verdict.reason}")
+        return self._payload(row)
+
     def _permitted(self, row: RowMapping, now: datetime) -> Permission:
         subject = row["subject"]
         if subject is None:
             return Permission(False, "the Bundle names no patient")
         tag = bytes(row["patient_tag"])
-        verdict = self.queue.permission(row["sender"], tag, row["recipient"], now)
-        if not verdict.permit:
-            return verdict
         recipient = recipient_of(self.engine, row["recipient"])
-        if recipient is None or recipient.country == CHINA:
+        verdict = permission(self.queue.consents(row["sender"], tag), recipient, now)
+        if not verdict.permit or recipient is None or recipient.country == CHINA:
             return verdict
         gate = self.gate.admit(
             year=now.year,
@@ -282,7 +284,7 @@ class Worker:
 
     def _payload(self, row: RowMapping) -> tuple[Endpoint, Document | bytes, Sent]:
         try:
-            found = endpoint_of(self.engine, self.queue.vault, row["recipient"])
+            found = endpoint_of(self.engine, self.queue.vault, row["recipient"], self._endpoints)
         except (EndpointError, VaultError) as e:
             raise _Unsendable(f"the recipient's endpoint cannot be used: {e}") from None
         if found is None:
@@ -406,16 +408,21 @@ class Worker:
             f"delivery {row.id} of Bundle {row.bundle_id}/_history/{row.version} over "
             f"{row.transport}: {row.status} (ledger entry {row.ledger_index})"
         )
-        indexes = record_access_per_patient_blocking(
-            self.log, recipient, patients, action="transform" if sent else "denied",
-            resource_type="Bundle", purpose=PURPOSE, outcome=outcome, detail=detail,
-        )  # fmt: skip
-        with store.write_transaction(self.engine) as conn:
+
+        def noted(conn: Connection, entry: Entry) -> None:
+            # In the access entry's own transaction: a server killed in between leaves
+            # neither, so the entry is never made twice.
             conn.execute(
                 update(deliveries_table)
                 .where(d.id == delivery_id, d.ledger_index == row.ledger_index)
-                .values(access_index=indexes[0])
+                .values(access_index=entry.index)
             )
+
+        record_access_per_patient_blocking(
+            self.log, recipient, patients, action="transform" if sent else "denied",
+            resource_type="Bundle", purpose=PURPOSE, outcome=outcome, detail=detail,
+            also_write=noted,
+        )  # fmt: skip
 
     def account_missing(self) -> None:
         """Access entries a server killed after a final outcome did not record."""

@@ -38,8 +38,8 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from fhir.resources.R4B.auditevent import AuditEvent
@@ -317,10 +317,15 @@ def record_access_per_patient_blocking(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
+    also_write: Callable[[Connection, Entry], None] | None = None,
 ) -> list[int]:
     """:func:`record_access_per_patient`, for callers outside the event loop (the same
-    submissions; this waits for the log's batch in the calling thread)."""
+    submissions; this waits for the log's batch in the calling thread). ``also_write`` runs
+    in the first entry's transaction, given that entry: a caller's note that the access is
+    recorded exists with it or not at all."""
     subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    if also_write is not None:
+        subs[0] = replace(subs[0], write=_both(subs[0].write, also_write))
     futures = [log.submit(sub) for sub in subs]
     return [future.result().entry.index for future in futures]
 
@@ -343,6 +348,17 @@ def record_access_blocking(
         log, client, patients, action=action, resource_type=resource_type,
         purpose=purpose, outcome=outcome, detail=detail,
     )[0]  # fmt: skip
+
+
+def _both(
+    first: Callable[[Connection, Entry], None] | None, then: Callable[[Connection, Entry], None]
+) -> Callable[[Connection, Entry], None]:
+    def write(conn: Connection, entry: Entry) -> None:
+        if first is not None:
+            first(conn, entry)
+        then(conn, entry)
+
+    return write
 
 
 def _per_patient(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import event
 
 from exchange.cli.main import main
 from exchange.consent.crossborder import (
@@ -211,3 +212,25 @@ def test_recipients_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "reference": "琼网信备2026-0042",
         "endpoint": None,
     }
+
+
+def test_a_patient_already_counted_is_admitted_without_the_write_lock(
+    gate: TransferLedger,
+) -> None:
+    # Most deliveries are of patients counted earlier this year: deciding them takes no
+    # write transaction (on SQLite, BEGIN IMMEDIATE; on PostgreSQL, the year's advisory lock).
+    locks: list[str] = []
+
+    def note(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if "BEGIN IMMEDIATE" in statement or "pg_advisory_xact_lock" in statement:
+            locks.append(statement)
+
+    event.listen(gate.engine, "before_cursor_execute", note)
+    assert send(gate, 1)
+    assert len(locks) == 1  # the first disclosure counts the patient, under the lock
+    assert send(gate, 1) and send(gate, 1, recipient="insurer-jp", recipient_country="JP")
+    assert len(locks) == 1
+    assert gate.distinct_patients(2026) == 1
+    # Refusals still come first: an already-counted patient without a basis is refused.
+    assert not send(gate, 1, basis=None)
+    assert send(gate, 2) and len(locks) == 2

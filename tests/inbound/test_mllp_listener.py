@@ -13,11 +13,15 @@ import hl7.mllp
 import pytest
 
 from exchange.cli.main import main
+from exchange.delivery.inbound import convert
 from exchange.identity.clients import register_client, revoke_client
 from exchange.identity.mllp import register_sender
+from exchange.intake import IntakeLimits
+from exchange.intake.worker import check
 from tests.api_helpers import Api
 from tests.delivery.test_inbound_mllp import errs, msa, oru
-from tests.outbox.helpers import exchange
+from tests.outbox.helpers import HOME, TOKEN, deliveries, exchange, recipient, row
+from tests.settlement.test_settlement_index import consent_bundle
 
 
 def _free_port() -> int:
@@ -105,3 +109,21 @@ def test_clients_mllp_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  "--json", *data]) == 0  # fmt: skip
     insurer = json.loads(capsys.readouterr().out)["client_id"]
     assert main(["clients", "mllp", insurer, "--facility", "BLIH", *data]) == 3
+
+
+def test_an_oru_queues_deliveries_as_an_http_submission_does(tmp_path: Path, db_url: str) -> None:
+    # The patient consented (over HTTP, by the same hospital) to delivery to a recipient with
+    # an endpoint: the record arriving over MLLP is queued for it like one posted.
+    port = _free_port()
+    with exchange(tmp_path, db_url, mllp_port=port) as api:
+        _home(api)
+        hospital = api.credential(org="seoul-uh")
+        recipient(api, f"http://127.0.0.1:{_free_port()}/fhir", token=TOKEN)
+        converted = convert(oru("ORU-7"))
+        patient = check(converted.bundle, "application/fhir+json", IntakeLimits()).patients[0]
+        answer = api.post(consent_bundle(patient, HOME, purpose="TREAT"), hospital)
+        assert answer.status_code == 201, answer.text
+        index = _index(_send(port, oru("ORU-7"))[0])
+        [queued] = deliveries(api, hospital)
+        assert queued["recipient"] == HOME and queued["version"] == 1
+        assert row(api, queued["id"]).bundle_idx == index

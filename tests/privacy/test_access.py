@@ -18,6 +18,7 @@ from exchange.privacy.access import (
     disclosures_of,
     record_access,
     record_access_blocking,
+    record_access_per_patient_blocking,
 )
 from exchange.vault import lookup_tag as pseudonym
 from tests.api_helpers import is_outcome, open_api
@@ -128,3 +129,29 @@ def test_a_hospital_gets_the_accounting_of_disclosures_of_its_patient(tmp_path: 
         missing = api.client.get(url, headers=api.credential())
         assert missing.status_code in (400, 422)
         assert "system" in json.dumps(is_outcome(missing))
+
+
+def test_a_callers_note_commits_with_the_first_access_entry(tmp_path: Path) -> None:
+    # The outbox notes a delivery's access entry in that entry's own transaction: the note
+    # exists with the entry or neither does, so a crash in between never makes it twice.
+    with open_api(tmp_path / "data") as api:
+        client, _ = register_client(api.services.engine, "outbox", "hospital", "home-kr")
+        patients = {b"p" * 32: [b"q" * 32], b"r" * 32: []}
+        noted: list[int] = []
+        indexes = record_access_per_patient_blocking(
+            api.services.log, client, patients, action="transform", resource_type="Bundle",
+            purpose="TREAT", outcome="0", also_write=lambda conn, entry: noted.append(entry.index),
+        )  # fmt: skip
+        assert noted == [indexes[0]] and len(indexes) == 2
+        size, count = api.log_size(), access_count(api.services.engine)
+
+        def fail(conn: object, entry: object) -> None:
+            raise RuntimeError("the note cannot be written")
+
+        with pytest.raises(RuntimeError, match="the note cannot be written"):
+            record_access_per_patient_blocking(
+                api.services.log, client, {b"p" * 32: []}, action="transform",
+                resource_type="Bundle", purpose="TREAT", outcome="0", also_write=fail,
+            )  # fmt: skip
+        assert api.log_size() == size
+        assert access_count(api.services.engine) == count

@@ -90,8 +90,10 @@ PurposeHeader = Annotated[
 
 def fresh_indexes(services: Services, indexes: Indexes) -> None:
     """Make both settlement indexes cover every stored Bundle (blocking)."""
-    indexes.fresh(settlement.settlement_index(services.engine, services.pseudonym_key))
-    indexes.fresh(settlement.settlement_keys_index(services.pseudonym_key))
+    indexes.fresh(
+        settlement.settlement_index(services.engine, services.pseudonym_key),
+        settlement.settlement_keys_index(services.pseudonym_key),
+    )
 
 
 def insurer_purpose(client: Client, header: str | None) -> str:
