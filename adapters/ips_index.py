@@ -247,8 +247,8 @@ def entered_in_error(resource: Mapping[str, Any]) -> bool:
 def first_of(resource: Mapping[str, Any], prefix: str) -> tuple[str, Any] | None:
     """The ``prefix[x]`` choice element present in ``resource``: (suffix, value)."""
     for key, value in resource.items():
-        if key.startswith(prefix) and key[len(prefix):][:1].isupper():
-            return key[len(prefix):], value
+        if key.startswith(prefix) and key[len(prefix) :][:1].isupper():
+            return key[len(prefix) :], value
     return None
 
 

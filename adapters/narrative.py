@@ -291,8 +291,11 @@ def root_div(source_tag: str, source_block: str, renditions: Sequence[tuple[str,
 
 def translation_note(lang: str, target_tag: str, source_tag: str) -> str:
     return element(
-        "p", None, element("i", None, text(label(lang, "translation_note", lang=target_tag,
-                                                  source=source_tag)))
+        "p",
+        None,
+        element(
+            "i", None, text(label(lang, "translation_note", lang=target_tag, source=source_tag))
+        ),
     )
 
 

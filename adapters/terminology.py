@@ -170,7 +170,9 @@ class ConceptMapSet:
         groups = self._groups.get((system, target_system), ())
         if not groups:
             return TranslateResult(
-                "no-map", coding, target_system,
+                "no-map",
+                coding,
+                target_system,
                 message=f"no ConceptMap from {system} to {target_system}",
             )
         for group in groups:
@@ -181,8 +183,11 @@ class ConceptMapSet:
             if not matches:
                 why = next((t.comment for t in targets if t.comment), "no faithful target")
                 return TranslateResult(
-                    "unmatched", coding, target_system,
-                    equivalence=targets[0].equivalence, concept_map=group.concept_map,
+                    "unmatched",
+                    coding,
+                    target_system,
+                    equivalence=targets[0].equivalence,
+                    concept_map=group.concept_map,
                     message=f"{system}|{code}: {why}",
                 )
             best = min(matches, key=lambda t: _MATCH_ORDER.index(t.equivalence))
@@ -197,12 +202,18 @@ class ConceptMapSet:
             if best.display:
                 derived["display"] = best.display
             return TranslateResult(
-                "mapped", coding, target_system, target=derived,
-                equivalence=best.equivalence, concept_map=group.concept_map,
+                "mapped",
+                coding,
+                target_system,
+                target=derived,
+                equivalence=best.equivalence,
+                concept_map=group.concept_map,
                 message=f"{system}|{code} -> {target_system}|{best.code} ({best.equivalence})",
             )
         return TranslateResult(
-            "no-map", coding, target_system,
+            "no-map",
+            coding,
+            target_system,
             message=f"{system}|{code} is in no ConceptMap to {target_system}",
         )
 

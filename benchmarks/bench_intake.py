@@ -120,7 +120,9 @@ def bundles(n: int, target: int) -> list[bytes]:
         )
         out.append(
             b'{"resourceType":"Bundle","identifier":{"system":"urn:ietf:rfc:3986","value":'
-            b'"urn:uuid:' + str(uuid.uuid4()).encode() + b'"},"type":"collection","entry":['
+            b'"urn:uuid:'
+            + str(uuid.uuid4()).encode()
+            + b'"},"type":"collection","entry":['
             + entries
             + b"]}"
         )
@@ -148,7 +150,7 @@ def _validate_chunk(chunk: list[bytes]) -> int:
 def rate_all_cores(items: list[bytes]) -> float:
     """The same floor with one process per CPU: the most any server here could validate."""
     workers = os.cpu_count() or 1
-    chunks = [items[i::workers * 4] for i in range(workers * 4)]
+    chunks = [items[i :: workers * 4] for i in range(workers * 4)]
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         list(pool.map(_validate_chunk, chunks))  # warm every worker's models
@@ -169,15 +171,28 @@ def free_port() -> int:
 def cli(data: Path, *args: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "exchange.cli", *args, "--data", str(data)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout
 
 
 def start_server(data: Path, port: int, workers: int | None) -> subprocess.Popen[bytes]:
     # No per-client rate limit: one client here stands for every engine of a hospital group.
-    cmd = [sys.executable, "-m", "exchange.cli", "serve", "--data", str(data), "--port", str(port),
-           "--rate-limit", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "exchange.cli",
+        "serve",
+        "--data",
+        str(data),
+        "--port",
+        str(port),
+        "--rate-limit",
+        "0",
+    ]
     if workers is not None:
         cmd += ["--intake-workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -373,8 +388,10 @@ def main() -> None:
     warm = bundles(50, args.size)
     big = bundles(args.big, 1_000_000)
     mean = sum(map(len, small)) / len(small)
-    print(f"Bundles: {len(small)} of {mean / 1000:.1f} KB mean; {len(big)} of "
-          f"{len(big[0]) / 1e6:.2f} MB; {os.cpu_count()} CPUs")
+    print(
+        f"Bundles: {len(small)} of {mean / 1000:.1f} KB mean; {len(big)} of "
+        f"{len(big[0]) / 1e6:.2f} MB; {os.cpu_count()} CPUs"
+    )
     sample = small[: min(len(small), 1000)]
     floor = rate(Bundle.parse_raw, sample)
     intake = rate(lambda b: check_bundle(b, FHIR_JSON, IntakeLimits()), sample)
@@ -382,10 +399,14 @@ def main() -> None:
     t = time.perf_counter()
     Bundle.parse_raw(big[0])
     floor_big = time.perf_counter() - t
-    print(f"validation-only (fhir.resources R4B Bundle.parse_raw, 1 core): {floor:.0f} bundles/s;"
-          f" 1 MB: {floor_big * 1000:.0f} ms")
-    print(f"validation-only on all {os.cpu_count()} CPUs (one process each): "
-          f"{floor_all:.0f} bundles/s")
+    print(
+        f"validation-only (fhir.resources R4B Bundle.parse_raw, 1 core): {floor:.0f} bundles/s;"
+        f" 1 MB: {floor_big * 1000:.0f} ms"
+    )
+    print(
+        f"validation-only on all {os.cpu_count()} CPUs (one process each): "
+        f"{floor_all:.0f} bundles/s"
+    )
     print(f"intake only (check_bundle: strict JSON + R4B, 1 core): {intake:.0f} bundles/s")
 
     if args.deliveries:
@@ -393,17 +414,23 @@ def main() -> None:
         return
     run = serve_and_load(args, small, warm, big, None)
     e2e, lat, big_lat, rss = run.rate, run.lat, run.big_lat, run.rss
-    print(f"end-to-end HTTP, {args.concurrency} connections: {e2e:.0f} bundles/s, "
-          f"p50 {pct(lat, 50) * 1000:.1f} ms, p95 {pct(lat, 95) * 1000:.1f} ms "
-          f"({len(small)} Bundles in {len(small) / e2e:.1f} s)")
-    print(f"end-to-end HTTP, 1 MB Bundle: mean {statistics.mean(big_lat) * 1000:.0f} ms, "
-          f"max {max(big_lat) * 1000:.0f} ms ({len(big[0]) / 1e6 / statistics.mean(big_lat):.1f}"
-          f" MB/s; validation-only {floor_big * 1000:.0f} ms)")
+    print(
+        f"end-to-end HTTP, {args.concurrency} connections: {e2e:.0f} bundles/s, "
+        f"p50 {pct(lat, 50) * 1000:.1f} ms, p95 {pct(lat, 95) * 1000:.1f} ms "
+        f"({len(small)} Bundles in {len(small) / e2e:.1f} s)"
+    )
+    print(
+        f"end-to-end HTTP, 1 MB Bundle: mean {statistics.mean(big_lat) * 1000:.0f} ms, "
+        f"max {max(big_lat) * 1000:.0f} ms ({len(big[0]) / 1e6 / statistics.mean(big_lat):.1f}"
+        f" MB/s; validation-only {floor_big * 1000:.0f} ms)"
+    )
     main_rss = rss[0][1]
     others = sum(r for _, r in rss[1:])
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: server {main_rss:.0f} MB; its {len(rss) - 1} helper processes (intake "
-          f"workers, fork server) {others:.0f} MB together; this client {client_rss:.0f} MB")
+    print(
+        f"peak RSS: server {main_rss:.0f} MB; its {len(rss) - 1} helper processes (intake "
+        f"workers, fork server) {others:.0f} MB together; this client {client_rss:.0f} MB"
+    )
     print(f"end-to-end = {e2e / floor_all:.0%} of validation-only on all {os.cpu_count()} CPUs")
     print(f"end-to-end {e2e:.0f} bundles/s = {e2e / floor:.0%} of validation-only")
 
@@ -424,14 +451,18 @@ def compare_deliveries(
                 what = "with deliveries   " if with_deliveries else "without deliveries"
                 extra = (f"; {run.queued} deliveries queued, drained at {run.drain:.0f}/s"
                          if with_deliveries else "")  # fmt: skip
-                print(f"{what}: {run.rate:.0f} bundles/s, p50 {pct(run.lat, 50) * 1000:.1f} ms,"
-                      f" p95 {pct(run.lat, 95) * 1000:.1f} ms, server peak RSS "
-                      f"{run.rss[0][1]:.0f} MB{extra}")
+                print(
+                    f"{what}: {run.rate:.0f} bundles/s, p50 {pct(run.lat, 50) * 1000:.1f} ms,"
+                    f" p95 {pct(run.lat, 95) * 1000:.1f} ms, server peak RSS "
+                    f"{run.rss[0][1]:.0f} MB{extra}"
+                )
     without = statistics.median(r.rate for r in runs[False])
     with_ = statistics.median(r.rate for r in runs[True])
-    print(f"medians: without {without:.0f} bundles/s, with deliveries {with_:.0f} bundles/s "
-          f"= {with_ / without:.0%}; server peak RSS {max(r.rss[0][1] for r in runs[True]):.0f} "
-          f"MB with, {max(r.rss[0][1] for r in runs[False]):.0f} MB without")
+    print(
+        f"medians: without {without:.0f} bundles/s, with deliveries {with_:.0f} bundles/s "
+        f"= {with_ / without:.0%}; server peak RSS {max(r.rss[0][1] for r in runs[True]):.0f} "
+        f"MB with, {max(r.rss[0][1] for r in runs[False]):.0f} MB without"
+    )
 
 
 if __name__ == "__main__":

@@ -355,6 +355,7 @@ def start_server(data: Path, rate_limit: float, burst: int) -> tuple[subprocess.
 
 def server_stack() -> dict[str, str]:
     """The event loop and HTTP parser uvicorn picks in this environment (its "auto")."""
+
     def present(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
 
@@ -465,9 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                     *groups, extra_stats = run_engines(url, [*engines, extra], seconds, count)
                     quiet_stats = [st for group in groups for st in group]
                     cpu = meter.cores()
-                    p99[label] = report(
-                        f"quiet clients {label}", quiet_stats, seconds, cpu
-                    )["p99_ms"]
+                    p99[label] = report(f"quiet clients {label}", quiet_stats, seconds, cpu)[
+                        "p99_ms"
+                    ]
                     report(f"the extra client, {label}", extra_stats, seconds)
                 over = p99["beside a client at 10x its quota"]
                 print(
@@ -475,9 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             "quiet_p99_ms": p99,
                             "10x_vs_alone": round(over / p99["alone"], 2),
-                            "10x_vs_at_quota": round(
-                                over / p99["beside a client at its quota"], 2
-                            ),
+                            "10x_vs_at_quota": round(over / p99["beside a client at its quota"], 2),
                         }
                     )
                 )

@@ -138,8 +138,11 @@ def open_api(
 def wrap(raws: list[bytes], identifier: str | None = None) -> bytes:
     """A collection Bundle around raw resource bytes, so their lexemes (120.00) survive."""
     entries = b",".join(
-        b'{"fullUrl":"urn:uuid:' + str(uuid.UUID(int=i + 1)).encode() + b'","resource":'
-        + raw + b"}"
+        b'{"fullUrl":"urn:uuid:'
+        + str(uuid.UUID(int=i + 1)).encode()
+        + b'","resource":'
+        + raw
+        + b"}"
         for i, raw in enumerate(raws)
     )
     ident = b""
@@ -163,7 +166,10 @@ def observation_bundle(value: str = "120.00", identifier: str | None = None) -> 
 def patient_bundle(mrn: str, identifier: str | None = None, name: str = "Kim") -> bytes:
     patient = (
         '{"resourceType":"Patient","identifier":[{"system":"urn:example:mrn","value":"'
-        + mrn + '"}],"name":[{"family":"' + name + '"}]}'
+        + mrn
+        + '"}],"name":[{"family":"'
+        + name
+        + '"}]}'
     ).encode()
     return wrap([patient], identifier)
 

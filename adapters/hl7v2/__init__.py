@@ -43,9 +43,7 @@ from adapters.terminology import ConceptMapSet, default_concept_maps
 
 __all__ = ["MESSAGES", "adapt", "build_message"]
 
-_BUILDERS: dict[str, type[MessageBuilder]] = {
-    b.name(): b for b in (AdtA08, OruR01, MdmT02, RdsO13)
-}
+_BUILDERS: dict[str, type[MessageBuilder]] = {b.name(): b for b in (AdtA08, OruR01, MdmT02, RdsO13)}
 
 # message name -> (MSH-9.1 code, MSH-9.2 trigger, MSH-9.3 structure)
 MESSAGES = {name: b.MESSAGE for name, b in _BUILDERS.items()}
@@ -74,18 +72,15 @@ def build_message(
     """
     name = message.replace("^", "_").upper()
     if name not in MESSAGES:
-        raise AdaptError(
-            f"message {message!r}: not one of {', '.join(sorted(MESSAGES))}"
-        )
+        raise AdaptError(f"message {message!r}: not one of {', '.join(sorted(MESSAGES))}")
     if not isinstance(control_id, str) or not _CONTROL_ID.match(control_id):
-        raise AdaptError(
-            f"control id {control_id!r}: MSH-10 takes 1-20 printable ASCII characters"
-        )
-    builder = _BUILDERS[name](BundleIndex(bundles), now, maps or default_concept_maps(),
-                              control_id)
+        raise AdaptError(f"control id {control_id!r}: MSH-10 takes 1-20 printable ASCII characters")
+    builder = _BUILDERS[name](BundleIndex(bundles), now, maps or default_concept_maps(), control_id)
     return builder.build(
-        sending_application=sending_application, sending_facility=sending_facility,
-        receiving_application=receiving_application, receiving_facility=receiving_facility,
+        sending_application=sending_application,
+        sending_facility=sending_facility,
+        receiving_application=receiving_application,
+        receiving_facility=receiving_facility,
     )
 
 
@@ -97,6 +92,5 @@ def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
     """
     docs = [loads_bundle(data, f"input {i + 1}") for i, data in enumerate(bundles)]
     control_id = options.control_id or content_id("ML", bundles)[:20]
-    text = build_message(docs, options.message or "ORU_R01", now=options.now,
-                         control_id=control_id)
+    text = build_message(docs, options.message or "ORU_R01", now=options.now, control_id=control_id)
     return (text + "\r").encode("utf-8")

@@ -44,8 +44,11 @@ class AdtA08(MessageBuilder):
         if not allergen:
             raise AdaptError(f"{w} code: AL1-3 (allergen) is required")
         self.put(al1, "AL1_3", allergen, f"{w} code")
-        severities = [str(x.get("severity")) for x in r.get("reaction") or []
-                      if isinstance(x, Mapping) and x.get("severity") in _SEVERITY]
+        severities = [
+            str(x.get("severity"))
+            for x in r.get("reaction") or []
+            if isinstance(x, Mapping) and x.get("severity") in _SEVERITY
+        ]
         if severities:
             worst = max(severities, key=["mild", "moderate", "severe"].index)
             self.put(al1, "AL1_4", _SEVERITY[worst], f"{w} reaction.severity")
@@ -63,8 +66,12 @@ class AdtA08(MessageBuilder):
         r, w = entry.resource, entry.where
         self.put(dg1, "DG1_1", str(n), w)
         self.put(dg1, "DG1_3", self.ce(r.get("code"), f"{w} code", "DG1-3"), f"{w} code")
-        self.put(dg1, "DG1_4", self.esc(concept_text(r.get("code")), f"{w} code.text (DG1-4)"),
-                 f"{w} code.text")
+        self.put(
+            dg1,
+            "DG1_4",
+            self.esc(concept_text(r.get("code")), f"{w} code.text (DG1-4)"),
+            f"{w} code.text",
+        )
         when = r.get("recordedDate") or r.get("onsetDateTime")
         if when:
             self.put(dg1, "DG1_5", tx.dtm(when, f"{w} recordedDate (DG1-5)"), f"{w} date")
@@ -79,8 +86,12 @@ class AdtA08(MessageBuilder):
         if not code:
             raise AdaptError(f"{w} code: PR1-3 (procedure code) is required")
         self.put(pr1, "PR1_3", code, f"{w} code")
-        self.put(pr1, "PR1_4", self.esc(concept_text(r.get("code")), f"{w} code.text (PR1-4)"),
-                 f"{w} code.text")
+        self.put(
+            pr1,
+            "PR1_4",
+            self.esc(concept_text(r.get("code")), f"{w} code.text (PR1-4)"),
+            f"{w} code.text",
+        )
         performed = first_of(r, "performed")
         when = None
         if performed and performed[0] == "DateTime":

@@ -106,8 +106,15 @@ class FieldWriter:
             return ""
         return tx.escape(str(value), where)
 
-    def ce(self, concept: Any, where: str, field: str, *, enrich_codes: bool = True,
-           prefer: str | None = None) -> str:
+    def ce(
+        self,
+        concept: Any,
+        where: str,
+        field: str,
+        *,
+        enrich_codes: bool = True,
+        prefer: str | None = None,
+    ) -> str:
         """A CE: primary = a source coding (``prefer`` system first), alternate = next best."""
         if not isinstance(concept, Mapping):
             return ""
@@ -141,8 +148,11 @@ class FieldWriter:
         code = quantity.get("code")
         unit = quantity.get("unit") or code or ""
         if quantity.get("system") == "http://unitsofmeasure.org" and code:
-            return tx.components(self.esc(code, f"{where}.code ({field}.1)"),
-                                 self.esc(unit, f"{where}.unit ({field}.2)"), "UCUM")
+            return tx.components(
+                self.esc(code, f"{where}.code ({field}.1)"),
+                self.esc(unit, f"{where}.unit ({field}.2)"),
+                "UCUM",
+            )
         return tx.components("", self.esc(unit, f"{where}.unit ({field}.2)"))
 
 

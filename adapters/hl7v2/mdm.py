@@ -50,25 +50,35 @@ class MdmT02(MessageBuilder):
         self.put(txa, "TXA_3", "AP", w)  # HL7 table 0191: application data (Base64 below)
         self.put(txa, "TXA_4", doc["date"], f"{w} date")
         self.put(txa, "TXA_6", doc["date"], f"{w} date")
-        self.put(txa, "TXA_12", self.esc(doc["number"], f"{w} identifier (TXA-12)"),
-                 f"{w} identifier")
+        self.put(
+            txa, "TXA_12", self.esc(doc["number"], f"{w} identifier (TXA-12)"), f"{w} identifier"
+        )
         self.put(txa, "TXA_17", doc["completion"], f"{w} status")
         self.put(txa, "TXA_19", "AV", w)  # HL7 table 0273: available for patient care
         group = msg.add_group("MDM_T02_OBXNTE_SUPPGRP")
         obx = group.add_segment("OBX")
         self.put(obx, "OBX_1", "1", w)
         self.put(obx, "OBX_2", "ED", w)
-        self.put(obx, "OBX_3", tx.components(self.esc(doc["loinc"], f"{w} type"),
-                                             self.esc(doc["title"], f"{w} type"), "LN"),
-                 f"{w} type")
+        self.put(
+            obx,
+            "OBX_3",
+            tx.components(
+                self.esc(doc["loinc"], f"{w} type"), self.esc(doc["title"], f"{w} type"), "LN"
+            ),
+            f"{w} type",
+        )
         data = base64.b64encode(doc["content"]).decode("ascii")
         if len(data) > _ENCAPSULATED_MAX:
             raise AdaptError(
                 f"{w} (OBX-5.5): {len(data)} characters of Base64, more than the "
                 f"{_ENCAPSULATED_MAX} HL7 v2.5.1 allows in ED data; send a reference instead"
             )
-        self.put(obx, "OBX_5", tx.components("MEDLEDGER", doc["type"], doc["subtype"],
-                                             "Base64", data), f"{w} content")
+        self.put(
+            obx,
+            "OBX_5",
+            tx.components("MEDLEDGER", doc["type"], doc["subtype"], "Base64", data),
+            f"{w} content",
+        )
         self.put(obx, "OBX_11", "F", w)
         self.put(obx, "OBX_14", doc["date"], f"{w} date")
 
@@ -80,21 +90,40 @@ class MdmT02(MessageBuilder):
                 attachment = content.get("attachment") if isinstance(content, Mapping) else None
                 if not isinstance(attachment, Mapping):
                     continue
-                if attachment.get("contentType") != "application/pdf" or not attachment.get(
-                    "data"
-                ):
+                if attachment.get("contentType") != "application/pdf" or not attachment.get("data"):
                     continue
                 where = f"{entry.where} content[{i}].attachment"
                 try:
                     content_bytes = base64.b64decode(attachment["data"], validate=True)
                 except (ValueError, TypeError):
                     raise AdaptError(f"{where}.data: not Base64") from None
-                loinc = next((c.get("code") for c in codings(r.get("type"))
-                              if c.get("system") == "http://loinc.org"), "")
-                title = next((c.get("display") for c in codings(r.get("type"))
-                              if c.get("system") == "http://loinc.org"), "") or "Document"
-                number = next((i.get("value") for i in r.get("identifier") or []
-                               if isinstance(i, Mapping) and i.get("value")), entry.id or "")
+                loinc = next(
+                    (
+                        c.get("code")
+                        for c in codings(r.get("type"))
+                        if c.get("system") == "http://loinc.org"
+                    ),
+                    "",
+                )
+                title = (
+                    next(
+                        (
+                            c.get("display")
+                            for c in codings(r.get("type"))
+                            if c.get("system") == "http://loinc.org"
+                        ),
+                        "",
+                    )
+                    or "Document"
+                )
+                number = next(
+                    (
+                        i.get("value")
+                        for i in r.get("identifier") or []
+                        if isinstance(i, Mapping) and i.get("value")
+                    ),
+                    entry.id or "",
+                )
                 date = r.get("date")
                 return {
                     "where": where,
@@ -107,8 +136,9 @@ class MdmT02(MessageBuilder):
                     "date": tx.dtm(date, f"{entry.where} date (TXA-4)") if date else self.stamp,
                     "completion": "IP" if r.get("docStatus") == "preliminary" else "AU",
                 }
-        ips = build_ips(self._bundles(), now=self.now,
-                        document_id=_fhir_id(self.control_id), maps=self.maps)
+        ips = build_ips(
+            self._bundles(), now=self.now, document_id=_fhir_id(self.control_id), maps=self.maps
+        )
         return {
             "where": "International Patient Summary",
             "loinc": "60591-5",
@@ -123,11 +153,20 @@ class MdmT02(MessageBuilder):
 
     def _bundles(self) -> list[dict[str, Any]]:
         # The IPS builder takes Bundles; the index already holds every entry once.
-        return [{"resourceType": "Bundle", "type": "collection",
-                 "entry": [{"fullUrl": e.full_url, "resource": copy.deepcopy(dict(e.resource))}
-                           if e.full_url else {"resource": copy.deepcopy(dict(e.resource))}
-                           for e in self.index.entries if e.bundle == b]}
-                for b in sorted({e.bundle for e in self.index.entries})]
+        return [
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [
+                    {"fullUrl": e.full_url, "resource": copy.deepcopy(dict(e.resource))}
+                    if e.full_url
+                    else {"resource": copy.deepcopy(dict(e.resource))}
+                    for e in self.index.entries
+                    if e.bundle == b
+                ],
+            }
+            for b in sorted({e.bundle for e in self.index.entries})
+        ]
 
 
 def _fhir_id(value: str) -> str:

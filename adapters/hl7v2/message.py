@@ -24,13 +24,47 @@ from adapters.ips_index import BundleIndex, Entry, codings, entered_in_error
 from adapters.terminology import ConceptMapSet
 
 _GENDER = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
-_NAME_USE = {"official": "L", "usual": "D", "nickname": "N", "anonymous": "S",
-             "maiden": "M", "old": "U", "temp": "U"}
-_PATIENT_CLASS = {"IMP": "I", "ACUTE": "I", "NONAC": "I", "AMB": "O", "EMER": "E",
-                  "PRENC": "P", "OBSENC": "O", "HH": "O", "VR": "O", "SS": "O"}
-_COUNTRY_3 = {"CN": "CHN", "KR": "KOR", "RU": "RUS", "SA": "SAU", "TH": "THA", "US": "USA",
-              "GB": "GBR", "JP": "JPN", "DE": "DEU", "FR": "FRA", "AE": "ARE", "KZ": "KAZ",
-              "MN": "MNG", "VN": "VNM", "MY": "MYS", "SG": "SGP", "ID": "IDN", "PH": "PHL"}
+_NAME_USE = {
+    "official": "L",
+    "usual": "D",
+    "nickname": "N",
+    "anonymous": "S",
+    "maiden": "M",
+    "old": "U",
+    "temp": "U",
+}
+_PATIENT_CLASS = {
+    "IMP": "I",
+    "ACUTE": "I",
+    "NONAC": "I",
+    "AMB": "O",
+    "EMER": "E",
+    "PRENC": "P",
+    "OBSENC": "O",
+    "HH": "O",
+    "VR": "O",
+    "SS": "O",
+}
+_COUNTRY_3 = {
+    "CN": "CHN",
+    "KR": "KOR",
+    "RU": "RUS",
+    "SA": "SAU",
+    "TH": "THA",
+    "US": "USA",
+    "GB": "GBR",
+    "JP": "JPN",
+    "DE": "DEU",
+    "FR": "FRA",
+    "AE": "ARE",
+    "KZ": "KAZ",
+    "MN": "MNG",
+    "VN": "VNM",
+    "MY": "MYS",
+    "SG": "SGP",
+    "ID": "IDN",
+    "PH": "PHL",
+}
 
 
 class MessageBuilder(FieldWriter, ABC):
@@ -53,8 +87,12 @@ class MessageBuilder(FieldWriter, ABC):
     def build(self, **msh: str | None) -> str:
         """The message text, segments joined by CR; ``msh`` names the applications."""
         code, trigger, structure = self.MESSAGE
-        msg = Message(structure, version=tx.VERSION, validation_level=VALIDATION_LEVEL.STRICT,
-                      reference=(tx.profile(structure) or {}).get(structure))
+        msg = Message(
+            structure,
+            version=tx.VERSION,
+            validation_level=VALIDATION_LEVEL.STRICT,
+            reference=(tx.profile(structure) or {}).get(structure),
+        )
         self._msh(msg.msh[0], code, trigger, structure, **msh)
         self.body(msg)
         try:
@@ -69,9 +107,17 @@ class MessageBuilder(FieldWriter, ABC):
 
     # -- header -----------------------------------------------------------------------------
 
-    def _msh(self, msh: Any, code: str, trigger: str, structure: str,
-             sending_application: str | None, sending_facility: str | None,
-             receiving_application: str | None, receiving_facility: str | None) -> None:
+    def _msh(
+        self,
+        msh: Any,
+        code: str,
+        trigger: str,
+        structure: str,
+        sending_application: str | None,
+        sending_facility: str | None,
+        receiving_application: str | None,
+        receiving_facility: str | None,
+    ) -> None:
         facility = sending_facility if sending_facility is not None else self._facility()
         w = "message header"
         self.put(msh, "MSH_3", self.esc(sending_application, f"{w} sending application"), w)
@@ -127,23 +173,34 @@ class MessageBuilder(FieldWriter, ABC):
             if not isinstance(ident, Mapping) or not ident.get("value"):
                 continue
             where = f"{w} identifier[{i}]"
-            ids.append(tx.components(
-                self.esc(ident["value"], f"{where}.value (PID-3.1)"), "", "",
-                self._authority(ident.get("system"), f"{where}.system (PID-3.4)"),
-                self.esc(_identifier_type(ident), f"{where}.type (PID-3.5)"),
-            ))
+            ids.append(
+                tx.components(
+                    self.esc(ident["value"], f"{where}.value (PID-3.1)"),
+                    "",
+                    "",
+                    self._authority(ident.get("system"), f"{where}.system (PID-3.4)"),
+                    self.esc(_identifier_type(ident), f"{where}.type (PID-3.5)"),
+                )
+            )
         if not ids:
             raise AdaptError(f"{w} identifier: PID-3 needs at least one patient identifier")
         self.put(pid, "PID_3", ids, f"{w} identifier")
-        names = [self._xpn(n, f"{w} name[{i}]", "PID-5")
-                 for i, n in enumerate(p.get("name") or []) if isinstance(n, Mapping)]
+        names = [
+            self._xpn(n, f"{w} name[{i}]", "PID-5")
+            for i, n in enumerate(p.get("name") or [])
+            if isinstance(n, Mapping)
+        ]
         names = [n for n in names if n]
         if not names:
             raise AdaptError(f"{w} name: PID-5 needs a patient name")
         self.put(pid, "PID_5", names, f"{w} name")
         if p.get("birthDate"):
-            self.put(pid, "PID_7", tx.date_only(p["birthDate"], f"{w} birthDate (PID-7)"),
-                     f"{w} birthDate")
+            self.put(
+                pid,
+                "PID_7",
+                tx.date_only(p["birthDate"], f"{w} birthDate (PID-7)"),
+                f"{w} birthDate",
+            )
         if p.get("gender") in _GENDER:
             self.put(pid, "PID_8", _GENDER[p["gender"]], f"{w} gender")
         addresses = []
@@ -205,22 +262,35 @@ class MessageBuilder(FieldWriter, ABC):
         idents = [i for i in e.get("identifier") or [] if isinstance(i, Mapping) and i.get("value")]
         if idents:
             ident = idents[0]
-            self.put(pv1, "PV1_19", tx.components(
-                self.esc(ident["value"], f"{w} identifier[0].value (PV1-19.1)"), "", "",
-                self._authority(ident.get("system"), f"{w} identifier[0].system (PV1-19.4)"),
-                "VN",
-            ), f"{w} identifier")
+            self.put(
+                pv1,
+                "PV1_19",
+                tx.components(
+                    self.esc(ident["value"], f"{w} identifier[0].value (PV1-19.1)"),
+                    "",
+                    "",
+                    self._authority(ident.get("system"), f"{w} identifier[0].system (PV1-19.4)"),
+                    "VN",
+                ),
+                f"{w} identifier",
+            )
         period = p if isinstance(p := e.get("period"), Mapping) else {}
         if period.get("start"):
-            self.put(pv1, "PV1_44", tx.dtm(period["start"], f"{w} period.start (PV1-44)"),
-                     f"{w} period.start")
+            self.put(
+                pv1,
+                "PV1_44",
+                tx.dtm(period["start"], f"{w} period.start (PV1-44)"),
+                f"{w} period.start",
+            )
         if period.get("end"):
-            self.put(pv1, "PV1_45", tx.dtm(period["end"], f"{w} period.end (PV1-45)"),
-                     f"{w} period.end")
+            self.put(
+                pv1, "PV1_45", tx.dtm(period["end"], f"{w} period.end (PV1-45)"), f"{w} period.end"
+            )
 
     def _attending(self, encounter: Entry) -> str:
-        participants = [p for p in encounter.resource.get("participant") or []
-                        if isinstance(p, Mapping)]
+        participants = [
+            p for p in encounter.resource.get("participant") or [] if isinstance(p, Mapping)
+        ]
 
         def is_attending(p: Mapping[str, Any]) -> bool:
             return any(c.get("code") == "ATND" for t in p.get("type") or [] for c in codings(t))
@@ -235,8 +305,14 @@ class MessageBuilder(FieldWriter, ABC):
             names.sort(key=lambda n: 0 if _latin(n) else 1)
             if not names:
                 continue
-            ident = next((i for i in doc.resource.get("identifier") or []
-                          if isinstance(i, Mapping) and i.get("value")), {})
+            ident = next(
+                (
+                    i
+                    for i in doc.resource.get("identifier") or []
+                    if isinstance(i, Mapping) and i.get("value")
+                ),
+                {},
+            )
             w = doc.where
             xpn = self._xpn(names[0], f"{w} name", "PV1-7")
             parts = xpn.split("^") if xpn else []
@@ -260,8 +336,9 @@ def active(entries: list[Entry]) -> list[Entry]:
 
 def _identifier_type(ident: Mapping[str, Any]) -> str:
     for coding in codings(ident.get("type")):
-        if coding.get("system") == "http://terminology.hl7.org/CodeSystem/v2-0203" and \
-                coding.get("code"):
+        if coding.get("system") == "http://terminology.hl7.org/CodeSystem/v2-0203" and coding.get(
+            "code"
+        ):
             return str(coding["code"])
     if str(ident.get("system", "")).startswith("http://hl7.org/fhir/sid/passport-"):
         return "PPN"

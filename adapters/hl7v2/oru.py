@@ -15,8 +15,16 @@ from adapters.hl7v2.fields import numeric
 from adapters.hl7v2.message import MessageBuilder, active
 from adapters.ips_index import Entry, codings, first_of
 
-_RESULT_STATUS = {"registered": "I", "preliminary": "P", "partial": "P", "final": "F",
-                  "amended": "C", "corrected": "C", "appended": "C", "cancelled": "X"}
+_RESULT_STATUS = {
+    "registered": "I",
+    "preliminary": "P",
+    "partial": "P",
+    "final": "F",
+    "amended": "C",
+    "corrected": "C",
+    "appended": "C",
+    "cancelled": "X",
+}
 
 
 class OruR01(MessageBuilder):
@@ -68,8 +76,12 @@ class OruR01(MessageBuilder):
         obr = group.add_segment("OBR")
         self.put(obr, "OBR_1", str(n), w)
         self.put(obr, "OBR_3", filler, f"{w} identifier")
-        self.put(obr, "OBR_4", self.ce(r.get("code"), f"{w} code", "OBR-4",
-                                        prefer="http://loinc.org"), f"{w} code")
+        self.put(
+            obr,
+            "OBR_4",
+            self.ce(r.get("code"), f"{w} code", "OBR-4", prefer="http://loinc.org"),
+            f"{w} code",
+        )
         effective = _effective(r)
         if effective:
             self.put(obr, "OBR_7", tx.dtm(effective, f"{w} effective (OBR-7)"), f"{w} effective")
@@ -91,8 +103,14 @@ class OruR01(MessageBuilder):
                         self.nte(obs_group.add_segment("NTE"), k, note, where)
 
     def _filler(self, entry: Entry) -> str:
-        ident = next((i for i in entry.resource.get("identifier") or []
-                      if isinstance(i, Mapping) and i.get("value")), None)
+        ident = next(
+            (
+                i
+                for i in entry.resource.get("identifier") or []
+                if isinstance(i, Mapping) and i.get("value")
+            ),
+            None,
+        )
         if ident is not None:
             return self.esc(ident["value"], f"{entry.where} identifier[0].value (OBR-3)")
         return self.esc(entry.id or entry.key, f"{entry.where} id (OBR-3)")
@@ -100,16 +118,24 @@ class OruR01(MessageBuilder):
     def _obx_values(self, entry: Entry) -> list[dict[str, Any]]:
         """One OBX per value: the observation's own, or one per component."""
         r, w = entry.resource, entry.where
-        notes = [(n["text"], f"{w} note[{i}].text (NTE-3)")
-                 for i, n in enumerate(r.get("note") or [])
-                 if isinstance(n, Mapping) and isinstance(n.get("text"), str)]
+        notes = [
+            (n["text"], f"{w} note[{i}].text (NTE-3)")
+            for i, n in enumerate(r.get("note") or [])
+            if isinstance(n, Mapping) and isinstance(n.get("text"), str)
+        ]
         out = []
         if first_of(r, "value") is not None or not r.get("component"):
             out.append({"code": r.get("code"), "holder": r, "where": w, "notes": notes})
         else:
             for i, component in enumerate(r.get("component") or []):
-                out.append({"code": component.get("code"), "holder": component,
-                            "where": f"{w} component[{i}]", "notes": []})
+                out.append(
+                    {
+                        "code": component.get("code"),
+                        "holder": component,
+                        "where": f"{w} component[{i}]",
+                        "notes": [],
+                    }
+                )
             if out:
                 out[-1]["notes"] = notes
         return out
@@ -121,31 +147,54 @@ class OruR01(MessageBuilder):
         kind, er7, units = self._observation_value(holder, w)
         if kind:
             self.put(obx, "OBX_2", kind, w)
-        self.put(obx, "OBX_3", self.ce(value["code"], f"{w} code", "OBX-3",
-                                        prefer="http://loinc.org"), f"{w} code")
+        self.put(
+            obx,
+            "OBX_3",
+            self.ce(value["code"], f"{w} code", "OBX-3", prefer="http://loinc.org"),
+            f"{w} code",
+        )
         if er7:
             self.put(obx, "OBX_5", er7, f"{w} value")
         if units:
             self.put(obx, "OBX_6", units, f"{w} value.unit")
-        ranges = [_range_text(rng) for rng in holder.get("referenceRange") or []
-                  if isinstance(rng, Mapping)]
+        ranges = [
+            _range_text(rng)
+            for rng in holder.get("referenceRange") or []
+            if isinstance(rng, Mapping)
+        ]
         ranges = [x for x in ranges if x]
         if ranges:
-            self.put(obx, "OBX_7", self.esc(ranges[0], f"{w} referenceRange (OBX-7)"),
-                     f"{w} referenceRange")
-        flags = [c["code"] for i in holder.get("interpretation") or []
-                 for c in codings(i) if c.get("code")]
+            self.put(
+                obx,
+                "OBX_7",
+                self.esc(ranges[0], f"{w} referenceRange (OBX-7)"),
+                f"{w} referenceRange",
+            )
+        flags = [
+            c["code"]
+            for i in holder.get("interpretation") or []
+            for c in codings(i)
+            if c.get("code")
+        ]
         if flags:
-            self.put(obx, "OBX_8", [self.esc(f, f"{w} interpretation (OBX-8)") for f in flags],
-                     f"{w} interpretation")
+            self.put(
+                obx,
+                "OBX_8",
+                [self.esc(f, f"{w} interpretation (OBX-8)") for f in flags],
+                f"{w} interpretation",
+            )
         status = _RESULT_STATUS.get(str(r.get("status")), "F")
         if not er7:
             status = "X"  # HL7 table 0085: results cannot be obtained for this observation
         self.put(obx, "OBX_11", status, f"{entry.where} status")
         effective = _effective(r)
         if effective:
-            self.put(obx, "OBX_14", tx.dtm(effective, f"{entry.where} effective (OBX-14)"),
-                     f"{entry.where} effective")
+            self.put(
+                obx,
+                "OBX_14",
+                tx.dtm(effective, f"{entry.where} effective (OBX-14)"),
+                f"{entry.where} effective",
+            )
         performer = self._performer(entry)
         if performer:
             self.put(obx, "OBX_23", performer, f"{entry.where} performer")
@@ -162,8 +211,11 @@ class OruR01(MessageBuilder):
             units = self.units(value, where, "OBX-6")
             comparator = value.get("comparator")
             if comparator:
-                return "SN", tx.components(self.esc(comparator, f"{where}.comparator"),
-                                           number), units
+                return (
+                    "SN",
+                    tx.components(self.esc(comparator, f"{where}.comparator"), number),
+                    units,
+                )
             return "NM", number, units
         if kind == "CodeableConcept":
             return "CE", self.ce(value, where, "OBX-5"), ""
@@ -178,8 +230,16 @@ class OruR01(MessageBuilder):
         if kind == "Range" and isinstance(value, Mapping):
             low, high = value.get("low") or {}, value.get("high") or {}
             units = self.units(low or high, where, "OBX-6")
-            return "SN", tx.components("", numeric(low.get("value"), f"{where}.low"), "-",
-                                       numeric(high.get("value"), f"{where}.high")), units
+            return (
+                "SN",
+                tx.components(
+                    "",
+                    numeric(low.get("value"), f"{where}.low"),
+                    "-",
+                    numeric(high.get("value"), f"{where}.high"),
+                ),
+                units,
+            )
         raise AdaptError(f"{where}: value{kind} has no HL7 v2 OBX-5 form here")
 
     def _performer(self, entry: Entry) -> str:
@@ -187,12 +247,27 @@ class OruR01(MessageBuilder):
             org = self.index.resolve_ref(ref, entry)
             if org is not None and org.type == "Organization":
                 name = org.resource.get("name", "")
-                ident = next((i.get("value") for i in org.resource.get("identifier") or []
-                              if isinstance(i, Mapping) and i.get("value")), "")
+                ident = next(
+                    (
+                        i.get("value")
+                        for i in org.resource.get("identifier") or []
+                        if isinstance(i, Mapping) and i.get("value")
+                    ),
+                    "",
+                )
                 # XON-1 organization name, XON-10 organization identifier.
-                return tx.components(self.esc(name, f"{org.where} name (OBX-23.1)"),
-                                     "", "", "", "", "", "", "", "",
-                                     self.esc(ident, f"{org.where} identifier (OBX-23.10)"))
+                return tx.components(
+                    self.esc(name, f"{org.where} name (OBX-23.1)"),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    self.esc(ident, f"{org.where} identifier (OBX-23.10)"),
+                )
         return ""
 
 

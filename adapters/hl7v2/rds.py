@@ -49,17 +49,31 @@ class RdsO13(MessageBuilder):
     def _dispense(self, order: Any, entry: Entry) -> None:
         r, w = entry.resource, entry.where
         medication, med_entry = self._dispensed_medication(entry)
-        placer = next((p.get("identifier", {}).get("value")
-                       for p in r.get("authorizingPrescription") or []
-                       if isinstance(p, Mapping) and isinstance(p.get("identifier"), Mapping)),
-                      None)
-        filler = next((i.get("value") for i in r.get("identifier") or []
-                       if isinstance(i, Mapping) and i.get("value")), entry.id)
+        placer = next(
+            (
+                p.get("identifier", {}).get("value")
+                for p in r.get("authorizingPrescription") or []
+                if isinstance(p, Mapping) and isinstance(p.get("identifier"), Mapping)
+            ),
+            None,
+        )
+        filler = next(
+            (
+                i.get("value")
+                for i in r.get("identifier") or []
+                if isinstance(i, Mapping) and i.get("value")
+            ),
+            entry.id,
+        )
         orc = order.add_segment("ORC")
         self.put(orc, "ORC_1", "RE", w)
         if placer:
-            self.put(orc, "ORC_2", self.esc(placer, f"{w} authorizingPrescription (ORC-2)"),
-                     f"{w} authorizingPrescription")
+            self.put(
+                orc,
+                "ORC_2",
+                self.esc(placer, f"{w} authorizingPrescription (ORC-2)"),
+                f"{w} authorizingPrescription",
+            )
         if filler:
             self.put(orc, "ORC_3", self.esc(filler, f"{w} identifier (ORC-3)"), f"{w} identifier")
         handed = r.get("whenHandedOver") or r.get("whenPrepared")
@@ -70,8 +84,11 @@ class RdsO13(MessageBuilder):
         rxd = order.add_segment("RXD")
         self.put(rxd, "RXD_1", "1", w)
         code_where = med_entry.where if med_entry else w
-        give = self.ce(medication.get("code") if medication else r.get(
-            "medicationCodeableConcept"), f"{code_where} code", "RXD-2")
+        give = self.ce(
+            medication.get("code") if medication else r.get("medicationCodeableConcept"),
+            f"{code_where} code",
+            "RXD-2",
+        )
         if not give:
             raise AdaptError(f"{w} medication[x]: RXD-2 (dispense/give code) is required")
         self.put(rxd, "RXD_2", give, f"{code_where} code")
@@ -79,31 +96,47 @@ class RdsO13(MessageBuilder):
         quantity = r.get("quantity") if isinstance(r.get("quantity"), Mapping) else None
         if not quantity or "value" not in quantity:
             raise AdaptError(f"{w} quantity: RXD-4 (actual dispense amount) is required")
-        self.put(rxd, "RXD_4", numeric(quantity["value"], f"{w} quantity.value (RXD-4)"),
-                 f"{w} quantity")
+        self.put(
+            rxd, "RXD_4", numeric(quantity["value"], f"{w} quantity.value (RXD-4)"), f"{w} quantity"
+        )
         self.put(rxd, "RXD_5", self.units(quantity, f"{w} quantity", "RXD-5"), f"{w} quantity")
         if medication and medication.get("form"):
-            self.put(rxd, "RXD_6", self.ce(medication["form"], f"{code_where} form", "RXD-6",
-                                            enrich_codes=False), f"{code_where} form")
-        self.put(rxd, "RXD_7", self.esc(placer or filler, f"{w} prescription number (RXD-7)"),
-                 f"{w} prescription")
+            self.put(
+                rxd,
+                "RXD_6",
+                self.ce(medication["form"], f"{code_where} form", "RXD-6", enrich_codes=False),
+                f"{code_where} form",
+            )
+        self.put(
+            rxd,
+            "RXD_7",
+            self.esc(placer or filler, f"{w} prescription number (RXD-7)"),
+            f"{w} prescription",
+        )
         batch = medication.get("batch") if medication else None
         if isinstance(batch, Mapping):
             if batch.get("lotNumber"):
-                self.put(rxd, "RXD_18", self.esc(batch["lotNumber"],
-                                                 f"{code_where} batch.lotNumber (RXD-18)"),
-                         f"{code_where} batch.lotNumber")
+                self.put(
+                    rxd,
+                    "RXD_18",
+                    self.esc(batch["lotNumber"], f"{code_where} batch.lotNumber (RXD-18)"),
+                    f"{code_where} batch.lotNumber",
+                )
             if batch.get("expirationDate"):
-                self.put(rxd, "RXD_19", tx.dtm(batch["expirationDate"],
-                                               f"{code_where} batch.expirationDate (RXD-19)"),
-                         f"{code_where} batch.expirationDate")
+                self.put(
+                    rxd,
+                    "RXD_19",
+                    tx.dtm(batch["expirationDate"], f"{code_where} batch.expirationDate (RXD-19)"),
+                    f"{code_where} batch.expirationDate",
+                )
         maker = self._manufacturer(medication, med_entry)
         if maker:
             self.put(rxd, "RXD_20", maker, f"{code_where} manufacturer")
         for k, note in enumerate(n for n in r.get("note") or [] if isinstance(n, Mapping)):
             if isinstance(note.get("text"), str):
-                self.nte(order.add_segment("NTE"), k + 1, note["text"],
-                          f"{w} note[{k}].text (NTE-3)")
+                self.nte(
+                    order.add_segment("NTE"), k + 1, note["text"], f"{w} note[{k}].text (NTE-3)"
+                )
         self.put(order.add_segment("RXR"), "RXR_1", self._route(entry), f"{w} route")
         for n, (code, value, where) in enumerate(self._serials(medication, code_where), 1):
             group = order.add_group("RDS_O13_OBSERVATION")
@@ -128,8 +161,14 @@ class RdsO13(MessageBuilder):
             ref = medication.get("manufacturer")
             name = ref.get("display") if isinstance(ref, Mapping) else None
             return tx.components("", self.esc(name or "", f"{med.where} manufacturer (RXD-20)"))
-        ident = next((i for i in org.resource.get("identifier") or []
-                      if isinstance(i, Mapping) and i.get("value")), {})
+        ident = next(
+            (
+                i
+                for i in org.resource.get("identifier") or []
+                if isinstance(i, Mapping) and i.get("value")
+            ),
+            {},
+        )
         return tx.components(
             self.esc(ident.get("value", ""), f"{org.where} identifier (RXD-20.1)"),
             self.esc(org.resource.get("name", ""), f"{org.where} name (RXD-20.2)"),
@@ -143,8 +182,10 @@ class RdsO13(MessageBuilder):
             if not isinstance(route, Mapping):
                 continue
             for coding in codings(route):
-                if coding.get("system") == "http://snomed.info/sct" and \
-                        coding.get("code") in ROUTES_0162:
+                if (
+                    coding.get("system") == "http://snomed.info/sct"
+                    and coding.get("code") in ROUTES_0162
+                ):
                     code, text = ROUTES_0162[str(coding["code"])]
                     return tx.components(code, text, "HL70162")
             ce = self.ce(route, f"{w} dosageInstruction[{i}].route", "RXR-1", enrich_codes=False)
@@ -152,8 +193,9 @@ class RdsO13(MessageBuilder):
                 return ce
         raise AdaptError(f"{w} dosageInstruction.route: RXR-1 (route) is required in RDS^O13")
 
-    def _serials(self, medication: Mapping[str, Any] | None,
-                 where: str) -> list[tuple[str, str, str]]:
+    def _serials(
+        self, medication: Mapping[str, Any] | None, where: str
+    ) -> list[tuple[str, str, str]]:
         """GS1 serial numbers (AI 21) of the dispensed pack, as (OBX-3, value, where)."""
         if not medication:
             return []

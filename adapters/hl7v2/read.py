@@ -190,15 +190,19 @@ def read_message(text: str, *, strict: bool = False) -> V2Message:
     """
     text = text.lstrip("\ufeff")
     if not text.startswith("MSH"):
-        raise MessageError("not an HL7 v2 message: it does not start with MSH", segment="MSH",
-                           code=100)
+        raise MessageError(
+            "not an HL7 v2 message: it does not start with MSH", segment="MSH", code=100
+        )
     first = text.split("\r", 1)[0]
     delimiters = first[3:8]
-    if len(delimiters) < 4 or len(set(delimiters)) != len(delimiters) or any(
-        ch.isalnum() or ch in "\r\n" for ch in delimiters
+    if (
+        len(delimiters) < 4
+        or len(set(delimiters)) != len(delimiters)
+        or any(ch.isalnum() or ch in "\r\n" for ch in delimiters)
     ):
-        raise MessageError(f"MSH-1/MSH-2: {delimiters!r} are not HL7 delimiters", segment="MSH",
-                           field=2, code=102)
+        raise MessageError(
+            f"MSH-1/MSH-2: {delimiters!r} are not HL7 delimiters", segment="MSH", field=2, code=102
+        )
     field_sep, comp_sep = delimiters[0], delimiters[1]
     msh = first.split(field_sep)
     msh_9 = msh[8].split(comp_sep) if len(msh) > 8 else []
@@ -214,8 +218,12 @@ def read_message(text: str, *, strict: bool = False) -> V2Message:
 def _parse_strict(text: str, structure: str, version: str) -> list[str]:
     profile = tx.profile(structure) if version == tx.VERSION else None
     try:
-        message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT,
-                                find_groups=True, message_profile=profile)
+        message = parse_message(
+            text,
+            validation_level=VALIDATION_LEVEL.STRICT,
+            find_groups=True,
+            message_profile=profile,
+        )
         message.validate()
     except HL7apyException as e:
         raise AdaptError(f"HL7 v2 message does not validate at STRICT level: {e}") from None
@@ -235,8 +243,14 @@ def _parse_tolerant(text: str, version: str, delimiters: str) -> list[str]:
     a site-specific Z segment) is kept as sent instead of failing the whole message."""
     if version not in SUPPORTED_LIBRARIES:
         version = tx.VERSION
-    chars = {"FIELD": delimiters[0], "COMPONENT": delimiters[1], "REPETITION": delimiters[2],
-             "ESCAPE": delimiters[3], "SUBCOMPONENT": delimiters[4], "SEGMENT": "\r"}
+    chars = {
+        "FIELD": delimiters[0],
+        "COMPONENT": delimiters[1],
+        "REPETITION": delimiters[2],
+        "ESCAPE": delimiters[3],
+        "SUBCOMPONENT": delimiters[4],
+        "SEGMENT": "\r",
+    }
     out = []
     seen: dict[str, int] = {}
     for raw in text.split("\r"):
@@ -246,13 +260,20 @@ def _parse_tolerant(text: str, version: str, delimiters: str) -> list[str]:
         # hl7apy reads the segment when it knows it; one it does not know (PRT in 2.5.1, a
         # site's Z segment) is kept as sent. Either way values are read from the text.
         try:
-            parse_segment(raw, version=version, encoding_chars=chars,
-                          validation_level=VALIDATION_LEVEL.TOLERANT)
+            parse_segment(
+                raw,
+                version=version,
+                encoding_chars=chars,
+                validation_level=VALIDATION_LEVEL.TOLERANT,
+            )
         except InvalidName:
             pass
         except (HL7apyException, ValueError, KeyError, IndexError) as e:
-            raise MessageError(f"HL7 v2 segment {raw[:3]!r} does not parse: {e}",
-                               segment=raw[:3], sequence=seen[raw[:3]]) from None
+            raise MessageError(
+                f"HL7 v2 segment {raw[:3]!r} does not parse: {e}",
+                segment=raw[:3],
+                sequence=seen[raw[:3]],
+            ) from None
         out.append(raw)
     return out
 
@@ -313,23 +334,34 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
             context = "order"
             if name == "OBR":
                 order_codes.append(row.coded(row.raw(4)))
-                orders.append({"code": row.coded(row.raw(4)), "filler": row.value(3),
-                               "effective": row.value(7), "status": row.value(25),
-                               "notes": [], "observations": [], "position": len(orders) + 1})
+                orders.append(
+                    {
+                        "code": row.coded(row.raw(4)),
+                        "filler": row.value(3),
+                        "effective": row.value(7),
+                        "status": row.value(25),
+                        "notes": [],
+                        "observations": [],
+                        "position": len(orders) + 1,
+                    }
+                )
         elif name == "TXA" and document_header is None:
-            document_header = DocumentHeader(row.value(2), row.value(4), row.value(12),
-                                             row.value(17))
+            document_header = DocumentHeader(
+                row.value(2), row.value(4), row.value(12), row.value(17)
+            )
         elif name == "RXD":
-            dispenses.append(Dispense(
-                code=row.coded(row.raw(2)),
-                amount=row.value(4),
-                units=row.coded(row.raw(5)),
-                prescription=row.value(7),
-                lots=tuple(tx.unescape(r) for r in row.reps(18)),
-                expirations=tuple(row.reps(19)),
-                manufacturers=tuple(row.coded(r) for r in row.reps(20)),
-                route=Coded(),
-            ))
+            dispenses.append(
+                Dispense(
+                    code=row.coded(row.raw(2)),
+                    amount=row.value(4),
+                    units=row.coded(row.raw(5)),
+                    prescription=row.value(7),
+                    lots=tuple(tx.unescape(r) for r in row.reps(18)),
+                    expirations=tuple(row.reps(19)),
+                    manufacturers=tuple(row.coded(r) for r in row.reps(20)),
+                    route=Coded(),
+                )
+            )
             context = "dispense"
         elif name == "RXR" and dispenses and dispenses[-1].route == Coded():
             dispenses[-1] = replace(dispenses[-1], route=row.coded(row.raw(1)))
@@ -353,8 +385,9 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
                 observations[-1] = _with_note(observations[-1], note)
             elif context == "dispense-obx":
                 held = dispenses[-1].observations
-                dispenses[-1] = replace(dispenses[-1],
-                                        observations=(*held[:-1], _with_note(held[-1], note)))
+                dispenses[-1] = replace(
+                    dispenses[-1], observations=(*held[:-1], _with_note(held[-1], note))
+                )
             elif context == "dispense":
                 dispenses[-1] = replace(dispenses[-1], notes=(*dispenses[-1].notes, note))
             else:
@@ -390,8 +423,15 @@ def _summarise(segments: list[str], delimiters: str) -> V2Message:
         processing_id=msh.value(11),
         delimiters=delimiters,
         orders=tuple(
-            Order(o["code"], o["filler"], o["effective"], o["status"], tuple(o["notes"]),
-                  tuple(o["observations"]), o["position"])
+            Order(
+                o["code"],
+                o["filler"],
+                o["effective"],
+                o["status"],
+                tuple(o["notes"]),
+                tuple(o["observations"]),
+                o["position"],
+            )
             for o in orders
         ),
         document_header=document_header,
@@ -403,19 +443,26 @@ def _patient(row: _Er7) -> Patient:
     for i in range(len(row.reps(3))):
         comps = row.comps(3, i) + [""] * 5
         authority = comps[3].split(row.s)
-        identifiers.append((
-            tx.unescape(comps[0].split(row.s)[0]),
-            tx.unescape(authority[1] if len(authority) > 1 and authority[1] else authority[0]),
-            tx.unescape(comps[4].split(row.s)[0]),
-        ))
+        identifiers.append(
+            (
+                tx.unescape(comps[0].split(row.s)[0]),
+                tx.unescape(authority[1] if len(authority) > 1 and authority[1] else authority[0]),
+                tx.unescape(comps[4].split(row.s)[0]),
+            )
+        )
     names = []
     for i in range(len(row.reps(5))):
         comps = row.comps(5, i) + [""] * 7
         given = [tx.unescape(comps[1].split(row.s)[0])] if comps[1] else []
         if comps[2]:
             given.append(tx.unescape(comps[2].split(row.s)[0]))
-        names.append(Name(tx.unescape(comps[0].split(row.s)[0]), tuple(given),
-                          tx.unescape(comps[6].split(row.s)[0])))
+        names.append(
+            Name(
+                tx.unescape(comps[0].split(row.s)[0]),
+                tuple(given),
+                tx.unescape(comps[6].split(row.s)[0]),
+            )
+        )
     return Patient(tuple(identifiers), tuple(names), row.value(7), row.value(8))
 
 

@@ -84,7 +84,7 @@ def unescape(value: str) -> str:
     for m in _TOKEN.finditer(value):
         if m.start() > pos:
             flush()
-            out.append(value[pos:m.start()])
+            out.append(value[pos : m.start()])
         token = m.group(1)
         if token.startswith("X") and re.fullmatch(r"X(?:[0-9A-Fa-f]{2})+", token):
             pending.extend(bytes.fromhex(token[1:]))
@@ -188,8 +188,12 @@ def profile(structure: str) -> dict[str, Any] | None:
     def patch(node: Any) -> Any:
         if isinstance(node, (tuple, list)):
             if len(node) == 4 and node[0] == "OBX_5":
-                return ("OBX_5", ("sequence", ed, "ED", "OBSERVATION_VALUE", None, -1),
-                        node[2], node[3])
+                return (
+                    "OBX_5",
+                    ("sequence", ed, "ED", "OBSERVATION_VALUE", None, -1),
+                    node[2],
+                    node[3],
+                )
             return type(node)(patch(x) for x in node)
         return node
 

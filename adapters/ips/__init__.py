@@ -79,8 +79,9 @@ def adapt(bundles: list[bytes], options: AdaptOptions) -> bytes:
     """
     docs = [loads_bundle(data, f"input {i + 1}") for i, data in enumerate(bundles)]
     document_id = options.control_id or content_id("ips", bundles)
-    return dumps(build_ips(docs, now=options.now, document_id=document_id,
-                           language=options.language))
+    return dumps(
+        build_ips(docs, now=options.now, document_id=document_id, language=options.language)
+    )
 
 
 def content_id(prefix: str, inputs: Sequence[bytes]) -> str:

@@ -92,8 +92,11 @@ class DocumentBuilder:
         for entry in included:
             self.copies[entry.key] = self._copy(entry)
 
-        sections = [self._section(s, grouped.get(s.key, [])) for s in SECTIONS
-                    if s.required or grouped.get(s.key)]
+        sections = [
+            self._section(s, grouped.get(s.key, []))
+            for s in SECTIONS
+            if s.required or grouped.get(s.key)
+        ]
         device = self._author_device()
         composition = self._composition(sections, included)
         entries = [{"fullUrl": self.url_for_key("composition"), "resource": composition}]
@@ -179,8 +182,9 @@ class DocumentBuilder:
     def _section(self, section: Section, entries: list[Entry]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "title": nv.label(self.source_lang, section.key),
-            "code": {"coding": [{"system": LOINC, "code": section.loinc,
-                                 "display": section.display}]},
+            "code": {
+                "coding": [{"system": LOINC, "code": section.loinc, "display": section.display}]
+            },
         }
         title_translations = [
             nv.translation_extension(nv.TAGS[lang], nv.label(lang, section.key))
@@ -195,8 +199,9 @@ class DocumentBuilder:
             key = f"empty_{section.key}"
             out["text"] = {"status": "generated", "div": self._empty_div(key)}
             out["emptyReason"] = {
-                "coding": [{"system": LIST_EMPTY_REASON, "code": "unavailable",
-                            "display": "Unavailable"}],
+                "coding": [
+                    {"system": LIST_EMPTY_REASON, "code": "unavailable", "display": "Unavailable"}
+                ],
                 "text": nv.label(self.source_lang, key),
             }
         return out
@@ -227,8 +232,10 @@ class DocumentBuilder:
             self.source_tag,
             block(self.source_lang),
             [
-                (nv.TAGS[lang], nv.translation_note(lang, nv.TAGS[lang], self.source_tag)
-                 + block(lang))
+                (
+                    nv.TAGS[lang],
+                    nv.translation_note(lang, nv.TAGS[lang], self.source_tag) + block(lang),
+                )
                 for lang in self.renditions
             ],
         )
@@ -241,10 +248,15 @@ class DocumentBuilder:
         for ref in member_refs(entry.resource):
             member = self.index.resolve_ref(ref, entry)
             if member is not None and member.key in self.copies:
-                sub = Row(self.index, self.copies, member, self.copies[member.key], lang,
-                          self.source_lang)
-                rows.append([("— " + sub.cell(c)) if c == "col_item" else sub.cell(c)
-                             for c in section.columns])
+                sub = Row(
+                    self.index, self.copies, member, self.copies[member.key], lang, self.source_lang
+                )
+                rows.append(
+                    [
+                        ("— " + sub.cell(c)) if c == "col_item" else sub.cell(c)
+                        for c in section.columns
+                    ]
+                )
         return rows
 
     # -- composition ------------------------------------------------------------------------
@@ -264,11 +276,13 @@ class DocumentBuilder:
             "id": _uuid(self.document_id, "composition"),
             "language": self.source_tag,
             "text": {"status": "generated", "div": self._composition_div()},
-            "identifier": {"system": "urn:ietf:rfc:3986",
-                           "value": self.url_for_key("document")},
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": self.url_for_key("document")},
             "status": "final",
-            "type": {"coding": [{"system": LOINC, "code": "60591-5",
-                                 "display": "Patient summary Document"}]},
+            "type": {
+                "coding": [
+                    {"system": LOINC, "code": "60591-5", "display": "Patient summary Document"}
+                ]
+            },
             "subject": {"reference": self.url(patient)},
             "date": _instant(self.now),
             "author": [{"reference": self.url_for_key("author-device")}],
@@ -276,8 +290,10 @@ class DocumentBuilder:
             "confidentiality": "N",
             "section": sections,
         }
-        title_translations = [nv.translation_extension(nv.TAGS[lang], nv.label(lang, "title"))
-                              for lang in self.renditions]
+        title_translations = [
+            nv.translation_extension(nv.TAGS[lang], nv.label(lang, "title"))
+            for lang in self.renditions
+        ]
         if title_translations:
             comp["_title"] = {"extension": title_translations}
         encounters = [e for e in included if e.type == "Encounter"]
@@ -288,13 +304,21 @@ class DocumentBuilder:
             comp["custodian"] = {"reference": self.url(custodians[0])}
         period = _care_period(encounters)
         if period:
-            comp["event"] = [{
-                "code": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActClass",
-                    "code": "PCPR",
-                }]}],
-                "period": period,
-            }]
+            comp["event"] = [
+                {
+                    "code": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActClass",
+                                    "code": "PCPR",
+                                }
+                            ]
+                        }
+                    ],
+                    "period": period,
+                }
+            ]
         return comp
 
     def _custodians(self, encounters: list[Entry]) -> list[Entry]:
@@ -311,13 +335,18 @@ class DocumentBuilder:
         birth = patient.get("birthDate", "")
 
         def block(lang: str) -> str:
-            return "".join([
-                nv.element("p", None, nv.element("b", None, nv.text(nv.label(lang, "title")))),
-                nv.element("p", None, nv.text(f"{nv.label(lang, 'patient')}: {names}")),
-                nv.element("p", None, nv.text(f"{nv.label(lang, 'birth_date')}: {birth}")),
-                nv.element("p", None, nv.text(
-                    f"{nv.label(lang, 'summary_date')}: {_instant(self.now)[:10]}")),
-            ])
+            return "".join(
+                [
+                    nv.element("p", None, nv.element("b", None, nv.text(nv.label(lang, "title")))),
+                    nv.element("p", None, nv.text(f"{nv.label(lang, 'patient')}: {names}")),
+                    nv.element("p", None, nv.text(f"{nv.label(lang, 'birth_date')}: {birth}")),
+                    nv.element(
+                        "p",
+                        None,
+                        nv.text(f"{nv.label(lang, 'summary_date')}: {_instant(self.now)[:10]}"),
+                    ),
+                ]
+            )
 
         return self._div(block)
 
@@ -361,10 +390,16 @@ def _preferred_language(patient: Mapping[str, Any]) -> str | None:
 
 
 def _care_period(encounters: list[Entry]) -> dict[str, str] | None:
-    starts = [p["start"] for e in encounters
-              if isinstance(p := e.resource.get("period"), Mapping) and p.get("start")]
-    ends = [p["end"] for e in encounters
-            if isinstance(p := e.resource.get("period"), Mapping) and p.get("end")]
+    starts = [
+        p["start"]
+        for e in encounters
+        if isinstance(p := e.resource.get("period"), Mapping) and p.get("start")
+    ]
+    ends = [
+        p["end"]
+        for e in encounters
+        if isinstance(p := e.resource.get("period"), Mapping) and p.get("end")
+    ]
     period = {}
     if starts:
         period["start"] = min(starts)

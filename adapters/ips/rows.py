@@ -45,8 +45,15 @@ class Row:
     and flagged as untranslated.
     """
 
-    def __init__(self, index: BundleIndex, copies: Mapping[str, Mapping[str, Any]],
-                 entry: Entry, resource: Mapping[str, Any], lang: str, source_lang: str) -> None:
+    def __init__(
+        self,
+        index: BundleIndex,
+        copies: Mapping[str, Mapping[str, Any]],
+        entry: Entry,
+        resource: Mapping[str, Any],
+        lang: str,
+        source_lang: str,
+    ) -> None:
         self.index = index
         self.copies = copies
         self.entry = entry
@@ -82,8 +89,7 @@ class Row:
 
     def main_concept(self) -> Any:
         t = self.entry.type
-        if t in ("Condition", "AllergyIntolerance", "Procedure", "Observation",
-                 "DiagnosticReport"):
+        if t in ("Condition", "AllergyIntolerance", "Procedure", "Observation", "DiagnosticReport"):
             return self.r.get("code")
         if t == "Immunization":
             return self.r.get("vaccineCode")
@@ -97,8 +103,7 @@ class Row:
     def _medication(self) -> Any:
         if "medicationCodeableConcept" in self.r:
             return self.r["medicationCodeableConcept"]
-        target = self.index.resolve_ref(self.entry.resource.get("medicationReference"),
-                                          self.entry)
+        target = self.index.resolve_ref(self.entry.resource.get("medicationReference"), self.entry)
         if target is not None and target.key in self.copies:
             return self.copies[target.key].get("code")
         ref = self.r.get("medicationReference")
@@ -146,9 +151,13 @@ class Row:
     def _date(self) -> str:
         t = self.entry.type
         prefix = {
-            "Condition": "onset", "MedicationStatement": "effective", "Procedure": "performed",
-            "Immunization": "occurrence", "Observation": "effective",
-            "DiagnosticReport": "effective", "DeviceUseStatement": "timing",
+            "Condition": "onset",
+            "MedicationStatement": "effective",
+            "Procedure": "performed",
+            "Immunization": "occurrence",
+            "Observation": "effective",
+            "DiagnosticReport": "effective",
+            "DeviceUseStatement": "timing",
         }.get(t)
         found = choice_date(self.r, prefix) if prefix else ""
         if not found and t == "MedicationRequest":
@@ -167,8 +176,9 @@ class Row:
         for component in obs.get("component") or []:
             cfound = first_of(component, "value")
             if cfound:
-                parts.append(f"{self.term(component.get('code'))} "
-                             f"{self._format_value(*cfound)}".strip())
+                parts.append(
+                    f"{self.term(component.get('code'))} {self._format_value(*cfound)}".strip()
+                )
         if parts:
             return "; ".join(parts)
         if isinstance(obs.get("conclusion"), str):

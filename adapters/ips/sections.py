@@ -35,24 +35,69 @@ class Section:
 
 
 SECTIONS = (
-    Section("problems", "11450-4", "Problem list - Reported", True,
-            ("col_item", "col_code", "col_status", "col_date")),
-    Section("allergies", "48765-2", "Allergies and adverse reactions Document", True,
-            ("col_item", "col_code", "col_status", "col_details")),
-    Section("medications", "10160-0", "History of Medication use Narrative", True,
-            ("col_item", "col_code", "col_status", "col_date", "col_details")),
-    Section("immunizations", "11369-6", "History of Immunization Narrative", False,
-            ("col_item", "col_code", "col_status", "col_date", "col_details")),
-    Section("procedures", "47519-4", "History of Procedures Document", False,
-            ("col_item", "col_code", "col_status", "col_date")),
-    Section("devices", "46264-8", "History of medical device use", False,
-            ("col_item", "col_code", "col_status", "col_date", "col_details")),
-    Section("results", "30954-2", "Relevant diagnostic tests/laboratory data Narrative", False,
-            ("col_item", "col_value", "col_date", "col_details")),
-    Section("vital_signs", "8716-3", "Vital signs", False,
-            ("col_item", "col_value", "col_date", "col_details")),
-    Section("past_illness", "11348-0", "History of Past illness Narrative", False,
-            ("col_item", "col_code", "col_status", "col_date")),
+    Section(
+        "problems",
+        "11450-4",
+        "Problem list - Reported",
+        True,
+        ("col_item", "col_code", "col_status", "col_date"),
+    ),
+    Section(
+        "allergies",
+        "48765-2",
+        "Allergies and adverse reactions Document",
+        True,
+        ("col_item", "col_code", "col_status", "col_details"),
+    ),
+    Section(
+        "medications",
+        "10160-0",
+        "History of Medication use Narrative",
+        True,
+        ("col_item", "col_code", "col_status", "col_date", "col_details"),
+    ),
+    Section(
+        "immunizations",
+        "11369-6",
+        "History of Immunization Narrative",
+        False,
+        ("col_item", "col_code", "col_status", "col_date", "col_details"),
+    ),
+    Section(
+        "procedures",
+        "47519-4",
+        "History of Procedures Document",
+        False,
+        ("col_item", "col_code", "col_status", "col_date"),
+    ),
+    Section(
+        "devices",
+        "46264-8",
+        "History of medical device use",
+        False,
+        ("col_item", "col_code", "col_status", "col_date", "col_details"),
+    ),
+    Section(
+        "results",
+        "30954-2",
+        "Relevant diagnostic tests/laboratory data Narrative",
+        False,
+        ("col_item", "col_value", "col_date", "col_details"),
+    ),
+    Section(
+        "vital_signs",
+        "8716-3",
+        "Vital signs",
+        False,
+        ("col_item", "col_value", "col_date", "col_details"),
+    ),
+    Section(
+        "past_illness",
+        "11348-0",
+        "History of Past illness Narrative",
+        False,
+        ("col_item", "col_code", "col_status", "col_date"),
+    ),
 )
 
 # Which resources a record of the patient's care contributes, and where the patient is named.
@@ -71,10 +116,22 @@ SUBJECT_FIELD = {
 
 # Resources pulled in because a listed resource references them (the rest of the references
 # are left as sent: the document is a summary, not a copy of every submission).
-_SUPPORTING = frozenset({
-    "Patient", "Practitioner", "PractitionerRole", "Organization", "Medication", "Device",
-    "Encounter", "Location", "Specimen", "Observation", "Substance", "RelatedPerson",
-})
+_SUPPORTING = frozenset(
+    {
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "Medication",
+        "Device",
+        "Encounter",
+        "Location",
+        "Specimen",
+        "Observation",
+        "Substance",
+        "RelatedPerson",
+    }
+)
 
 
 def select(index: BundleIndex) -> dict[str, list[Entry]]:
@@ -186,8 +243,11 @@ def section_of(resource: Mapping[str, Any]) -> str | None:
     if t == "DeviceUseStatement":
         return "devices"
     if t == "Observation":
-        categories = {(c.get("system"), c.get("code"))
-                      for cat in resource.get("category") or [] for c in codings(cat)}
+        categories = {
+            (c.get("system"), c.get("code"))
+            for cat in resource.get("category") or []
+            for c in codings(cat)
+        }
         if (OBSERVATION_CATEGORY, "vital-signs") in categories:
             return "vital_signs"
         return "results"

@@ -39,8 +39,12 @@ CASES = {
     "shanghai-ru": ["shanghai-ru-outpatient.json"],
 }
 # (case, message) pairs the fixtures support; the Russian visit dispensed nothing.
-BUILDS = [(case, m) for case in CASES for m in sorted(MESSAGES)
-          if not (case == "shanghai-ru" and m == "RDS_O13")]
+BUILDS = [
+    (case, m)
+    for case in CASES
+    for m in sorted(MESSAGES)
+    if not (case == "shanghai-ru" and m == "RDS_O13")
+]
 
 
 def load(case: str) -> list[dict[str, Any]]:
@@ -48,8 +52,7 @@ def load(case: str) -> list[dict[str, Any]]:
 
 
 def build(case: str, message: str, **kw: Any) -> str:
-    return build_message(load(case), message, now=NOW, control_id=f"{case[:6]}-{message[:3]}",
-                         **kw)
+    return build_message(load(case), message, now=NOW, control_id=f"{case[:6]}-{message[:3]}", **kw)
 
 
 # -- every message parses back at STRICT validation ------------------------------------------------
@@ -89,7 +92,11 @@ def test_adt_diagnoses_keep_the_chinese_code_first() -> None:
     read = read_message(build("boao-kr", "ADT_A08"), strict=True)
     mi, htn, tcm = read.diagnoses
     assert (mi.code, mi.system, mi.alt_code, mi.alt_system) == (
-        "I21.001", "99GBT14396", "I21.0", "I10")
+        "I21.001",
+        "99GBT14396",
+        "I21.0",
+        "I10",
+    )
     assert (htn.code, htn.alt_code) == ("I10.x00", "I10")
     assert (tcm.code, tcm.text, tcm.alt_code) == ("A04.04.01", "胸痹心痛病", "")
     assert [(a.code, a.system) for a in read.allergies] == [("764146007", "SCT")]
@@ -98,7 +105,9 @@ def test_adt_diagnoses_keep_the_chinese_code_first() -> None:
     assert patient is not None
     assert patient.identifiers[0] == ("M12345678", "http://hl7.org/fhir/sid/passport-KOR", "PPN")
     assert [(n.family, n.given, n.type) for n in patient.names] == [
-        ("KIM", ("MINJUN",), "L"), ("김", ("민준",), "D")]
+        ("KIM", ("MINJUN",), "L"),
+        ("김", ("민준",), "D"),
+    ]
     assert (patient.birth_date, patient.sex) == ("19620418", "M")
 
 
@@ -106,7 +115,10 @@ def test_mdm_carries_the_ips() -> None:
     read = read_message(build("boao-kr", "MDM_T02"), strict=True)
     (document,) = read.documents
     assert (document.type_of_data, document.subtype, document.encoding) == (
-        "application", "fhir+json", "Base64")
+        "application",
+        "fhir+json",
+        "Base64",
+    )
     ips = json.loads(document.content)
     assert ips["type"] == "document"
     assert ips_problems(ips) == []
@@ -115,8 +127,11 @@ def test_mdm_carries_the_ips() -> None:
 def test_mdm_carries_the_pdf_when_there_is_one() -> None:
     read = read_message(build("shanghai-ru", "MDM_T02"), strict=True)
     (document,) = read.documents
-    source = next(e["resource"] for e in load("shanghai-ru")[0]["entry"]
-                  if e["resource"]["resourceType"] == "DocumentReference")
+    source = next(
+        e["resource"]
+        for e in load("shanghai-ru")[0]["entry"]
+        if e["resource"]["resourceType"] == "DocumentReference"
+    )
     pdf = base64.b64decode(source["content"][0]["attachment"]["data"])
     assert (document.subtype, document.content) == ("pdf", pdf)
     assert read.observations[0].code.code == "34108-1"
@@ -143,26 +158,52 @@ def test_rds_dispense_lot_expiry_manufacturer_serial() -> None:
 
 def _patient_bundle(family: str, given: str, note: str) -> dict[str, Any]:
     return {
-        "resourceType": "Bundle", "type": "collection",
+        "resourceType": "Bundle",
+        "type": "collection",
         "entry": [
-            {"resource": {"resourceType": "Patient", "id": "p",
-                          "identifier": [{"system": "urn:test", "value": "P-1"}],
-                          "name": [{"family": family, "given": [given]}]}},
-            {"resource": {"resourceType": "Observation", "id": "o", "status": "final",
-                          "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
-                                               "display": "Heart rate"}]},
-                          "subject": {"reference": "Patient/p"},
-                          "valueQuantity": {"value": 72, "unit": "/min",
-                                            "system": "http://unitsofmeasure.org",
-                                            "code": "/min"},
-                          "note": [{"text": note}]}},
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": "p",
+                    "identifier": [{"system": "urn:test", "value": "P-1"}],
+                    "name": [{"family": family, "given": [given]}],
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o",
+                    "status": "final",
+                    "code": {
+                        "coding": [
+                            {
+                                "system": "http://loinc.org",
+                                "code": "8867-4",
+                                "display": "Heart rate",
+                            }
+                        ]
+                    },
+                    "subject": {"reference": "Patient/p"},
+                    "valueQuantity": {
+                        "value": 72,
+                        "unit": "/min",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "/min",
+                    },
+                    "note": [{"text": note}],
+                }
+            },
         ],
     }
 
 
 def test_delimiters_are_escaped() -> None:
-    text = build_message([_patient_bundle("O'Neil|Smith^Jr", "A&B~C\\D", "x|y^z&w~v\\u")],
-                         "ORU_R01", now=NOW, control_id="ESC1")
+    text = build_message(
+        [_patient_bundle("O'Neil|Smith^Jr", "A&B~C\\D", "x|y^z&w~v\\u")],
+        "ORU_R01",
+        now=NOW,
+        control_id="ESC1",
+    )
     pid = next(s for s in text.split("\r") if s.startswith("PID"))
     assert "O'Neil\\F\\Smith\\S\\Jr^A\\T\\B\\R\\C\\E\\D" in pid
     read = read_message(text, strict=True)
@@ -173,16 +214,33 @@ def test_delimiters_are_escaped() -> None:
 @pytest.mark.parametrize("char", ["\r", "\n", "\x0b", "\x1c"])
 def test_framing_characters_are_refused_naming_the_field(char: str) -> None:
     with pytest.raises(AdaptError, match=r"Patient/p name\[0\]\.family \(PID-5\.1\)"):
-        build_message([_patient_bundle(f"Kim{char}Lee", "Min", "ok")], "ORU_R01", now=NOW,
-                      control_id="C1")
+        build_message(
+            [_patient_bundle(f"Kim{char}Lee", "Min", "ok")], "ORU_R01", now=NOW, control_id="C1"
+        )
     with pytest.raises(AdaptError, match=r"Observation/o note\[0\]\.text \(NTE-3\)"):
-        build_message([_patient_bundle("Kim", "Min", f"line one{char}line two")], "ORU_R01",
-                      now=NOW, control_id="C1")
+        build_message(
+            [_patient_bundle("Kim", "Min", f"line one{char}line two")],
+            "ORU_R01",
+            now=NOW,
+            control_id="C1",
+        )
 
 
 def test_escape_round_trip_of_awkward_values() -> None:
-    for value in [" lead", "trail ", "\u3000", "tab\there", "a\\.br\\b", "\x00\x7f\x85",
-                  "\u2028", "|^~\\&", "مرحبا", "김민준", "Иванова", "胸痹"]:
+    for value in [
+        " lead",
+        "trail ",
+        "\u3000",
+        "tab\there",
+        "a\\.br\\b",
+        "\x00\x7f\x85",
+        "\u2028",
+        "|^~\\&",
+        "مرحبا",
+        "김민준",
+        "Иванова",
+        "胸痹",
+    ]:
         assert unescape(escape(value, "test")) == value
 
 
@@ -213,12 +271,15 @@ _SCRIPTS = st.one_of(
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(family=st.text(_SCRIPTS, min_size=1, max_size=20),
-       given_name=st.text(_SCRIPTS, min_size=1, max_size=20),
-       note=st.text(_SCRIPTS, min_size=1, max_size=200))
+@given(
+    family=st.text(_SCRIPTS, min_size=1, max_size=20),
+    given_name=st.text(_SCRIPTS, min_size=1, max_size=20),
+    note=st.text(_SCRIPTS, min_size=1, max_size=200),
+)
 def test_round_trip_of_names_and_notes(family: str, given_name: str, note: str) -> None:
-    text = build_message([_patient_bundle(family, given_name, note)], "ORU_R01", now=NOW,
-                         control_id="RT1")
+    text = build_message(
+        [_patient_bundle(family, given_name, note)], "ORU_R01", now=NOW, control_id="RT1"
+    )
     read = read_message(text, strict=True)
     assert read.patient is not None
     name = read.patient.names[0]
@@ -243,24 +304,32 @@ def test_missing_content_names_what_is_missing() -> None:
     with pytest.raises(AdaptError, match="no MedicationDispense"):
         build("shanghai-ru", "RDS_O13")
     bundles = load("boao-kr")
-    dispense = next(e["resource"] for e in bundles[1]["entry"]
-                    if e["resource"]["resourceType"] == "MedicationDispense")
+    dispense = next(
+        e["resource"]
+        for e in bundles[1]["entry"]
+        if e["resource"]["resourceType"] == "MedicationDispense"
+    )
     del dispense["dosageInstruction"][0]["route"]
-    with pytest.raises(AdaptError, match=r"MedicationDispense/kr-disp-clopidogrel "
-                                         r"dosageInstruction\.route: RXR-1"):
+    with pytest.raises(
+        AdaptError,
+        match=r"MedicationDispense/kr-disp-clopidogrel "
+        r"dosageInstruction\.route: RXR-1",
+    ):
         build_message(bundles, "RDS_O13", now=NOW, control_id="X")
 
 
 def test_too_long_value_names_the_field() -> None:
     with pytest.raises(AdaptError, match=r"Patient/p name.*PID-5.*longer than"):
-        build_message([_patient_bundle("K" * 250, "Min", "ok")], "ORU_R01", now=NOW,
-                      control_id="X")
+        build_message([_patient_bundle("K" * 250, "Min", "ok")], "ORU_R01", now=NOW, control_id="X")
 
 
 def test_document_over_the_ed_limit_is_refused() -> None:
     bundles = load("shanghai-ru")
-    doc = next(e["resource"] for e in bundles[0]["entry"]
-               if e["resource"]["resourceType"] == "DocumentReference")
+    doc = next(
+        e["resource"]
+        for e in bundles[0]["entry"]
+        if e["resource"]["resourceType"] == "DocumentReference"
+    )
     doc["content"][0]["attachment"]["data"] = base64.b64encode(b"%PDF" + b"0" * 60000).decode()
     with pytest.raises(AdaptError, match=r"OBX-5\.5"):
         build_message(bundles, "MDM_T02", now=NOW, control_id="X")
@@ -303,14 +372,33 @@ def test_cli_adapt_hl7v2(tmp_path: Path) -> None:
     except Exception as e:  # another module of the CLI may be mid-edit
         pytest.skip(f"exchange.cli does not import ({e}); adapt() is tested directly above")
     out = tmp_path / "oru.hl7"
-    args = ["adapt", "hl7v2", "--message", "ORU_R01", "--now", "2026-11-28T10:00:00+08:00",
-            "--control-id", "boao-k-ORU", "--out", str(out)]
+    args = [
+        "adapt",
+        "hl7v2",
+        "--message",
+        "ORU_R01",
+        "--now",
+        "2026-11-28T10:00:00+08:00",
+        "--control-id",
+        "boao-k-ORU",
+        "--out",
+        str(out),
+    ]
     for name in CASES["boao-kr"]:
         args += ["--in", str(FIXTURES / name)]
     assert main(args) == 0
     assert out.read_bytes() == (GOLDEN / "boao-kr-ORU_R01.hl7").read_bytes()
-    bad = [*args[:2], "--message", "RDS_O13", "--now", "2026-11-28T10:00:00+08:00",
-           "--in", str(FIXTURES / "shanghai-ru-outpatient.json"), "--out", str(out)]
+    bad = [
+        *args[:2],
+        "--message",
+        "RDS_O13",
+        "--now",
+        "2026-11-28T10:00:00+08:00",
+        "--in",
+        str(FIXTURES / "shanghai-ru-outpatient.json"),
+        "--out",
+        str(out),
+    ]
     assert main(bad) == 3  # malformed input for this message: no dispense to send
 
 
@@ -321,8 +409,10 @@ def _samples() -> dict[str, str]:
     root = VECTORS / "hl7v2"
     if not root.is_dir():
         pytest.skip(f"public test vectors not present at {VECTORS}")
-    return {p.name: p.read_text(encoding="utf-8").replace("\r\n", "\n").replace("\n", "\r")
-            for p in sorted(root.glob("*.hl7"))}
+    return {
+        p.name: p.read_text(encoding="utf-8").replace("\r\n", "\n").replace("\n", "\r")
+        for p in sorted(root.glob("*.hl7"))
+    }
 
 
 def test_sample_messages_are_readable() -> None:
@@ -354,8 +444,9 @@ def test_our_messages_look_like_the_samples() -> None:
         assert set(ours[message].segments) <= used, message
     lab = samples["LRI_2.0-NG_CBC_Typ_Message.hl7"]
     assert any(o.code.system == "LN" and o.units.system == "UCUM" for o in lab.observations)
-    assert all(o.code.system == "LN" and o.units.system == "UCUM"
-               for o in ours["ORU_R01"].observations)
+    assert all(
+        o.code.system == "LN" and o.units.system == "UCUM" for o in ours["ORU_R01"].observations
+    )
     adt = samples["ADT-A08-01.hl7"]
     assert adt.diagnoses and adt.allergies and adt.procedures
     assert ours["ADT_A08"].diagnoses and ours["ADT_A08"].allergies and ours["ADT_A08"].procedures

@@ -64,8 +64,13 @@ OPTIONAL_SECTIONS = ("47519-4", "11369-6", "46264-8", "30954-2", "8716-3", "1134
 SECTION_ENTRY_TYPES = {
     "11450-4": {"Condition", "DocumentReference"},
     "48765-2": {"AllergyIntolerance", "DocumentReference"},
-    "10160-0": {"MedicationStatement", "MedicationRequest", "MedicationAdministration",
-                "MedicationDispense", "DocumentReference"},
+    "10160-0": {
+        "MedicationStatement",
+        "MedicationRequest",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "DocumentReference",
+    },
     "47519-4": {"Procedure", "DocumentReference"},
     "11369-6": {"Immunization", "DocumentReference"},
     "46264-8": {"DeviceUseStatement", "DocumentReference"},
@@ -76,10 +81,15 @@ SECTION_ENTRY_TYPES = {
 
 BUNDLE_RULES = [
     ("bdl-ips-1", "entry.tail().where(resource is Composition).empty()"),
-    ("bdl-7", "(type = 'history') or entry.where(fullUrl.exists()).select(fullUrl & "
-              "iif(resource.meta.versionId.exists(), resource.meta.versionId, '')).isDistinct()"),
-    ("bdl-9", "type = 'document' implies (identifier.system.exists() and "
-              "identifier.value.exists())"),
+    (
+        "bdl-7",
+        "(type = 'history') or entry.where(fullUrl.exists()).select(fullUrl & "
+        "iif(resource.meta.versionId.exists(), resource.meta.versionId, '')).isDistinct()",
+    ),
+    (
+        "bdl-9",
+        "type = 'document' implies (identifier.system.exists() and identifier.value.exists())",
+    ),
     # bdl-10 reads "timestamp.hasValue()"; fhirpathpy has no hasValue(), and a timestamp
     # without a value (only extensions) never occurs in JSON that fhir.resources accepts.
     ("bdl-10", "type = 'document' implies timestamp.exists()"),
@@ -88,14 +98,18 @@ BUNDLE_RULES = [
     ("Bundle.identifier 1..", "identifier.exists()"),
     ("Bundle.timestamp 1..", "timestamp.exists()"),
     ("Bundle.entry.fullUrl 1..", "entry.all(fullUrl.exists())"),
-    ("Bundle.entry.search/request/response ..0",
-     "entry.all(search.empty() and request.empty() and response.empty())"),
+    (
+        "Bundle.entry.search/request/response ..0",
+        "entry.all(search.empty() and request.empty() and response.empty())",
+    ),
     ("entry[composition] 1..1", "entry.where(resource is Composition).count() = 1"),
     ("entry[patient] 1..1", "entry.where(resource is Patient).count() = 1"),
 ]
 COMPOSITION_RULES = [
-    ("Composition.type = LOINC 60591-5",
-     "type.coding.where(system = 'http://loinc.org' and code = '60591-5').exists()"),
+    (
+        "Composition.type = LOINC 60591-5",
+        "type.coding.where(system = 'http://loinc.org' and code = '60591-5').exists()",
+    ),
     ("Composition.subject.reference 1..", "subject.reference.exists()"),
     ("Composition.status 1..", "status.exists()"),
     ("Composition.date 1..", "date.exists()"),
@@ -109,21 +123,27 @@ COMPOSITION_RULES = [
     ("cmp-1", "section.all(text.exists() or entry.exists() or section.exists())"),
     ("cmp-2", "section.all(emptyReason.empty() or entry.empty())"),
     *[
-        (f"section[{name}] 1..1",
-         f"section.where(code.coding.where(system = '{LOINC}' and code = '{code}').exists())"
-         ".count() = 1")
+        (
+            f"section[{name}] 1..1",
+            f"section.where(code.coding.where(system = '{LOINC}' and code = '{code}').exists())"
+            ".count() = 1",
+        )
         for code, name in REQUIRED_SECTIONS.items()
     ],
     *[
-        (f"ips-comp-1 ({name})",
-         f"section.where(code.coding.where(system = '{LOINC}' and code = '{code}').exists())"
-         ".all(entry.reference.exists() or emptyReason.exists())")
+        (
+            f"ips-comp-1 ({name})",
+            f"section.where(code.coding.where(system = '{LOINC}' and code = '{code}').exists())"
+            ".all(entry.reference.exists() or emptyReason.exists())",
+        )
         for code, name in REQUIRED_SECTIONS.items()
     ],
     *[
-        (f"section {code} 0..1",
-         f"section.where(code.coding.where(system = '{LOINC}' and code = '{code}').exists())"
-         ".count() <= 1")
+        (
+            f"section {code} 0..1",
+            f"section.where(code.coding.where(system = '{LOINC}' and code = '{code}').exists())"
+            ".count() <= 1",
+        )
         for code in OPTIONAL_SECTIONS
     ],
 ]
@@ -169,8 +189,11 @@ RESOURCE_RULES = {
         ("Observation.code 1..", "code.exists()"),
         ("Observation.subject.reference 1..", "subject.reference.exists()"),
         ("Observation.effective[x] 1..", "effective.exists()"),
-        ("ips-3", "component.exists() implies (component.value.exists() or "
-                  "component.dataAbsentReason.exists())"),
+        (
+            "ips-3",
+            "component.exists() implies (component.value.exists() or "
+            "component.dataAbsentReason.exists())",
+        ),
     ],
 }
 # Observation Results - Laboratory/Pathology (IPS) adds these to laboratory results.
@@ -191,8 +214,9 @@ def ips_problems(doc: dict[str, Any]) -> list[str]:
     if not entries or entries[0]["resource"]["resourceType"] != "Composition":
         return [*problems, "no Composition first"]
     composition = entries[0]["resource"]
-    problems += [f"{rule} at Composition" for rule, expr in COMPOSITION_RULES
-                 if not _true(composition, expr)]
+    problems += [
+        f"{rule} at Composition" for rule, expr in COMPOSITION_RULES if not _true(composition, expr)
+    ]
     by_url = {e.get("fullUrl"): e["resource"] for e in entries}
 
     def resolve(ref: str | None) -> dict[str, Any] | None:
@@ -214,8 +238,10 @@ def ips_problems(doc: dict[str, Any]) -> list[str]:
             target = resolve(ref.get("reference"))
             if target is None:
                 problems.append(f"section {code} entry {ref} does not resolve in the Bundle")
-            elif target["resourceType"] not in SECTION_ENTRY_TYPES.get(code, {"*"}) | {"*"} \
-                    and code in SECTION_ENTRY_TYPES:
+            elif (
+                target["resourceType"] not in SECTION_ENTRY_TYPES.get(code, {"*"}) | {"*"}
+                and code in SECTION_ENTRY_TYPES
+            ):
                 problems.append(f"section {code} lists a {target['resourceType']}")
         div = section["text"]["div"]
         try:
@@ -231,8 +257,9 @@ def ips_problems(doc: dict[str, Any]) -> list[str]:
                 problems.append(f"{rule} at {where}")
         is_lab = _true(resource, "category.coding.where(code = 'laboratory').exists()")
         if rtype == "Observation" and is_lab:
-            problems += [f"{rule} at {where}" for rule, expr in LAB_RULES
-                         if not _true(resource, expr)]
+            problems += [
+                f"{rule} at {where}" for rule, expr in LAB_RULES if not _true(resource, expr)
+            ]
     return problems
 
 
@@ -289,7 +316,9 @@ def test_kr_sections_and_contents() -> None:
     assert len(resources(doc, "Observation")) == 3
     composition = doc["entry"][0]["resource"]
     assert composition["event"][0]["period"] == {
-        "start": "2026-11-10T14:20:00+08:00", "end": "2026-11-20T10:00:00+08:00"}
+        "start": "2026-11-10T14:20:00+08:00",
+        "end": "2026-11-20T10:00:00+08:00",
+    }
     custodian = by_url[composition["custodian"]["reference"]]
     assert custodian["name"] == "博鳌乐城国际医院"
 
@@ -301,7 +330,9 @@ def test_ru_empty_required_sections_have_empty_reason() -> None:
         assert "entry" not in s
         assert s["emptyReason"]["coding"][0] == {
             "system": "http://terminology.hl7.org/CodeSystem/list-empty-reason",
-            "code": "unavailable", "display": "Unavailable"}
+            "code": "unavailable",
+            "display": "Unavailable",
+        }
         div = ET.fromstring(s["text"]["div"])
         assert "源记录中没有" in "".join(div.itertext())
     assert section(doc, "11450-4")["entry"]
@@ -331,8 +362,11 @@ def test_chinese_narrative_is_the_source_and_translations_are_marked() -> None:
     langs = [e["extension"][0]["valueCode"] for e in composition["_title"]["extension"]]
     assert langs == ["ko", "en"]
     # Each resource keeps its own narrative as the hospital wrote it.
-    source_conditions = {e["resource"]["id"]: e["resource"] for e in inputs[0]["entry"]
-                         if e["resource"]["resourceType"] == "Condition"}
+    source_conditions = {
+        e["resource"]["id"]: e["resource"]
+        for e in inputs[0]["entry"]
+        if e["resource"]["resourceType"] == "Condition"
+    }
     for condition in resources(doc, "Condition"):
         assert condition.get("text") == source_conditions[condition["id"]].get("text")
 
@@ -360,8 +394,9 @@ def test_source_codings_stay_and_derived_codings_are_added() -> None:
     doc = build_ips(inputs, now=NOW, document_id="ips-boao-kr")
     conditions = {c["id"]: c for c in resources(doc, "Condition")}
     mi = conditions["kr-dx-ami"]["code"]
-    original = next(e["resource"] for e in inputs[0]["entry"]
-                    if e["resource"].get("id") == "kr-dx-ami")["code"]
+    original = next(
+        e["resource"] for e in inputs[0]["entry"] if e["resource"].get("id") == "kr-dx-ami"
+    )["code"]
     assert mi["coding"][0] == original["coding"][0]
     assert mi["text"] == original["text"]
     derived = mi["coding"][1]
@@ -374,8 +409,11 @@ def test_source_codings_stay_and_derived_codings_are_added() -> None:
     assert [(c["system"], c["code"]) for c in tcm["coding"]] == [(GBT_15657_TCM, "A04.04.01")]
     assert tcm["text"] == "胸痹心痛病（气虚血瘀证）"
     medications = {m["id"]: m for m in resources(doc, "Medication")}
-    atc = [c for c in medications["med-clopidogrel"]["code"]["coding"]
-           if c["system"] == "http://www.whocc.no/atc"]
+    atc = [
+        c
+        for c in medications["med-clopidogrel"]["code"]["coding"]
+        if c["system"] == "http://www.whocc.no/atc"
+    ]
     assert [c["code"] for c in atc] == ["B01AC04"]
 
 
@@ -397,19 +435,35 @@ def test_decimal_precision_survives() -> None:
 
 def _minimal(patient_id: str = "p1", identifier: str = "A1") -> dict[str, Any]:
     return {
-        "resourceType": "Bundle", "type": "collection",
+        "resourceType": "Bundle",
+        "type": "collection",
         "entry": [
-            {"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{patient_id.rjust(12, '0')}",
-             "resource": {"resourceType": "Patient", "id": patient_id,
-                          "identifier": [{"system": "urn:test", "value": identifier}],
-                          "name": [{"family": "Test", "given": ["Tess"]}]}},
-            {"resource": {"resourceType": "Condition", "id": f"c-{patient_id}",
-                          "code": {"text": "头痛"},
-                          "subject": {"reference": f"Patient/{patient_id}"}}},
-            {"resource": {"resourceType": "MedicationStatement", "id": f"m-{patient_id}",
-                          "status": "active",
-                          "medicationCodeableConcept": {"text": "对乙酰氨基酚片"},
-                          "subject": {"reference": f"Patient/{patient_id}"}}},
+            {
+                "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{patient_id.rjust(12, '0')}",
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": patient_id,
+                    "identifier": [{"system": "urn:test", "value": identifier}],
+                    "name": [{"family": "Test", "given": ["Tess"]}],
+                },
+            },
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": f"c-{patient_id}",
+                    "code": {"text": "头痛"},
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "MedicationStatement",
+                    "id": f"m-{patient_id}",
+                    "status": "active",
+                    "medicationCodeableConcept": {"text": "对乙酰氨基酚片"},
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                }
+            },
         ],
     }
 
@@ -422,8 +476,9 @@ def test_two_patients_are_refused() -> None:
 def test_same_patient_in_two_bundles_is_one() -> None:
     doc = build_ips([_minimal("p1", "A1"), _minimal("p1b", "A1")], now=NOW, document_id="x")
     assert len(resources(doc, "Patient")) == 1
-    patient_url = next(e["fullUrl"] for e in doc["entry"]
-                       if e["resource"]["resourceType"] == "Patient")
+    patient_url = next(
+        e["fullUrl"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
     assert {c["subject"]["reference"] for c in resources(doc, "Condition")} == {patient_url}
     assert ips_problems(doc) == []
 
@@ -462,9 +517,14 @@ def test_required_elements_missing_get_data_absent_reason() -> None:
 
 def test_entered_in_error_is_left_out() -> None:
     bundle = _minimal()
-    bundle["entry"][1]["resource"]["verificationStatus"] = {"coding": [{
-        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-        "code": "entered-in-error"}]}
+    bundle["entry"][1]["resource"]["verificationStatus"] = {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                "code": "entered-in-error",
+            }
+        ]
+    }
     doc = build_ips([bundle], now=NOW, document_id="x")
     assert resources(doc, "Condition") == []
     assert "emptyReason" in section(doc, "11450-4")
@@ -502,8 +562,9 @@ def test_golden_ips(case: str) -> None:
     first = adapt(raw(case), options)
     assert adapt(raw(case), options) == first
     # The same instant in another zone is another clock reading: it shows in the output.
-    assert adapt(raw(case), AdaptOptions(now=NOW.astimezone(UTC),
-                                         control_id=f"ips-{case}")) != first
+    assert (
+        adapt(raw(case), AdaptOptions(now=NOW.astimezone(UTC), control_id=f"ips-{case}")) != first
+    )
     golden = GOLDEN / f"{case}-ips.json"
     if UPDATE_GOLDEN:
         golden.write_bytes(first)
@@ -529,16 +590,19 @@ def test_ips_vectors_round_trip(name: str) -> None:
     R4BBundle.parse_obj(json.loads(dumps(doc)))
     # Every clinical resource of the example is in the new document, in the same section,
     # with its codings as they were.
-    old_sections = {s["code"]["coding"][0]["code"]: s
-                    for s in vector["entry"][0]["resource"]["section"]}
+    old_sections = {
+        s["code"]["coding"][0]["code"]: s for s in vector["entry"][0]["resource"]["section"]
+    }
     old_by_url = {e["fullUrl"]: e["resource"] for e in vector["entry"]}
     old_by_ref = {f"{r['resourceType']}/{r['id']}": r for r in old_by_url.values()}
     new_by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
     for code, old in old_sections.items():
         new = section(doc, code)
         assert new is not None, code
-        old_ids = sorted((old_by_url.get(r["reference"]) or old_by_ref[r["reference"]])["id"]
-                         for r in old.get("entry") or [])
+        old_ids = sorted(
+            (old_by_url.get(r["reference"]) or old_by_ref[r["reference"]])["id"]
+            for r in old.get("entry") or []
+        )
         new_ids = sorted(new_by_url[r["reference"]]["id"] for r in new.get("entry") or [])
         assert new_ids == old_ids, code
         if "emptyReason" in old:
@@ -557,17 +621,28 @@ def test_synthea_patients_give_conforming_ips() -> None:
     root = VECTORS / "fhir" / "synthea-10"
     if not root.is_dir():
         pytest.skip(f"public test vectors not present at {VECTORS}")
-    by_type = {p.name.split(".")[0]: [json.loads(line) for line in p.read_text().splitlines()
-                                      if line.strip()]
-               for p in sorted(root.glob("*.ndjson"))}
+    by_type = {
+        p.name.split(".")[0]: [
+            json.loads(line) for line in p.read_text().splitlines() if line.strip()
+        ]
+        for p in sorted(root.glob("*.ndjson"))
+    }
     patients = by_type["Patient"][:3]
     support = by_type.get("Organization", []) + by_type.get("Practitioner", [])
     for patient in patients:
         ref = f"Patient/{patient['id']}"
-        clinical = [r for rtype, rows in by_type.items() if rtype != "Patient" for r in rows
-                    if (r.get("subject") or r.get("patient") or {}).get("reference") == ref]
-        bundle = {"resourceType": "Bundle", "type": "collection",
-                  "entry": [{"resource": r} for r in [patient, *clinical, *support]]}
+        clinical = [
+            r
+            for rtype, rows in by_type.items()
+            if rtype != "Patient"
+            for r in rows
+            if (r.get("subject") or r.get("patient") or {}).get("reference") == ref
+        ]
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in [patient, *clinical, *support]],
+        }
         doc = build_ips([bundle], now=NOW, document_id=f"ips-{patient['id']}")
         assert ips_problems(doc) == [], patient["id"]
         assert len(resources(doc, "Patient")) == 1

@@ -61,10 +61,19 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("system", "code", "target_system", "outcome", "target", "equivalence"),
-                         TABLE, ids=[f"{row[1]}->{row[3]}" for row in TABLE])
-def test_translate(system: str, code: str, target_system: str, outcome: str,
-                   target: str | None, equivalence: str | None) -> None:
+@pytest.mark.parametrize(
+    ("system", "code", "target_system", "outcome", "target", "equivalence"),
+    TABLE,
+    ids=[f"{row[1]}->{row[3]}" for row in TABLE],
+)
+def test_translate(
+    system: str,
+    code: str,
+    target_system: str,
+    outcome: str,
+    target: str | None,
+    equivalence: str | None,
+) -> None:
     coding = {"system": system, "code": code, "display": "原文"}
     before = copy.deepcopy(coding)
     result = translate(coding, target_system)
@@ -88,11 +97,19 @@ def test_translate(system: str, code: str, target_system: str, outcome: str,
     assert parts["source"]["valueCoding"] == {"system": system, "code": code}
 
 
-@pytest.mark.parametrize(("system", "code", "target_system", "outcome", "target", "equivalence"),
-                         TABLE, ids=[f"{row[1]}->{row[3]}" for row in TABLE])
-def test_enrich_keeps_the_source_coding(system: str, code: str, target_system: str,
-                                        outcome: str, target: str | None,
-                                        equivalence: str | None) -> None:
+@pytest.mark.parametrize(
+    ("system", "code", "target_system", "outcome", "target", "equivalence"),
+    TABLE,
+    ids=[f"{row[1]}->{row[3]}" for row in TABLE],
+)
+def test_enrich_keeps_the_source_coding(
+    system: str,
+    code: str,
+    target_system: str,
+    outcome: str,
+    target: str | None,
+    equivalence: str | None,
+) -> None:
     concept = {"coding": [{"system": system, "code": code, "display": "原文"}]}
     before = copy.deepcopy(concept)
     out, results = enrich(concept)
@@ -109,8 +126,10 @@ def test_enrich_keeps_the_source_coding(system: str, code: str, target_system: s
 
 def test_enrich_keeps_existing_text_and_codings() -> None:
     concept = {
-        "coding": [{"system": GBT_14396, "code": "I21.001", "display": "急性前壁心肌梗死"},
-                   {"system": ICD10_WHO, "code": "I21.0"}],
+        "coding": [
+            {"system": GBT_14396, "code": "I21.001", "display": "急性前壁心肌梗死"},
+            {"system": ICD10_WHO, "code": "I21.0"},
+        ],
         "text": "急性前壁心肌梗死（医生原话）",
     }
     out, results = enrich(concept)
@@ -157,16 +176,26 @@ def test_every_shipped_map_is_an_r4_conceptmap() -> None:
 
 
 def _map(url: str, source: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "ConceptMap", "id": url.rsplit("/", 1)[-1], "url": url,
-            "status": "draft",
-            "group": [{"source": source, "target": ICD10_WHO, "element": elements}]}
+    return {
+        "resourceType": "ConceptMap",
+        "id": url.rsplit("/", 1)[-1],
+        "url": url,
+        "status": "draft",
+        "group": [{"source": source, "target": ICD10_WHO, "element": elements}],
+    }
 
 
 def test_maps_load_from_a_directory_at_run_time(tmp_path: Path) -> None:
     local = "https://hospital.example/CodeSystem/local-dx"
-    (tmp_path / "local.json").write_text(json.dumps(_map(
-        "https://hospital.example/ConceptMap/local", local,
-        [{"code": "X1", "target": [{"code": "J45.9", "equivalence": "equivalent"}]}])))
+    (tmp_path / "local.json").write_text(
+        json.dumps(
+            _map(
+                "https://hospital.example/ConceptMap/local",
+                local,
+                [{"code": "X1", "target": [{"code": "J45.9", "equivalence": "equivalent"}]}],
+            )
+        )
+    )
     maps = ConceptMapSet.from_directory(tmp_path)
     result = translate({"system": local, "code": "X1"}, ICD10_WHO, maps=maps)
     assert (result.outcome, result.target["code"]) == ("mapped", "J45.9")
@@ -179,10 +208,14 @@ def test_maps_load_from_a_directory_at_run_time(tmp_path: Path) -> None:
     ("change", "message"),
     [
         (lambda m: m.pop("url"), "url is required"),
-        (lambda m: m["group"][0]["element"][0]["target"][0].update(equivalence="same"),
-         "not an R4 code"),
-        (lambda m: m["group"][0]["element"][0]["target"][0].update(equivalence="unmatched"),
-         "carries no code"),
+        (
+            lambda m: m["group"][0]["element"][0]["target"][0].update(equivalence="same"),
+            "not an R4 code",
+        ),
+        (
+            lambda m: m["group"][0]["element"][0]["target"][0].update(equivalence="unmatched"),
+            "carries no code",
+        ),
         (lambda m: m["group"][0]["element"][0]["target"][0].pop("code"), "needs a code"),
         (lambda m: m["group"][0]["element"][0].update(target=[]), "target is required"),
         (lambda m: m.update(resourceType="ValueSet"), "not ConceptMap"),
@@ -190,8 +223,11 @@ def test_maps_load_from_a_directory_at_run_time(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_maps_are_refused(change: Any, message: str) -> None:
-    resource = _map("https://x.example/cm", "urn:x",
-                    [{"code": "A", "target": [{"code": "B00", "equivalence": "equivalent"}]}])
+    resource = _map(
+        "https://x.example/cm",
+        "urn:x",
+        [{"code": "A", "target": [{"code": "B00", "equivalence": "equivalent"}]}],
+    )
     change(resource)
     with pytest.raises(AdaptError, match=message):
         ConceptMapSet.from_resources([resource])

@@ -15,9 +15,9 @@ MAX_BYTES = IntakeLimits().max_bytes
 
 def _entries(n: int) -> bytes:
     entry = b'{"resource":{"resourceType":"Basic","code":{"text":"x"}}}'
-    return b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join(
-        [entry] * n
-    ) + b"]}"
+    return (
+        b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join([entry] * n) + b"]}"
+    )
 
 
 def _with_status(status: str) -> bytes:
@@ -26,8 +26,10 @@ def _with_status(status: str) -> bytes:
 
 def _raw_observation(value: str) -> bytes:
     return wrap(
-        [b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
-         b'"valueQuantity":{"value":' + value.encode() + b"}}"]
+        [
+            b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+            b'"valueQuantity":{"value":' + value.encode() + b"}}"
+        ]
     )
 
 
@@ -39,69 +41,101 @@ CORPUS: dict[str, tuple[bytes, str | None, int, str | None]] = {
     "top-level string": (b'"Bundle"', "application/fhir+json", 400, None),
     "XML as FHIR XML": (
         b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/></Bundle>',
-        "application/fhir+xml", 415, None,
+        "application/fhir+xml",
+        415,
+        None,
     ),
     "XML sent as JSON": (
         b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/></Bundle>',
-        "application/fhir+json", 400, None,
+        "application/fhir+json",
+        400,
+        None,
     ),
     "not a Bundle": (b'{"hello":1}', "application/fhir+json", 422, "Bundle.resourceType"),
     "a bare resource": (
-        b'{"resourceType":"Patient","id":"p1"}', "application/fhir+json", 422,
+        b'{"resourceType":"Patient","id":"p1"}',
+        "application/fhir+json",
+        422,
         "Bundle.resourceType",
     ),
     "10,001 entries": (_entries(10_001), "application/fhir+json", 422, "Bundle.entry"),
     "5,000-digit integer": (
         b'{"resourceType":"Bundle","type":"collection","total":' + b"9" * 5000 + b"}",
-        "application/fhir+json", 400, None,
+        "application/fhir+json",
+        400,
+        None,
     ),
     "nesting depth 10,000": (b"[" * 10_000 + b"]" * 10_000, "application/fhir+json", 400, None),
     "object nesting depth 10,000": (
-        b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "application/fhir+json", 400, None,
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+        "application/fhir+json",
+        400,
+        None,
     ),
     "UTF-8 BOM": (b"\xef\xbb\xbf" + observation_bundle(), "application/fhir+json", 400, None),
     "UTF-16": (observation_bundle().decode().encode("utf-16"), "application/fhir+json", 400, None),
     "invalid UTF-8": (
-        observation_bundle().replace(b"final", b"fin\xc3\x28l"), "application/fhir+json", 400,
+        observation_bundle().replace(b"final", b"fin\xc3\x28l"),
+        "application/fhir+json",
+        400,
         None,
     ),
     "duplicate keys": (
         b'{"resourceType":"Bundle","type":"collection","type":"batch"}',
-        "application/fhir+json", 400, None,
+        "application/fhir+json",
+        400,
+        None,
     ),
     "NaN": (_raw_observation("NaN"), "application/fhir+json", 400, None),
     "Infinity": (_raw_observation("Infinity"), "application/fhir+json", 400, None),
     "-Infinity": (_raw_observation("-Infinity"), "application/fhir+json", 400, None),
     "decimal beyond FHIR's 18 digits": (
-        _raw_observation("1234567890.1234567890"), "application/fhir+json", 400, None,
+        _raw_observation("1234567890.1234567890"),
+        "application/fhir+json",
+        400,
+        None,
     ),
     "exponent beyond a double": (_raw_observation("1e400"), "application/fhir+json", 400, None),
     "lone surrogate": (
         observation_bundle().replace(b'"final"', b'"fin\\ud800al"'),
-        "application/fhir+json", 400, None,
+        "application/fhir+json",
+        400,
+        None,
     ),
     "trailing garbage": (observation_bundle() + b" x", "application/fhir+json", 400, None),
     "truncated": (observation_bundle()[:-3], "application/fhir+json", 400, None),
     "no content type": (observation_bundle(), None, 415, None),
     "text/plain": (observation_bundle(), "text/plain", 415, None),
-    "charset latin-1": (observation_bundle(), "application/fhir+json; charset=iso-8859-1", 415,
-                        None),
-    "FHIR version 3.0": (observation_bundle(), "application/fhir+json; fhirVersion=3.0", 415,
-                         None),
+    "charset latin-1": (
+        observation_bundle(),
+        "application/fhir+json; charset=iso-8859-1",
+        415,
+        None,
+    ),
+    "FHIR version 3.0": (observation_bundle(), "application/fhir+json; fhirVersion=3.0", 415, None),
     "searchset Bundle": (
-        b'{"resourceType":"Bundle","type":"searchset"}', "application/fhir+json", 422,
+        b'{"resourceType":"Bundle","type":"searchset"}',
+        "application/fhir+json",
+        422,
         "Bundle.type",
     ),
     "unknown status code": (
-        _with_status("bogus"), "application/fhir+json", 422, "Bundle.entry[0].resource.status",
+        _with_status("bogus"),
+        "application/fhir+json",
+        422,
+        "Bundle.entry[0].resource.status",
     ),
     "entry is not a list": (
         b'{"resourceType":"Bundle","type":"collection","entry":{}}',
-        "application/fhir+json", 422, "Bundle.entry",
+        "application/fhir+json",
+        422,
+        "Bundle.entry",
     ),
     "unknown element": (
         observation_bundle().replace(b'"status":"final"', b'"status":"final","colour":"red"'),
-        "application/fhir+json", 422, "Bundle.entry[0].resource.colour",
+        "application/fhir+json",
+        422,
+        "Bundle.entry[0].resource.colour",
     ),
     "over the size limit": (b" " * (MAX_BYTES + 1), "application/fhir+json", 413, None),
 }

@@ -102,8 +102,16 @@ def test_application_json_is_accepted_and_kept(api: Api) -> None:
 def test_each_kind_is_derived_from_the_contents(api: Api) -> None:
     headers = api.credential()
     kinds = [api.post(b, headers).json()["kind"] for b in sample_bundles()]
-    assert kinds == ["record", "record", "consent", "consent", "rwd", "rwd", "settlement",
-                     "settlement"]
+    assert kinds == [
+        "record",
+        "record",
+        "consent",
+        "consent",
+        "rwd",
+        "rwd",
+        "settlement",
+        "settlement",
+    ]
     assert [api.entry(i).kind for i in range(8)] == kinds
 
 

@@ -22,9 +22,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
         yield a
 
 
-def post_together(
-    api: Api, bodies: list[bytes], headers: dict[str, str]
-) -> list[httpx.Response]:
+def post_together(api: Api, bodies: list[bytes], headers: dict[str, str]) -> list[httpx.Response]:
     """POSTs every body from its own thread, all released at once."""
     barrier = threading.Barrier(len(bodies))
 

@@ -33,7 +33,11 @@ def free_port() -> int:
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exchange.cli", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -41,9 +45,21 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def serving(data: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exchange.cli", "serve", "--data", str(data), "--port", str(port),
-         *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
@@ -70,8 +86,19 @@ def serving(data: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str
 
 def test_serve_submit_and_verify_the_receipt_offline(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    added = cli("clients", "add", "--data", str(data), "--name", "his", "--role", "hospital",
-                "--org", "boao-lecheng-intl", "--json")
+    added = cli(
+        "clients",
+        "add",
+        "--data",
+        str(data),
+        "--name",
+        "his",
+        "--role",
+        "hospital",
+        "--org",
+        "boao-lecheng-intl",
+        "--json",
+    )
     assert added.returncode == 0, added.stderr
     token = json.loads(added.stdout)["token"]
     body = sample_bundles()[6]

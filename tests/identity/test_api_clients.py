@@ -24,8 +24,17 @@ def add(capsys: Capture, data: Path, *args: str) -> tuple[int, str, str]:
 
 def test_add_prints_a_credential_that_works(tmp_path: Path, capsys: Capture) -> None:
     data = tmp_path / "data"
-    code, out, _ = add(capsys, data, "--name", "Boao HIS", "--role", "hospital",
-                       "--org", "boao-lecheng-intl", "--json")
+    code, out, _ = add(
+        capsys,
+        data,
+        "--name",
+        "Boao HIS",
+        "--role",
+        "hospital",
+        "--org",
+        "boao-lecheng-intl",
+        "--json",
+    )
     assert code == 0
     info = json.loads(out)
     assert info["role"] == "hospital" and info["org"] == "boao-lecheng-intl"
