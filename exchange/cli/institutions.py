@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -76,21 +77,33 @@ def run_register_key(args: argparse.Namespace) -> int:
 
 
 def run_set(args: argparse.Namespace) -> int:
+    def append(data: Any, key: Ed25519PrivateKey, log: Log) -> int:
+        record = institutions.Institution.from_json(data)
+        return institutions.append_attestation(
+            log, institutions.sign_attestation(record, args.admin, key)
+        )
+
+    return sign_and_append(args, "institutions", append)
+
+
+def sign_and_append(
+    args: argparse.Namespace, command: str, append: Callable[[Any, Ed25519PrivateKey, Log], int]
+) -> int:
+    """`set` of a registry command: `append(the --record JSON, the --key, the log)` signs and
+    appends the record; bad input exits 1, an unwritable database 2."""
     try:
-        record = institutions.Institution.from_json(json.loads(args.record.read_text()))
+        data = json.loads(args.record.read_text())
         key = private_key(args.key)
         log = open_log_of(args)
         try:
-            index = institutions.append_attestation(
-                log, institutions.sign_attestation(record, args.admin, key)
-            )
+            index = append(data, key, log)
         finally:
             log.close()
     except (ValueError, KeyError, TypeError, OSError) as e:
-        print(f"medledger institutions: {e}", file=sys.stderr)
+        print(f"medledger {command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (LedgerUnavailable, SQLAlchemyError) as e:
-        print(f"medledger institutions: the database cannot be written: {e}", file=sys.stderr)
+        print(f"medledger {command}: the database cannot be written: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(f"appended as ledger entry {index}")
     return EXIT_OK

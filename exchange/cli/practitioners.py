@@ -15,13 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.cli.exits import EXIT_MALFORMED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from exchange.cli.institutions import open_log_of, private_key
+from exchange.cli.institutions import open_log_of, sign_and_append
 from exchange.config import Environment, add_state_options
 from exchange.registry import institutions, practitioners
 from ledger.errors import LedgerUnavailable
+from ledger.log import Log
 
 
 def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
@@ -40,24 +42,13 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
 
 
 def run_set(args: argparse.Namespace) -> int:
-    try:
-        licence = practitioners.Licence.from_json(json.loads(args.record.read_text()))
-        key = private_key(args.key)
-        log = open_log_of(args)
-        try:
-            index = practitioners.append_licence(
-                log, practitioners.sign_licence(licence, args.admin, key)
-            )
-        finally:
-            log.close()
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        print(f"medledger practitioners: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (LedgerUnavailable, SQLAlchemyError) as e:
-        print(f"medledger practitioners: the database cannot be written: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    print(f"appended as ledger entry {index}")
-    return EXIT_OK
+    def append(data: Any, key: Ed25519PrivateKey, log: Log) -> int:
+        licence = practitioners.Licence.from_json(data)
+        return practitioners.append_licence(
+            log, practitioners.sign_licence(licence, args.admin, key)
+        )
+
+    return sign_and_append(args, "practitioners", append)
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -19,8 +19,10 @@ import base64
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -37,6 +39,8 @@ from ledger.encoding import b64
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
 from ledger.jcs import canonicalize
 from ledger.log import Log, Submission
+
+_R = TypeVar("_R")
 
 KIND = "institution"
 MEDIA = "application/json"
@@ -147,13 +151,36 @@ def sign_attestation(record: Institution, admin: str, key: Ed25519PrivateKey) ->
     The signature covers the RFC 8785 bytes of the object without `signature`, so anyone
     holding the attestation can re-verify it without this service.
     """
-    unsigned = {
-        "admin": admin,
-        "key": b64(raw_public_key(key.public_key())),
-        "record": record.to_json(),
-    }
-    sig = key.sign(canonicalize(unsigned))
-    return canonicalize({**unsigned, "signature": b64(sig)})
+    return sign_record("record", record.to_json(), admin, key)
+
+
+def sign_record(field: str, value: object, admin: str, key: Ed25519PrivateKey) -> bytes:
+    """A signed registry record: canonical JSON of `field`: value, the admin, the admin's
+    public key and an Ed25519 signature over the RFC 8785 bytes of the rest."""
+    unsigned = {"admin": admin, "key": b64(raw_public_key(key.public_key())), field: value}
+    return canonicalize({**unsigned, "signature": b64(key.sign(canonicalize(unsigned)))})
+
+
+def open_record(
+    data: bytes, field: str, what: str, parse: Callable[[Any], _R]
+) -> tuple[str, bytes, _R, bytes]:
+    """(admin, key, parse(field's value), signature) of a record sign_record made, verified:
+    RFC 8785 form and the Ed25519 signature (RFC 8032). RegistryError names `what` failed."""
+    try:
+        obj = json.loads(data)
+        unsigned = {k: obj[k] for k in ("admin", "key", field)}
+        key = base64.b64decode(obj["key"], validate=True)
+        sig = base64.b64decode(obj["signature"], validate=True)
+        value = parse(obj[field])
+    except (ValueError, KeyError, TypeError) as err:
+        raise RegistryError(f"malformed {what}: {err}") from err
+    if canonicalize(obj) != data:
+        raise RegistryError(f"{what} is not in canonical (RFC 8785) form")
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(sig, canonicalize(unsigned))
+    except (InvalidSignature, ValueError) as err:
+        raise RegistryError(f"bad signature on {what} by {unsigned['admin']}") from err
+    return str(unsigned["admin"]), key, value, sig
 
 
 @dataclass(frozen=True)
@@ -166,21 +193,7 @@ class Attestation:
 
 def verify_attestation(data: bytes) -> Attestation:
     """Parse and verify one attestation (RFC 8032 Ed25519 over RFC 8785 bytes)."""
-    try:
-        obj = json.loads(data)
-        unsigned = {k: obj[k] for k in ("admin", "key", "record")}
-        key = base64.b64decode(obj["key"], validate=True)
-        sig = base64.b64decode(obj["signature"], validate=True)
-        record = Institution.from_json(obj["record"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise RegistryError(f"malformed attestation: {err}") from err
-    if canonicalize(obj) != data:
-        raise RegistryError("attestation is not in canonical (RFC 8785) form")
-    try:
-        Ed25519PublicKey.from_public_bytes(key).verify(sig, canonicalize(unsigned))
-    except (InvalidSignature, ValueError) as err:
-        raise RegistryError(f"bad signature on attestation by {unsigned['admin']}") from err
-    return Attestation(str(unsigned["admin"]), key, record, sig)
+    return Attestation(*open_record(data, "record", "attestation", Institution.from_json))
 
 
 def register_admin_key(engine: Engine, admin: str, public_key: Ed25519PublicKey) -> None:

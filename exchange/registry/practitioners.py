@@ -17,26 +17,26 @@ correction or a revocation is a new attestation.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from exchange.intake import IntakeError, Issue
 from exchange.intake.performers import Performance
-from exchange.registry.institutions import RegistryError, raw_public_key, registered_key
+from exchange.registry.institutions import (
+    RegistryError,
+    open_record,
+    registered_key,
+    sign_record,
+)
 from exchange.store.tables import practitioner_licences_table
-from ledger.encoding import b64
 from ledger.entry import SALT_SIZE, Entry, commitment, parse_entry
-from ledger.jcs import canonicalize
 from ledger.log import Log, Submission
 
 KIND = "practitioner"
@@ -110,31 +110,12 @@ class Attestation:
 
 def sign_licence(licence: Licence, admin: str, key: Ed25519PrivateKey) -> bytes:
     """The attestation bytes; the signature covers the RFC 8785 bytes without `signature`."""
-    unsigned = {
-        "admin": admin,
-        "key": b64(raw_public_key(key.public_key())),
-        "licence": licence.to_json(),
-    }
-    return canonicalize({**unsigned, "signature": b64(key.sign(canonicalize(unsigned)))})
+    return sign_record("licence", licence.to_json(), admin, key)
 
 
 def verify_licence(data: bytes) -> Attestation:
     """Parse and verify one licence attestation (RFC 8032 Ed25519 over RFC 8785 bytes)."""
-    try:
-        obj = json.loads(data)
-        unsigned = {k: obj[k] for k in ("admin", "key", "licence")}
-        key = base64.b64decode(obj["key"], validate=True)
-        sig = base64.b64decode(obj["signature"], validate=True)
-        licence = Licence.from_json(obj["licence"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise RegistryError(f"malformed licence attestation: {err}") from err
-    if canonicalize(obj) != data:
-        raise RegistryError("licence attestation is not in canonical (RFC 8785) form")
-    try:
-        Ed25519PublicKey.from_public_bytes(key).verify(sig, canonicalize(unsigned))
-    except (InvalidSignature, ValueError) as err:
-        raise RegistryError(f"bad signature on licence attestation by {unsigned['admin']}") from err
-    return Attestation(str(unsigned["admin"]), key, licence, sig)
+    return Attestation(*open_record(data, "licence", "licence attestation", Licence.from_json))
 
 
 def append_licence(log: Log, data: bytes) -> int:
