@@ -211,6 +211,16 @@ def registered_key(conn: Connection, admin: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
+def require_registered(engine: Engine, admin: str, key: bytes) -> None:
+    """RegistryError unless `key` is the registered key of `admin`."""
+    with engine.connect() as conn:
+        registered = registered_key(conn, admin)
+    if registered is None:
+        raise RegistryError(f"admin {admin!r} has no registered key")
+    if registered != key:
+        raise RegistryError(f"attestation key is not the registered key of {admin!r}")
+
+
 def append_attestation(log: Log, data: bytes) -> int:
     """Verify a signed attestation and append it; returns the ledger index.
 
@@ -218,12 +228,7 @@ def append_attestation(log: Log, data: bytes) -> int:
     key of the admin it names.
     """
     att = verify_attestation(data)
-    with log.engine.connect() as conn:
-        registered = registered_key(conn, att.admin)
-    if registered is None:
-        raise RegistryError(f"admin {att.admin!r} has no registered key")
-    if registered != att.key:
-        raise RegistryError(f"attestation key is not the registered key of {att.admin!r}")
+    require_registered(log.engine, att.admin, att.key)
     salt = os.urandom(SALT_SIZE)
     record_bytes = canonicalize(att.record.to_json())
 

@@ -32,7 +32,7 @@ from exchange.intake.performers import Performance
 from exchange.registry.institutions import (
     RegistryError,
     open_record,
-    registered_key,
+    require_registered,
     sign_record,
 )
 from exchange.store.tables import practitioner_licences_table
@@ -125,12 +125,7 @@ def append_licence(log: Log, data: bytes) -> int:
     of the admin it names.
     """
     att = verify_licence(data)
-    with log.engine.connect() as conn:
-        registered = registered_key(conn, att.admin)
-    if registered is None:
-        raise RegistryError(f"admin {att.admin!r} has no registered key")
-    if registered != att.key:
-        raise RegistryError(f"attestation key is not the registered key of {att.admin!r}")
+    require_registered(log.engine, att.admin, att.key)
     salt = os.urandom(SALT_SIZE)
     lic = att.licence
 
