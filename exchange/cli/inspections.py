@@ -21,7 +21,6 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.bootstrap import open_engine, open_log
 from exchange.cli.exits import (
     EXIT_MALFORMED,
     EXIT_OK,
@@ -30,11 +29,11 @@ from exchange.cli.exits import (
     EXIT_VERIFY_FAILED,
     exit_code,
 )
-from exchange.config import Environment, add_state_options, settings_from_args
+from exchange.cli.institutions import open_log_of
+from exchange.config import Environment, add_state_options
 from exchange.errors import MedledgerError
 from exchange.inspections import draw as inspections
 from ledger.errors import LedgerUnavailable
-from ledger.log import Log
 
 PROG = "medledger inspect"
 
@@ -58,11 +57,6 @@ def register(sub: argparse._SubParsersAction[Any], env: Environment) -> None:
     c.set_defaults(func=run_check)
 
 
-def _log(args: argparse.Namespace) -> Log:
-    settings = settings_from_args(args)
-    return open_log(settings, open_engine(settings))[0]
-
-
 def _print(draw: inspections.Draw) -> None:
     print(json.dumps(draw.to_json(), ensure_ascii=False, indent=2))
 
@@ -70,7 +64,7 @@ def _print(draw: inspections.Draw) -> None:
 def run_draw(args: argparse.Namespace) -> int:
     try:
         request = inspections.Request(args.seed, args.institutions, args.entries)
-        log = _log(args)
+        log = open_log_of(args)
         try:
             index = inspections.publish(log, request, args.org)
             drawn = inspections.redraw(log, index)
@@ -96,7 +90,7 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"{PROG}: {args.draw.name} is not a draw (JSON): {e}", file=sys.stderr)
         return EXIT_MALFORMED
     try:
-        log = _log(args)
+        log = open_log_of(args)
         try:
             index = args.index
             if index is None:

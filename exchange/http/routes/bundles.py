@@ -252,19 +252,22 @@ def read_bundle_version(
     return _read_answer(row)
 
 
+_ORIGINAL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": _ORIGINAL_CONTENT,
+        "description": "the submitted bytes, with the media type they were submitted as",
+        "headers": _READ_HEADERS,
+    },
+    **error_responses(400, 401, 403, 404, 410),
+}
+
+
 @router.get(
     "/Binary/{bundle_id}",
     summary="The exact bytes submitted as a Bundle's latest version (what its receipt commits to)",
     response_class=Response,
     tags=["Binary"],
-    responses={
-        200: {
-            "content": _ORIGINAL_CONTENT,
-            "description": "the submitted bytes, with the media type they were submitted as",
-            "headers": _READ_HEADERS,
-        },
-        **error_responses(400, 401, 403, 404, 410),
-    },
+    responses=_ORIGINAL_RESPONSES,
 )
 def read_original(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
@@ -280,14 +283,7 @@ def read_original(
     summary="The exact bytes submitted as one version of a Bundle",
     response_class=Response,
     tags=["Binary"],
-    responses={
-        200: {
-            "content": _ORIGINAL_CONTENT,
-            "description": "the submitted bytes, with the media type they were submitted as",
-            "headers": _READ_HEADERS,
-        },
-        **error_responses(400, 401, 403, 404, 410),
-    },
+    responses=_ORIGINAL_RESPONSES,
 )
 def read_original_version(
     bundle_id: Annotated[str, Path(pattern=FHIR_ID)],
