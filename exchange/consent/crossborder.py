@@ -150,10 +150,12 @@ def recipient_of(engine: Engine, org: str) -> Recipient | None:
     with engine.connect() as conn:
         row = conn.execute(select(t.c.country, t.c.basis, t.c.reference).where(t.c.org == org))
         found = row.first()
-    if found is None:
-        return None
-    country, kind, reference = found
-    return Recipient(org, country, None if kind is None else LegalBasis(kind, reference))
+    return None if found is None else recipient_of_row(org, *found)
+
+
+def recipient_of_row(org: str, country: str, basis: str | None, reference: str | None) -> Recipient:
+    """The recipient a row of the recipients table records."""
+    return Recipient(org, country, None if basis is None else LegalBasis(basis, reference))
 
 
 class TransferLedger:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
 
+from exchange.consent.crossborder import Recipient, recipient_of_row
 from exchange.delivery.endpoints import (
     BearerToken,
     Endpoint,
@@ -24,6 +25,7 @@ from exchange.delivery.endpoints import (
     SmartCredentials,
     parse_endpoint,
 )
+from exchange.settlement.index import consents_at
 from exchange.store.tables import recipients_table
 from exchange.vault import Vault
 from ledger import store
@@ -31,10 +33,11 @@ from ledger import store
 __all__ = [
     "NotRecorded",
     "Parsed",
+    "Reachable",
     "RecipientEndpoint",
     "describe",
     "endpoint_of",
-    "endpoints",
+    "reachable",
     "set_endpoint",
 ]
 
@@ -144,12 +147,30 @@ def endpoint_of(
     return RecipientEndpoint(org, row.country, endpoint)
 
 
-def endpoints(engine: Engine) -> dict[str, str]:
-    """Every recipient that has an endpoint: org -> URL (no credentials are opened)."""
-    t = recipients_table
+@dataclass(frozen=True)
+class Reachable:
+    """What deciding deliveries reads of the store, in one look: every recipient that has an
+    endpoint (org -> its URL and the recipient; no credentials are opened), and the
+    generation of the patients' Consents (exchange.settlement.index.consents_at)."""
+
+    endpoints: dict[str, tuple[str, Recipient]]
+    consents_at: int
+
+
+_t = recipients_table.c
+# Built once: read on every record submission, where building it would cost more than it.
+_WITH_ENDPOINTS = select(_t.org, _t.endpoint, _t.country, _t.basis, _t.reference).where(
+    _t.endpoint.is_not(None)
+)
+
+
+def reachable(engine: Engine) -> Reachable:
     with engine.connect() as conn:
-        rows = conn.execute(select(t.c.org, t.c.endpoint).where(t.c.endpoint.is_not(None)))
-        return {r.org: r.endpoint for r in rows}
+        found = {
+            r.org: (r.endpoint, recipient_of_row(r.org, r.country, r.basis, r.reference))
+            for r in conn.execute(_WITH_ENDPOINTS)
+        }
+        return Reachable(found, consents_at(conn))
 
 
 def describe(endpoint: Endpoint) -> dict[str, str | None]:

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from exchange.identity.clients import Client
 from exchange.indexes.derived import Indexes
 from exchange.intake.kind import patient_identifiers
 from exchange.intake.worker import Checked
-from exchange.outbox.endpoints import endpoints
+from exchange.outbox.endpoints import reachable
 from exchange.settlement.index import (
     BundleBytes,
     consent_names,
@@ -68,7 +68,8 @@ STATUSES = (PENDING, DELIVERED, FAILED)
 # What the deliveries are of: clinical records, not bills or consents.
 DELIVERED_KINDS = frozenset({"record"})
 
-# Consent resources whose bytes are kept (Queue.consents), the least recently used dropped.
+# Consent resources whose bytes are kept, and patients whose Consents are (Queue.consents),
+# the least recently used dropped.
 CONSENT_CACHE = 4096
 
 
@@ -76,6 +77,7 @@ CONSENT_CACHE = 4096
 class Permission:
     permit: bool
     reason: str  # no PHI: it goes into the outbox row, the OperationOutcome and the accounting
+    recipient: Recipient | None = None  # as recorded when decided (Queue.permission)
 
 
 def permission(
@@ -160,40 +162,54 @@ class Queue:
         self._settlement = settlement_index(self.engine, pseudonym_key)
         self._settlement_keys = settlement_keys_index(pseudonym_key)
         self._consent_bytes: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._patients: OrderedDict[tuple[str, bytes], tuple[int, Sequence[Mapping[str, Any]]]]
+        self._patients = OrderedDict()
         self._lock = threading.Lock()
 
     # --- the rule
 
-    def consents(self, sender: str, tag: bytes) -> list[dict[str, Any]]:
+    def consents(self, sender: str, tag: bytes, at: int) -> Sequence[Mapping[str, Any]]:
         """The patient's current Consents from this hospital (``tag``: the lookup tag of the
-        patient's identifier, exchange.vault.lookup_tag), the index caught up first.
+        patient's identifier, exchange.vault.lookup_tag) at the Consents' generation ``at``
+        (:attr:`Reachable.consents_at`, read by the caller).
 
-        Which Consents are current is asked of the index every time; only the bytes of one
-        indexed resource (a Bundle version's entry, which never changes) are kept, so a
-        patient's next submission or delivery does not open and parse the same Consent again.
+        A patient's answer is kept with the generation it was found at and given again while
+        the generation is the same: no Consent can have come or gone (erasure is caught when
+        sending, which never sends an erased Bundle). Otherwise the index is caught up and
+        asked; of the Consents it names, only the bytes of one indexed resource (a Bundle
+        version's entry, which never changes) are kept.
         """
+        key = (sender, tag)
+        with self._lock:
+            hit = self._patients.get(key)
+            if hit is not None and hit[0] == at:
+                self._patients.move_to_end(key)
+                return hit[1]
         self.indexes.fresh(self._settlement, self._settlement_keys)
         rows = consents_of(self.engine, sender, tag)
         reader: BundleBytes | None = None
         out = []
         for r in rows:
-            key = (r.index, r.pos)
             with self._lock:
-                text = self._consent_bytes.get(key)
-                if text is not None:
-                    self._consent_bytes.move_to_end(key)
+                text = self._consent_bytes.get((r.index, r.pos))
             if text is None:
                 reader = reader or BundleBytes(self.vault)
                 text = reader.resource(r)
                 with self._lock:
-                    self._consent_bytes[key] = text
-                    while len(self._consent_bytes) > CONSENT_CACHE:
-                        self._consent_bytes.popitem(last=False)
+                    _keep(self._consent_bytes, (r.index, r.pos), text)
             out.append(json.loads(text))
-        return out
+        found = tuple(out)
+        with self._lock:
+            _keep(self._patients, key, (at, found))
+        return found
 
     def permission(self, sender: str, tag: bytes, org: str, now: datetime) -> Permission:
-        return permission(self.consents(sender, tag), recipient_of(self.engine, org), now)
+        """:func:`permission` for one recipient, from the store as it is now."""
+        look = reachable(self.engine)
+        found = look.endpoints.get(org)
+        recipient = recipient_of(self.engine, org) if found is None else found[1]
+        verdict = permission(self.consents(sender, tag, look.consents_at), recipient, now)
+        return replace(verdict, recipient=recipient)
 
     def plan(self, client: Client, checked: Checked) -> RowWriter | None:
         """The row writer that queues the deliveries of a submission, or None when there are
@@ -201,16 +217,16 @@ class Queue:
         sender = client.org
         if checked.kind not in DELIVERED_KINDS or not checked.patients or sender is None:
             return None
-        reachable = endpoints(self.engine)
-        if not reachable:
+        look = reachable(self.engine)
+        if not look.endpoints:
             return None
         tag = lookup_tag(self.pseudonym_key, sender, checked.patients[0])
-        consents = self.consents(sender, tag)
+        consents = self.consents(sender, tag, look.consents_at)
         now = datetime.now(UTC)
         recipients = {
             org: url
-            for org, url in reachable.items()
-            if permission(consents, recipient_of(self.engine, org), now).permit
+            for org, (url, recipient) in look.endpoints.items()
+            if permission(consents, recipient, now).permit
         }
         if not recipients:
             return None
@@ -233,8 +249,8 @@ class Queue:
         if stored.kind not in DELIVERED_KINDS:
             raise Invalid(f"a {stored.kind} Bundle is not delivered: only clinical records are",
                           "Bundle.type", code="business-rule")  # fmt: skip
-        reachable = endpoints(self.engine)
-        if org not in reachable:
+        endpoints = reachable(self.engine).endpoints
+        if org not in endpoints:
             raise Forbidden(f"Organization/{org} has no delivery endpoint: record one with "
                             "`medledger recipients set --endpoint`")  # fmt: skip
         patients = patient_identifiers(json.loads(stored.data))
@@ -254,7 +270,7 @@ class Queue:
         if not verdict.permit:
             raise Forbidden(verdict.reason)
         row = _row(stored.id, stored.version, stored.index, stored.sender, bytes(subject), tag,
-                   org, reachable[org], now)  # fmt: skip
+                   org, endpoints[org][0], now)  # fmt: skip
         try:
             with store.write_transaction(self.engine) as conn:
                 conn.execute(insert(deliveries_table), [row])
@@ -322,6 +338,13 @@ class Queue:
         found = self.get(delivery_id)
         assert found is not None
         return found
+
+
+def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CONSENT_CACHE:
+        cache.popitem(last=False)
 
 
 def _row(

@@ -42,7 +42,7 @@ from sqlalchemy import Connection, RowMapping, or_, select, update
 from adapters.base import AdaptError
 from exchange.bundles.read import bundle_by_id, bundle_patients
 from exchange.bundles.submit import RowWriter
-from exchange.consent.crossborder import CHINA, TransferLedger, recipient_of
+from exchange.consent.crossborder import CHINA, TransferLedger
 from exchange.delivery import fhir_push
 from exchange.delivery.attempt import Attempt, attempt
 from exchange.delivery.backoff import Policy, next_attempt
@@ -62,7 +62,6 @@ from exchange.outbox.queue import (
     PURPOSE,
     Permission,
     Queue,
-    permission,
 )
 from exchange.privacy.access import record_access_per_patient_blocking
 from exchange.store.tables import deliveries_table
@@ -268,8 +267,8 @@ class Worker:
         if subject is None:
             return Permission(False, "the Bundle names no patient")
         tag = bytes(row["patient_tag"])
-        recipient = recipient_of(self.engine, row["recipient"])
-        verdict = permission(self.queue.consents(row["sender"], tag), recipient, now)
+        verdict = self.queue.permission(row["sender"], tag, row["recipient"], now)
+        recipient = verdict.recipient
         if not verdict.permit or recipient is None or recipient.country == CHINA:
             return verdict
         gate = self.gate.admit(
