@@ -12,6 +12,7 @@ code-point order, a final newline.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -64,64 +65,44 @@ def loads_bundle(data: bytes, where: str) -> dict[str, Any]:
     return doc
 
 
-def _key_order(obj: dict[str, Any]) -> list[str]:
-    keys = sorted(obj)
-    if "resourceType" in obj:
-        keys.remove("resourceType")
-        keys.insert(0, "resourceType")
-    return keys
+# A decimal's lexeme leaves the standard library's encoder as this mark and its digits, in a
+# JSON string, and is written back unquoted. FHIR forbids U+0000 in every string (R4
+# datatypes, "string"), so no string of a resource can carry the mark: one that does is refused.
+_MARK = "\x00"
+_MARKED = re.compile(r'"\\u0000([-+.0-9eE]+)"')
 
 
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
+def _canonical(value: Any) -> Any:
+    """A copy of ``value`` with every object's keys in canonical order and decimals marked,
+    for the standard library's (C) encoder to write."""
+    if isinstance(value, dict):
+        keys = sorted(value)
+        if "resourceType" in value:
+            keys.remove("resourceType")
+            keys.insert(0, "resourceType")
+        for k in keys:
+            if _MARK in k:
+                raise AdaptError("a key holds U+0000, which FHIR JSON forbids")
+        return {k: _canonical(value[k]) for k in keys}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, str):
+        if _MARK in value:
+            raise AdaptError("a string holds U+0000, which FHIR forbids")
+        return value
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise AdaptError(f"number {value} has no JSON form")
-        return str(value)
+        return _MARK + str(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
     if isinstance(value, float):
         # A float reaches here only from callers that parsed with the standard library; its
         # shortest repr is the closest lexeme left.
-        text = json.dumps(value, allow_nan=False)
-        return text
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AdaptError(f"number {value} has no JSON form")
+        return value
     raise AdaptError(f"cannot write {type(value).__name__} as JSON")
-
-
-def _write(value: Any, indent: int | None, out: list[str]) -> None:
-    """Append ``value``; ``indent`` None writes the compact form."""
-    if isinstance(value, (dict, list, tuple)) and not value:
-        out.append("{}" if isinstance(value, dict) else "[]")
-        return
-    items: list[tuple[str | None, Any]]
-    if isinstance(value, dict):
-        items = [(json.dumps(k, ensure_ascii=False), value[k]) for k in _key_order(value)]
-        open_, close = "{", "}"
-    elif isinstance(value, (list, tuple)):
-        items = [(None, item) for item in value]
-        open_, close = "[", "]"
-    else:
-        out.append(_scalar(value))
-        return
-    out.append(open_)
-    for i, (key, item) in enumerate(items):
-        if indent is not None:
-            out.append("\n" + "  " * (indent + 1))
-        if key is not None:
-            out.append(key + (": " if indent is not None else ":"))
-        _write(item, None if indent is None else indent + 1, out)
-        if i < len(items) - 1:
-            out.append(",")
-    if indent is not None:
-        out.append("\n" + "  " * indent)
-    out.append(close)
 
 
 def dumps(value: Any, *, compact: bool = False) -> bytes:
@@ -130,11 +111,14 @@ def dumps(value: Any, *, compact: bool = False) -> bytes:
     Pretty (two-space indent, newline at the end) by default; ``compact`` drops all
     insignificant whitespace, for payloads embedded in other messages.
     """
-    out: list[str] = []
-    _write(value, None if compact else 0, out)
-    if not compact:
-        out.append("\n")
+    text = json.dumps(
+        _canonical(value),
+        ensure_ascii=False,
+        indent=None if compact else 2,
+        separators=(",", ":") if compact else (",", ": "),
+    )
+    text = _MARKED.sub(r"\1", text)
     try:
-        return "".join(out).encode("utf-8")
+        return (text if compact else text + "\n").encode("utf-8")
     except UnicodeEncodeError:
         raise AdaptError("a string holds an unpaired surrogate; it has no UTF-8 form") from None

@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from exchange import inbound
-from exchange.bootstrap import Services, open_services
-from exchange.config import Settings
+from exchange.bootstrap import Services, open_services, run_outbox
+from exchange.config import Settings, json_logging
 from exchange.http.deps import ExchangeApp
 from exchange.http.errors import document_outcomes, install_handlers
 from exchange.http.guards import document_oauth2
@@ -38,6 +38,7 @@ from exchange.http.routes import verification as verification_router
 from exchange.http.routes.metadata import SOFTWARE_VERSION
 from exchange.identity.cache import authenticate
 from exchange.intake import IntakeLimits
+from exchange.outbox.process import OutboxProcess
 
 # `medledger serve`'s default address, which clients on the same machine reach it by.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
@@ -61,6 +62,7 @@ def create_app(
     public_url: str = DEFAULT_PUBLIC_URL,
     trusted_proxies: tuple[Network, ...] = (),
     mllp: tuple[str, int] | None = None,
+    outbox_process: bool = False,
 ) -> ExchangeApp:
     """The service for one log instance (SQLite under settings.data_dir, or settings.db_url).
 
@@ -70,6 +72,8 @@ def create_app(
     `public_url` is the base of every absolute URL the service gives out; requests from
     `trusted_proxies` may name another with X-Forwarded-Proto/Host (exchange.public).
     `mllp` (host, port) also listens for HL7 v2 from home hospitals (exchange.inbound).
+    `outbox_process` sends deliveries from a process of its own (exchange.outbox.process)
+    rather than from the server's event loop.
     """
     if services is None:
         services = open_services(
@@ -79,7 +83,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.start()
-        outbox = asyncio.create_task(services.outbox.run(), name="outbox")
+        runner = None
+        if outbox_process:
+            runner = OutboxProcess(run_outbox, services.settings, json_logs=json_logging())
+            services.outbox.runs_elsewhere(runner.wake)
+            outbox = asyncio.create_task(runner.run(), name="outbox")
+        else:
+            outbox = asyncio.create_task(services.outbox.run(), name="outbox")
         listener = None
         if mllp is not None:
             listener = await inbound.start(
@@ -94,9 +104,13 @@ def create_app(
                 await listener.wait_closed()
             # In-flight deliveries finish and are recorded; one stuck past its timeout is
             # cancelled, its claim left to end with its lease.
-            services.outbox.stop()
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(outbox, services.settings.delivery_timeout + 5)
+            patience = services.settings.delivery_timeout + 5
+            if runner is not None:
+                await runner.stop(outbox, patience)
+            else:
+                services.outbox.stop()
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(outbox, patience)
             await services.outbox.close()
             services.close()
 

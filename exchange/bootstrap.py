@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection as PipeEnd
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select
 
 from exchange import vault
 from exchange.bundles.admission import Admission
-from exchange.config import Settings
+from exchange.config import Settings, configure_json_logging
 from exchange.consent.crossborder import TransferLedger
 from exchange.delivery import backoff
 from exchange.identity.cache import ClientCache
@@ -29,6 +30,7 @@ from exchange.indexes.derived import Indexes
 from exchange.intake import IntakeLimits
 from exchange.intake.runner import IntakeRunner
 from exchange.keys.keyring import Keyring, KeyringError, open_keyring
+from exchange.outbox import process as outbox_process
 from exchange.outbox.queue import Queue
 from exchange.outbox.worker import Worker, WorkerConfig
 from exchange.privacy.upgrade import upgrade_vault
@@ -304,6 +306,22 @@ def open_services(
         shl_secret=secret(engine, SHL_TICKET_KEY),
         witnesses=witnesses,
     )
+
+
+def run_outbox(settings: Settings, signals: PipeEnd, json_logs: bool) -> None:
+    """The outbox's own process (exchange.outbox.process): the store opened again, and its
+    worker run until the server stops it."""
+    if json_logs:
+        configure_json_logging()
+    engine, opened = open_store(settings)
+    ledger_log, _ = open_log(settings, engine)
+    try:
+        gate = TransferLedger(engine)
+        worker = outbox_worker(settings, opened, Indexes(opened), ledger_log, gate)
+        outbox_process.serve(worker, signals)
+    finally:
+        ledger_log.close()
+        engine.dispose()
 
 
 def outbox_worker(

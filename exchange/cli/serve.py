@@ -302,7 +302,7 @@ def run_serve(args: argparse.Namespace) -> int:
     mllp = None if args.mllp_port is None else (args.host, args.mllp_port)
     app = create_app(
         settings, services=services, rate_limit=rate_limit, public_url=public_url,
-        trusted_proxies=proxies, mllp=mllp,
+        trusted_proxies=proxies, mllp=mllp, outbox_process=True,
     )  # fmt: skip
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base_url = f"http://{shown_host}:{args.port}"

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,6 +121,7 @@ class Worker:
         self._endpoints = Parsed()
         self._http: Any = None  # one httpx client, made in the loop that uses it
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._elsewhere: Callable[[], None] | None = None
         # Final outcomes may lack their access entry (a server killed between the two, or
         # a failure recording it): looked for at the start and after such a failure.
         self._unaccounted = True
@@ -127,9 +129,17 @@ class Worker:
 
     # --- the loop
 
+    def runs_elsewhere(self, wake: Callable[[], None]) -> None:
+        """This process only queues; :meth:`run` runs in another (exchange.outbox.process),
+        which :meth:`wake` now wakes through `wake`."""
+        self._elsewhere = wake
+
     def wake(self) -> None:
         """Something was queued: look now rather than at the next poll. Safe from any thread
         or event loop: the event is set in the loop :meth:`run` runs in."""
+        if self._elsewhere is not None:
+            self._elsewhere()
+            return
         if self._wake is None:
             return
         loop, event = self._wake
