@@ -10,7 +10,6 @@ the patient's language (``adapters.narrative``).
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -122,8 +121,7 @@ class DocumentBuilder:
     # -- resource copies --------------------------------------------------------------------
 
     def _copy(self, entry: Entry) -> dict[str, Any]:
-        resource = copy.deepcopy(dict(entry.resource))
-        self._rewrite(resource, entry)
+        resource = self._rewritten(dict(entry.resource), entry)
         for path in _TRANSLATED.get(entry.type, ()):
             if isinstance(resource.get(path), Mapping):
                 resource[path], _ = enrich(resource[path], maps=self.maps)
@@ -136,20 +134,23 @@ class DocumentBuilder:
             resource["_" + required[1]] = _absent("unknown")
         return resource
 
-    def _rewrite(self, node: Any, origin: Entry) -> None:
-        """Point references at the document's fullUrls; leave the rest as sent."""
+    def _rewritten(self, node: Any, origin: Entry) -> Any:
+        """A copy of ``node`` whose references point at the document's fullUrls; the rest as
+        sent (a contained resource is copied untouched: its references are its own)."""
         if isinstance(node, dict):
-            ref = node.get("reference")
+            out = {
+                key: _copied(value) if key == "contained" else self._rewritten(value, origin)
+                for key, value in node.items()
+            }
+            ref = out.get("reference")
             if isinstance(ref, str):
                 target = self.index.resolve(ref, origin)
                 if target is not None and target.key in self.included_keys:
-                    node["reference"] = self.url(target)
-            for key, value in node.items():
-                if key != "contained":
-                    self._rewrite(value, origin)
-        elif isinstance(node, list):
-            for item in node:
-                self._rewrite(item, origin)
+                    out["reference"] = self.url(target)
+            return out
+        if isinstance(node, list):
+            return [self._rewritten(item, origin) for item in node]
+        return node  # str, numbers, bool, None: never changed in place
 
     def _require_codes(self, entry: Entry, resource: Mapping[str, Any]) -> None:
         field_name = {
@@ -434,3 +435,12 @@ def _uuid(document_id: str, key: str) -> str:
 
 def _urn(document_id: str, key: str) -> str:
     return f"urn:uuid:{_uuid(document_id, key)}"
+
+
+def _copied(node: Any) -> Any:
+    """A copy of parsed JSON (what copy.deepcopy gives, for dicts, lists and scalars only)."""
+    if isinstance(node, dict):
+        return {key: _copied(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_copied(item) for item in node]
+    return node

@@ -19,10 +19,12 @@ at once, and a row a killed server held is taken up again when its lease ends), 
    failure past the deadline.
 
 A final outcome is one ``delivery`` entry (exchange.outbox.proof) whose row writer marks the
-row final in the entry's own transaction, then an access entry per patient in the
+row final in the entry's own transaction, and an access entry per patient in the
 accounting: ``transform`` when bytes were sent (outcome 0 delivered, 8 not), ``denied``
-(outcome 4) when nothing was. A server killed between the two records the access entry when
-it next starts (:meth:`Worker.account_missing`).
+(outcome 4) when nothing was. Both are submitted together, so as a rule they are one batch of
+the log; an access entry is appended only beside its delivery entry. A server killed between
+the two (when they fell into two batches) records the access entries when it next starts
+(:meth:`Worker.account_missing`).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from exchange.outbox.queue import (
     Permission,
     Queue,
 )
-from exchange.privacy.access import record_access_per_patient_blocking
+from exchange.privacy.access import access_submissions
 from exchange.store.tables import deliveries_table
 from exchange.vault import Erased, VaultError
 from ledger import store
@@ -358,6 +360,7 @@ class Worker:
         )
         salt = os.urandom(SALT_SIZE)
         d = deliveries_table.c
+        appended: list[int] = []  # the delivery entry's index, once appended here
 
         def write(conn: Connection, entry: Entry) -> None:
             done = conn.execute(
@@ -379,6 +382,7 @@ class Worker:
             )
             if done.rowcount != 1:
                 raise NotPending(f"delivery {row['id']} is no longer pending")
+            appended.append(entry.index)
 
         subject = row["subject"]
         sub = Submission(
@@ -389,49 +393,58 @@ class Worker:
             subject=None if subject is None else bytes(subject),
             write=write,
         )
+        sent = final.sent is not None or row["sent_digest"] is not None
+        # Another that made the row final accounts for it.
+        accounted = _accounting(row["id"], lambda: appended[0] if appended else None)
+        access = self._access(row, final.status, sent, accounted)
+        # Submitted together, the outcome and its accounting are as a rule one batch: one
+        # transaction and one signed checkpoint. Split across two, `accounted` still holds.
+        futures = [self.log.submit(s) for s in (sub, *access)]
         try:
-            self.log.append(sub)
+            futures[0].result()
         except NotPending:
             return
-        try:
-            self._account(row["id"])
-        except Exception:
+        finally:
+            failed = [e for f in futures[1:] if (e := _error_of(f)) is not None]
+        real = [e for e in failed if not isinstance(e, NotPending)]
+        if real:
             self._unaccounted = True
-            raise
+            raise real[0]
+
+    def _access(
+        self, row: RowMapping, status: str, sent: bool, guard: Callable[[Connection, Entry], None]
+    ) -> list[Submission]:
+        """The access entries of a final outcome: ``transform`` when bytes were sent (outcome
+        0 delivered, 8 not), ``denied`` (outcome 4) when nothing was."""
+        try:
+            patients = bundle_patients(self.queue.vault, [int(row["bundle_idx"])])
+        except Erased:
+            patients = {}
+        recipient = Client("outbox", "delivery outbox", "recipient", row["recipient"])
+        outcome = ("0" if status == DELIVERED else "8") if sent else "4"
+        detail = (
+            f"delivery {row['id']} of Bundle {row['bundle_id']}/_history/{row['version']} over "
+            f"{row['transport']}: {status}"
+        )
+        return access_submissions(
+            recipient, patients, action="transform" if sent else "denied",
+            resource_type="Bundle", purpose=PURPOSE, outcome=outcome, detail=detail,
+            guard=guard,
+        )  # fmt: skip
 
     def _account(self, delivery_id: str) -> None:
-        """The access entries of a final outcome, and the row's note that they are made."""
+        """The access entries of a final outcome whose server died before recording them."""
         d = deliveries_table.c
         with self.engine.connect() as conn:
             row = conn.execute(select(deliveries_table).where(d.id == delivery_id)).first()
         if row is None or row.status == PENDING or row.access_index is not None:
             return
-        try:
-            patients = bundle_patients(self.queue.vault, [int(row.bundle_idx)])
-        except Erased:
-            patients = {}
-        recipient = Client("outbox", "delivery outbox", "recipient", row.recipient)
-        sent = row.sent_digest is not None
-        outcome = ("0" if row.status == DELIVERED else "8") if sent else "4"
-        detail = (
-            f"delivery {row.id} of Bundle {row.bundle_id}/_history/{row.version} over "
-            f"{row.transport}: {row.status} (ledger entry {row.ledger_index})"
-        )
-
-        def noted(conn: Connection, entry: Entry) -> None:
-            # In the access entry's own transaction: a server killed in between leaves
-            # neither, so the entry is never made twice.
-            conn.execute(
-                update(deliveries_table)
-                .where(d.id == delivery_id, d.ledger_index == row.ledger_index)
-                .values(access_index=entry.index)
-            )
-
-        record_access_per_patient_blocking(
-            self.log, recipient, patients, action="transform" if sent else "denied",
-            resource_type="Bundle", purpose=PURPOSE, outcome=outcome, detail=detail,
-            also_write=noted,
-        )  # fmt: skip
+        final = row._mapping
+        noted = _accounting(delivery_id, lambda: int(final["ledger_index"]))
+        subs = self._access(final, final["status"], final["sent_digest"] is not None, noted)
+        for future in [self.log.submit(s) for s in subs]:
+            with contextlib.suppress(NotPending):
+                future.result()
 
     def account_missing(self) -> None:
         """Access entries a server killed after a final outcome did not record."""
@@ -450,6 +463,41 @@ class _Unsendable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _accounting(
+    delivery_id: str, outcome: Callable[[], int | None]
+) -> Callable[[Connection, Entry], None]:
+    """The guard of a final outcome's access entries (one per patient): each is appended only
+    beside the outcome's delivery entry (``outcome()``: its index, None when it was not
+    appended here), and the first marks the row accounted for, in its own transaction, so a
+    server killed in between leaves neither and the accounting is never made twice."""
+    noted: list[int] = []
+
+    def guard(conn: Connection, entry: Entry) -> None:
+        at = outcome()
+        if at is None:
+            raise NotPending(f"delivery {delivery_id} was not made final here")
+        if not noted:
+            d = deliveries_table.c
+            done = conn.execute(
+                update(deliveries_table)
+                .where(d.id == delivery_id, d.ledger_index == at, d.access_index.is_(None))
+                .values(access_index=entry.index)
+            )
+            if done.rowcount != 1:
+                raise NotPending(f"delivery {delivery_id}'s outcome is already accounted for")
+        noted.append(entry.index)
+
+    return guard
+
+
+def _error_of(future: Any) -> BaseException | None:
+    try:
+        future.result()
+    except Exception as e:  # noqa: BLE001 - returned to the caller, which sorts them
+        return e
+    return None
 
 
 def control_id_of(delivery_id: str) -> str:

@@ -317,17 +317,31 @@ def record_access_per_patient_blocking(
     purpose: str | None,
     outcome: str,
     detail: str | None = None,
-    also_write: Callable[[Connection, Entry], None] | None = None,
 ) -> list[int]:
     """:func:`record_access_per_patient`, for callers outside the event loop (the same
-    submissions; this waits for the log's batch in the calling thread). ``also_write`` runs
-    in the first entry's transaction, given that entry: a caller's note that the access is
-    recorded exists with it or not at all."""
+    submissions; this waits for the log's batch in the calling thread)."""
     subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
-    if also_write is not None:
-        subs[0] = replace(subs[0], write=_both(subs[0].write, also_write))
     futures = [log.submit(sub) for sub in subs]
     return [future.result().entry.index for future in futures]
+
+
+def access_submissions(
+    client: Client,
+    patients: Mapping[bytes, Sequence[bytes]],
+    *,
+    action: str,
+    resource_type: str,
+    purpose: str | None,
+    outcome: str,
+    detail: str | None,
+    guard: Callable[[Connection, Entry], None],
+) -> list[Submission]:
+    """The submissions of :func:`record_access_per_patient`, for a caller that appends them
+    beside its own. ``guard`` runs first in each entry's transaction; an error raised there
+    appends that entry not (exchange.outbox.worker: only beside the delivery entry it
+    accounts for)."""
+    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    return [replace(sub, write=_both(guard, sub.write)) for sub in subs]
 
 
 def record_access_blocking(
@@ -351,12 +365,12 @@ def record_access_blocking(
 
 
 def _both(
-    first: Callable[[Connection, Entry], None] | None, then: Callable[[Connection, Entry], None]
+    first: Callable[[Connection, Entry], None], then: Callable[[Connection, Entry], None] | None
 ) -> Callable[[Connection, Entry], None]:
     def write(conn: Connection, entry: Entry) -> None:
-        if first is not None:
-            first(conn, entry)
-        then(conn, entry)
+        first(conn, entry)
+        if then is not None:
+            then(conn, entry)
 
     return write
 

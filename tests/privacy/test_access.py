@@ -15,10 +15,10 @@ from exchange.privacy.access import (
     PSEUDONYM_SYSTEM,
     AccessError,
     access_count,
+    access_submissions,
     disclosures_of,
     record_access,
     record_access_blocking,
-    record_access_per_patient_blocking,
 )
 from exchange.vault import lookup_tag as pseudonym
 from tests.api_helpers import is_outcome, open_api
@@ -131,27 +131,31 @@ def test_a_hospital_gets_the_accounting_of_disclosures_of_its_patient(tmp_path: 
         assert "system" in json.dumps(is_outcome(missing))
 
 
-def test_a_callers_note_commits_with_the_first_access_entry(tmp_path: Path) -> None:
-    # The outbox notes a delivery's access entry in that entry's own transaction: the note
-    # exists with the entry or neither does, so a crash in between never makes it twice.
+def test_a_guard_commits_with_each_access_entry_or_stops_it(tmp_path: Path) -> None:
+    # The outbox appends a delivery's access entries beside its delivery entry, each guarded:
+    # the guard's writes exist with the entry or neither does, and a guard that raises keeps
+    # that entry out of the log (a crash in between never makes the accounting twice).
     with open_api(tmp_path / "data") as api:
+        log = api.services.log
         client, _ = register_client(api.services.engine, "outbox", "hospital", "home-kr")
         patients = {b"p" * 32: [b"q" * 32], b"r" * 32: []}
         noted: list[int] = []
-        indexes = record_access_per_patient_blocking(
-            api.services.log, client, patients, action="transform", resource_type="Bundle",
-            purpose="TREAT", outcome="0", also_write=lambda conn, entry: noted.append(entry.index),
+        subs = access_submissions(
+            client, patients, action="transform", resource_type="Bundle", purpose="TREAT",
+            outcome="0", detail=None, guard=lambda conn, entry: noted.append(entry.index),
         )  # fmt: skip
-        assert noted == [indexes[0]] and len(indexes) == 2
+        indexes = [log.submit(sub).result().entry.index for sub in subs]
+        assert noted == indexes and len(indexes) == 2
         size, count = api.log_size(), access_count(api.services.engine)
 
         def fail(conn: object, entry: object) -> None:
             raise RuntimeError("the note cannot be written")
 
+        (sub,) = access_submissions(
+            client, {b"p" * 32: []}, action="transform", resource_type="Bundle",
+            purpose="TREAT", outcome="0", detail=None, guard=fail,
+        )  # fmt: skip
         with pytest.raises(RuntimeError, match="the note cannot be written"):
-            record_access_per_patient_blocking(
-                api.services.log, client, {b"p" * 32: []}, action="transform",
-                resource_type="Bundle", purpose="TREAT", outcome="0", also_write=fail,
-            )  # fmt: skip
+            log.submit(sub).result()
         assert api.log_size() == size
         assert access_count(api.services.engine) == count
