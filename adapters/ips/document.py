@@ -121,7 +121,7 @@ class DocumentBuilder:
     # -- resource copies --------------------------------------------------------------------
 
     def _copy(self, entry: Entry) -> dict[str, Any]:
-        resource = self._rewritten(dict(entry.resource), entry)
+        resource: dict[str, Any] = self._rewritten(dict(entry.resource), entry)
         for path in _TRANSLATED.get(entry.type, ()):
             if isinstance(resource.get(path), Mapping):
                 resource[path], _ = enrich(resource[path], maps=self.maps)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -25,6 +30,7 @@ from exchange.store.tables import deliveries_table
 from tests.api_helpers import Api
 from tests.delivery.fixtures import boao_kr
 from tests.delivery.peers import Hl7Receiver
+from tests.paths import ROOT
 from tests.settlement.test_settlement_index import consent_bundle
 
 PASSPORT = ("http://hl7.org/fhir/sid/passport-KOR", "M12345678")  # boao_kr's patient
@@ -123,3 +129,41 @@ def hl7_receiver(*modes: str, default: str = "AA") -> Iterator[Hl7Receiver]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def serve_process(state: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real `medledger serve` on `state` (its --data or --db options), its stderr to `log`,
+    answering /health/ready; the process and its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exchange.cli", "serve", "--port", str(port),
+         "--intake-workers", "0", "--rate-limit", "0", "--delivery-timeout", "1", *state],
+        stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=_env(),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not start")
+
+
+def served_deliveries(url: str, token: str) -> list[dict[str, Any]]:
+    answer = httpx.get(url + "/v1/deliveries", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["deliveries"])

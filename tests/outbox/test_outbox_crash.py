@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,50 +26,13 @@ from ledger.entry import commitment, parse_entry
 from ledger.keys import load_or_create_signer
 from tests.delivery.fixtures import boao_kr
 from tests.delivery.peers import fhir_receiver
-from tests.outbox.helpers import BASIS, HOME, PASSPORT, TOKEN
-from tests.paths import ROOT
+from tests.outbox.helpers import BASIS, HOME, PASSPORT, TOKEN, serve_process, served_deliveries
 from tests.settlement.test_settlement_index import consent_bundle
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 ORIGIN = "medledger.example/log"
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def _serve(state: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exchange.cli", "serve", "--port", str(port),
-         "--intake-workers", "0", "--rate-limit", "0", "--delivery-timeout", "1", *state],
-        stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=_env(),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the server did not start")
-
-
-def _deliveries(url: str, token: str) -> list[dict[str, Any]]:
-    answer = httpx.get(url + "/v1/deliveries", headers={"Authorization": f"Bearer {token}"})
-    assert answer.status_code == 200, answer.text
-    return list(answer.json()["deliveries"])
 
 
 def _state(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> list[str]:
@@ -100,7 +59,7 @@ def test_sigkill_mid_delivery_delivers_once(
         set_endpoint(engine, opened, HOME, parse_endpoint(f"{peer.base}/fhir", token=TOKEN))
         engine.dispose()
         auth = {"Authorization": f"Bearer {token}"}
-        proc, url = _serve(state, log)
+        proc, url = serve_process(state, log)
         try:
             for body in (consent_bundle(PASSPORT, HOME, purpose="TREAT"), boao_kr()[0]):
                 answer = httpx.post(url + "/fhir/Bundle", content=body, headers={**auth, **FHIR})
@@ -111,10 +70,10 @@ def test_sigkill_mid_delivery_delivers_once(
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
         peer.answer_delay = 0
-        proc, url = _serve(state, log)
+        proc, url = serve_process(state, log)
         try:
             deadline = time.monotonic() + 60
-            while (found := _deliveries(url, token))[0]["status"] == "pending":
+            while (found := served_deliveries(url, token))[0]["status"] == "pending":
                 assert time.monotonic() < deadline, (found, log.read_text())
                 time.sleep(0.2)
         finally:
