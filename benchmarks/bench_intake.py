@@ -23,7 +23,9 @@ With `--deliveries ROUNDS`, the end-to-end run is made without deliveries and th
 Bundle's patient consented (one consent Bundle each, posted first) to delivery for treatment
 to a local FHIR receiver in another process (benchmarks/bench_outbox.py's), alternately,
 ROUNDS times each, on fresh stores: both rates, their ratio (issue 26 asks for 90 % or
-more), the server's peak RSS, and how fast the worker drained while intake ran.
+more), the server's peak RSS and its delivery process's (which sends at a lower priority
+than intake, exchange.outbox.process), how many deliveries were made while the load ran and
+when the last one was.
 """
 
 from __future__ import annotations
@@ -328,7 +330,9 @@ class Run:
     big_lat: list[float]
     rss: list[tuple[int, float]]
     queued: int = 0
-    drain: float = 0.0  # deliveries/s, from the first submission to the last delivered
+    during: int = 0  # deliveries made while the load ran
+    drained: float = 0.0  # seconds from the start of the load to the last delivery
+    sender_rss: float = 0.0  # MB, the server's delivery process (exchange.outbox.process)
 
 
 def serve_and_load(
@@ -356,18 +360,29 @@ def serve_and_load(
             t = time.perf_counter()
             lat = asyncio.run(load(port, token, small, args.concurrency))
             elapsed = time.perf_counter() - t
-            queued, drain = 0, 0.0
+            queued, during, drained = 0, 0, 0.0
             if receiver is not None:
-                queued = sum(delivery_counts(data).values())
+                counts = delivery_counts(data)
+                queued, during = sum(counts.values()), counts.get("delivered", 0)
                 while delivery_counts(data).get("pending", 0) and time.perf_counter() - t < 600:
                     time.sleep(0.05)
-                drain = delivery_counts(data).get("delivered", 0) / (time.perf_counter() - t)
+                drained = time.perf_counter() - t
             big_lat = asyncio.run(load(port, token, big, 1))
-            rss = [(pid, peak_rss_mb(pid)) for pid in process_tree(server.pid)]
+            tree = process_tree(server.pid)
+            rss = [(pid, peak_rss_mb(pid)) for pid in tree]
+            sender = sum(peak_rss_mb(pid) for pid in tree if _is_sender(pid))
         finally:
             server.terminate()
             server.wait(timeout=30)
-    return Run(len(small) / elapsed, lat, big_lat, rss, queued, drain)
+    return Run(len(small) / elapsed, lat, big_lat, rss, queued, during, drained, sender)
+
+
+def _is_sender(pid: int) -> bool:
+    """The server's delivery process: multiprocessing's spawn of exchange.outbox.process."""
+    try:
+        return b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -449,8 +464,11 @@ def compare_deliveries(
                 run = serve_and_load(args, small, warm, big, url if with_deliveries else None)
                 runs[with_deliveries].append(run)
                 what = "with deliveries   " if with_deliveries else "without deliveries"
-                extra = (f"; {run.queued} deliveries queued, drained at {run.drain:.0f}/s"
-                         if with_deliveries else "")  # fmt: skip
+                extra = ""
+                if with_deliveries:
+                    extra = (f"; {run.queued} deliveries queued, {run.during} made during the "
+                             f"load, the last {run.drained:.1f} s after it began; delivery "
+                             f"process peak RSS {run.sender_rss:.0f} MB")  # fmt: skip
                 print(
                     f"{what}: {run.rate:.0f} bundles/s, p50 {pct(run.lat, 50) * 1000:.1f} ms,"
                     f" p95 {pct(run.lat, 95) * 1000:.1f} ms, server peak RSS "
