@@ -300,9 +300,10 @@ async def record_access_per_patient(
     the module doc), or one naming none when there are none, submitted together so that the
     log commits them as one batch; returns their ledger indexes. `recipient`: see
     :func:`audit_event`."""
-    subs = _per_patient(
-        client, patients, action, resource_type, purpose, outcome, detail, recipient
-    )
+    subs = access_submissions(
+        client, patients, action=action, resource_type=resource_type, purpose=purpose,
+        outcome=outcome, detail=detail, recipient=recipient,
+    )  # fmt: skip
     futures = [asyncio.wrap_future(log.submit(sub)) for sub in subs]
     return [appended.entry.index for appended in await asyncio.gather(*futures)]
 
@@ -320,28 +321,12 @@ def record_access_per_patient_blocking(
 ) -> list[int]:
     """:func:`record_access_per_patient`, for callers outside the event loop (the same
     submissions; this waits for the log's batch in the calling thread)."""
-    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
+    subs = access_submissions(
+        client, patients, action=action, resource_type=resource_type, purpose=purpose,
+        outcome=outcome, detail=detail,
+    )  # fmt: skip
     futures = [log.submit(sub) for sub in subs]
     return [future.result().entry.index for future in futures]
-
-
-def access_submissions(
-    client: Client,
-    patients: Mapping[bytes, Sequence[bytes]],
-    *,
-    action: str,
-    resource_type: str,
-    purpose: str | None,
-    outcome: str,
-    detail: str | None,
-    guard: Callable[[Connection, Entry], None],
-) -> list[Submission]:
-    """The submissions of :func:`record_access_per_patient`, for a caller that appends them
-    beside its own. ``guard`` runs first in each entry's transaction; an error raised there
-    appends that entry not (exchange.outbox.worker: only beside the delivery entry it
-    accounts for)."""
-    subs = _per_patient(client, patients, action, resource_type, purpose, outcome, detail)
-    return [replace(sub, write=_both(guard, sub.write)) for sub in subs]
 
 
 def record_access_blocking(
@@ -375,18 +360,24 @@ def _both(
     return write
 
 
-def _per_patient(
+def access_submissions(
     client: Client,
     patients: Mapping[bytes, Sequence[bytes]],
+    *,
     action: str,
     resource_type: str,
     purpose: str | None,
     outcome: str,
-    detail: str | None,
+    detail: str | None = None,
     recipient: str | None = None,
+    guard: Callable[[Connection, Entry], None] | None = None,
 ) -> list[Submission]:
+    """The submissions of :func:`record_access_per_patient`, also for a caller that appends
+    them beside its own. ``guard`` runs first in each entry's transaction; an error raised
+    there appends that entry not (exchange.outbox.worker: only beside the delivery entry it
+    accounts for)."""
     each: list[tuple[bytes | None, Sequence[bytes]]] = [*patients.items()] or [(None, ())]
-    return [
+    subs = [
         _submission(
             client,
             action=action,
@@ -400,6 +391,9 @@ def _per_patient(
         )
         for subject, others in each
     ]
+    if guard is None:
+        return subs
+    return [replace(sub, write=_both(guard, sub.write)) for sub in subs]
 
 
 def _row(r: object) -> AccessRow:
