@@ -114,7 +114,7 @@ class OutboxProcess:
 
 def serve(worker: Worker, signals: PipeEnd) -> None:
     """In the child: run the worker until told to stop; exit at once if the parent is gone."""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no nice() here
         os.nice(NICE)
     asyncio.run(_serve(worker, signals))
 
