@@ -2,19 +2,20 @@
 
 Three layers, each reporting FHIRPath expressions rooted at ``Bundle``:
 
-1. A shape walk driven by the ``fhir.resources.R4B`` model metadata. It runs before any model
-   and checks what the pydantic v1 models coerce or skip: unknown elements, the JSON type of
-   every primitive (the models turn ``5`` into ``"5"``, ``"yes"`` into ``true``, ``1.5`` into
-   the integer ``1``, and parse a string where an object belongs as JSON), 32-bit integer
-   ranges, empty strings, arrays and objects (ele-1), nulls, resource types, nested contained
-   resources (dom-2), string length, required elements and ``value[x]`` choices (all at once,
-   where the models report one kind per round), and the codes of every required binding the
-   models list (``enum_values``), completed where the models truncate the value set with
-   ``"+"``. Its work stack is explicit, so no input depth reaches Python's recursion limit.
-2. The R4B models themselves (``Model.parse_obj``, exchange.intake.models), for each entry's
-   resource and for the Bundle without its resources, unless the shape walk found a value of
-   the wrong JSON type or an unknown resource type (the models would coerce it or fail on
-   it): they add the lexical checks (dates, ids, uris, the primitives' regexes).
+1. A shape walk driven by the ``fhir.resources.R4B`` model metadata (each field's type and its
+   ``json_schema_extra``). It runs before any model and checks what the models coerce or
+   skip: unknown elements, the JSON type of every primitive (the models take ``"yes"`` for
+   ``true`` and ``"1"`` for the integer ``1``, and read a string where an object belongs),
+   32-bit integer ranges, empty strings, arrays and objects (ele-1), nulls, resource types,
+   nested contained resources (dom-2), string length, the 64-character limit of ids,
+   required elements and ``value[x]`` choices (all at once, where the models report one kind
+   per round), and the codes of every required binding the models list (``enum_values``),
+   completed where the models truncate the value set with ``"+"`` or leave it out. Its work
+   stack is explicit, so no input depth reaches Python's recursion limit.
+2. The R4B models themselves (``Model.model_validate``, exchange.intake.models), for each
+   entry's resource and for the Bundle without its resources, unless the shape walk found a
+   value of the wrong JSON type or an unknown resource type (the models would coerce it or
+   fail on it): they add the lexical checks (dates, ids, codes, the primitives' regexes).
 3. The Bundle invariants of FHIR R4 (bdl-1..bdl-5, bdl-7..bdl-12), the transaction rule that
    no resource is touched twice (exchange.intake.invariants), and intake policy: which Bundle
    types a client may submit and how many entries a Bundle may hold.
@@ -27,13 +28,17 @@ Issues are collected up to ``IntakeLimits.max_issues``, so one round fixes them 
 from __future__ import annotations
 
 import math
+import types
 import typing
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from fhir.resources.R4B import fhirtypes, get_fhir_model_class
+from fhir.resources.R4B import get_fhir_model_class
+from fhir_core.constraints import FHIR_PRIMITIVES_MAPS
+from fhir_core.types import FhirBase, FhirElementOrResourceBase
+from pydantic.fields import FieldInfo
 
 from .invariants import check_invariants
 from .models import model_issues
@@ -57,16 +62,23 @@ BUNDLE_TYPES = frozenset(
 # histories) and carry no clinical submission of their own.
 SUBMITTABLE_BUNDLE_TYPES = frozenset({"document", "message", "transaction", "batch", "collection"})
 
-# Required value sets the R4B models truncate with "+": the complete FHIR R4 (4.0.1) codes.
+# Required value sets the R4B models truncate with "+" or do not list: the complete FHIR R4
+# (4.0.1) codes.
 _OBSERVATION_STATUS = (
     "registered preliminary final amended corrected cancelled entered-in-error unknown"
 )
 _ENCOUNTER_STATUS = (
     "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
 )
+_QUANTITY_COMPARATOR = "< <= >= >"
 COMPLETED_VALUE_SETS: dict[tuple[str, str], frozenset[str]] = {
     (model, element): frozenset(codes.split())
     for model, element, codes in [
+        ("Quantity", "comparator", _QUANTITY_COMPARATOR),
+        ("Age", "comparator", _QUANTITY_COMPARATOR),
+        ("Count", "comparator", _QUANTITY_COMPARATOR),
+        ("Distance", "comparator", _QUANTITY_COMPARATOR),
+        ("Duration", "comparator", _QUANTITY_COMPARATOR),
         ("Observation", "status", _OBSERVATION_STATUS),
         ("DetectedIssue", "status", _OBSERVATION_STATUS),
         ("RiskAssessment", "status", _OBSERVATION_STATUS),
@@ -116,6 +128,8 @@ _INTEGER_RANGES: dict[str, tuple[int, int]] = {
     "positiveInt": (1, 2**31 - 1),
 }
 _PRIMITIVE_KINDS = frozenset({"boolean", "integer", "decimal", "string"})
+# FHIR R4's id is 1..64 characters; the models allow 255.
+_ID_MAX_CHARS = 64
 _EXTENSION_OF_PRIMITIVE = "FHIRPrimitiveExtension"
 # Shape issue codes that leave every value of the JSON type the model expects.
 _MODEL_SAFE_CODES = frozenset({"code-invalid", "value", "too-long", "invalid"})
@@ -137,41 +151,69 @@ _PRIMITIVE_EXTENSION_SPEC = _Spec("element", _EXTENSION_OF_PRIMITIVE)
 
 
 def _unwrap(annotation: Any) -> Any:
-    """The class inside ``Optional[X]`` (primitive arrays may hold nulls)."""
+    """The type inside ``Optional[X]`` (primitive arrays may hold nulls)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if len(args) == 1 else annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
-def _spec_of(model_name: str, field: Any) -> _Spec:
-    spec = _type_spec(model_name, field)
-    if field.required or field.field_info.extra.get("element_required"):
+def _value_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type of one value, whether the element repeats) of a model field's annotation."""
+    inner = _unwrap(annotation)
+    if typing.get_origin(inner) is list:
+        return _unwrap(typing.get_args(inner)[0]), True
+    return inner, False
+
+
+def _primitive_name(value_type: Any) -> str | None:
+    """The FHIR primitive a field's type stands for: ``Annotated[str, Id()]`` -> ``"id"``."""
+    if value_type is bool:
+        return "boolean"
+    if typing.get_origin(value_type) is not typing.Annotated:
+        return None
+    for meta in value_type.__metadata__:
+        name = FHIR_PRIMITIVES_MAPS.get(type(meta))
+        if name is not None:
+            return name
+    return FHIR_PRIMITIVES_MAPS.get(value_type)  # uuid is pydantic's UUID4, no FHIR marker
+
+
+def _spec_of(model_name: str, field: FieldInfo) -> _Spec:
+    extra = _extra(field)
+    spec = _type_spec(model_name, field, extra)
+    if field.is_required() or extra.get("element_required"):
         return replace(spec, required=True)
     return spec
 
 
-def _type_spec(model_name: str, field: Any) -> _Spec:
-    cls = _unwrap(field.type_)
-    is_list = field.shape != 1
-    enum = field.field_info.extra.get("enum_values")
-    codes = COMPLETED_VALUE_SETS.get((model_name, field.alias))
-    if codes is None and enum and "+" not in enum:
-        codes = frozenset(enum)
-    if not isinstance(cls, type):
-        return _Spec("any", "Element", is_list)
-    if cls is bool:
-        return _Spec("boolean", "boolean", is_list)
-    if issubclass(cls, fhirtypes.Primitive) and cls.fhir_type_name() in _INTEGER_RANGES:
-        return _Spec("integer", cls.fhir_type_name() or "integer", is_list)
-    if issubclass(cls, fhirtypes.Decimal):
-        return _Spec("decimal", "decimal", is_list)
-    if cls is str:
-        return _Spec("string", "string", is_list, codes)
-    if issubclass(cls, fhirtypes.Primitive):
-        return _Spec("string", cls.fhir_type_name() or "string", is_list, codes)
-    if issubclass(cls, fhirtypes.ResourceType):
-        return _Spec("resource", "Resource", is_list)
-    if issubclass(cls, (fhirtypes.AbstractType, fhirtypes.AbstractBaseType)):
-        return _Spec("element", cls.__resource_type__, is_list)
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _type_spec(model_name: str, field: FieldInfo, extra: dict[str, Any]) -> _Spec:
+    value_type, is_list = _value_type(field.annotation)
+    primitive = _primitive_name(value_type)
+    if primitive is not None:
+        if primitive == "boolean":
+            return _Spec("boolean", "boolean", is_list)
+        if primitive in _INTEGER_RANGES:
+            return _Spec("integer", primitive, is_list)
+        if primitive == "decimal":
+            return _Spec("decimal", "decimal", is_list)
+        enum = extra.get("enum_values")
+        codes = COMPLETED_VALUE_SETS.get((model_name, str(field.alias)))
+        if codes is None and enum and "+" not in enum:
+            codes = frozenset(enum)
+        return _Spec("string", primitive, is_list, codes)
+    if isinstance(value_type, type) and issubclass(value_type, FhirBase):
+        model = value_type.get_model_klass()
+        if issubclass(value_type, FhirElementOrResourceBase) and not model.has_resource_base():
+            return _Spec("element", model.get_resource_type(), is_list)
+        if model.get_resource_type() == "Resource":
+            return _Spec("resource", "Resource", is_list)
+        return _Spec("element", model.get_resource_type(), is_list)
     return _Spec("any", "Element", is_list)
 
 
@@ -182,11 +224,14 @@ def element_specs(model_name: str) -> dict[str, _Spec]:
     Leaves out the models' own bookkeeping fields (``resource_type``, ``fhir_comments``) and
     the ``_x`` primitive-extension fields, which the walk derives from ``x``.
     """
+    if model_name == _EXTENSION_OF_PRIMITIVE:
+        # The models mark none of its fields as elements; under ``_name`` go extensions.
+        return {"extension": _Spec("element", "Extension", is_list=True)}
     model = get_fhir_model_class(model_name)
     return {
-        field.alias: _spec_of(model_name, field)
-        for field in model.__fields__.values()
-        if field.field_info.extra.get("element_property")
+        str(field.alias): _spec_of(model_name, field)
+        for field in model.model_fields.values()
+        if _extra(field).get("element_property")
     }
 
 
@@ -195,13 +240,14 @@ def choice_groups(model_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     """``value[x]`` groups of a model: name -> (JSON names of the choices, required)."""
     groups: dict[str, tuple[tuple[str, ...], bool]] = {}
     model = get_fhir_model_class(model_name)
-    for field in model.__fields__.values():
-        group = field.field_info.extra.get("one_of_many")
+    for field in model.model_fields.values():
+        extra = _extra(field)
+        group = extra.get("one_of_many")
         if not group:
             continue
         names, required = groups.get(group, ((), False))
-        required = required or bool(field.field_info.extra.get("one_of_many_required"))
-        groups[group] = ((*names, field.alias), required)
+        required = required or bool(extra.get("one_of_many_required"))
+        groups[group] = ((*names, str(field.alias)), required)
     return groups
 
 
@@ -730,6 +776,11 @@ def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[s
             "too-long",
             f"a string of {len(value)} characters; at most {limits.max_string_chars} are "
             "accepted (FHIR strings are limited to 1 MiB characters)",
+        )
+    if spec.fhir_type == "id" and len(value) > _ID_MAX_CHARS:
+        return (
+            "value",
+            f"an id of {len(value)} characters; FHIR ids have at most {_ID_MAX_CHARS}",
         )
     if spec.codes is not None and value not in spec.codes:
         return (
