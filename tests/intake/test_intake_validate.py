@@ -927,6 +927,12 @@ AT_DATE = {"url": "http://example.org/at", "valueDateTime": "2020-13"}
     ("resource", "expression"),
     [
         ({"resourceType": "Patient", "birthDate": "1980-02-30"}, "birthDate"),
+        ({"resourceType": "Patient", "birthDate": "1980-2-3"}, "birthDate"),
+        # A time needs its zone (FHIR's dateTime regex; fhir.resources 7.1 let it through).
+        (
+            {"resourceType": "Patient", "deceasedDateTime": "2020-01-01T10:00:00"},
+            "deceasedDateTime",
+        ),
         ({"resourceType": "Patient", "meta": {"lastUpdated": "2020-01-01"}}, "meta.lastUpdated"),
         (
             {"resourceType": "Patient", "_birthDate": {"extension": [AT_DATE]}},
