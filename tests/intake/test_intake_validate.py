@@ -23,7 +23,7 @@ from exchange.intake import (
     validate_bundle,
 )
 from exchange.intake.models import loc_to_fhirpath
-from exchange.intake.validate import RESOURCE_TYPES, element_specs
+from exchange.intake.specs import RESOURCE_TYPES, element_specs
 from tests.paths import VECTORS
 
 FHIR_JSON = "application/fhir+json"
