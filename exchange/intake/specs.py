@@ -17,7 +17,7 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.constraints import FHIR_PRIMITIVES_MAPS
-from fhir_core.types import FhirBase, FhirElementOrResourceBase
+from fhir_core.types import FhirBase
 from pydantic.fields import FieldInfo
 
 # Required value sets the R4B models truncate with "+" or do not list: the complete FHIR R4
@@ -161,12 +161,10 @@ def _type_spec(model_name: str, field: FieldInfo, extra: dict[str, Any]) -> Spec
             codes = frozenset(enum)
         return Spec("string", primitive, is_list, codes)
     if isinstance(value_type, type) and issubclass(value_type, FhirBase):
-        model = value_type.get_model_klass()
-        if issubclass(value_type, FhirElementOrResourceBase) and not model.has_resource_base():
-            return Spec("element", model.get_resource_type(), is_list)
-        if model.get_resource_type() == "Resource":
+        name = value_type.get_model_klass().get_resource_type()
+        if name == "Resource":  # any resource: contained, Bundle.entry.resource, ...
             return Spec("resource", "Resource", is_list)
-        return Spec("element", model.get_resource_type(), is_list)
+        return Spec("element", name, is_list)
     return Spec("any", "Element", is_list)
 
 
