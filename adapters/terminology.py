@@ -241,7 +241,7 @@ def _check_conceptmap(resource: Mapping[str, Any], where: str) -> None:
     try:
         from fhir.resources.R4B.conceptmap import ConceptMap
 
-        ConceptMap.parse_obj(resource)
+        ConceptMap.model_validate(resource)
     except Exception as e:  # pydantic reports many shapes; any of them means a bad map
         first = str(e).splitlines()[:3]
         raise AdaptError(f"{where}: not a valid R4 ConceptMap: {' '.join(first)}") from None

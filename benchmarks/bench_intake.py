@@ -6,8 +6,9 @@
 Builds Bundles of about 8 KB (Synthea resources from ../shared/vectors when present, else
 generated ones), each with its own Bundle.identifier, and a Bundle of about 1 MB. Then:
 
-- floor: fhir.resources R4B `Bundle.parse_raw` over the same Bundles, in this process, one
-  core (what any R4B-validating intake must spend); also with one process per CPU;
+- floor: fhir.resources R4B `Bundle.model_validate_json` over the same Bundles, in this
+  process, one core (what any R4B-validating intake must spend); also with one process per
+  CPU;
 - intake: exchange.intake.check_bundle (strict JSON gate + R4B validation) likewise;
 - end-to-end: `medledger serve` (uvicorn, SQLite with synchronous=FULL, intake workers) in
   another process, fed by `--concurrency` keep-alive connections of a minimal HTTP/1.1
@@ -145,7 +146,7 @@ def rate(fn: Callable[[bytes], object], items: list[bytes]) -> float:
 
 def _validate_chunk(chunk: list[bytes]) -> int:
     for b in chunk:
-        Bundle.parse_raw(b)
+        Bundle.model_validate_json(b)
     return len(chunk)
 
 
@@ -408,14 +409,15 @@ def main() -> None:
         f"{len(big[0]) / 1e6:.2f} MB; {os.cpu_count()} CPUs"
     )
     sample = small[: min(len(small), 1000)]
-    floor = rate(Bundle.parse_raw, sample)
+    floor = rate(Bundle.model_validate_json, sample)
     intake = rate(lambda b: check_bundle(b, FHIR_JSON, IntakeLimits()), sample)
     floor_all = rate_all_cores(sample)
     t = time.perf_counter()
-    Bundle.parse_raw(big[0])
+    Bundle.model_validate_json(big[0])
     floor_big = time.perf_counter() - t
     print(
-        f"validation-only (fhir.resources R4B Bundle.parse_raw, 1 core): {floor:.0f} bundles/s;"
+        "validation-only (fhir.resources R4B Bundle.model_validate_json, 1 core): "
+        f"{floor:.0f} bundles/s;"
         f" 1 MB: {floor_big * 1000:.0f} ms"
     )
     print(

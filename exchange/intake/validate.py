@@ -2,19 +2,20 @@
 
 Three layers, each reporting FHIRPath expressions rooted at ``Bundle``:
 
-1. A shape walk driven by the ``fhir.resources.R4B`` model metadata. It runs before any model
-   and checks what the pydantic v1 models coerce or skip: unknown elements, the JSON type of
-   every primitive (the models turn ``5`` into ``"5"``, ``"yes"`` into ``true``, ``1.5`` into
-   the integer ``1``, and parse a string where an object belongs as JSON), 32-bit integer
-   ranges, empty strings, arrays and objects (ele-1), nulls, resource types, nested contained
-   resources (dom-2), string length, required elements and ``value[x]`` choices (all at once,
-   where the models report one kind per round), and the codes of every required binding the
-   models list (``enum_values``), completed where the models truncate the value set with
-   ``"+"``. Its work stack is explicit, so no input depth reaches Python's recursion limit.
-2. The R4B models themselves (``Model.parse_obj``, exchange.intake.models), for each entry's
-   resource and for the Bundle without its resources, unless the shape walk found a value of
-   the wrong JSON type or an unknown resource type (the models would coerce it or fail on
-   it): they add the lexical checks (dates, ids, uris, the primitives' regexes).
+1. A shape walk driven by the ``fhir.resources.R4B`` model metadata (exchange.intake.specs).
+   It runs before any model and checks what the models coerce or skip: unknown elements,
+   the JSON type of every primitive (the models take ``"yes"`` for ``true`` and ``"1"`` for
+   the integer ``1``, and read a string where an object belongs), 32-bit integer ranges,
+   empty strings, arrays and objects (ele-1), nulls, resource types, nested contained
+   resources (dom-2), string length, the 64-character limit of ids, required elements and
+   ``value[x]`` choices (all at once, where the models report one kind per round), and the
+   codes of every required binding the models list (``enum_values``), completed where the
+   models truncate the value set with ``"+"`` or leave it out. Its work stack is explicit, so
+   no input depth reaches Python's recursion limit.
+2. The R4B models themselves (``Model.model_validate``, exchange.intake.models), for each
+   entry's resource and for the Bundle without its resources, unless the shape walk found a
+   value of the wrong JSON type or an unknown resource type (the models would coerce it or
+   fail on it): they add the lexical checks (dates, ids, codes, the primitives' regexes).
 3. The Bundle invariants of FHIR R4 (bdl-1..bdl-5, bdl-7..bdl-12), the transaction rule that
    no resource is touched twice (exchange.intake.invariants), and intake policy: which Bundle
    types a client may submit and how many entries a Bundle may hold.
@@ -27,17 +28,21 @@ Issues are collected up to ``IntakeLimits.max_issues``, so one round fixes them 
 from __future__ import annotations
 
 import math
-import typing
-from dataclasses import dataclass, replace
 from decimal import Decimal
-from functools import cache
 from typing import Any
-
-from fhir.resources.R4B import fhirtypes, get_fhir_model_class
 
 from .invariants import check_invariants
 from .models import model_issues
 from .outcome import IntakeError, Issue, Issues, json_type, show
+from .specs import (
+    INTEGER_RANGES,
+    PRIMITIVE_EXTENSION_SPEC,
+    RESOURCE_SPEC,
+    Spec,
+    choice_groups,
+    element_specs,
+    is_resource_type,
+)
 from .strict_json import DEFAULT_LIMITS, IntakeLimits
 
 BUNDLE_TYPES = frozenset(
@@ -57,190 +62,11 @@ BUNDLE_TYPES = frozenset(
 # histories) and carry no clinical submission of their own.
 SUBMITTABLE_BUNDLE_TYPES = frozenset({"document", "message", "transaction", "batch", "collection"})
 
-# Required value sets the R4B models truncate with "+": the complete FHIR R4 (4.0.1) codes.
-_OBSERVATION_STATUS = (
-    "registered preliminary final amended corrected cancelled entered-in-error unknown"
-)
-_ENCOUNTER_STATUS = (
-    "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
-)
-COMPLETED_VALUE_SETS: dict[tuple[str, str], frozenset[str]] = {
-    (model, element): frozenset(codes.split())
-    for model, element, codes in [
-        ("Observation", "status", _OBSERVATION_STATUS),
-        ("DetectedIssue", "status", _OBSERVATION_STATUS),
-        ("RiskAssessment", "status", _OBSERVATION_STATUS),
-        ("Encounter", "status", _ENCOUNTER_STATUS),
-        ("EncounterStatusHistory", "status", _ENCOUNTER_STATUS),
-        (
-            "DiagnosticReport",
-            "status",
-            "registered partial preliminary final amended corrected appended cancelled "
-            "entered-in-error unknown",
-        ),
-        (
-            "DeviceUseStatement",
-            "status",
-            "active completed entered-in-error intended stopped on-hold",
-        ),
-        ("DeviceUdiCarrier", "entryType", "barcode rfid manual card self-reported unknown"),
-        (
-            "QuestionnaireItem",
-            "type",
-            "group display boolean decimal integer date dateTime time string text url choice "
-            "open-choice attachment reference quantity",
-        ),
-        (
-            "StructureMapGroupRuleTarget",
-            "transform",
-            "create copy truncate escape cast append translate reference dateOp uuid pointer "
-            "evaluate cc c qty id cp",
-        ),
-        (
-            "SupplyRequest",
-            "status",
-            "draft active suspended cancelled completed entered-in-error unknown",
-        ),
-        (
-            "Task",
-            "status",
-            "draft requested received accepted rejected ready cancelled in-progress on-hold "
-            "failed completed entered-in-error",
-        ),
-    ]
-}
-
-_INTEGER_RANGES: dict[str, tuple[int, int]] = {
-    "integer": (-(2**31), 2**31 - 1),
-    "unsignedInt": (0, 2**31 - 1),
-    "positiveInt": (1, 2**31 - 1),
-}
 _PRIMITIVE_KINDS = frozenset({"boolean", "integer", "decimal", "string"})
-_EXTENSION_OF_PRIMITIVE = "FHIRPrimitiveExtension"
+# FHIR R4's id is 1..64 characters; the models allow 255.
+_ID_MAX_CHARS = 64
 # Shape issue codes that leave every value of the JSON type the model expects.
 _MODEL_SAFE_CODES = frozenset({"code-invalid", "value", "too-long", "invalid"})
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """What one JSON property may hold: ``kind`` and FHIR type of a single value."""
-
-    kind: str  # "boolean" | "integer" | "decimal" | "string" | "element" | "resource" | "any"
-    fhir_type: str
-    is_list: bool = False
-    codes: frozenset[str] | None = None
-    required: bool = False
-
-
-_RESOURCE_SPEC = _Spec("resource", "Resource")
-_PRIMITIVE_EXTENSION_SPEC = _Spec("element", _EXTENSION_OF_PRIMITIVE)
-
-
-def _unwrap(annotation: Any) -> Any:
-    """The class inside ``Optional[X]`` (primitive arrays may hold nulls)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if len(args) == 1 else annotation
-
-
-def _spec_of(model_name: str, field: Any) -> _Spec:
-    spec = _type_spec(model_name, field)
-    if field.required or field.field_info.extra.get("element_required"):
-        return replace(spec, required=True)
-    return spec
-
-
-def _type_spec(model_name: str, field: Any) -> _Spec:
-    cls = _unwrap(field.type_)
-    is_list = field.shape != 1
-    enum = field.field_info.extra.get("enum_values")
-    codes = COMPLETED_VALUE_SETS.get((model_name, field.alias))
-    if codes is None and enum and "+" not in enum:
-        codes = frozenset(enum)
-    if not isinstance(cls, type):
-        return _Spec("any", "Element", is_list)
-    if cls is bool:
-        return _Spec("boolean", "boolean", is_list)
-    if issubclass(cls, fhirtypes.Primitive) and cls.fhir_type_name() in _INTEGER_RANGES:
-        return _Spec("integer", cls.fhir_type_name() or "integer", is_list)
-    if issubclass(cls, fhirtypes.Decimal):
-        return _Spec("decimal", "decimal", is_list)
-    if cls is str:
-        return _Spec("string", "string", is_list, codes)
-    if issubclass(cls, fhirtypes.Primitive):
-        return _Spec("string", cls.fhir_type_name() or "string", is_list, codes)
-    if issubclass(cls, fhirtypes.ResourceType):
-        return _Spec("resource", "Resource", is_list)
-    if issubclass(cls, (fhirtypes.AbstractType, fhirtypes.AbstractBaseType)):
-        return _Spec("element", cls.__resource_type__, is_list)
-    return _Spec("any", "Element", is_list)
-
-
-@cache
-def element_specs(model_name: str) -> dict[str, _Spec]:
-    """JSON property name -> spec, for the FHIR elements of an R4B model.
-
-    Leaves out the models' own bookkeeping fields (``resource_type``, ``fhir_comments``) and
-    the ``_x`` primitive-extension fields, which the walk derives from ``x``.
-    """
-    model = get_fhir_model_class(model_name)
-    return {
-        field.alias: _spec_of(model_name, field)
-        for field in model.__fields__.values()
-        if field.field_info.extra.get("element_property")
-    }
-
-
-@cache
-def choice_groups(model_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
-    """``value[x]`` groups of a model: name -> (JSON names of the choices, required)."""
-    groups: dict[str, tuple[tuple[str, ...], bool]] = {}
-    model = get_fhir_model_class(model_name)
-    for field in model.__fields__.values():
-        group = field.field_info.extra.get("one_of_many")
-        if not group:
-            continue
-        names, required = groups.get(group, ((), False))
-        required = required or bool(field.field_info.extra.get("one_of_many_required"))
-        groups[group] = ((*names, field.alias), required)
-    return groups
-
-
-# The concrete resource types of FHIR R4B, as the fhir.resources models define them. Written
-# out, because deriving them imports every one of the ~680 models (seconds of a fresh worker's
-# start-up); tests/intake/test_intake_validate.py checks the list against the models.
-RESOURCE_TYPES = frozenset(
-    """
-    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
-    Appointment AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure
-    Bundle CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition
-    Citation Claim ClaimResponse ClinicalImpression ClinicalUseDefinition CodeSystem Communication
-    CommunicationRequest CompartmentDefinition Composition ConceptMap Condition Consent Contract
-    Coverage CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device
-    DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest
-    DocumentReference Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare
-    EventDefinition Evidence EvidenceReport EvidenceVariable ExampleScenario ExplanationOfBenefit
-    FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse HealthcareService
-    ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide
-    Ingredient InsurancePlan Invoice Library Linkage List Location ManufacturedItemDefinition
-    Measure MeasureReport Media Medication MedicationAdministration MedicationDispense
-    MedicationKnowledge MedicationRequest MedicationStatement MedicinalProductDefinition
-    MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionOrder NutritionProduct
-    Observation ObservationDefinition OperationDefinition OperationOutcome Organization
-    OrganizationAffiliation PackagedProductDefinition Parameters Patient PaymentNotice
-    PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure Provenance
-    Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson RequestGroup
-    ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment
-    Schedule SearchParameter ServiceRequest Slot Specimen SpecimenDefinition StructureDefinition
-    StructureMap Subscription SubscriptionStatus SubscriptionTopic Substance SubstanceDefinition
-    SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport TestScript ValueSet
-    VerificationResult VisionPrescription
-    """.split()
-)
-
-
-def is_resource_type(name: Any) -> bool:
-    """True when ``name`` is a concrete R4B resource type."""
-    return isinstance(name, str) and name in RESOURCE_TYPES
 
 
 def validate_bundle(doc: Any, limits: IntakeLimits = DEFAULT_LIMITS) -> None:
@@ -415,7 +241,7 @@ def _shape_then_model(
     (codes, ranges, lengths, empty elements); their findings at an already reported
     expression are dropped.
     """
-    found = shape_issues(resource, _RESOURCE_SPEC, path, limits, skip)
+    found = shape_issues(resource, RESOURCE_SPEC, path, limits, skip)
     issues.extend(found)
     if any(issue.code not in _MODEL_SAFE_CODES for issue in found):
         return
@@ -431,7 +257,7 @@ def _shape_then_model(
 
 
 def shape_issues(
-    value: Any, spec: _Spec, path: str, limits: IntakeLimits, skip: frozenset[int] = frozenset()
+    value: Any, spec: Spec, path: str, limits: IntakeLimits, skip: frozenset[int] = frozenset()
 ) -> list[Issue]:
     """Check a JSON value against a spec, walking nested elements with an explicit stack.
 
@@ -439,12 +265,12 @@ def shape_issues(
     are walked too, except the objects whose ``id()`` is in ``skip``.
     """
     out: list[Issue] = []
-    stack: list[tuple[Any, _Spec, str, bool]] = [(value, spec, path, False)]
+    stack: list[tuple[Any, Spec, str, bool]] = [(value, spec, path, False)]
     while stack and len(out) < limits.max_issues:
         node, node_spec, node_path, contained = stack.pop()
         if skip and id(node) in skip:
             continue
-        children: list[tuple[Any, _Spec, str, bool]] = []
+        children: list[tuple[Any, Spec, str, bool]] = []
         _check_node(node, node_spec, node_path, contained, limits, out, children)
         stack.extend(reversed(children))
     return out
@@ -452,12 +278,12 @@ def shape_issues(
 
 def _check_node(
     node: Any,
-    spec: _Spec,
+    spec: Spec,
     path: str,
     contained: bool,
     limits: IntakeLimits,
     out: list[Issue],
-    children: list[tuple[Any, _Spec, str, bool]],
+    children: list[tuple[Any, Spec, str, bool]],
 ) -> None:
     if spec.kind in _PRIMITIVE_KINDS:
         problem = _primitive_problem(node, spec, limits)
@@ -522,7 +348,7 @@ def _check_node(
 
 
 def _check_cardinality(
-    node: dict[str, Any], model_name: str, specs: dict[str, _Spec], path: str, out: list[Issue]
+    node: dict[str, Any], model_name: str, specs: dict[str, Spec], path: str, out: list[Issue]
 ) -> None:
     """Required elements (min 1) and choice elements (``value[x]``: at most one, or exactly one
     when required), which the R4B models report one kind per round."""
@@ -590,11 +416,11 @@ def _check_property(
     node: dict[str, Any],
     key: str,
     value: Any,
-    field: _Spec,
+    field: Spec,
     path: str,
     contained: bool,
     out: list[Issue],
-    children: list[tuple[Any, _Spec, str, bool]],
+    children: list[tuple[Any, Spec, str, bool]],
 ) -> None:
     if value is None:
         out.append(_null_issue(path))
@@ -637,7 +463,7 @@ def _check_property(
         children.append((item, field, item_path, contained))
 
 
-def _null_has_extension(field: _Spec, extensions: Any, index: int) -> bool:
+def _null_has_extension(field: Spec, extensions: Any, index: int) -> bool:
     """A null in a primitive array is allowed when ``_name[index]`` carries its extensions."""
     return (
         field.kind in _PRIMITIVE_KINDS
@@ -651,11 +477,11 @@ def _check_primitive_extension(
     node: dict[str, Any],
     key: str,
     value: Any,
-    specs: dict[str, _Spec],
+    specs: dict[str, Spec],
     model_name: str,
     path: str,
     out: list[Issue],
-    children: list[tuple[Any, _Spec, str, bool]],
+    children: list[tuple[Any, Spec, str, bool]],
 ) -> None:
     """``_name`` holds the id and extensions of primitive ``name`` (json.html#primitive)."""
     base = key[1:]
@@ -668,7 +494,7 @@ def _check_primitive_extension(
         out.append(_null_issue(ext_path))
         return
     if not field.is_list:
-        children.append((value, _PRIMITIVE_EXTENSION_SPEC, ext_path, False))
+        children.append((value, PRIMITIVE_EXTENSION_SPEC, ext_path, False))
         return
     if not isinstance(value, list):
         out.append(
@@ -693,10 +519,10 @@ def _check_primitive_extension(
         return
     for index, item in enumerate(value):
         if item is not None:
-            children.append((item, _PRIMITIVE_EXTENSION_SPEC, f"{ext_path}[{index}]", False))
+            children.append((item, PRIMITIVE_EXTENSION_SPEC, f"{ext_path}[{index}]", False))
 
 
-def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[str, str] | None:
+def _primitive_problem(value: Any, spec: Spec, limits: IntakeLimits) -> tuple[str, str] | None:
     """(issue code, message) when ``value`` is not a valid JSON form of the primitive."""
     kind = spec.kind
     if kind == "boolean":
@@ -710,7 +536,7 @@ def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[s
                 f"a {json_type(value)} ({show(value)}) where a JSON integer "
                 f"({spec.fhir_type}) belongs",
             )
-        low, high = _INTEGER_RANGES[spec.fhir_type]
+        low, high = INTEGER_RANGES[spec.fhir_type]
         if not low <= value <= high:
             return "value", f"{value} is outside the {spec.fhir_type} range {low}..{high}"
         return None
@@ -730,6 +556,11 @@ def _primitive_problem(value: Any, spec: _Spec, limits: IntakeLimits) -> tuple[s
             "too-long",
             f"a string of {len(value)} characters; at most {limits.max_string_chars} are "
             "accepted (FHIR strings are limited to 1 MiB characters)",
+        )
+    if spec.fhir_type == "id" and len(value) > _ID_MAX_CHARS:
+        return (
+            "value",
+            f"an id of {len(value)} characters; FHIR ids have at most {_ID_MAX_CHARS}",
         )
     if spec.codes is not None and value not in spec.codes:
         return (

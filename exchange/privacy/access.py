@@ -221,7 +221,7 @@ def _submission(
         other_subjects=others,
         recipient=recipient,
     )
-    AuditEvent.parse_obj(event)  # shaped as R4 requires, or not recorded at all
+    AuditEvent.model_validate(event)  # shaped as R4 requires, or not recorded at all
     data = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
 
     def write(conn: Connection, entry: Entry) -> None:

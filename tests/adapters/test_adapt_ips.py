@@ -295,7 +295,7 @@ def section(doc: dict[str, Any], code: str) -> dict[str, Any] | None:
 def test_fixture_ips_conforms(case: str) -> None:
     doc = build_ips(load(case), now=NOW, document_id=f"ips-{case}")
     assert ips_problems(doc) == []
-    R4BBundle.parse_obj(json.loads(dumps(doc)))
+    R4BBundle.model_validate(json.loads(dumps(doc)))
     # A document carries what it references: every urn:uuid reference resolves inside it.
     urls = {e["fullUrl"] for e in doc["entry"]}
     assert set(urn_references(doc)) <= urls
@@ -512,7 +512,7 @@ def test_required_elements_missing_get_data_absent_reason() -> None:
     assert resources(doc, "Patient")[0]["_birthDate"]["extension"][0]["url"] == dar
     assert section(doc, "48765-2")["emptyReason"]["coding"][0]["code"] == "unavailable"
     assert ips_problems(doc) == []
-    R4BBundle.parse_obj(json.loads(dumps(doc)))
+    R4BBundle.model_validate(json.loads(dumps(doc)))
 
 
 def test_entered_in_error_is_left_out() -> None:
@@ -587,7 +587,7 @@ def test_ips_vectors_round_trip(name: str) -> None:
     assert ips_problems(vector) == []  # the checks accept HL7's own examples
     doc = build_ips([vector], now=NOW, document_id="ips-vector")
     assert ips_problems(doc) == []
-    R4BBundle.parse_obj(json.loads(dumps(doc)))
+    R4BBundle.model_validate(json.loads(dumps(doc)))
     # Every clinical resource of the example is in the new document, in the same section,
     # with its codings as they were.
     old_sections = {

@@ -110,7 +110,7 @@ def errors(issues: list[Any]) -> list[tuple[str, str | None]]:
 def test_rwd_with_an_invoice_is_filed_as_settlement_and_still_checked() -> None:
     bad = lose_the_lot(administration())
     mixed = with_entries(bad, INVOICE)
-    R4BBundle.parse_obj(mixed)  # a valid R4 Bundle, not a made-up shape
+    R4BBundle.model_validate(mixed)  # a valid R4 Bundle, not a made-up shape
     assert derive_kind(bad) == "rwd"
     assert derive_kind(mixed) == "settlement"  # filed under the bills it also carries ...
     assert carries_rwd(mixed)
@@ -219,7 +219,7 @@ def continuity(consent: bool) -> list[dict[str, Any]]:
 
 def test_a_discharge_that_carries_a_consent_stays_in_the_summary() -> None:
     inpatient, discharge = continuity(consent=True)
-    R4BBundle.parse_obj(discharge)
+    R4BBundle.model_validate(discharge)
     assert derive_kind(discharge) == "consent"
     assert contributes(discharge) and contributes(inpatient)
     with_consent = build_ips([inpatient, discharge], now=NOW, document_id="ips-1")

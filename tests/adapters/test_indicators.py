@@ -248,7 +248,7 @@ def test_groups_are_r4_measure_report_groups() -> None:
         "period": {"start": START.isoformat(), "end": END.isoformat()},
         "group": groups,
     }
-    parsed = MeasureReport.parse_obj(report)
+    parsed = MeasureReport.model_validate(report)
     assert [g.id for g in parsed.group] == list(EXPECTED)
     for g in parsed.group:
         counts = {p.code.coding[0].code: p.count for p in g.population}

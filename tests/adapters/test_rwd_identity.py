@@ -47,7 +47,7 @@ def issues_at(issues: list[Issue], expression: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("name", [ADMIN, EVENT])
 def test_fixtures_are_r4_bundles_without_issues(name: str) -> None:
-    R4BBundle.parse_raw((FIXTURES / name).read_bytes())
+    R4BBundle.model_validate_json((FIXTURES / name).read_bytes())
     assert check_rwd_bundle(load(name)) == []
 
 

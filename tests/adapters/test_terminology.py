@@ -172,7 +172,7 @@ def test_every_shipped_map_is_an_r4_conceptmap() -> None:
     files = sorted(MAPS.glob("*.json"))
     assert len(files) >= 3
     for path in files:
-        ConceptMap.parse_obj(json.loads(path.read_text(encoding="utf-8")))
+        ConceptMap.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _map(url: str, source: str, elements: list[dict[str, Any]]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fhir.resources.R4B.bundle import Bundle
-from pydantic.v1 import ValidationError
+from pydantic import ValidationError
 
 # -- HL7 v2 over MLLP ------------------------------------------------------------------------
 
@@ -232,7 +232,7 @@ def fhir_app(state: ReceiverState) -> FastAPI:
             return _outcome(415, "not-supported", "send application/fhir+json")
         body = await request.body()
         try:
-            bundle = Bundle.parse_raw(body)
+            bundle = Bundle.model_validate_json(body)
         except ValidationError as e:
             return _outcome(400, "structure", f"not a valid R4 Bundle: {e.errors()[0]['msg']}")
         identifier = _search_identifier(request.headers.get("if-none-exist"))

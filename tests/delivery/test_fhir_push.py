@@ -108,7 +108,7 @@ def test_bearer_push_creates_the_document_once_and_a_retry_finds_it(peer: Receiv
     assert first.outcome is Outcome.DELIVERED and first.status == 201 and not first.existing
     assert first.location == f"{peer.base}/fhir/Bundle/1/_history/1"
     assert peer.stored["1"] == doc.body  # the exact bytes, which fhir.resources accepted
-    assert Bundle.parse_raw(peer.stored["1"]).type == "document"
+    assert Bundle.model_validate_json(peer.stored["1"]).type == "document"
     assert peer.posts[0]["content-type"] == "application/fhir+json"
     assert peer.posts[0]["authorization"] == f"Bearer {TOKEN}"
 

@@ -105,8 +105,8 @@ def test_a_valid_oru_becomes_a_bundle_and_aa_carries_the_ledger_index() -> None:
     converse(home, talk)
     ((bundle_bytes, org),) = home.submitted
     assert org == "hospital-boao"
-    bundle = Bundle.parse_raw(bundle_bytes)  # a valid FHIR R4 Bundle
-    kinds = [e.resource.resource_type for e in bundle.entry]
+    bundle = Bundle.model_validate_json(bundle_bytes)  # a valid FHIR R4 Bundle
+    kinds = [e.resource.get_resource_type() for e in bundle.entry]
     assert kinds[0] == "Patient" and "Observation" in kinds and "DiagnosticReport" in kinds
     assert b'"value":12.50' in bundle_bytes  # the lexeme as the laboratory wrote it
 
@@ -124,8 +124,10 @@ def test_a_public_lab_result_message_is_taken(vectors: Path) -> None:
         assert msa(await ask(reader, writer, raw))[0] == "AA"
 
     converse(home, talk)
-    bundle = Bundle.parse_raw(home.submitted[0][0])
-    observations = [e.resource for e in bundle.entry if e.resource.resource_type == "Observation"]
+    bundle = Bundle.model_validate_json(home.submitted[0][0])
+    observations = [
+        e.resource for e in bundle.entry if e.resource.get_resource_type() == "Observation"
+    ]
     assert len(observations) == 28
 
 

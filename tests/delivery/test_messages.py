@@ -20,7 +20,9 @@ def test_the_ips_document_and_its_identifier() -> None:
     assert parsed["type"] == "document" and parsed["id"] == "dlv-17"
     assert doc.identifier == (parsed["identifier"]["system"], parsed["identifier"]["value"])
     assert doc.identifier[1].startswith("urn:uuid:")
-    assert Bundle.parse_raw(doc.body).entry[0].resource.resource_type == "Composition"
+    assert (
+        Bundle.model_validate_json(doc.body).entry[0].resource.get_resource_type() == "Composition"
+    )
     assert b"\n" not in doc.body  # compact canonical JSON
     again = ips_document(boao_kr(), now=NOW, document_id="dlv-17")
     assert again == doc and again.body == doc.body

@@ -23,7 +23,7 @@ def test_capability_statement_is_valid_and_truthful(api: Api) -> None:
     r = api.client.get("/fhir/metadata")
     assert r.status_code == 200 and r.headers["content-type"].startswith(FHIR_JSON)
     doc = r.json()
-    CapabilityStatement.parse_obj(doc)
+    CapabilityStatement.model_validate(doc)
     assert doc["fhirVersion"] == "4.0.1" and doc["kind"] == "instance"
     (rest,) = doc["rest"]
     (bundle,) = [r for r in rest["resource"] if r["type"] == "Bundle"]

@@ -47,7 +47,7 @@ def _fhir_routes(app: Any) -> dict[Route, set[str]]:
 def _statement(api: Api) -> dict[str, Any]:
     r = api.client.get("/fhir/metadata")
     assert r.status_code == 200, r.text
-    CapabilityStatement.parse_obj(r.json())
+    CapabilityStatement.model_validate(r.json())
     return r.json()
 
 

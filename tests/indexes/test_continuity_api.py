@@ -45,7 +45,7 @@ def test_summary_by_any_identifier_is_a_conforming_ips(api) -> None:  # type: ig
         )
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("application/fhir+json")
-        R4BBundle.parse_raw(r.content)
+        R4BBundle.model_validate_json(r.content)
         doc = r.json()
         assert ips_problems(doc) == []
         docs.append(doc)

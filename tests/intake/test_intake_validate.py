@@ -23,7 +23,7 @@ from exchange.intake import (
     validate_bundle,
 )
 from exchange.intake.models import loc_to_fhirpath
-from exchange.intake.validate import RESOURCE_TYPES, element_specs
+from exchange.intake.specs import RESOURCE_TYPES, element_specs
 from tests.paths import VECTORS
 
 FHIR_JSON = "application/fhir+json"
@@ -476,15 +476,21 @@ def test_r4b_knows_the_r4_resources_intake_classifies() -> None:
 def test_the_resource_types_are_exactly_the_models_resources() -> None:
     """The written-out list is what the R4B models define (importing them all takes seconds,
     which is why intake does not derive it)."""
-    from fhir.resources.R4B import get_fhir_model_class
-    from fhir.resources.R4B.fhirtypesvalidators import MODEL_CLASSES
-    from fhir.resources.R4B.resource import Resource
+    from fhir.resources.R4B import fhirtypes, get_fhir_model_class
+    from fhir_core.types import FhirBase
 
+    models = [
+        get_fhir_model_class(name.removesuffix("Type"))
+        for name in fhirtypes.__all__
+        if isinstance(getattr(fhirtypes, name), type)
+        and issubclass(getattr(fhirtypes, name), FhirBase)
+    ]
+    assert len(models) > 600  # every model, not the primitives
     derived = {
-        name
-        for name in MODEL_CLASSES
-        if name not in ("Resource", "DomainResource")
-        and issubclass(get_fhir_model_class(name), Resource)
+        model.get_resource_type()
+        for model in models
+        if model.has_resource_base()
+        and model.get_resource_type() not in ("Resource", "DomainResource")
     }
     assert derived == RESOURCE_TYPES
 
@@ -513,6 +519,26 @@ def test_missing_required_code(resource_type: str, element: str, good: str, requ
     resource = {k: v for k, v in MINIMAL[resource_type].items() if k != element}
     error = refusal(bundle(resource))
     assert only_issue(error) == (422, "required", f"Bundle.entry[0].resource.{element}")
+
+
+@pytest.mark.parametrize(
+    ("resource", "element"),
+    [
+        (dict(MINIMAL["Observation"], valueQuantity={"value": 1}), "valueQuantity"),
+        ({"resourceType": "Condition", "subject": REF, "onsetAge": {"value": 1}}, "onsetAge"),
+    ],
+)
+def test_quantity_comparator_codes(resource: dict[str, Any], element: str) -> None:
+    """QuantityComparator is a required binding the R4B models do not list."""
+    resource[element]["comparator"] = "<="
+    validate_bundle(bundle(resource))
+    resource[element]["comparator"] = "~"
+    error = refusal(bundle(resource))
+    assert only_issue(error) == (
+        422,
+        "code-invalid",
+        f"Bundle.entry[0].resource.{element}.comparator",
+    )
 
 
 def test_codes_are_case_sensitive() -> None:
@@ -880,14 +906,80 @@ def test_issues_from_all_layers_in_one_round() -> None:
     [
         (("status",), "Bundle.entry[3].resource.status"),
         (("identifier", 0, "system"), "Bundle.entry[3].resource.identifier[0].system"),
-        (("__root__", "status"), "Bundle.entry[3].resource.status"),
-        (("_gender", "__root__", "extension"), "Bundle.entry[3].resource.gender.extension"),
+        (("_gender", "extension", 0, "url"), "Bundle.entry[3].resource.gender.extension[0].url"),
         (("gender__ext", "extension", 1), "Bundle.entry[3].resource.gender.extension[1]"),
-        (("__root__",), "Bundle.entry[3].resource"),
+        (
+            ("name", 0, "_given", 1, "extension"),
+            "Bundle.entry[3].resource.name[0].given[1].extension",
+        ),
+        (("contained", 0, "root"), "Bundle.entry[3].resource.contained[0]"),
+        ((), "Bundle.entry[3].resource"),
     ],
 )
 def test_pydantic_locations_as_fhirpath(loc: tuple[Any, ...], expression: str) -> None:
     assert loc_to_fhirpath("Bundle.entry[3].resource", loc) == expression
+
+
+AT_DATE = {"url": "http://example.org/at", "valueDateTime": "2020-13"}
+
+
+@pytest.mark.parametrize(
+    ("resource", "expression"),
+    [
+        ({"resourceType": "Patient", "birthDate": "1980-02-30"}, "birthDate"),
+        ({"resourceType": "Patient", "birthDate": "1980-2-3"}, "birthDate"),
+        # A time needs its zone (FHIR's dateTime regex; fhir.resources 7.1 let it through).
+        (
+            {"resourceType": "Patient", "deceasedDateTime": "2020-01-01T10:00:00"},
+            "deceasedDateTime",
+        ),
+        ({"resourceType": "Patient", "meta": {"lastUpdated": "2020-01-01"}}, "meta.lastUpdated"),
+        (
+            {"resourceType": "Patient", "_birthDate": {"extension": [AT_DATE]}},
+            "birthDate.extension[0].valueDateTime",
+        ),
+        (
+            {
+                "resourceType": "Patient",
+                "name": [{"given": ["a", "b"], "_given": [None, {"extension": [AT_DATE]}]}],
+            },
+            "name[0].given[1].extension[0].valueDateTime",
+        ),
+        (
+            {"resourceType": "Patient", "contained": [{"resourceType": "Patient", "id": "a b"}]},
+            "contained[0].id",
+        ),
+        (
+            {"resourceType": "Parameters", "parameter": [{"name": "p", "valueCode": " x"}]},
+            "parameter[0].valueCode",
+        ),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "p", "resource": {"resourceType": "Patient", "birthDate": "x"}}
+                ],
+            },
+            "parameter[0].resource.birthDate",
+        ),
+    ],
+)
+def test_model_errors_name_their_element(resource: dict[str, Any], expression: str) -> None:
+    """What only the models check (dates, instants, ids, codes), at every depth."""
+    error = refusal(bundle(MINIMAL["Patient"], resource))
+    assert only_issue(error) == (422, "value", f"Bundle.entry[1].resource.{expression}")
+
+
+def test_ids_longer_than_64_characters() -> None:
+    """FHIR R4 ids have at most 64 characters, where the models allow 255."""
+    validate_bundle(bundle(dict(MINIMAL["Patient"], id="a" * 64)))
+    error = refusal(bundle(dict(MINIMAL["Patient"], id="a" * 65)))
+    assert only_issue(error) == (422, "value", "Bundle.entry[0].resource.id")
+    assert "64" in error.issues[0].diagnostics
+    error = refusal(
+        bundle({"resourceType": "Patient", "contained": [MINIMAL["Patient"] | {"id": "b" * 65}]})
+    )
+    assert only_issue(error) == (422, "value", "Bundle.entry[0].resource.contained[0].id")
 
 
 def test_operation_outcome_lists_expressions() -> None:

@@ -60,7 +60,7 @@ def test_each_recorded_request_is_one_access_entry(tmp_path: Path, db_url: str) 
         assert [r.action for r in rows] == actions
         for row, action in zip(rows, actions, strict=True):
             event = json.loads(row.data)
-            AuditEvent.parse_obj(event)
+            AuditEvent.model_validate(event)
             assert MRN[1].encode() not in row.data
             patient = event["entity"][0]["what"]["identifier"]
             assert patient == {"system": PSEUDONYM_SYSTEM, "value": subject.hex()}

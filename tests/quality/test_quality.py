@@ -48,7 +48,7 @@ def _counts(report: dict) -> dict[str, tuple[int, int]]:
 def test_hand_built_counts_and_r4b_parse() -> None:
     report = measure_report("boao-hosp-1", date(2026, 1, 1), date(2026, 12, 31), EPISODES, now=NOW)
     assert _counts(report) == EXPECTED
-    parsed = MeasureReport.parse_obj(report)
+    parsed = MeasureReport.model_validate(report)
     assert parsed.subject is None and parsed.reporter.reference == "Organization/boao-hosp-1"
     assert len(parsed.group) == len(EXPECTED)
 

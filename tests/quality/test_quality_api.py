@@ -30,11 +30,11 @@ def _reports(response: Any) -> dict[str, tuple[int, int]]:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/fhir+json")
     doc = response.json()
-    FhirBundle.parse_obj(doc)
+    FhirBundle.model_validate(doc)
     assert doc["type"] == "searchset" and doc["total"] == len(doc["entry"])
     out = {}
     for entry in doc["entry"]:
-        report = MeasureReport.parse_obj(entry["resource"])
+        report = MeasureReport.model_validate(entry["resource"])
         assert report.type == "summary" and report.status == "complete"
         # R4 allows no Organization as subject: the institution is the reporter.
         assert report.subject is None and report.reporter.reference == REPORTER
@@ -135,7 +135,7 @@ def test_capability_statement_lists_the_registry_and_quality_reads(tmp_path: Pat
 
     with open_api(tmp_path) as api:
         doc = api.client.get("/fhir/metadata").json()
-        CapabilityStatement.parse_obj(doc)
+        CapabilityStatement.model_validate(doc)
         resources = {r["type"]: r for r in doc["rest"][0]["resource"]}
         params = {
             t: {p["name"] for p in resources[t].get("searchParam", [])}
@@ -188,7 +188,7 @@ def test_the_stent_indicators_are_served(tmp_path: Path, db_url: str) -> None:
         }
         assert set(served) == set(STENT_INDICATORS)
         for report in served.values():
-            MeasureReport.parse_obj(report)
+            MeasureReport.model_validate(report)
         now = datetime.fromisoformat(next(iter(served.values()))["date"])
         expected = indicator_results(
             [dict(doc, id=f"b{n}") for n, doc in enumerate(BUNDLES)],

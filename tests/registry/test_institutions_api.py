@@ -24,7 +24,7 @@ def test_organization_read_and_search(tmp_path: Path) -> None:
             headers = api.credential(role, who)
             got = api.client.get(f"/fhir/Organization/{BASE.org}", headers=headers)
             assert got.status_code == 200, (role, got.text)
-            org = Organization.parse_obj(got.json())
+            org = Organization.model_validate(got.json())
             assert org.identifier[0].value == BASE.licence_number
             assert org.alias == [BASE.name_zh]
             found = api.client.get("/fhir/Organization", headers=headers).json()

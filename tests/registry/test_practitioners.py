@@ -106,10 +106,10 @@ def test_verification_results_of_a_practitioner(tmp_path: Path) -> None:
                 headers=api.credential(role, org),
             )
             assert answer.status_code == 200, answer.text
-            FhirBundle.parse_obj(answer.json())
+            FhirBundle.model_validate(answer.json())
         got = [e["resource"] for e in answer.json()["entry"]]
         for r in got:
-            VerificationResult.parse_obj(r)
+            VerificationResult.model_validate(r)
             assert r["target"] == [{"reference": "Practitioner/dr-wang"}]
         assert [r["status"] for r in got] == ["validated", "req-revalid", "val-fail"]
         assert got[0]["extension"][0]["valueIdentifier"]["value"] == str(first)

@@ -50,10 +50,10 @@ def _results(api: Api, target: str, headers: dict[str, str]) -> list[dict[str, A
     answer = api.client.get("/fhir/VerificationResult", params={"target": target}, headers=headers)
     assert answer.status_code == 200, answer.text
     doc = answer.json()
-    FhirBundle.parse_obj(doc)
+    FhirBundle.model_validate(doc)
     resources = [e["resource"] for e in doc["entry"]]
     for r in resources:
-        VerificationResult.parse_obj(r)
+        VerificationResult.model_validate(r)
     return resources
 
 

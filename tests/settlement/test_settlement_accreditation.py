@@ -40,7 +40,7 @@ def _statuses(api: Api, headers: dict[str, str]) -> dict[str, list[dict[str, Any
     answer = api.client.get("/fhir/Claim", headers=headers)
     assert answer.status_code == 200, answer.text
     doc = answer.json()
-    FhirBundle.parse_obj(doc)
+    FhirBundle.model_validate(doc)
     out = {}
     for e in doc["entry"]:
         (ext,) = e["extension"]

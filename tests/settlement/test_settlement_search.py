@@ -55,7 +55,7 @@ def search(api: Api, rtype: str, headers: dict[str, str], **params: Any) -> Any:
 def resources(response: Any) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.text
     doc = response.json()
-    FhirBundle.parse_obj(doc)  # a valid R4 searchset
+    FhirBundle.model_validate(doc)  # a valid R4 searchset
     assert doc["type"] == "searchset" and "total" not in doc
     return [e["resource"] for e in doc.get("entry", [])]
 

@@ -283,15 +283,17 @@ def test_a_link_opens_to_a_verified_ips(world: World, tmp_path: Path) -> None:
 
     summary, prov_bytes = opened
     assert summary == world.ips  # the exact bytes the ledger holds
-    bundle = Bundle.parse_raw(summary)
-    assert bundle.type == "document" and bundle.entry[0].resource.resource_type == "Composition"
-    patient = next(e.resource for e in bundle.entry if e.resource.resource_type == "Patient")
-    assert PATIENT_NAME.split(" / ")[0].split()[0] in json.dumps(patient.dict()["name"])
-    prov = Provenance.parse_raw(prov_bytes)
+    bundle = Bundle.model_validate_json(summary)
+    assert (
+        bundle.type == "document" and bundle.entry[0].resource.get_resource_type() == "Composition"
+    )
+    patient = next(e.resource for e in bundle.entry if e.resource.get_resource_type() == "Patient")
+    assert PATIENT_NAME.split(" / ")[0].split()[0] in json.dumps(patient.model_dump()["name"])
+    prov = Provenance.model_validate_json(prov_bytes)
     assert prov.target[0].reference == f"Bundle/{bundle.id}"
-    salt_b64 = next(x.valueBase64Binary for x in prov.extension if x.url == SALT_EXTENSION)
-    receipt = base64.b64decode(prov.signature[0].data).decode()
-    salt = base64.b64decode(salt_b64)
+    salt = next(x.valueBase64Binary for x in prov.extension if x.url == SALT_EXTENSION)
+    salt_b64 = base64.b64encode(salt).decode()
+    receipt = prov.signature[0].data.decode()
 
     verified = verify_receipt(receipt, [Verifier.from_vkey(world.ledger.vkey)])
     verify_submission(verified.entry, summary, salt)
@@ -438,14 +440,14 @@ def test_direct_file_link(world: World) -> None:
     got = answer_direct(state, "Dr. Lee", now=NOW, file=file)
     assert got.status == 200 and isinstance(got.body, str)
     assert got.access is not None and got.access.recipient == "Dr. Lee"
-    collection = Bundle.parse_raw(open_jwe(payload["key"], got.body)[1])
+    collection = Bundle.model_validate_json(open_jwe(payload["key"], got.body)[1])
     assert collection.type == "collection"
     binary, prov = (e.resource for e in collection.entry)
-    assert base64.b64decode(binary.data) == world.ips
+    assert binary.data == world.ips
     assert prov.target[0].reference == f"Binary/{binary.id}"
-    receipt = base64.b64decode(prov.signature[0].data).decode()
+    receipt = prov.signature[0].data.decode()
     entry = verify_receipt(receipt, [Verifier.from_vkey(world.ledger.vkey)]).entry
-    verify_submission(entry, world.ips, base64.b64decode(prov.extension[0].valueBase64Binary))
+    verify_submission(entry, world.ips, prov.extension[0].valueBase64Binary)
 
     later = answer_direct(state, "Dr. Lee", now=NOW + timedelta(days=31), file=file)
     assert later.status == 404

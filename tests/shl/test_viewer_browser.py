@@ -81,7 +81,7 @@ def posts(server: ShlServer, shlink: str) -> list[Any]:
 
 
 def test_valid_link_shows_the_patient_and_verified(page: Any, world: World) -> None:
-    Provenance.parse_obj(json.loads(world.files()[1][1]))  # a conformant R4 Provenance
+    Provenance.model_validate(json.loads(world.files()[1][1]))  # a conformant R4 Provenance
     link = world.server.share(world.files(), deflate=[0], label="Discharge summary, Boao")
     page.goto(world.server.viewer_url(link, recipient="Dr. Lee, Seoul"))
 
