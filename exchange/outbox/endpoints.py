@@ -14,7 +14,7 @@ import json
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, literal, select, update
 
 from exchange.consent.crossborder import Recipient, recipient_of_row
 from exchange.delivery.endpoints import (
@@ -25,7 +25,7 @@ from exchange.delivery.endpoints import (
     SmartCredentials,
     parse_endpoint,
 )
-from exchange.settlement.index import consents_at
+from exchange.settlement.index import NEWEST_INDEXED, consents_generation
 from exchange.store.tables import recipients_table
 from exchange.vault import Vault
 from ledger import store
@@ -151,26 +151,31 @@ def endpoint_of(
 class Reachable:
     """What deciding deliveries reads of the store, in one look: every recipient that has an
     endpoint (org -> its URL and the recipient; no credentials are opened), and the
-    generation of the patients' Consents (exchange.settlement.index.consents_at)."""
+    generation of the patients' Consents (exchange.settlement.index.consents_generation)."""
 
     endpoints: dict[str, tuple[str, Recipient]]
     consents_at: int
 
 
 _t = recipients_table.c
-# Built once: read on every record submission, where building it would cost more than it.
-_WITH_ENDPOINTS = select(_t.org, _t.endpoint, _t.country, _t.basis, _t.reference).where(
-    _t.endpoint.is_not(None)
-)
+_one_row = select(literal(1).label("one")).subquery("one_row")
+# Built once, one statement: read on every record submission, where building or a second
+# round trip would cost more than the read. The left join gives one row with no recipients.
+_REACHABLE = select(
+    *NEWEST_INDEXED, _t.org, _t.endpoint, _t.country, _t.basis, _t.reference
+).select_from(_one_row.outerjoin(recipients_table, _t.endpoint.is_not(None)))
 
 
 def reachable(engine: Engine) -> Reachable:
     with engine.connect() as conn:
-        found = {
-            r.org: (r.endpoint, recipient_of_row(r.org, r.country, r.basis, r.reference))
-            for r in conn.execute(_WITH_ENDPOINTS)
-        }
-        return Reachable(found, consents_at(conn))
+        rows = conn.execute(_REACHABLE).all()
+    kinds = len(NEWEST_INDEXED)
+    found = {
+        r.org: (r.endpoint, recipient_of_row(r.org, r.country, r.basis, r.reference))
+        for r in rows
+        if r.org is not None
+    }
+    return Reachable(found, consents_generation(rows[0][:kinds]))
 
 
 def describe(endpoint: Endpoint) -> dict[str, str | None]:

@@ -68,6 +68,9 @@ STATUSES = (PENDING, DELIVERED, FAILED)
 # What the deliveries are of: clinical records, not bills or consents.
 DELIVERED_KINDS = frozenset({"record"})
 
+# Built once: executed in the ledger's write transaction of every record submission queued.
+_INSERT = insert(deliveries_table)
+
 # Consent resources whose bytes are kept, and patients whose Consents are (Queue.consents),
 # the least recently used dropped.
 CONSENT_CACHE = 4096
@@ -236,7 +239,7 @@ class Queue:
                 _row(bundle_id, version, entry.index, sender, entry.subject, tag, org, url, now)
                 for org, url in recipients.items()
             ]
-            conn.execute(insert(deliveries_table), rows)
+            conn.execute(_INSERT, rows)
 
         return write
 
@@ -273,7 +276,7 @@ class Queue:
                    org, endpoints[org][0], now)  # fmt: skip
         try:
             with store.write_transaction(self.engine) as conn:
-                conn.execute(insert(deliveries_table), [row])
+                conn.execute(_INSERT, [row])
             created = True
         except IntegrityError:
             created = False

@@ -30,7 +30,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
-    Connection,
     Engine,
     and_,
     exists,
@@ -626,23 +625,23 @@ class BundleBytes:
         return self._cache[k][row.start : row.start + row.length]
 
 
-def consents_at(conn: Connection) -> int:
-    """The ledger index of the newest Bundle of a kind this index reads (-1: none yet).
+def consents_generation(newest: Sequence[int | None]) -> int:
+    """The Consents' generation, from the values of :data:`NEWEST_INDEXED` (read by the
+    caller beside what it reads: exchange.outbox.endpoints): the ledger index of the newest
+    Bundle of a kind this index reads, -1 for none yet.
 
     While it is unchanged, so is every patient's answer from :func:`consents_of`, however far
     the index has caught up: entries are numbered and committed in order, so a new Consent is
     always a higher index. One index seek per kind (ix_exchange_bundles_kind)."""
-    found = conn.execute(_NEWEST_INDEXED).one()
-    return max((int(i) for i in found if i is not None), default=-1)
+    return max((int(i) for i in newest if i is not None), default=-1)
 
 
-# Built once: asked on every record submission, where building it would cost more than it.
-_NEWEST_INDEXED = select(
-    *(
-        select(func.max(bundles_table.c.idx)).where(bundles_table.c.kind == kind).scalar_subquery()
-        for kind in INDEXED_KINDS
-    )
-)
+# The newest ledger index of each kind this index reads, as columns of one row; built once
+# (asked on every record submission, where building it would cost more than it).
+NEWEST_INDEXED = [
+    select(func.max(bundles_table.c.idx)).where(bundles_table.c.kind == kind).scalar_subquery()
+    for kind in INDEXED_KINDS
+]
 
 
 def consents_of(engine: Engine, sender: str, subject: bytes) -> list[Row]:

@@ -47,7 +47,7 @@ bundles_table = Table(
     Column("received", String(32), nullable=False),
     Index("ix_exchange_bundles_ident", "sender", "ident_hash", "version", unique=True),
     Index("ix_exchange_bundles_subject", "sender", "subject"),
-    # The newest Bundle of a kind (exchange.settlement.index.consents_at), in one seek.
+    # The newest Bundle of a kind (exchange.settlement.index.consents_generation), in one seek.
     Index("ix_exchange_bundles_kind", "kind", "idx"),
 )
 

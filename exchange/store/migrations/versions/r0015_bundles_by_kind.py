@@ -1,6 +1,6 @@
 """Bundles by kind: the newest Bundle of a kind in one index seek, read on every record
 submission to tell whether a patient's Consents may have changed
-(exchange.settlement.index.consents_at)."""
+(exchange.settlement.index.consents_generation)."""
 
 from __future__ import annotations
 
