@@ -468,9 +468,12 @@ def compare_deliveries(
                 what = "with deliveries   " if with_deliveries else "without deliveries"
                 extra = ""
                 if with_deliveries:
+                    after = (run.queued - run.during) / max(
+                        run.drained - len(small) / run.rate, 1e-9
+                    )
                     extra = (f"; {run.queued} deliveries queued, {run.during} made during the "
-                             f"load, the last {run.drained:.1f} s after it began; delivery "
-                             f"process peak RSS {run.sender_rss:.0f} MB")  # fmt: skip
+                             f"load, the rest after it at {after:.0f}/s; delivery process peak "
+                             f"RSS {run.sender_rss:.0f} MB")  # fmt: skip
                 print(
                     f"{what}: {run.rate:.0f} bundles/s, p50 {pct(run.lat, 50) * 1000:.1f} ms,"
                     f" p95 {pct(run.lat, 95) * 1000:.1f} ms, server peak RSS "
