@@ -335,6 +335,10 @@ class Run:
     drained: float = 0.0  # seconds from the start of the load to the last delivery
     sender_rss: float = 0.0  # MB, the server's delivery process (exchange.outbox.process)
 
+    def drain_after(self, submitted: int) -> float:
+        """Deliveries/s made after the load ended (when the delivery process had the CPU)."""
+        return (self.queued - self.during) / max(self.drained - submitted / self.rate, 1e-9)
+
 
 def serve_and_load(
     args: argparse.Namespace, small: list[bytes], warm: list[bytes], big: list[bytes],
@@ -468,9 +472,7 @@ def compare_deliveries(
                 what = "with deliveries   " if with_deliveries else "without deliveries"
                 extra = ""
                 if with_deliveries:
-                    after = (run.queued - run.during) / max(
-                        run.drained - len(small) / run.rate, 1e-9
-                    )
+                    after = run.drain_after(len(small))
                     extra = (f"; {run.queued} deliveries queued, {run.during} made during the "
                              f"load, the rest after it at {after:.0f}/s; delivery process peak "
                              f"RSS {run.sender_rss:.0f} MB")  # fmt: skip
@@ -481,10 +483,12 @@ def compare_deliveries(
                 )
     without = statistics.median(r.rate for r in runs[False])
     with_ = statistics.median(r.rate for r in runs[True])
+    after = statistics.median(r.drain_after(len(small)) for r in runs[True])
     print(
         f"medians: without {without:.0f} bundles/s, with deliveries {with_:.0f} bundles/s "
-        f"= {with_ / without:.0%}; server peak RSS {max(r.rss[0][1] for r in runs[True]):.0f} "
-        f"MB with, {max(r.rss[0][1] for r in runs[False]):.0f} MB without"
+        f"= {with_ / without:.0%}; deliveries after the load {after:.0f}/s; server peak RSS "
+        f"{max(r.rss[0][1] for r in runs[True]):.0f} MB with, "
+        f"{max(r.rss[0][1] for r in runs[False]):.0f} MB without"
     )
 
 
