@@ -190,6 +190,7 @@ class Indexes:
         self._registered: set[str] = set()
         self._seen: dict[str, Seen] = {}
         self._lock = threading.Lock()
+        self._catching = threading.Lock()
 
     def fresh(self, *indexes: DerivedIndex) -> None:
         """Make the indexes cover every Bundle stored so far (blocking: run it in a thread).
@@ -231,5 +232,9 @@ class Indexes:
             for index, mark in behind:
                 self._seen[index.name].move(mark, int(top))
             return
-        for index, _ in behind:
-            catch_up(self.vault, index, seen=self._seen[index.name])
+        # One catch-up at a time in this process: a burst of callers finding the index behind
+        # (the first submissions after a start) would otherwise each read and parse the same
+        # Bundles, all but one to find the mark moved. The others wait, then find little left.
+        with self._catching:
+            for index, _ in behind:
+                catch_up(self.vault, index, seen=self._seen[index.name])
