@@ -40,7 +40,7 @@ from exchange.identity.clients import Client
 from exchange.indexes.derived import Indexes
 from exchange.intake.kind import patient_identifiers
 from exchange.intake.worker import Checked
-from exchange.outbox.endpoints import reachable
+from exchange.outbox.endpoints import Reachable, reachable
 from exchange.settlement.index import (
     BundleBytes,
     consent_names,
@@ -206,9 +206,12 @@ class Queue:
             _keep(self._patients, key, (at, found))
         return found
 
-    def permission(self, sender: str, tag: bytes, org: str, now: datetime) -> Permission:
-        """:func:`permission` for one recipient, from the store as it is now."""
-        look = reachable(self.engine)
+    def permission(
+        self, sender: str, tag: bytes, org: str, now: datetime, look: Reachable | None = None
+    ) -> Permission:
+        """:func:`permission` for one recipient, from the store as it is now (or as the
+        caller's ``look`` at it just read it)."""
+        look = look or reachable(self.engine)
         found = look.endpoints.get(org)
         recipient = recipient_of(self.engine, org) if found is None else found[1]
         verdict = permission(self.consents(sender, tag, look.consents_at), recipient, now)
@@ -252,7 +255,8 @@ class Queue:
         if stored.kind not in DELIVERED_KINDS:
             raise Invalid(f"a {stored.kind} Bundle is not delivered: only clinical records are",
                           "Bundle.type", code="business-rule")  # fmt: skip
-        endpoints = reachable(self.engine).endpoints
+        look = reachable(self.engine)
+        endpoints = look.endpoints
         if org not in endpoints:
             raise Forbidden(f"Organization/{org} has no delivery endpoint: record one with "
                             "`medledger recipients set --endpoint`")  # fmt: skip
@@ -269,7 +273,7 @@ class Queue:
             )
         tag = lookup_tag(self.pseudonym_key, stored.sender, patients[0])
         now = datetime.now(UTC)
-        verdict = self.permission(stored.sender, tag, org, now)
+        verdict = self.permission(stored.sender, tag, org, now, look)
         if not verdict.permit:
             raise Forbidden(verdict.reason)
         row = _row(stored.id, stored.version, stored.index, stored.sender, bytes(subject), tag,

@@ -59,13 +59,14 @@ TABLE = [
     ("http://loinc.org", "2093-3", ICD10_WHO, "no-map", None, None),
     (GBT_14396, "I21.001", ATC, "no-map", None, None),
 ]
-
-
-@pytest.mark.parametrize(
+over_the_table = pytest.mark.parametrize(
     ("system", "code", "target_system", "outcome", "target", "equivalence"),
     TABLE,
     ids=[f"{row[1]}->{row[3]}" for row in TABLE],
 )
+
+
+@over_the_table
 def test_translate(
     system: str,
     code: str,
@@ -97,11 +98,7 @@ def test_translate(
     assert parts["source"]["valueCoding"] == {"system": system, "code": code}
 
 
-@pytest.mark.parametrize(
-    ("system", "code", "target_system", "outcome", "target", "equivalence"),
-    TABLE,
-    ids=[f"{row[1]}->{row[3]}" for row in TABLE],
-)
+@over_the_table
 def test_enrich_keeps_the_source_coding(
     system: str,
     code: str,
