@@ -70,7 +70,9 @@ def _submit(s: Services, body: bytes, plan: bool) -> float:
     """One submission, with the outbox's plan or without; its seconds."""
     checked = check(body, "application/fhir+json", IntakeLimits())
     start = time.perf_counter()
-    writer = s.outbox.queue.plan(HOSPITAL, checked) if plan else None
+    # As the server decides (Worker.plan): from what the queue keeps, else from the store.
+    queue = s.outbox.queue
+    writer = (queue.planned(HOSPITAL, checked) or queue.plan(HOSPITAL, checked)) if plan else None
     submit_blocking(s.log, s.vault, SubmitRequest(HOSPITAL, body, checked, also_write=writer))
     return time.perf_counter() - start
 

@@ -86,7 +86,7 @@ def create_app(
         runner = None
         if outbox_process:
             runner = OutboxProcess(run_outbox, services.settings, json_logs=json_logging())
-            services.outbox.runs_elsewhere(runner.wake)
+            services.outbox.runs_elsewhere(runner.wake, runner.submitted)
             outbox = asyncio.create_task(runner.run(), name="outbox")
         else:
             outbox = asyncio.create_task(services.outbox.run(), name="outbox")
@@ -94,7 +94,7 @@ def create_app(
         if mllp is not None:
             listener = await inbound.start(
                 services.engine, services.log, services.vault, services.intake,
-                services.senders, *mllp, plan=services.outbox.plan, queued=services.outbox.wake,
+                services.senders, *mllp, plan=services.outbox.plan,
             )  # fmt: skip
         try:
             yield

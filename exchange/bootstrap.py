@@ -11,6 +11,7 @@ needs (an engine, a vault, a log) as arguments.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -308,9 +309,11 @@ def open_services(
     )
 
 
-def run_outbox(settings: Settings, signals: PipeEnd, json_logs: bool) -> None:
+def run_outbox(
+    settings: Settings, signals: PipeEnd, submitted: ctypes.c_double, json_logs: bool
+) -> None:
     """The outbox's own process (exchange.outbox.process): the store opened again, and its
-    worker run until the server stops it."""
+    worker run until the server stops it (`signals`, `submitted`: outbox_process.serve)."""
     if json_logs:
         configure_json_logging()
     engine, opened = open_store(settings)
@@ -318,7 +321,7 @@ def run_outbox(settings: Settings, signals: PipeEnd, json_logs: bool) -> None:
     try:
         gate = TransferLedger(engine)
         worker = outbox_worker(settings, opened, Indexes(opened), ledger_log, gate)
-        outbox_process.serve(worker, signals)
+        outbox_process.serve(worker, signals, submitted)
     finally:
         ledger_log.close()
         engine.dispose()

@@ -14,7 +14,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, insert
@@ -36,8 +36,23 @@ from ledger.errors import DuplicateConflict, LedgerError, LedgerUnavailable, Log
 from ledger.log import Appended, Log, Submission
 
 # Rows of others written in a submission's transaction, given its entry and the Bundle's id
-# and version (the outbox's deliveries, exchange.outbox.queue).
+# and version (the outbox's deliveries, exchange.outbox.queue). It may raise Replan.
 RowWriter = Callable[[Connection, Entry, str, int], None]
+
+
+class Replan(LedgerError):
+    """Raised by a submission's row writer inside the transaction: what its rows were planned
+    on has changed since they were planned. ``again`` plans them anew from the store as it is
+    now (blocking), and the submission is made again with that writer."""
+
+    def __init__(self, reason: str, again: Callable[[], RowWriter | None]) -> None:
+        super().__init__(reason)
+        self.again = again
+
+
+# How often a submission is planned again before it is answered 503 (each time, a Consent
+# or an endpoint changed between planning and the transaction: rare, and shorter each time).
+REPLANS = 3
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,8 @@ def refusal(err: BaseException, req: SubmitRequest) -> BaseException:
             "Bundle.identifier",
             code="not-found",
         )
+    if isinstance(err, Replan):
+        return Unavailable(f"{err}, again and again: try again", retry_after=1)
     if isinstance(err, LogStateError):
         return Unavailable(str(err))
     if isinstance(err, LedgerUnavailable):
@@ -259,7 +276,8 @@ async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
     org, patients = req.client.org, req.checked.patients
     if req.client.role != "hospital":
         org = None  # prepare refuses it: make no key for it
-    for attempt in (1, 2):
+    key_gone = replans = 0
+    while True:
         if org and patients and vault_.cached_patient_keys(org, patients) is None:
             # The patients' keys are read (or made) off the event loop; prepare finds them cached.
             await run_in_threadpool(vault_.patient_keys, org, patients)
@@ -269,8 +287,14 @@ async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
             break
         except vault.KeyGone as e:
             # Erased by another process since it was cached (and now forgotten): once more.
-            if attempt == 2:
+            key_gone += 1
+            if key_gone == 2:
                 raise refusal(e, req) from e
+        except Replan as e:
+            replans += 1
+            if replans > REPLANS:
+                raise refusal(e, req) from e
+            req = replace(req, also_write=await run_in_threadpool(e.again))
         except LedgerError as e:
             raise refusal(e, req) from e
     if not appended.duplicate:
@@ -280,14 +304,21 @@ async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
 
 def submit_blocking(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
     """The same as :func:`submit`, for callers outside the event loop (seeding the demo)."""
-    for attempt in (1, 2):
+    key_gone = replans = 0
+    while True:
         sub, pending = prepare(vault_, req)
         try:
             appended = log.append(sub)
             break
         except vault.KeyGone as e:
-            if attempt == 2:
+            key_gone += 1
+            if key_gone == 2:
                 raise refusal(e, req) from e
+        except Replan as e:
+            replans += 1
+            if replans > REPLANS:
+                raise refusal(e, req) from e
+            req = replace(req, also_write=e.again())
         except LedgerError as e:
             raise refusal(e, req) from e
     return conclude(vault_, appended, pending, _version(req))

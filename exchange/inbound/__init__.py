@@ -7,7 +7,7 @@ the message became like any HTTP submission of that hospital client: the institu
 may bar it, intake checks it, and it is appended with its sealed row (exchange.bundles.submit).
 A refusal by the service is the ACK's AE with its reason; the MSA-3 of an AA names the ledger
 index. Deliveries are planned as for an HTTP submission: ``plan`` (the outbox's) gives the
-rows written in the Bundle's transaction, and ``queued`` is told when some were.
+rows written in the Bundle's transaction.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ async def start(
     host: str,
     port: int,
     plan: Callable[[Client, Checked], Awaitable[RowWriter | None]],
-    queued: Callable[[], None],
 ) -> MllpServer:
     """Listen for HL7 v2 on ``host:port`` (0: a free port) until the server is closed."""
 
@@ -66,8 +65,6 @@ async def start(
             stored = await submit(log, vault_, req)
         except MedledgerError as e:
             raise SubmitRefused(e.diagnostics) from None
-        if deliveries is not None and stored.created:
-            queued()
         return stored.index
 
     return await start_server(handler(identify, submit_bundle), host, port)

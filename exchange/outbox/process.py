@@ -10,6 +10,13 @@ left; with a core to spare, they drain on it. Nothing else changes: rows are cla
 lease as by any worker, so a child killed with its server leaves its deliveries to be taken up
 again when their leases end.
 
+A lower priority is not enough to keep out of intake's way: a delivery also takes the store's
+write lock (claiming its row, appending its outcome and access entries), and a child holding
+it while the scheduler prefers intake would stall every submission behind it. So the child
+also yields to intake (:meth:`Worker.yields_to <exchange.outbox.worker.Worker.yields_to>`):
+the parent stamps the time of each submission in shared memory, and while submissions keep
+coming, the child sends only deliveries overdue by ``yield_at_most``.
+
 Parent and child share one pipe. The parent writes ``WAKE`` when it queued a delivery and
 ``STOP`` at shutdown (the child finishes its round, as an in-process worker would); the child
 reads end-of-file when the parent is gone, killed, and then exits at once, as it would have
@@ -20,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection as PipeEnd
 from typing import Any
@@ -40,8 +49,9 @@ WAKE, STOP = b"w", b"s"
 NICE = 10
 RESTART_WAIT = 1.0  # seconds before a child that exited on its own is started again
 
-# Runs in the child: opens the store and gives the worker to `serve` (exchange.bootstrap).
-Target = Callable[[Any, PipeEnd, bool], None]
+# Runs in the child: opens the store and gives the worker to `serve` (exchange.bootstrap),
+# with the pipe and the shared time of the last submission.
+Target = Callable[[Any, PipeEnd, ctypes.c_double, bool], None]
 
 
 class OutboxProcess:
@@ -55,6 +65,12 @@ class OutboxProcess:
         self._child: Any = None
         self._signals: PipeEnd | None = None
         self._stopping = threading.Event()
+        # time.monotonic() of the last submission; one clock for every process of a machine.
+        self._submitted = self._ctx.Value("d", 0.0, lock=False)
+
+    def submitted(self) -> None:
+        """A submission came in (from any thread; a store to shared memory)."""
+        self._submitted.value = time.monotonic()
 
     def wake(self) -> None:
         """A delivery was queued: tell the child (from any thread; never blocks)."""
@@ -72,7 +88,7 @@ class OutboxProcess:
         reader, writer = self._ctx.Pipe(duplex=False)
         child = self._ctx.Process(
             target=self.target,
-            args=(self.settings, reader, self.json_logs),
+            args=(self.settings, reader, self._submitted, self.json_logs),
             name="medledger-outbox",
             daemon=False,
         )
@@ -112,10 +128,13 @@ class OutboxProcess:
                 await asyncio.wait_for(task, 5)
 
 
-def serve(worker: Worker, signals: PipeEnd) -> None:
-    """In the child: run the worker until told to stop; exit at once if the parent is gone."""
+def serve(worker: Worker, signals: PipeEnd, submitted: ctypes.c_double) -> None:
+    """In the child: run the worker until told to stop, yielding to the parent's intake
+    (`submitted`: its shared time of the last submission); exit at once if the parent is
+    gone."""
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: no nice() here
         os.nice(NICE)
+    worker.yields_to(lambda: time.monotonic() - submitted.value)
     asyncio.run(_serve(worker, signals))
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from exchange.bundles.read import bundle_by_id
-from exchange.bundles.submit import RowWriter
+from exchange.bundles.submit import Replan, RowWriter
 from exchange.consent import rules as consent_rules
 from exchange.consent.crossborder import CHINA, Recipient, basis_problem, recipient_of
 from exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -40,7 +40,7 @@ from exchange.identity.clients import Client
 from exchange.indexes.derived import Indexes
 from exchange.intake.kind import patient_identifiers
 from exchange.intake.worker import Checked
-from exchange.outbox.endpoints import Reachable, reachable
+from exchange.outbox.endpoints import Reachable, reachable, still
 from exchange.settlement.index import (
     BundleBytes,
     consent_names,
@@ -59,6 +59,7 @@ __all__ = [
     "Delivery",
     "Permission",
     "Queue",
+    "delivered_from",
     "permission",
 ]
 
@@ -68,7 +69,7 @@ STATUSES = (PENDING, DELIVERED, FAILED)
 # What the deliveries are of: clinical records, not bills or consents.
 DELIVERED_KINDS = frozenset({"record"})
 
-# Built once: executed in the ledger's write transaction of every record submission queued.
+# Built once: executed in the ledger's write transaction of every record submission.
 _INSERT = insert(deliveries_table)
 
 # Consent resources whose bytes are kept, and patients whose Consents are (Queue.consents),
@@ -167,6 +168,8 @@ class Queue:
         self._consent_bytes: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._patients: OrderedDict[tuple[str, bytes], tuple[int, Sequence[Mapping[str, Any]]]]
         self._patients = OrderedDict()
+        self._look: Reachable | None = None  # the last look at the store (plan)
+        self._queued = False  # rows written since queued_since_asked (outbox.worker)
         self._lock = threading.Lock()
 
     # --- the rule
@@ -182,12 +185,9 @@ class Queue:
         asked; of the Consents it names, only the bytes of one indexed resource (a Bundle
         version's entry, which never changes) are kept.
         """
-        key = (sender, tag)
-        with self._lock:
-            hit = self._patients.get(key)
-            if hit is not None and hit[0] == at:
-                self._patients.move_to_end(key)
-                return hit[1]
+        found = self._kept(sender, tag, at)
+        if found is not None:
+            return found
         self.indexes.fresh(self._settlement, self._settlement_keys)
         rows = consents_of(self.engine, sender, tag)
         reader: BundleBytes | None = None
@@ -203,8 +203,16 @@ class Queue:
             out.append(json.loads(text))
         found = tuple(out)
         with self._lock:
-            _keep(self._patients, key, (at, found))
+            _keep(self._patients, (sender, tag), (at, found))
         return found
+
+    def _kept(self, sender: str, tag: bytes, at: int) -> Sequence[Mapping[str, Any]] | None:
+        with self._lock:
+            hit = self._patients.get((sender, tag))
+            if hit is None or hit[0] != at:
+                return None
+            self._patients.move_to_end((sender, tag))
+            return hit[1]
 
     def permission(
         self, sender: str, tag: bytes, org: str, now: datetime, look: Reachable | None = None
@@ -218,33 +226,65 @@ class Queue:
         return replace(verdict, recipient=recipient)
 
     def plan(self, client: Client, checked: Checked) -> RowWriter | None:
-        """The row writer that queues the deliveries of a submission, or None when there are
-        none (not a record, no patient, no recipient with an endpoint, or no consent)."""
-        sender = client.org
-        if checked.kind not in DELIVERED_KINDS or not checked.patients or sender is None:
+        """The row writer that queues the deliveries of a submission in its transaction, or
+        None when the rule cannot queue any (not a record, or no patient), from the store as
+        it is now (blocking)."""
+        sender = delivered_from(client, checked)
+        if sender is None:
             return None
-        look = reachable(self.engine)
-        if not look.endpoints:
-            return None
+        self._look = look = reachable(self.engine)
         tag = lookup_tag(self.pseudonym_key, sender, checked.patients[0])
         consents = self.consents(sender, tag, look.consents_at)
+        return self._writer(client, checked, tag, look, consents)
+
+    def planned(self, client: Client, checked: Checked) -> RowWriter | None:
+        """:meth:`plan` from what this queue keeps of the store, without reading it (for the
+        event loop), or None when it must be read: no look at the store yet, or the patient's
+        Consents not kept at its generation. The writer makes sure in the transaction."""
+        look, sender = self._look, delivered_from(client, checked)
+        if look is None or sender is None:
+            return None
+        tag = lookup_tag(self.pseudonym_key, sender, checked.patients[0])
+        consents = self._kept(sender, tag, look.consents_at)
+        if consents is None:
+            return None
+        return self._writer(client, checked, tag, look, consents)
+
+    def _writer(
+        self, client: Client, checked: Checked, tag: bytes, look: Reachable,
+        consents: Sequence[Mapping[str, Any]],
+    ) -> RowWriter:  # fmt: skip
+        """The rows the rule queues by ``look``, written only if the transaction still sees
+        the store as ``look`` (exchange.outbox.endpoints.still): else planned again, so no
+        Consent or endpoint that came or went since is missed."""
+        sender = client.org
+        assert sender is not None  # delivered_from
         now = datetime.now(UTC)
-        recipients = {
-            org: url
+        recipients = [
+            (org, url)
             for org, (url, recipient) in look.endpoints.items()
             if permission(consents, recipient, now).permit
-        }
-        if not recipients:
-            return None
+        ]
 
         def write(conn: Connection, entry: Entry, bundle_id: str, version: int) -> None:
-            rows = [
-                _row(bundle_id, version, entry.index, sender, entry.subject, tag, org, url, now)
-                for org, url in recipients.items()
-            ]
-            conn.execute(_INSERT, rows)
+            if not still(conn, look):
+                raise Replan("a Consent or a delivery endpoint changed while the Bundle was "
+                             "submitted", lambda: self.plan(client, checked))  # fmt: skip
+            if recipients:
+                self._queued = True
+                conn.execute(_INSERT, [
+                    _row(bundle_id, version, entry.index, sender, entry.subject, tag, org, url,
+                         now)
+                    for org, url in recipients
+                ])  # fmt: skip
 
         return write
+
+    def queued_since_asked(self) -> bool:
+        """Whether a submission's transaction wrote rows since the last call (asked after
+        each commit of the log: a rolled-back one answers True too, and wakes for nothing)."""
+        queued, self._queued = self._queued, False
+        return queued
 
     def by_hand(self, client: Client, bundle_id: str, org: str) -> tuple[Delivery, bool]:
         """Queue the latest version of a stored Bundle for ``org`` (``$deliver``): the
@@ -345,6 +385,14 @@ class Queue:
         found = self.get(delivery_id)
         assert found is not None
         return found
+
+
+def delivered_from(client: Client, checked: Checked) -> str | None:
+    """The submitting hospital, when the rule can queue deliveries of its submission at all
+    (a record naming a patient); else None."""
+    if checked.kind not in DELIVERED_KINDS or not checked.patients:
+        return None
+    return client.org
 
 
 def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:

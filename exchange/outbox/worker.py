@@ -59,12 +59,12 @@ from exchange.outbox.endpoints import Parsed, endpoint_of
 from exchange.outbox.proof import DELIVERY_KIND, MEDIA, Sent, record
 from exchange.outbox.queue import (
     DELIVERED,
-    DELIVERED_KINDS,
     FAILED,
     PENDING,
     PURPOSE,
     Permission,
     Queue,
+    delivered_from,
 )
 from exchange.privacy.access import access_submissions
 from exchange.store.tables import deliveries_table
@@ -86,6 +86,10 @@ class WorkerConfig:
     poll: float = 1.0  # how often the outbox is looked at without being woken, seconds
     lease: timedelta = timedelta(seconds=65)  # a claim outlives any attempt
     batch: int = 32  # rows claimed and sent concurrently per round
+    # Sending from a process of its own, deliveries yield to intake (Worker.yields_to): while
+    # a submission came in the last `quiet` seconds, only rows due for `yield_at_most` are sent.
+    quiet: float = 0.25
+    yield_at_most: timedelta = timedelta(seconds=30)
 
 
 class NotPending(LedgerError):
@@ -124,17 +128,34 @@ class Worker:
         self._http: Any = None  # one httpx client, made in the loop that uses it
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._elsewhere: Callable[[], None] | None = None
+        self._submitted: Callable[[], None] | None = None
+        self._idle_for: Callable[[], float] | None = None
         # Final outcomes may lack their access entry (a server killed between the two, or
         # a failure recording it): looked for at the start and after such a failure.
         self._unaccounted = True
         self._stopping = False
+        # Submissions queue rows in the log's transactions: the worker is woken once they
+        # are committed, when it can see them.
+        ledger_log.on_commit(self._committed)
 
     # --- the loop
 
-    def runs_elsewhere(self, wake: Callable[[], None]) -> None:
+    def runs_elsewhere(self, wake: Callable[[], None], submitted: Callable[[], None]) -> None:
         """This process only queues; :meth:`run` runs in another (exchange.outbox.process),
-        which :meth:`wake` now wakes through `wake`."""
-        self._elsewhere = wake
+        which :meth:`wake` now wakes through `wake`, and which `submitted` tells of each
+        submission (:meth:`plan` is asked of every one), so that it can yield to intake."""
+        self._elsewhere, self._submitted = wake, submitted
+
+    def yields_to(self, idle_for: Callable[[], float]) -> None:
+        """Send in intake's lulls (in the process of its own): `idle_for` gives the seconds
+        since the server's last submission. Sending competes with intake for more than the
+        CPU its lower priority gives up (the store's write lock, the disk), so during a burst
+        of submissions only rows due for ``yield_at_most`` are sent; the rest wait for the
+        burst to end. Under a load that never ends, deliveries lag by that much and no more."""
+        self._idle_for = idle_for
+
+    def _intake_busy(self) -> bool:
+        return self._idle_for is not None and self._idle_for() < self.config.quiet
 
     def wake(self) -> None:
         """Something was queued: look now rather than at the next poll. Safe from any thread
@@ -147,6 +168,10 @@ class Worker:
         loop, event = self._wake
         with contextlib.suppress(RuntimeError):  # that loop has closed: nothing to wake
             loop.call_soon_threadsafe(event.set)
+
+    def _committed(self) -> None:
+        if self.queue.queued_since_asked():
+            self.wake()
 
     def stop(self) -> None:
         """Finish the round in progress (its attempts and their outcomes), then return from
@@ -166,14 +191,25 @@ class Worker:
                 await self.drain()
             except Exception:
                 log.exception("outbox: a round failed; the rows are taken up again later")
+            if self._intake_busy():
+                # Yielding to intake: what a wake announces now is not overdue, so the next
+                # look is when intake may have paused.
+                await asyncio.sleep(self.config.quiet)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.config.poll)
 
     async def plan(self, client: Client, checked: Checked) -> RowWriter | None:
-        """The deliveries a submission queues (:meth:`Queue.plan`), off the event loop, and
-        only for what may be delivered at all."""
-        if checked.kind not in DELIVERED_KINDS or not checked.patients:
+        """The deliveries a submission queues (:meth:`Queue.plan`): from what the queue keeps
+        when it can (every record submission asks; a thread and a read would cost it more
+        than the rest of deciding), else read off the event loop."""
+        if self._submitted is not None:
+            self._submitted()
+        if delivered_from(client, checked) is None:
             return None
+        planned = self.queue.planned(client, checked)
+        if planned is not None:
+            return planned
         return await run_in_threadpool(self.queue.plan, client, checked)
 
     async def close(self) -> None:
@@ -182,10 +218,13 @@ class Worker:
             self._http = None
 
     async def drain(self) -> int:
-        """Send everything due now, round after round; how many attempts were made."""
+        """Send everything due now, round after round (while intake is busy, only what is
+        overdue: :meth:`yields_to`); how many attempts were made."""
         done = 0
         while not self._stopping:
-            rows = await run_in_threadpool(self._claim, datetime.now(UTC))
+            now = datetime.now(UTC)
+            due = now - self.config.yield_at_most if self._intake_busy() else now
+            rows = await run_in_threadpool(self._claim, now, due)
             if not rows:
                 return done
             await asyncio.gather(*(self._one(row) for row in rows))
@@ -199,17 +238,18 @@ class Worker:
             # Left claimed: taken up again when the lease ends.
             log.exception("outbox: delivery %s failed unexpectedly", row["id"])
 
-    def _claim(self, now: datetime) -> list[RowMapping]:
+    def _claim(self, now: datetime, due: datetime) -> list[RowMapping]:
+        """Claims up to a batch of the pending rows due by `due`, unclaimed at `now`."""
         d = deliveries_table.c
         free = or_(d.claimed_until.is_(None), d.claimed_until < now)
-        due = (
+        wanted = (
             select(deliveries_table)
-            .where(d.status == PENDING, d.next_at <= now, free)
+            .where(d.status == PENDING, d.next_at <= due, free)
             .order_by(d.next_at)
             .limit(self.config.batch)
         )
         with self.engine.connect() as conn:
-            candidates = conn.execute(due).all()
+            candidates = conn.execute(wanted).all()
         if not candidates:
             return []  # the common case takes no write lock
         claimed = []

@@ -43,13 +43,13 @@ BASIS = LegalBasis("standard-contract", "琼网信备2026-0043")
 def exchange(
     data: Path, db_url: str | None = None, mllp_port: int | None = None, **delivery: Any
 ) -> Iterator[Api]:
-    """The service with its outbox looking every 50 ms and retrying after 100 ms (and, with
-    `mllp_port`, listening for HL7 v2 on it)."""
+    """The service with its outbox looking every 50 ms (unless told `poll`) and retrying after
+    100 ms (and, with `mllp_port`, listening for HL7 v2 on it)."""
     settings = Settings(
         data_dir=data,
         db_url=db_url,
         delivery_first_wait=delivery.pop("first_wait", timedelta(milliseconds=100)),
-        delivery_poll=0.05,
+        delivery_poll=delivery.pop("poll", 0.05),
         delivery_timeout=delivery.pop("timeout", 5.0),
         **delivery,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,49 @@ def test_listing_and_cli_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert main(["deliveries", "retry", "no-such-id", *data]) == 3
         [received] = peer.stored.values()
         _proved(api, done, received)
+
+
+def test_a_queued_delivery_wakes_the_worker_once_committed(tmp_path: Path) -> None:
+    # The worker looks by itself only every minute here: the commit of the record's
+    # transaction is what wakes it.
+    with fhir_receiver() as peer, exchange(tmp_path, poll=60.0) as api:
+        peer.bearer_tokens.add(TOKEN)
+        recipient(api, f"{peer.base}/fhir", token=TOKEN)
+        hospital = api.credential()
+        consent(api, hospital)
+        record(api, hospital)
+        [done] = settled(api, hospital, within=10)
+        assert done["status"] == "delivered" and len(peer.stored) == 1
+
+
+def test_deliveries_wait_out_a_burst_of_intake(tmp_path: Path) -> None:
+    with fhir_receiver() as peer, exchange(tmp_path) as api:
+        peer.bearer_tokens.add(TOKEN)
+        recipient(api, f"{peer.base}/fhir", token=TOKEN)
+        hospital = api.credential()
+        consent(api, hospital)
+        idle = [0.0]  # seconds since the server's last submission, as its process tells
+        api.services.outbox.yields_to(lambda: idle[0])
+        record(api, hospital)
+        time.sleep(1.0)  # many looks (every 50 ms, or 250 ms while yielding)
+        assert [d["status"] for d in deliveries(api, hospital)] == ["pending"]
+        assert peer.posts == []
+        idle[0] = 10.0  # the burst is over
+        [done] = settled(api, hospital, within=10)
+        assert done["status"] == "delivered" and done["attempts"] == 1
+
+
+def test_an_overdue_delivery_is_sent_during_a_burst(tmp_path: Path) -> None:
+    with fhir_receiver() as peer, exchange(tmp_path) as api:
+        peer.bearer_tokens.add(TOKEN)
+        recipient(api, f"{peer.base}/fhir", token=TOKEN)
+        hospital = api.credential()
+        consent(api, hospital)
+        outbox = api.services.outbox
+        outbox.config = replace(outbox.config, yield_at_most=timedelta(milliseconds=500))
+        outbox.yields_to(lambda: 0.0)  # intake never pauses
+        start = time.monotonic()
+        record(api, hospital)
+        [done] = settled(api, hospital, within=10)
+        assert done["status"] == "delivered"
+        assert time.monotonic() - start >= 0.5

@@ -193,8 +193,6 @@ async def create_bundle(
         deliveries = await services.outbox.plan(client, checked)
         req = SubmitRequest(client, body, checked, idempotency_key, base_version, deliveries)
         stored = await submit(services.log, services.vault, req)
-    if deliveries is not None and stored.created:
-        services.outbox.wake()
     request.state.submission_kind = stored.kind  # the metrics' kind label (http/metrics.py)
     answer = _answer(stored, body, public_url(request), _preference(prefer), warnings)
     if warnings:
