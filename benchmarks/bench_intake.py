@@ -20,13 +20,21 @@ reads `end-to-end <N> bundles/s = <R> of validation-only`.
 
     .venv/bin/python benchmarks/bench_intake.py --n 600 --deliveries 2
 
-With `--deliveries ROUNDS`, the end-to-end run is made without deliveries and then with every
-Bundle's patient consented (one consent Bundle each, posted first) to delivery for treatment
-to a local FHIR receiver in another process (benchmarks/bench_outbox.py's), alternately,
-ROUNDS times each, on fresh stores: both rates, their ratio (issue 26 asks for 90 % or
-more), the server's peak RSS and its delivery process's (which sends at a lower priority
-than intake, exchange.outbox.process), how many deliveries were made while the load ran and
-when the last one was.
+With `--deliveries ROUNDS`, every Bundle's patient is consented (one consent Bundle each,
+posted before the timed load) to disclosure for treatment to a recipient, and the same run is
+made with that recipient's endpoint at a local FHIR receiver in another process
+(benchmarks/bench_outbox.py's), so that every Bundle is delivered, and without an endpoint, so
+that none is: the runs differ in deliveries only. ROUNDS pairs on fresh stores, in the order
+without-with, then with-without (drift in the machine's speed falls on both sides). Printed:
+
+- each run's rate and its CPU per Bundle by process (the server, its intake workers, its
+  delivery process, which sends at a lower priority and yields to intake,
+  exchange.outbox.process), and the server's and delivery process's peak RSS;
+- how many deliveries were made while the load ran, and how fast the rest were made after it;
+- each pair's ratio with / without and their median (issue 26 asks for 90 % or more);
+- the same at equal machine speed: each rate scaled by its run's intake workers' CPU per
+  Bundle. They do the same work in both runs, so it says how fast the machine ran; on a
+  shared machine that drifts by tens of percent between minutes.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,6 +235,37 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(server: int) -> dict[str, float]:
+    """CPU seconds so far of the server process, its intake workers and its delivery
+    process, each role summed."""
+    out = {"server": cpu_seconds(server), "intake": 0.0, "sender": 0.0}
+    for pid in process_tree(server)[1:]:
+        out["sender" if _is_sender(pid) else "intake"] += cpu_seconds(pid)
+    return out
+
+
+def settle(server: int, timeout: float = 60.0) -> None:
+    """Wait until the server's delivery process has started and gone idle. It starts beside
+    the server at a lower priority; its start-up (imports, opening the store) would
+    otherwise run in whichever timed load it overlaps and charge that run alone."""
+    deadline, last = time.monotonic() + timeout, -1.0
+    while time.monotonic() < deadline:
+        spent = cpu_by_role(server)["sender"]
+        if spent > 0 and spent == last:
+            return
+        last = spent
+        time.sleep(0.5)
+
+
 def peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -334,6 +373,7 @@ class Run:
     during: int = 0  # deliveries made while the load ran
     drained: float = 0.0  # seconds from the start of the load to the last delivery
     sender_rss: float = 0.0  # MB, the server's delivery process (exchange.outbox.process)
+    cpu: dict[str, float] = field(default_factory=dict)  # ms per Bundle in the load, by role
 
     def drain_after(self, submitted: int) -> float:
         """Deliveries/s made after the load ended (when the delivery process had the CPU)."""
@@ -342,29 +382,35 @@ class Run:
 
 def serve_and_load(
     args: argparse.Namespace, small: list[bytes], warm: list[bytes], big: list[bytes],
-    receiver: str | None,
+    consented: bool = False, receiver: str | None = None,
 ) -> Run:  # fmt: skip
-    """One server on a fresh store; with a receiver, every Bundle's patient consented to
-    delivery to it for treatment (the consents posted before the timed load)."""
+    """One server on a fresh store. `consented`: every Bundle's patient consented to
+    disclosure for treatment to the recipient (the consents posted before the timed load),
+    whose endpoint is `receiver` (None: it has none, and nothing is delivered)."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         token = json.loads(
             cli(data, "clients", "add", "--name", "bench", "--role", "hospital",
                 "--org", "bench-hospital", "--json")
         )["token"]  # fmt: skip
-        if receiver is not None:
+        if consented:
+            endpoint = [] if receiver is None else ["--endpoint", receiver, "--endpoint-token",
+                                                    TOKEN]  # fmt: skip
             cli(data, "recipients", "set", "--org", RECIPIENT, "--country", "KR", "--basis",
-                "standard-contract", "--reference", "bench-0001", "--endpoint", receiver,
-                "--endpoint-token", TOKEN)  # fmt: skip
+                "standard-contract", "--reference", "bench-0001", *endpoint)  # fmt: skip
         port = free_port()
         server = start_server(data, port, args.intake_workers)
         try:
-            if receiver is not None:
+            settle(server.pid)
+            if consented:
                 asyncio.run(load(port, token, consents(small + warm), 1))
             asyncio.run(load(port, token, warm, min(args.concurrency, len(warm))))
+            cpu_before = cpu_by_role(server.pid)
             t = time.perf_counter()
             lat = asyncio.run(load(port, token, small, args.concurrency))
             elapsed = time.perf_counter() - t
+            cpu_after = cpu_by_role(server.pid)
+            cpu = {k: (cpu_after[k] - cpu_before[k]) * 1000 / len(small) for k in cpu_after}
             queued, during, drained = 0, 0, 0.0
             if receiver is not None:
                 counts = delivery_counts(data)
@@ -379,7 +425,7 @@ def serve_and_load(
         finally:
             server.terminate()
             server.wait(timeout=30)
-    return Run(len(small) / elapsed, lat, big_lat, rss, queued, during, drained, sender)
+    return Run(len(small) / elapsed, lat, big_lat, rss, queued, during, drained, sender, cpu)
 
 
 def _is_sender(pid: int) -> bool:
@@ -433,7 +479,7 @@ def main() -> None:
     if args.deliveries:
         compare_deliveries(args, small, warm, big)
         return
-    run = serve_and_load(args, small, warm, big, None)
+    run = serve_and_load(args, small, warm, big)
     e2e, lat, big_lat, rss = run.rate, run.lat, run.big_lat, run.rss
     print(
         f"end-to-end HTTP, {args.concurrency} connections: {e2e:.0f} bundles/s, "
@@ -456,6 +502,10 @@ def main() -> None:
     print(f"end-to-end {e2e:.0f} bundles/s = {e2e / floor:.0%} of validation-only")
 
 
+def _cpu(run: Run) -> str:
+    return ", ".join(f"{role} {ms:.2f} ms" for role, ms in run.cpu.items())
+
+
 def compare_deliveries(
     args: argparse.Namespace, small: list[bytes], warm: list[bytes], big: list[bytes]
 ) -> None:
@@ -464,14 +514,15 @@ def compare_deliveries(
     from bench_outbox import _receiver
 
     runs: dict[bool, list[Run]] = {False: [], True: []}
+    ratios, steadied = [], []
     with _receiver("fhir") as url:
-        for _ in range(args.deliveries):
-            for with_deliveries in (False, True):
-                run = serve_and_load(args, small, warm, big, url if with_deliveries else None)
-                runs[with_deliveries].append(run)
-                what = "with deliveries   " if with_deliveries else "without deliveries"
+        for round_ in range(args.deliveries):
+            for delivered in (False, True) if round_ % 2 == 0 else (True, False):
+                run = serve_and_load(args, small, warm, big, True, url if delivered else None)
+                runs[delivered].append(run)
+                what = "with deliveries   " if delivered else "without deliveries"
                 extra = ""
-                if with_deliveries:
+                if delivered:
                     after = run.drain_after(len(small))
                     extra = (f"; {run.queued} deliveries queued, {run.during} made during the "
                              f"load, the rest after it at {after:.0f}/s; delivery process peak "
@@ -479,14 +530,26 @@ def compare_deliveries(
                 print(
                     f"{what}: {run.rate:.0f} bundles/s, p50 {pct(run.lat, 50) * 1000:.1f} ms,"
                     f" p95 {pct(run.lat, 95) * 1000:.1f} ms, server peak RSS "
-                    f"{run.rss[0][1]:.0f} MB{extra}"
+                    f"{run.rss[0][1]:.0f} MB; CPU per Bundle in the load: {_cpu(run)}{extra}"
                 )
+            with_run, without_run = runs[True][-1], runs[False][-1]
+            ratios.append(with_run.rate / without_run.rate)
+            # The intake workers do the same work in both runs (validating the same Bundles):
+            # their CPU per Bundle is the machine's speed at the time, which drifts by tens of
+            # percent between minutes on a shared machine. Scaled by it, the rates compare at
+            # one speed.
+            steadied.append(ratios[-1] * with_run.cpu["intake"] / without_run.cpu["intake"])
+            print(f"pair {round_ + 1}: with / without = {ratios[-1]:.0%}; at equal machine "
+                  f"speed {steadied[-1]:.0%}")  # fmt: skip
     without = statistics.median(r.rate for r in runs[False])
     with_ = statistics.median(r.rate for r in runs[True])
     after = statistics.median(r.drain_after(len(small)) for r in runs[True])
     print(
-        f"medians: without {without:.0f} bundles/s, with deliveries {with_:.0f} bundles/s "
-        f"= {with_ / without:.0%}; deliveries after the load {after:.0f}/s; server peak RSS "
+        f"medians: without {without:.0f} bundles/s, with deliveries {with_:.0f} bundles/s; "
+        f"pairs' ratio {statistics.median(ratios):.0%} (from {min(ratios):.0%} to "
+        f"{max(ratios):.0%}), at equal machine speed {statistics.median(steadied):.0%} (from "
+        f"{min(steadied):.0%} to {max(steadied):.0%}); deliveries after the load "
+        f"{after:.0f}/s; server peak RSS "
         f"{max(r.rss[0][1] for r in runs[True]):.0f} MB with, "
         f"{max(r.rss[0][1] for r in runs[False]):.0f} MB without"
     )
