@@ -43,16 +43,12 @@ RowWriter = Callable[[Connection, Entry, str, int], None]
 class Replan(LedgerError):
     """Raised by a submission's row writer inside the transaction: what its rows were planned
     on has changed since they were planned. ``again`` plans them anew from the store as it is
-    now (blocking), and the submission is made again with that writer."""
+    now (blocking), and the submission is made again, once, with that writer, which must not
+    raise it again (a second one is answered 503)."""
 
     def __init__(self, reason: str, again: Callable[[], RowWriter | None]) -> None:
         super().__init__(reason)
         self.again = again
-
-
-# How often a submission is planned again before it is answered 503 (each time, a Consent
-# or an endpoint changed between planning and the transaction: rare, and shorter each time).
-REPLANS = 3
 
 
 @dataclass(frozen=True)
@@ -257,7 +253,7 @@ def refusal(err: BaseException, req: SubmitRequest) -> BaseException:
             code="not-found",
         )
     if isinstance(err, Replan):
-        return Unavailable(f"{err}, again and again: try again", retry_after=1)
+        return Unavailable(f"{err}, and again when planned anew: try again", retry_after=1)
     if isinstance(err, LogStateError):
         return Unavailable(str(err))
     if isinstance(err, LedgerUnavailable):
@@ -292,7 +288,7 @@ async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
                 raise refusal(e, req) from e
         except Replan as e:
             replans += 1
-            if replans > REPLANS:
+            if replans > 1:
                 raise refusal(e, req) from e
             req = replace(req, also_write=await run_in_threadpool(e.again))
         except LedgerError as e:
@@ -316,7 +312,7 @@ def submit_blocking(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored
                 raise refusal(e, req) from e
         except Replan as e:
             replans += 1
-            if replans > REPLANS:
+            if replans > 1:
                 raise refusal(e, req) from e
             req = replace(req, also_write=e.again())
         except LedgerError as e:

@@ -228,19 +228,27 @@ class Queue:
     def plan(self, client: Client, checked: Checked) -> RowWriter | None:
         """The row writer that queues the deliveries of a submission in its transaction, or
         None when the rule cannot queue any (not a record, or no patient), from the store as
-        it is now (blocking)."""
+        it is now (blocking). Read after the submission arrived, it sees every Consent and
+        endpoint committed before; what commits meanwhile may count or not, as it would
+        have a moment earlier or later (and a Consent withdrawn is caught when sending)."""
         sender = delivered_from(client, checked)
         if sender is None:
             return None
         self._look = look = reachable(self.engine)
         tag = lookup_tag(self.pseudonym_key, sender, checked.patients[0])
         consents = self.consents(sender, tag, look.consents_at)
-        return self._writer(client, checked, tag, look, consents)
+        return self._writer(client, checked, tag, look, consents, made_sure=False)
 
     def planned(self, client: Client, checked: Checked) -> RowWriter | None:
         """:meth:`plan` from what this queue keeps of the store, without reading it (for the
         event loop), or None when it must be read: no look at the store yet, or the patient's
-        Consents not kept at its generation. The writer makes sure in the transaction."""
+        Consents not kept at its generation.
+
+        What is kept may be older than the submission: a Consent acknowledged to its sender
+        before this record was submitted, perhaps by another server on the same database,
+        must not be missed. So the writer makes sure inside the transaction that the store
+        still reads as the look it was decided on, and otherwise has it decided again by
+        :meth:`plan` (exchange.bundles.submit.Replan)."""
         look, sender = self._look, delivered_from(client, checked)
         if look is None or sender is None:
             return None
@@ -248,15 +256,14 @@ class Queue:
         consents = self._kept(sender, tag, look.consents_at)
         if consents is None:
             return None
-        return self._writer(client, checked, tag, look, consents)
+        return self._writer(client, checked, tag, look, consents, made_sure=True)
 
     def _writer(
         self, client: Client, checked: Checked, tag: bytes, look: Reachable,
-        consents: Sequence[Mapping[str, Any]],
+        consents: Sequence[Mapping[str, Any]], *, made_sure: bool,
     ) -> RowWriter:  # fmt: skip
-        """The rows the rule queues by ``look``, written only if the transaction still sees
-        the store as ``look`` (exchange.outbox.endpoints.still): else planned again, so no
-        Consent or endpoint that came or went since is missed."""
+        """The rows the rule queues by ``look``; `made_sure`: only if the transaction still
+        sees the store as ``look`` (exchange.outbox.endpoints.still), else decided again."""
         sender = client.org
         assert sender is not None  # delivered_from
         now = datetime.now(UTC)
@@ -267,7 +274,7 @@ class Queue:
         ]
 
         def write(conn: Connection, entry: Entry, bundle_id: str, version: int) -> None:
-            if not still(conn, look):
+            if made_sure and not still(conn, look):
                 raise Replan("a Consent or a delivery endpoint changed while the Bundle was "
                              "submitted", lambda: self.plan(client, checked))  # fmt: skip
             if recipients:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from exchange.bootstrap import Services, open_services
-from exchange.bundles.submit import REPLANS, Stored, SubmitRequest, submit_blocking
+from exchange.bundles.submit import Replan, Stored, SubmitRequest, submit_blocking
 from exchange.config import Settings
 from exchange.consent.crossborder import Recipient, set_recipient
 from exchange.delivery.endpoints import parse_endpoint
@@ -25,7 +25,6 @@ from exchange.errors import Unavailable
 from exchange.identity.clients import Client
 from exchange.intake import IntakeLimits
 from exchange.intake.worker import Checked, check
-from exchange.outbox import endpoints as outbox_endpoints
 from exchange.outbox.endpoints import set_endpoint
 from exchange.store.tables import bundles_table, deliveries_table
 from tests.delivery.fixtures import boao_kr
@@ -105,16 +104,16 @@ def test_a_consent_given_after_deciding_is_not_missed(tmp_path: Path, db_url: st
 def test_a_consent_withdrawn_after_deciding_queues_nothing(tmp_path: Path, db_url: str) -> None:
     with services(tmp_path, db_url) as s:
         submit(s, consent_bundle(PASSPORT, HOME, purpose="TREAT"))
-        c = checked(record(1))
-        stale = s.outbox.queue.plan(HOSPITAL, c)  # decided: one delivery
+        submit(s, record(1))
+        c = checked(record(2))
+        stale = s.outbox.queue.planned(HOSPITAL, c)  # decided: one delivery
+        assert stale is not None
         withdrawn = consent_bundle(
             PASSPORT, HOME, purpose="TREAT", status="inactive", date_time="2026-06-01T00:00:00Z"
         )
         submit(s, withdrawn)
-        stored = submit_blocking(
-            s.log, s.vault, SubmitRequest(HOSPITAL, record(1), c, also_write=stale)
-        )
-        assert queued_for(s, stored) == []
+        req = SubmitRequest(HOSPITAL, record(2), c, also_write=stale)
+        assert queued_for(s, submit_blocking(s.log, s.vault, req)) == []
 
 
 def test_an_endpoint_recorded_after_deciding_is_not_missed(tmp_path: Path, db_url: str) -> None:
@@ -122,21 +121,23 @@ def test_an_endpoint_recorded_after_deciding_is_not_missed(tmp_path: Path, db_ur
         other = "home-kr-2"
         set_recipient(s.engine, Recipient(other, "KR", BASIS))
         submit(s, consent_bundle(PASSPORT, other, purpose="TREAT"))
-        c = checked(record(1))
-        stale = s.outbox.queue.plan(HOSPITAL, c)  # the consented recipient has no endpoint
+        submit(s, record(1))
+        c = checked(record(2))
+        stale = s.outbox.queue.planned(HOSPITAL, c)  # the consented recipient has no endpoint
+        assert stale is not None
         set_endpoint(s.engine, s.vault, other, parse_endpoint("mllp://127.0.0.1:9"))
-        stored = submit_blocking(
-            s.log, s.vault, SubmitRequest(HOSPITAL, record(1), c, also_write=stale)
-        )
-        assert queued_for(s, stored) == [other]
+        req = SubmitRequest(HOSPITAL, record(2), c, also_write=stale)
+        assert queued_for(s, submit_blocking(s.log, s.vault, req)) == [other]
 
 
-def test_a_store_that_keeps_changing_is_answered_503_and_nothing_is_kept(
+def test_decided_again_once_from_a_read_after_the_record_came(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What changes after the second decision comes as the record does: it may count or not,
+    # so the second decision is not made sure again.
     with services(tmp_path, db_url) as s:
         submit(s, consent_bundle(PASSPORT, HOME, purpose="TREAT"))
-        before = s.log.size()
+        submit(s, record(1))
         looks = []
 
         def never(conn: object, look: object) -> bool:
@@ -144,12 +145,26 @@ def test_a_store_that_keeps_changing_is_answered_503_and_nothing_is_kept(
             return False
 
         monkeypatch.setattr("exchange.outbox.queue.still", never)
+        stored = submit(s, record(2), planned=True)
+        assert len(looks) == 1 and queued_for(s, stored) == [HOME]
+
+
+def test_a_writer_that_asks_twice_is_answered_503_and_nothing_is_kept(
+    tmp_path: Path, db_url: str
+) -> None:
+    with services(tmp_path, db_url) as s:
+        before = s.log.size()
+        asked = []
+
+        def restless(conn: object, entry: object, bundle_id: str, version: int) -> None:
+            asked.append(bundle_id)
+            raise Replan("the store changed", lambda: restless)
+
+        req = SubmitRequest(HOSPITAL, record(1), checked(record(1)), also_write=restless)
         with pytest.raises(Unavailable) as raised:
-            submit(s, record(1))
-        assert raised.value.retry_after == 1
-        assert len(looks) == REPLANS + 1
-        monkeypatch.setattr("exchange.outbox.queue.still", outbox_endpoints.still)
+            submit_blocking(s.log, s.vault, req)
+        assert raised.value.retry_after == 1 and len(asked) == 2
         assert s.log.size() == before
         with s.engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(bundles_table)).scalar() == 1
+            assert conn.execute(select(func.count()).select_from(bundles_table)).scalar() == 0
             assert conn.execute(select(func.count()).select_from(deliveries_table)).scalar() == 0
