@@ -267,12 +267,35 @@ def _version(req: SubmitRequest) -> int:
     return 1 if req.base_version is None else req.base_version + 1
 
 
+class _Retries:
+    """When a refused append is made again, the same for :func:`submit` and
+    :func:`submit_blocking`: once after a key erased by another process since it was cached
+    (and now forgotten), and once with the rows of others planned anew (:class:`Replan`). Any
+    other refusal is the domain's error (:func:`refusal`)."""
+
+    def __init__(self) -> None:
+        self.key_gone = self.replans = 0
+
+    def after(self, err: LedgerError, req: SubmitRequest) -> Callable[[], RowWriter | None] | None:
+        """Raises the refusal of ``err``, or gives what to run before trying again: nothing
+        (None), or the planning anew of the rows of others."""
+        if isinstance(err, vault.KeyGone):
+            self.key_gone += 1
+            if self.key_gone == 1:
+                return None
+        elif isinstance(err, Replan):
+            self.replans += 1
+            if self.replans == 1:
+                return err.again
+        raise refusal(err, req) from err
+
+
 async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
     """Appends a checked Bundle to the log with its row; answers retries with the original."""
     org, patients = req.client.org, req.checked.patients
     if req.client.role != "hospital":
         org = None  # prepare refuses it: make no key for it
-    key_gone = replans = 0
+    retries = _Retries()
     while True:
         if org and patients and vault_.cached_patient_keys(org, patients) is None:
             # The patients' keys are read (or made) off the event loop; prepare finds them cached.
@@ -281,18 +304,10 @@ async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
         try:
             appended = await asyncio.wrap_future(log.submit(sub))
             break
-        except vault.KeyGone as e:
-            # Erased by another process since it was cached (and now forgotten): once more.
-            key_gone += 1
-            if key_gone == 2:
-                raise refusal(e, req) from e
-        except Replan as e:
-            replans += 1
-            if replans > 1:
-                raise refusal(e, req) from e
-            req = replace(req, also_write=await run_in_threadpool(e.again))
         except LedgerError as e:
-            raise refusal(e, req) from e
+            again = retries.after(e, req)
+            if again is not None:
+                req = replace(req, also_write=await run_in_threadpool(again))
     if not appended.duplicate:
         return conclude(vault_, appended, pending, _version(req))
     return await run_in_threadpool(conclude, vault_, appended, pending, _version(req))
@@ -300,21 +315,14 @@ async def submit(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
 
 def submit_blocking(log: Log, vault_: vault.Vault, req: SubmitRequest) -> Stored:
     """The same as :func:`submit`, for callers outside the event loop (seeding the demo)."""
-    key_gone = replans = 0
+    retries = _Retries()
     while True:
         sub, pending = prepare(vault_, req)
         try:
             appended = log.append(sub)
             break
-        except vault.KeyGone as e:
-            key_gone += 1
-            if key_gone == 2:
-                raise refusal(e, req) from e
-        except Replan as e:
-            replans += 1
-            if replans > 1:
-                raise refusal(e, req) from e
-            req = replace(req, also_write=e.again())
         except LedgerError as e:
-            raise refusal(e, req) from e
+            again = retries.after(e, req)
+            if again is not None:
+                req = replace(req, also_write=again())
     return conclude(vault_, appended, pending, _version(req))

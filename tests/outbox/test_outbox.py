@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +25,7 @@ from exchange.privacy.access import disclosures_of
 from ledger.entry import commitment
 from tests.api_helpers import Api, is_outcome
 from tests.delivery.fixtures import boao_kr
-from tests.delivery.peers import bound_socket, fhir_receiver
+from tests.delivery.peers import ReceiverState, bound_socket, fhir_receiver
 from tests.outbox.helpers import (
     HOME,
     TOKEN,
@@ -224,25 +226,31 @@ def test_listing_and_cli_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str
         _proved(api, done, received)
 
 
-def test_a_queued_delivery_wakes_the_worker_once_committed(tmp_path: Path) -> None:
-    # The worker looks by itself only every minute here: the commit of the record's
-    # transaction is what wakes it.
-    with fhir_receiver() as peer, exchange(tmp_path, poll=60.0) as api:
+@contextmanager
+def consented_home(
+    tmp_path: Path, **options: Any
+) -> Iterator[tuple[Api, ReceiverState, dict[str, str]]]:
+    """The exchange (`options`: exchange's), the home hospital's FHIR receiver as recipient,
+    and a hospital's credential whose patient consented to it."""
+    with fhir_receiver() as peer, exchange(tmp_path, **options) as api:
         peer.bearer_tokens.add(TOKEN)
         recipient(api, f"{peer.base}/fhir", token=TOKEN)
         hospital = api.credential()
         consent(api, hospital)
+        yield api, peer, hospital
+
+
+def test_a_queued_delivery_wakes_the_worker_once_committed(tmp_path: Path) -> None:
+    # The worker looks by itself only every minute here: the commit of the record's
+    # transaction is what wakes it.
+    with consented_home(tmp_path, poll=60.0) as (api, peer, hospital):
         record(api, hospital)
         [done] = settled(api, hospital, within=10)
         assert done["status"] == "delivered" and len(peer.stored) == 1
 
 
 def test_deliveries_wait_out_a_burst_of_intake(tmp_path: Path) -> None:
-    with fhir_receiver() as peer, exchange(tmp_path) as api:
-        peer.bearer_tokens.add(TOKEN)
-        recipient(api, f"{peer.base}/fhir", token=TOKEN)
-        hospital = api.credential()
-        consent(api, hospital)
+    with consented_home(tmp_path) as (api, peer, hospital):
         idle = [0.0]  # seconds since the server's last submission, as its process tells
         api.services.outbox.yields_to(lambda: idle[0])
         record(api, hospital)
@@ -255,11 +263,7 @@ def test_deliveries_wait_out_a_burst_of_intake(tmp_path: Path) -> None:
 
 
 def test_an_overdue_delivery_is_sent_during_a_burst(tmp_path: Path) -> None:
-    with fhir_receiver() as peer, exchange(tmp_path) as api:
-        peer.bearer_tokens.add(TOKEN)
-        recipient(api, f"{peer.base}/fhir", token=TOKEN)
-        hospital = api.credential()
-        consent(api, hospital)
+    with consented_home(tmp_path) as (api, _, hospital):
         outbox = api.services.outbox
         outbox.config = replace(outbox.config, yield_at_most=timedelta(milliseconds=500))
         outbox.yields_to(lambda: 0.0)  # intake never pauses
