@@ -93,10 +93,5 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(EXIT_UNAVAILABLE, f"cannot listen on {args.host}:{args.port}: {e.strerror}")
     print(f"witness {server.witness.verifier.vkey()}", flush=True)
     print(f"listening on {server.url}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve_until_signalled()
     return EXIT_OK

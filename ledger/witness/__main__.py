@@ -58,12 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     print(f"witness {server.witness.verifier.vkey()}", flush=True)
     print(f"listening on {server.url}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve_until_signalled()
     return 0
 
 

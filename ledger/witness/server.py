@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
 import threading
 import time
@@ -207,9 +208,14 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
 
+class _Signalled(Exception):
+    """Raised in the serving thread by SIGINT or SIGTERM (WitnessServer.serve_until_signalled)."""
+
+
 class WitnessServer:
     """A witness served over HTTP. `start()` serves on a background thread (tests, or a host
-    process), `serve_forever()` on the caller's; `stop()` ends either."""
+    process), `serve_forever()` on the caller's; `stop()` ends either. A program serves with
+    `serve_until_signalled()`."""
 
     def __init__(
         self,
@@ -247,6 +253,24 @@ class WitnessServer:
 
     def serve_forever(self) -> None:
         self._httpd.serve_forever(0.1)
+
+    def serve_until_signalled(self) -> None:
+        """Serves on the caller's (main) thread until SIGINT or SIGTERM, what a terminal and a
+        service manager send, then stops. Both are handled even when the process inherited
+        them ignored, as a background job does SIGINT."""
+
+        def stop(signum: int, frame: object) -> None:
+            raise _Signalled
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.serve_forever()
+        except _Signalled:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
 
     def stop(self) -> None:
         """Stops accepting, closes the listening socket and every kept-alive connection

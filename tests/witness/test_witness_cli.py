@@ -73,7 +73,8 @@ def test_serve_cosigns_a_logs_checkpoint(tmp_path: Path, capsys: Any) -> None:
                            signer.verifier.vkey(), "--port", str(port))  # fmt: skip
         assert code == 2 and "cannot listen" in err
     finally:
-        proc.send_signal(signal.SIGINT)
+        # What a service manager sends; it stops cleanly (exit 0), as on SIGINT.
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
         log.close()
     assert proc.returncode == 0
