@@ -227,10 +227,10 @@ class Queue:
 
     def plan(self, client: Client, checked: Checked) -> RowWriter | None:
         """The row writer that queues the deliveries of a submission in its transaction, or
-        None when the rule cannot queue any (not a record, or no patient), from the store as
-        it is now (blocking). Read after the submission arrived, it sees every Consent and
-        endpoint committed before; what commits meanwhile may count or not, as it would
-        have a moment earlier or later (and a Consent withdrawn is caught when sending)."""
+        None when there are none (not a record, no patient, or no recipient permitted), from
+        the store as it is now (blocking). Read after the submission arrived, it sees every
+        Consent and endpoint committed before; what commits meanwhile may count or not, as
+        it would have a moment earlier or later (a Consent withdrawn is caught when sending)."""
         sender = delivered_from(client, checked)
         if sender is None:
             return None
@@ -261,9 +261,10 @@ class Queue:
     def _writer(
         self, client: Client, checked: Checked, tag: bytes, look: Reachable,
         consents: Sequence[Mapping[str, Any]], *, made_sure: bool,
-    ) -> RowWriter:  # fmt: skip
+    ) -> RowWriter | None:  # fmt: skip
         """The rows the rule queues by ``look``; `made_sure`: only if the transaction still
-        sees the store as ``look`` (exchange.outbox.endpoints.still), else decided again."""
+        sees the store as ``look`` (exchange.outbox.endpoints.still), else decided again.
+        None when there is nothing to write or to make sure of."""
         sender = client.org
         assert sender is not None  # delivered_from
         now = datetime.now(UTC)
@@ -272,6 +273,8 @@ class Queue:
             for org, (url, recipient) in look.endpoints.items()
             if permission(consents, recipient, now).permit
         ]
+        if not recipients and not made_sure:
+            return None
 
         def write(conn: Connection, entry: Entry, bundle_id: str, version: int) -> None:
             if made_sure and not still(conn, look):
